@@ -1,0 +1,286 @@
+"""The single configuration model: TOML file < MACHA_* environment < CLI flags.
+
+Read once at start (by the CLI) and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/macha-obs/config.toml")
+ENV_PREFIX = "MACHA_"
+
+# DESIGN.md invariant 3. Globs are matched against the canonical unit name
+# (fnmatchcase), never as substrings: "ssh*" would not match "fussh.service".
+BUILTIN_PROTECTED_UNITS: tuple[str, ...] = (
+    # remote access
+    "ssh.service",
+    "ssh.socket",
+    "sshd.service",
+    "sshd.socket",
+    "sshd@*.service",
+    "ssh@*.service",
+    # networking
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "NetworkManager.service",
+    "NetworkManager-*.service",
+    "systemd-resolved.service",
+    "wpa_supplicant.service",
+    "wpa_supplicant@*.service",
+    "wpa_supplicant-*.service",
+    "dhcpcd.service",
+    "network-setup.service",
+    "network-addresses-*.service",
+    "network-local-commands.service",
+    "network*.target",
+    # the message bus
+    "dbus.service",
+    "dbus.socket",
+    "dbus-broker.service",
+    # logging and sessions
+    "systemd-journald.service",
+    "systemd-journald*.socket",
+    "systemd-journald@*.service",
+    "systemd-logind.service",
+    # systemd's own units
+    "systemd-*.service",
+    "systemd-*.socket",
+    "systemd-*.timer",
+    "systemd-*.path",
+    "init.scope",
+    "-.slice",
+    "-.mount",
+    "system.slice",
+    "user@*.service",
+    # nix
+    "nix-daemon.service",
+    "nix-daemon.socket",
+    # ourselves
+    "macha-autonomous.service",
+    "macha-obs.service",
+    "macha-autonomous-*.service",
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be loaded; the message names the field and the reason."""
+
+
+class AutonomyLevel(StrEnum):
+    """How much the sidecar may do by itself (DESIGN.md invariant 4)."""
+
+    OBSERVE = "observe"
+    SUGGEST = "suggest"
+    AUTO_SAFE = "auto-safe"
+    AUTO_FULL = "auto-full"
+
+
+class AnalysisMode(StrEnum):
+    RUNBOOKS_FIRST = "runbooks-first"
+    LLM_FIRST = "llm-first"
+    RUNBOOKS_ONLY = "runbooks-only"
+
+
+class Config(BaseModel):
+    """Everything the sidecar can be told. Field names are the TOML keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    # autonomy and loop
+    autonomy_level: AutonomyLevel = AutonomyLevel.SUGGEST
+    check_interval: float = Field(300.0, ge=1.0, le=86400.0, description="seconds between cycles")
+    analysis: AnalysisMode = AnalysisMode.RUNBOOKS_FIRST
+
+    # the model
+    llm_enabled: bool = True
+    llm_backend: Literal["ollama", "openai"] = "ollama"
+    model: str = Field("llama3.1:70b", min_length=1, max_length=200)
+    ollama_url: str = "http://127.0.0.1:11434"
+    openai_url: str = "http://127.0.0.1:8080"
+    llm_timeout: float = Field(120.0, gt=0, le=3600)
+    llm_keep_alive: str = "30m"
+    llm_max_steps: int = Field(3, ge=1, le=10)
+
+    # where things live
+    state_dir: Path = Path("/var/lib/macha-autonomous")
+    listen_address: str = "127.0.0.1:9847"
+    webhook_token_file: Path | None = None
+    webhook_max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    hostname: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
+    # Alerts whose host label (first present of these) names another host are ignored.
+    host_labels: tuple[str, ...] = ("instance", "host", "hostname", "nodename")
+    host_aliases: tuple[str, ...] = ()
+    journal_dir: Path | None = None
+    nixos_flake: str | None = Field(None, max_length=500)
+
+    # safety
+    protected_units: tuple[str, ...] = BUILTIN_PROTECTED_UNITS
+    max_actions_per_target_per_hour: int = Field(3, ge=0, le=1000)
+    max_actions_per_hour: int = Field(10, ge=0, le=10000)
+    breaker_threshold: int = Field(3, ge=1, le=100, description="failed verifications to open")
+    breaker_window: float = Field(3600.0, ge=60, description="seconds over which failures count")
+    approval_ttl: float = Field(86400.0, ge=60, description="seconds a pending approval lives")
+    verify_timeout: float = Field(30.0, gt=0, le=600)
+    verify_settle: float = Field(2.0, ge=0, le=120)
+    dbus_timeout: float = Field(10.0, gt=0, le=120)
+
+    # eyes
+    snapshot_retention: int = Field(20, ge=1, le=10000)
+    dns_names: tuple[str, ...] = ()
+    tcp_targets: tuple[str, ...] = ()
+    network_timeout: float = Field(2.0, gt=0, le=30)
+    disk_fill_threshold: float = Field(0.90, gt=0, le=1)
+    inode_threshold: float = Field(0.90, gt=0, le=1)
+    memory_pressure_threshold: float = Field(0.90, gt=0, le=1)
+    journal_error_burst: int = Field(20, ge=1)
+    flapping_restarts: int = Field(3, ge=1)
+
+    @field_validator("protected_units", mode="before")
+    @classmethod
+    def _merge_protected(cls, value: Any) -> tuple[str, ...]:
+        """User additions merge with the built-ins; the built-ins cannot be removed."""
+        if isinstance(value, str):
+            value = _split_list(value)
+        extra = [str(v).strip() for v in (value or ()) if str(v).strip()]
+        for pattern in extra:
+            if any(c.isspace() for c in pattern) or "/" in pattern:
+                raise ValueError(f"{pattern!r} is not a unit name or glob")
+        merged = list(BUILTIN_PROTECTED_UNITS)
+        merged += [p for p in extra if p not in merged]
+        return tuple(merged)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, port = split_host_port(value)
+        if not host:
+            raise ValueError("needs HOST:PORT, e.g. 127.0.0.1:9847")
+        del port
+        return value
+
+    @field_validator("ollama_url", "openai_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def is_protected(self, unit: str) -> bool:
+        """True when the canonical unit name matches a protected name or glob."""
+        return any(fnmatch.fnmatchcase(unit, pattern) for pattern in self.protected_units)
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen_address)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen_address)[1]
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """'127.0.0.1:9847' or '[::1]:9847' → (host, port); ValueError otherwise."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError("needs HOST:PORT, e.g. 127.0.0.1:9847")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0..65535")
+    return host.strip("[]"), port
+
+
+def _split_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        loaded = json.loads(text)
+        if not isinstance(loaded, list):
+            raise ValueError("expected a JSON list")
+        return [str(v) for v in loaded]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+_LIST_FIELDS = {
+    name for name, field in Config.model_fields.items() if "tuple" in str(field.annotation)
+}
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """MACHA_<FIELD> variables as a dict of raw values; unknown MACHA_ names are an error."""
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name == "config":
+            continue  # the path of the file itself, handled by load()
+        if name not in Config.model_fields:
+            raise ConfigError(
+                f"{key}: unknown setting (known: {', '.join(sorted(Config.model_fields))})"
+            )
+        try:
+            out[name] = _split_list(raw) if name in _LIST_FIELDS else raw
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def load(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config from file < environment < explicit overrides (CLI flags)."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
+        path = Path(environ[ENV_PREFIX + "CONFIG"])
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = read_toml(path) if path is not None else {}
+    raw.update(env_overrides(environ))
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate(raw, source=str(path) if path else "settings")
+
+
+def validate(raw: Mapping[str, Any], source: str = "settings") -> Config:
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        reason = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {field}: {reason} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def to_toml_dict(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain TOML-able values (for `config show`)."""
+    data = cfg.model_dump(mode="json")
+    return {k: v for k, v in data.items() if v is not None}

@@ -1,0 +1,1 @@
+"""Typed actions against the host: systemd over D-Bus, nix and journal as argv lists."""

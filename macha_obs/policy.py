@@ -1,0 +1,204 @@
+"""The policy: what may run, decided from the action itself, the config and the ledger.
+
+Pure: no I/O, no clock of its own. The store supplies the recent executions and the
+breaker state; the caller supplies `now`. Risk comes from here only, never from a model
+(DESIGN.md invariant 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from macha_obs.config import AutonomyLevel, Config
+from macha_obs.models import (
+    Action,
+    ConfigChange,
+    Investigate,
+    JournalVacuum,
+    NixGc,
+    NixRebuild,
+    NixRollback,
+    Outcome,
+    ResetFailed,
+    RestartUnit,
+    Risk,
+    StartUnit,
+    Verdict,
+)
+
+RATE_WINDOW = timedelta(hours=1)
+
+# Unit types the sidecar restarts at low risk. Targets, mounts and the rest change more
+# than one service at once, so a human looks first; slices/scopes/devices are not ours.
+_LOW_RISK_UNIT_TYPES = {"service", "socket", "timer", "path"}
+_MEDIUM_RISK_UNIT_TYPES = {"target", "mount", "automount", "swap"}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One past execution, as the rate limiter sees it."""
+
+    kind: str
+    target: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    open: bool = False
+    failures: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """Everything a verdict depends on besides the action."""
+
+    config: Config
+    now: datetime
+    recent: tuple[Execution, ...] = ()
+    breaker: BreakerState = field(default_factory=BreakerState)
+
+
+def effective_autonomy(config: Config, breaker: BreakerState) -> AutonomyLevel:
+    """An open breaker caps autonomy at `suggest` (invariant 7)."""
+    if breaker.open and config.autonomy_level in (AutonomyLevel.AUTO_SAFE, AutonomyLevel.AUTO_FULL):
+        return AutonomyLevel.SUGGEST
+    return config.autonomy_level
+
+
+def risk_of(action: Action, config: Config) -> tuple[Risk, str]:
+    """The risk of `action` and why, from its type and target alone."""
+    match action:
+        case RestartUnit() | StartUnit() | ResetFailed():
+            if config.is_protected(action.unit):
+                return Risk.FORBIDDEN, f"{action.unit} is a protected unit"
+            unit_type = action.unit.rsplit(".", 1)[-1]
+            if unit_type in _LOW_RISK_UNIT_TYPES:
+                return Risk.LOW, f"{action.kind} of an unprotected {unit_type}"
+            if unit_type in _MEDIUM_RISK_UNIT_TYPES:
+                return Risk.MEDIUM, f"a {unit_type} pulls in or affects other units"
+            return Risk.FORBIDDEN, f"{unit_type} units are not managed by the sidecar"
+        case Investigate():
+            target = getattr(action.diagnostic, "unit", None)
+            return Risk.LOW, f"read-only diagnostic {action.diagnostic.tool}" + (
+                f" of {target}" if target else ""
+            )
+        case JournalVacuum():
+            return Risk.LOW, "removes only archived journal files beyond the size bound"
+        case NixGc(older_than_days=None):
+            return Risk.LOW, "collects only unreferenced store paths"
+        case NixGc():
+            return Risk.MEDIUM, "deletes old generations, which removes rollback targets"
+        case NixRebuild(mode="dry-build"):
+            return Risk.LOW, "dry-build changes nothing on the host"
+        case NixRebuild():
+            return Risk.HIGH, f"nixos-rebuild {action.mode} changes the running system"
+        case NixRollback():
+            return Risk.HIGH, "rolls the whole system back a generation"
+        case ConfigChange():
+            return Risk.HIGH, "a configuration change is for a human to read and apply"
+    raise AssertionError(f"unhandled action {action!r}")  # pragma: no cover
+
+
+def rate_limit(action: Action, ctx: PolicyContext) -> str | None:
+    """A reason if executing `action` now would exceed a limit, else None."""
+    if isinstance(action, Investigate):
+        return None  # read-only; bounded by the agent's own step limit
+    since = ctx.now - RATE_WINDOW
+    window = [e for e in ctx.recent if e.at > since]
+    cfg = ctx.config
+    same = sum(1 for e in window if e.kind == action.kind and e.target == action.target)
+    if same >= cfg.max_actions_per_target_per_hour:
+        return (
+            f"rate limit: {action.kind} of {action.target} already ran {same} time(s) in the last "
+            f"hour (limit {cfg.max_actions_per_target_per_hour})"
+        )
+    if len(window) >= cfg.max_actions_per_hour:
+        return (
+            f"rate limit: {len(window)} actions in the last hour (global limit "
+            f"{cfg.max_actions_per_hour})"
+        )
+    return None
+
+
+def judge(
+    action: Action,
+    ctx: PolicyContext,
+    *,
+    approved: bool = False,
+    problem_present: bool | None = None,
+) -> Verdict:
+    """Decide execute / queue / record / refuse for one action.
+
+    `approved` is a human's approval being carried out: it replaces the autonomy
+    matrix, but protected units, forbidden risks and rate limits still apply
+    (invariant 5), and `observe` still acts on nothing. `problem_present=False` (the
+    caller looked and the problem is gone) refuses: nothing is done to a healthy host.
+    """
+    autonomy = effective_autonomy(ctx.config, ctx.breaker)
+    risk, why = risk_of(action, ctx.config)
+
+    def verdict(outcome: Outcome, reason: str, *, limited: bool = False) -> Verdict:
+        return Verdict(
+            outcome=outcome, risk=risk, reason=reason, autonomy=autonomy, rate_limited=limited
+        )
+
+    if risk is Risk.FORBIDDEN:
+        return verdict(Outcome.REFUSE, f"refused: {why}; never acted on at any autonomy level")
+    if isinstance(action, ConfigChange):
+        if autonomy is AutonomyLevel.OBSERVE:
+            return verdict(Outcome.RECORD, f"observe: would queue for a human ({why})")
+        return verdict(Outcome.QUEUE, f"queued for a human: {why}; never executed")
+    if autonomy is AutonomyLevel.OBSERVE:
+        prefix = "approved, but " if approved else ""
+        return verdict(Outcome.RECORD, f"{prefix}observe mode acts on nothing ({risk} risk: {why})")
+
+    if problem_present is False:
+        return verdict(Outcome.REFUSE, "the problem is no longer there; nothing to do")
+
+    limited = rate_limit(action, ctx)
+    if limited:
+        return verdict(Outcome.REFUSE, limited, limited=True)
+
+    if approved:
+        return verdict(Outcome.EXECUTE, f"approved by a human ({risk} risk: {why})")
+
+    breaker_note = f"; breaker open ({ctx.breaker.reason})" if ctx.breaker.open else ""
+    allowed = _AUTO_EXECUTES[autonomy]
+    if risk in allowed:
+        return verdict(Outcome.EXECUTE, f"{autonomy} executes {risk} risk: {why}")
+    return verdict(
+        Outcome.QUEUE,
+        f"{autonomy} does not execute {risk} risk by itself; queued for approval "
+        f"({why}){breaker_note}",
+    )
+
+
+_AUTO_EXECUTES: dict[AutonomyLevel, frozenset[Risk]] = {
+    AutonomyLevel.OBSERVE: frozenset(),
+    AutonomyLevel.SUGGEST: frozenset(),
+    AutonomyLevel.AUTO_SAFE: frozenset({Risk.LOW}),
+    AutonomyLevel.AUTO_FULL: frozenset({Risk.LOW, Risk.MEDIUM}),
+}
+
+
+def breaker_state(
+    failures: Iterable[datetime], *, opened: bool, config: Config, now: datetime
+) -> BreakerState:
+    """Open once `breaker_threshold` verifications failed within the window; stays open
+    (opened=True, persisted by the store) until a human resets it."""
+    since = now - timedelta(seconds=config.breaker_window)
+    recent = sum(1 for at in failures if at > since)
+    if opened:
+        return BreakerState(True, recent, "open until `macha-obs autonomy reset`")
+    if recent >= config.breaker_threshold:
+        return BreakerState(
+            True,
+            recent,
+            f"{recent} failed verifications in {config.breaker_window:.0f}s "
+            f"(threshold {config.breaker_threshold})",
+        )
+    return BreakerState(False, recent, "")

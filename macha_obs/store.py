@@ -1,0 +1,594 @@
+"""Durable state: SQLite (WAL) for approvals, the action ledger, the breaker and small
+key/value state; JSONL audit logs appended with fsync.
+
+The daemon and several CLI processes open the same state dir at once. Every
+read-modify-write runs in a `BEGIN IMMEDIATE` transaction, so two approvers racing for
+one approval are serialised by SQLite and exactly one wins (invariant 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from macha_obs.models import (
+    Action,
+    ActionRecord,
+    ActionStatus,
+    Approval,
+    ApprovalStatus,
+    ExecutionResult,
+    Risk,
+    action_json,
+    parse_action,
+)
+from macha_obs.policy import Execution
+
+DB_NAME = "state.db"
+DECISIONS_LOG = "decisions.jsonl"
+ACTIONS_LOG = "actions.jsonl"
+ORCHESTRATOR_LOG = "orchestrator.log"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY,          -- from 0, so `macha-approve approve 0` works
+    incident_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    risk TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    evidence TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    decided_at REAL,
+    decided_by TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '',
+    action_id INTEGER
+);
+-- one pending approval per (incident, action): a repeated proposal is not a new item
+CREATE UNIQUE INDEX IF NOT EXISTS approvals_pending_once
+    ON approvals(incident_id, action) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id TEXT NOT NULL,
+    approval_id INTEGER,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    owner TEXT NOT NULL,             -- "pid:create_time" of the process that wrote the intent
+    result TEXT
+);
+-- an approval is carried out at most once, whatever races happen above
+CREATE UNIQUE INDEX IF NOT EXISTS actions_once_per_approval
+    ON actions(approval_id) WHERE approval_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS actions_started ON actions(started_at);
+CREATE TABLE IF NOT EXISTS verifications (
+    at REAL NOT NULL,
+    action_id INTEGER,
+    ok INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS breaker (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    opened_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    reset_at REAL NOT NULL DEFAULT 0,
+    reset_by TEXT NOT NULL DEFAULT ''
+);
+"""
+
+_TERMINAL_APPROVAL = {
+    ApprovalStatus.EXECUTED,
+    ApprovalStatus.FAILED,
+    ApprovalStatus.REJECTED,
+    ApprovalStatus.EXPIRED,
+    ApprovalStatus.CANCELLED,
+    ApprovalStatus.REFUSED,
+    ApprovalStatus.ACKNOWLEDGED,
+    ApprovalStatus.INTERRUPTED,
+}
+
+
+class StoreError(Exception):
+    """The state directory cannot be used."""
+
+
+class ApprovalError(Exception):
+    """An approval cannot be acted on; the message says why."""
+
+
+def process_owner(pid: int | None = None) -> str:
+    """Identify a process by pid and start time, so a reused pid is not mistaken for it."""
+    proc = psutil.Process(pid)
+    return f"{proc.pid}:{proc.create_time():.3f}"
+
+
+def owner_alive(owner: str) -> bool:
+    pid_text, _, started = owner.partition(":")
+    try:
+        return process_owner(int(pid_text)) == f"{int(pid_text)}:{float(started):.3f}"
+    except (psutil.Error, ValueError):
+        return False
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class Store:
+    """One handle on a state directory. Thread-safe within a process."""
+
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise StoreError(f"cannot create state dir {self.state_dir}: {exc.strerror}") from exc
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.state_dir / DB_NAME,
+                timeout=30.0,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
+                check_same_thread=False,
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: an intent row must be on disk before the side effect it announces
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.state_dir / DB_NAME}: {exc}") from exc
+        self.owner = process_owner()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def decisions_log(self) -> Path:
+        return self.state_dir / DECISIONS_LOG
+
+    @property
+    def actions_log(self) -> Path:
+        return self.state_dir / ACTIONS_LOG
+
+    @property
+    def orchestrator_log(self) -> Path:
+        return self.state_dir / ORCHESTRATOR_LOG
+
+    # ------------------------------------------------------------ key/value
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # ------------------------------------------------------------ audit logs
+
+    def audit(self, log: Path, record: Mapping[str, Any]) -> None:
+        """Append one JSON line and fsync it before returning (invariant 10)."""
+        line = json.dumps({"ts": _ts(self.clock()).isoformat(), **record}, default=str)  # type: ignore[union-attr]
+        data = (line.replace("\n", " ") + "\n").encode()
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # whole lines, even from several processes
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def audit_decision(self, record: Mapping[str, Any]) -> None:
+        self.audit(self.decisions_log, record)
+
+    def audit_action(self, record: Mapping[str, Any]) -> None:
+        self.audit(self.actions_log, record)
+
+    # ------------------------------------------------------------ approvals
+
+    def enqueue(
+        self,
+        incident_id: str,
+        action: Action,
+        *,
+        risk: Risk,
+        reason: str,
+        evidence: list[str] | None = None,
+        ttl: float,
+    ) -> Approval:
+        """Queue `action` for a human; an identical pending item is returned, not duplicated."""
+        now = self.clock()
+        encoded = action_json(action)
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT id FROM approvals WHERE incident_id = ? AND action = ? AND status = ?",
+                (incident_id, encoded, ApprovalStatus.PENDING.value),
+            ).fetchone()
+            if row is None:
+                next_id = cur.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM approvals").fetchone()[
+                    0
+                ]
+                cur.execute(
+                    "INSERT INTO approvals(id, incident_id, action, kind, target, risk, reason,"
+                    " evidence, status, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        next_id,
+                        incident_id,
+                        encoded,
+                        action.kind,
+                        action.target,
+                        risk.value,
+                        reason,
+                        json.dumps(evidence or []),
+                        ApprovalStatus.PENDING.value,
+                        now,
+                        now + ttl,
+                    ),
+                )
+                approval_id = int(next_id)
+            else:
+                approval_id = int(row["id"])
+        return self._must_get_approval(approval_id)
+
+    def get_approval(self, approval_id: int) -> Approval | None:
+        rows = self._query("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+        return self._approval(rows[0]) if rows else None
+
+    def _must_get_approval(self, approval_id: int) -> Approval:
+        approval = self.get_approval(approval_id)
+        if approval is None:
+            raise ApprovalError(f"no approval with id {approval_id}")
+        return approval
+
+    def list_approvals(self, statuses: set[ApprovalStatus] | None = None) -> list[Approval]:
+        rows = self._query("SELECT * FROM approvals ORDER BY id")
+        out = [self._approval(r) for r in rows]
+        return [a for a in out if statuses is None or a.status in statuses]
+
+    def pending_count(self) -> int:
+        rows = self._query(
+            "SELECT COUNT(*) AS n FROM approvals WHERE status = ?", (ApprovalStatus.PENDING.value,)
+        )
+        return int(rows[0]["n"])
+
+    def claim_approval(self, approval_id: int, by: str) -> Approval:
+        """Move a pending approval to `approved` for this caller; only one caller ever wins."""
+        now = self.clock()
+        with self._tx() as cur:
+            row = cur.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            if row is None:
+                raise ApprovalError(f"no approval with id {approval_id}")
+            status = ApprovalStatus(row["status"])
+            if status is ApprovalStatus.PENDING and row["expires_at"] <= now:
+                cur.execute(
+                    "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
+                    (ApprovalStatus.EXPIRED.value, now, "expired before approval", approval_id),
+                )
+                status = ApprovalStatus.EXPIRED
+            if status is not ApprovalStatus.PENDING:
+                raise ApprovalError(f"approval {approval_id} is {status.value}, not pending")
+            cur.execute(
+                "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ? WHERE id = ?",
+                (ApprovalStatus.APPROVED.value, now, by, approval_id),
+            )
+        return self._must_get_approval(approval_id)
+
+    def settle_approval(
+        self,
+        approval_id: int,
+        status: ApprovalStatus,
+        note: str = "",
+        *,
+        action_id: int | None = None,
+        by: str | None = None,
+    ) -> Approval:
+        """Record what became of an approval (or put a claimed one back to pending)."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE approvals SET status = ?, note = ?, action_id = COALESCE(?, action_id),"
+                " decided_at = ?, decided_by = COALESCE(?, decided_by) WHERE id = ?",
+                (status.value, note, action_id, self.clock(), by, approval_id),
+            )
+        return self._must_get_approval(approval_id)
+
+    def reject_approval(self, approval_id: int, by: str, reason: str = "") -> Approval:
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT status FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+            if row is None:
+                raise ApprovalError(f"no approval with id {approval_id}")
+            if row["status"] != ApprovalStatus.PENDING.value:
+                raise ApprovalError(f"approval {approval_id} is {row['status']}, not pending")
+            cur.execute(
+                "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, note = ?"
+                " WHERE id = ?",
+                (ApprovalStatus.REJECTED.value, self.clock(), by, reason, approval_id),
+            )
+        return self._must_get_approval(approval_id)
+
+    def expire_approvals(self) -> list[int]:
+        """Pending approvals past their TTL become `expired`; returns their ids."""
+        now = self.clock()
+        with self._tx() as cur:
+            ids = [
+                int(r[0])
+                for r in cur.execute(
+                    "SELECT id FROM approvals WHERE status = ? AND expires_at <= ?",
+                    (ApprovalStatus.PENDING.value, now),
+                ).fetchall()
+            ]
+            cur.executemany(
+                "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
+                [(ApprovalStatus.EXPIRED.value, now, "expired (TTL)", i) for i in ids],
+            )
+        return ids
+
+    def cancel_approvals_for_incident(self, incident_id: str, reason: str) -> list[int]:
+        now = self.clock()
+        with self._tx() as cur:
+            ids = [
+                int(r[0])
+                for r in cur.execute(
+                    "SELECT id FROM approvals WHERE status = ? AND incident_id = ?",
+                    (ApprovalStatus.PENDING.value, incident_id),
+                ).fetchall()
+            ]
+            cur.executemany(
+                "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
+                [(ApprovalStatus.CANCELLED.value, now, reason, i) for i in ids],
+            )
+        return ids
+
+    @staticmethod
+    def _approval(row: sqlite3.Row) -> Approval:
+        return Approval(
+            id=row["id"],
+            incident_id=row["incident_id"],
+            action=parse_action(row["action"]),
+            risk=Risk(row["risk"]),
+            reason=row["reason"],
+            evidence=json.loads(row["evidence"]),
+            status=ApprovalStatus(row["status"]),
+            created_at=_ts(row["created_at"]),
+            expires_at=_ts(row["expires_at"]),
+            decided_at=_ts(row["decided_at"]),
+            decided_by=row["decided_by"],
+            note=row["note"],
+            action_id=row["action_id"],
+        )
+
+    # ------------------------------------------------------------ the action ledger
+
+    def record_intent(
+        self, incident_id: str, action: Action, *, approval_id: int | None = None
+    ) -> int:
+        """Write the intent row (fsynced) and its audit line before any side effect.
+
+        For an approval, a second intent violates the unique index: that is the
+        "approving twice executes once" guarantee, enforced by the database.
+        """
+        now = self.clock()
+        try:
+            with self._tx() as cur:
+                cur.execute(
+                    "INSERT INTO actions(incident_id, approval_id, action, kind, target, status,"
+                    " started_at, owner) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        incident_id,
+                        approval_id,
+                        action_json(action),
+                        action.kind,
+                        action.target,
+                        ActionStatus.INTENT.value,
+                        now,
+                        self.owner,
+                    ),
+                )
+                action_id = int(cur.lastrowid or 0)
+        except sqlite3.IntegrityError as exc:
+            raise ApprovalError(f"approval {approval_id} was already carried out") from exc
+        self.audit_action(
+            {
+                "event": "intent",
+                "action_id": action_id,
+                "incident_id": incident_id,
+                "approval_id": approval_id,
+                "action": action.model_dump(mode="json"),
+            }
+        )
+        return action_id
+
+    def record_outcome(
+        self, action_id: int, status: ActionStatus, result: ExecutionResult | None
+    ) -> None:
+        encoded = result.model_dump_json() if result is not None else None
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT incident_id, approval_id FROM actions WHERE id = ?", (action_id,)
+            ).fetchone()
+            cur.execute(
+                "UPDATE actions SET status = ?, finished_at = ?, result = ? WHERE id = ?",
+                (status.value, self.clock(), encoded, action_id),
+            )
+        self.audit_action(
+            {
+                "event": "outcome",
+                "action_id": action_id,
+                "incident_id": row["incident_id"] if row else None,
+                "approval_id": row["approval_id"] if row else None,
+                "status": status.value,
+                "result": result.model_dump(mode="json") if result else None,
+            }
+        )
+
+    def recover_interrupted(self) -> list[ActionRecord]:
+        """Intent rows whose writer is gone become `interrupted` (invariant 6).
+
+        Nothing is re-run: the record and its approval say what happened, and a human
+        or the next cycle decides again from the host's current state.
+        """
+        interrupted: list[int] = []
+        now = self.clock()
+        with self._tx() as cur:
+            rows = cur.execute(
+                "SELECT id, owner, approval_id FROM actions WHERE status = ?",
+                (ActionStatus.INTENT.value,),
+            ).fetchall()
+            for row in rows:
+                if owner_alive(row["owner"]):
+                    continue
+                interrupted.append(int(row["id"]))
+                cur.execute(
+                    "UPDATE actions SET status = ?, finished_at = ? WHERE id = ?",
+                    (ActionStatus.INTERRUPTED.value, now, row["id"]),
+                )
+                if row["approval_id"] is not None:
+                    cur.execute(
+                        "UPDATE approvals SET status = ?, note = ? WHERE id = ?",
+                        (
+                            ApprovalStatus.INTERRUPTED.value,
+                            "the process carrying it out died; not re-run",
+                            row["approval_id"],
+                        ),
+                    )
+        records = [r for r in (self.get_action(i) for i in interrupted) if r is not None]
+        for rec in records:
+            self.audit_action(
+                {
+                    "event": "interrupted",
+                    "action_id": rec.id,
+                    "incident_id": rec.incident_id,
+                    "approval_id": rec.approval_id,
+                    "action": rec.action.model_dump(mode="json"),
+                }
+            )
+        return records
+
+    def get_action(self, action_id: int) -> ActionRecord | None:
+        rows = self._query("SELECT * FROM actions WHERE id = ?", (action_id,))
+        return self._action(rows[0]) if rows else None
+
+    def list_actions(self, limit: int = 100) -> list[ActionRecord]:
+        rows = self._query("SELECT * FROM actions ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._action(r) for r in rows]
+
+    def recent_executions(self, since: float) -> tuple[Execution, ...]:
+        """Everything that started a side effect since `since`, for the rate limiter."""
+        rows = self._query(
+            "SELECT kind, target, started_at FROM actions WHERE started_at > ?"
+            " AND status != ? AND kind != 'investigate'",
+            (since, ActionStatus.REFUSED.value),
+        )
+        return tuple(
+            Execution(r["kind"], r["target"], _ts(r["started_at"]))  # type: ignore[arg-type]
+            for r in rows
+        )
+
+    @staticmethod
+    def _action(row: sqlite3.Row) -> ActionRecord:
+        return ActionRecord(
+            id=row["id"],
+            incident_id=row["incident_id"],
+            approval_id=row["approval_id"],
+            action=parse_action(row["action"]),
+            status=ActionStatus(row["status"]),
+            started_at=_ts(row["started_at"]),
+            finished_at=_ts(row["finished_at"]),
+            result=ExecutionResult.model_validate_json(row["result"]) if row["result"] else None,
+        )
+
+    # ------------------------------------------------------------ breaker
+
+    def record_verification(self, action_id: int | None, ok: bool) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO verifications(at, action_id, ok) VALUES (?,?,?)",
+                (self.clock(), action_id, int(ok)),
+            )
+
+    def failed_verifications(self) -> list[datetime]:
+        """Failures since the last human reset."""
+        rows = self._query(
+            "SELECT at FROM verifications WHERE ok = 0 AND at > "
+            "COALESCE((SELECT reset_at FROM breaker WHERE id = 1), 0) ORDER BY at"
+        )
+        return [_ts(r["at"]) for r in rows]  # type: ignore[misc]
+
+    def breaker_opened(self) -> tuple[datetime | None, str]:
+        rows = self._query("SELECT opened_at, reason FROM breaker WHERE id = 1")
+        if not rows or rows[0]["opened_at"] is None:
+            return None, ""
+        return _ts(rows[0]["opened_at"]), str(rows[0]["reason"])
+
+    def open_breaker(self, reason: str) -> None:
+        """Persist an open breaker: it stays open across restarts until reset (invariant 7)."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO breaker(id, opened_at, reason) VALUES (1, ?, ?) ON CONFLICT(id)"
+                " DO UPDATE SET opened_at = COALESCE(opened_at, excluded.opened_at),"
+                " reason = CASE WHEN opened_at IS NULL THEN excluded.reason ELSE reason END",
+                (self.clock(), reason),
+            )
+
+    def reset_breaker(self, by: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO breaker(id, opened_at, reason, reset_at, reset_by)"
+                " VALUES (1, NULL, '', ?, ?) ON CONFLICT(id) DO UPDATE SET opened_at = NULL,"
+                " reason = '', reset_at = excluded.reset_at, reset_by = excluded.reset_by",
+                (self.clock(), by),
+            )
+        self.audit_action({"event": "breaker_reset", "by": by})
