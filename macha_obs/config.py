@@ -134,6 +134,8 @@ class Config(BaseModel):
     verify_timeout: float = Field(30.0, gt=0, le=600)
     verify_settle: float = Field(2.0, ge=0, le=120)
     dbus_timeout: float = Field(10.0, gt=0, le=120)
+    # None: the system bus. Tests and containers point this at another systemd.
+    systemd_bus_address: str | None = Field(None, max_length=500)
 
     # eyes
     snapshot_retention: int = Field(20, ge=1, le=10000)

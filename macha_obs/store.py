@@ -317,12 +317,14 @@ class Store:
                     (ApprovalStatus.EXPIRED.value, now, "expired before approval", approval_id),
                 )
                 status = ApprovalStatus.EXPIRED
-            if status is not ApprovalStatus.PENDING:
-                raise ApprovalError(f"approval {approval_id} is {status.value}, not pending")
-            cur.execute(
-                "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ? WHERE id = ?",
-                (ApprovalStatus.APPROVED.value, now, by, approval_id),
-            )
+            if status is ApprovalStatus.PENDING:
+                cur.execute(
+                    "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ? WHERE id = ?",
+                    (ApprovalStatus.APPROVED.value, now, by, approval_id),
+                )
+        # raised after the commit, so an expiry found here is kept
+        if status is not ApprovalStatus.PENDING:
+            raise ApprovalError(f"approval {approval_id} is {status.value}, not pending")
         return self._must_get_approval(approval_id)
 
     def settle_approval(

@@ -1,18 +1,16 @@
 """The systemd D-Bus seam: a few Manager/Unit calls over pystemd, nothing else.
 
-Raw `call_method` on one connection per operation keeps this thread-safe and avoids
-pystemd's per-object introspection (one round trip instead of several). Every call is
-bounded: a bus that stops answering raises `DBusTimeout` instead of hanging.
+Raw `call_method` avoids pystemd's per-object introspection (one round trip instead of
+several per property).
 """
 
 from __future__ import annotations
 
 import errno
-import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from macha_obs.execute.errors import DBusTimeout, SystemdError, TransientDBusError
+from macha_obs.execute.errors import SystemdError, TransientDBusError
 from macha_obs.models import UnitState
 
 _DEST = b"org.freedesktop.systemd1"
@@ -84,47 +82,46 @@ def _body(reply: Any) -> Any:
 
 
 class PystemdBus:
-    """SystemdBus over pystemd. `address` is a D-Bus address; None means the system bus."""
+    """SystemdBus over pystemd, in this process, on one persistent connection.
 
-    def __init__(self, address: str | None = None, *, timeout: float = 10.0) -> None:
+    pystemd holds the GIL inside a D-Bus call and libsystemd waits up to 90 s for a
+    stalled bus, so this class can freeze its whole process: the daemon never uses it
+    directly but through `IsolatedBus` (execute/dbus_worker.py), which runs it in a
+    child process it can kill.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
         self.address = address
-        self.timeout = timeout
+        self._bus: Any = None
 
-    def _bounded(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(bus)` on a fresh connection in a worker thread, bounded by `timeout`.
+    def _connection(self) -> Any:
+        if self._bus is None:
+            from pystemd.dbuslib import DBus, DBusAddress
 
-        libsystemd's own method-call timeout is 25 s and cannot be set per call from
-        pystemd; the worker thread is a daemon, so a wedged call only costs a thread.
-        """
-        box: dict[str, Any] = {}
-
-        def work() -> None:
+            bus = DBusAddress(self.address.encode()) if self.address else DBus()
             try:
-                from pystemd.dbuslib import DBus, DBusAddress
-
-                bus = DBusAddress(self.address.encode()) if self.address else DBus()
-                try:
-                    bus.open()
-                except Exception as exc:
-                    box["error"] = TransientDBusError(f"cannot connect to D-Bus: {exc}")
-                    return
-                try:
-                    box["value"] = fn(bus)
-                finally:
-                    bus.close()
-            except SystemdError as exc:
-                box["error"] = exc
+                bus.open()
             except Exception as exc:
-                box["error"] = classify(exc)
+                raise TransientDBusError(f"cannot connect to D-Bus: {exc}") from exc
+            self._bus = bus
+        return self._bus
 
-        worker = threading.Thread(target=work, name="macha-dbus", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            raise DBusTimeout(f"D-Bus did not answer within {self.timeout:g}s")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+            self._bus = None
+
+    def _on_bus(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(bus)`; a failed call drops the connection so the next one starts clean."""
+        try:
+            return fn(self._connection())
+        except SystemdError:
+            raise
+        except Exception as exc:
+            error = classify(exc)
+            if isinstance(error, TransientDBusError):
+                self.close()
+            raise error from exc
 
     @staticmethod
     def _unit_path(bus: Any, unit: str) -> bytes:
@@ -156,7 +153,7 @@ class PystemdBus:
                 state_change_usec=int(props.get(b"StateChangeTimestamp", 0) or 0),
             )
 
-        return self._bounded(call)
+        return self._on_bus(call)
 
     def submit(self, unit: str, verb: str) -> str:
         """Queue a job ('start', 'restart', 'stop') in 'replace' mode; returns the job path."""
@@ -168,7 +165,7 @@ class PystemdBus:
             )
             return _text(_body(reply))
 
-        return self._bounded(call)
+        return self._on_bus(call)
 
     def job_pending(self, unit: str) -> bool:
         def call(bus: Any) -> bool:
@@ -177,7 +174,7 @@ class PystemdBus:
             job = _body(reply)
             return bool(job and int(job[0]) != 0)
 
-        return self._bounded(call)
+        return self._on_bus(call)
 
     def reset_failed(self, unit: str) -> None:
         def call(bus: Any) -> None:
@@ -185,7 +182,7 @@ class PystemdBus:
                 _DEST, _MANAGER_PATH, _MANAGER, b"ResetFailedUnit", [(_S, unit.encode())]
             )
 
-        self._bounded(call)
+        self._on_bus(call)
 
     def list_units(self, states: tuple[str, ...] = ()) -> list[tuple[str, str, str, str]]:
         """(name, load, active, sub) of loaded units, optionally filtered by state."""
@@ -200,4 +197,4 @@ class PystemdBus:
                 (_text(u[0]), _text(u[2]), _text(u[3]), _text(u[4])) for u in _body(reply) or []
             ]
 
-        return self._bounded(call)
+        return self._on_bus(call)

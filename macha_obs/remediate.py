@@ -1,0 +1,233 @@
+"""From a proposal to a recorded outcome: judge, then execute, queue, record or refuse.
+
+Used by the daemon for fresh proposals and by `macha-approve` for a human's approval;
+both paths go through `judge` again at the moment of execution (invariant 5), write an
+intent before any side effect (invariant 6), and append every verdict and outcome to
+the audit log before returning (invariant 10).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from macha_obs.config import Config
+from macha_obs.models import (
+    Action,
+    ActionStatus,
+    Approval,
+    ApprovalStatus,
+    ConfigChange,
+    ExecutionResult,
+    Investigate,
+    Outcome,
+    Proposal,
+    ResetFailed,
+    StartUnit,
+    UnitState,
+    Verdict,
+    describe_action,
+)
+from macha_obs.policy import RATE_WINDOW, BreakerState, PolicyContext, breaker_state, judge
+from macha_obs.store import ApprovalError, Store
+
+
+class Executor(Protocol):
+    def run(self, action: Action) -> ExecutionResult: ...
+
+    def unit_state(self, unit: str) -> UnitState: ...
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What became of one proposal or approval."""
+
+    verdict: Verdict
+    approval: Approval | None = None
+    action_id: int | None = None
+    result: ExecutionResult | None = None
+
+    @property
+    def summary(self) -> str:
+        if self.result is not None:
+            state = "verified" if self.result.verified else "NOT verified"
+            return f"{self.verdict.outcome}: {state}: {self.result.detail}"
+        if self.approval is not None:
+            return f"{self.verdict.outcome} as approval {self.approval.id}: {self.verdict.reason}"
+        return f"{self.verdict.outcome}: {self.verdict.reason}"
+
+
+class Remediator:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        executor: Executor,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+
+    # ------------------------------------------------------------ state
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def breaker(self) -> BreakerState:
+        opened_at, reason = self.store.breaker_opened()
+        state = breaker_state(
+            self.store.failed_verifications(),
+            opened=opened_at is not None,
+            config=self.config,
+            now=self._now(),
+        )
+        if opened_at is not None and reason:
+            return BreakerState(True, state.failures, reason)
+        return state
+
+    def context(self) -> PolicyContext:
+        now = self._now()
+        since = (now - RATE_WINDOW).timestamp()
+        return PolicyContext(
+            config=self.config,
+            now=now,
+            recent=self.store.recent_executions(since),
+            breaker=self.breaker(),
+        )
+
+    def problem_present(self, action: Action) -> bool | None:
+        """Look at the host: is there still something for `action` to fix?
+
+        Only answered where the answer is certain: starting a unit that is already
+        active fixes nothing. Everything else (a restart of a running but misbehaving
+        unit, a disk clean-up) is left to the policy and the human: None.
+        """
+        if isinstance(action, StartUnit | ResetFailed):
+            try:
+                state = self.executor.unit_state(action.unit)
+            except Exception:  # the probe failing must not block or approve anything
+                return None
+            return not state.healthy
+        return None
+
+    # ------------------------------------------------------------ proposals
+
+    def handle(self, incident_id: str, proposal: Proposal) -> Handled:
+        """Judge a fresh proposal and carry out the verdict."""
+        verdict = judge(proposal.action, self.context())
+        self._audit_verdict(incident_id, proposal.action, verdict, proposal.reason)
+        match verdict.outcome:
+            case Outcome.EXECUTE:
+                action_id, result = self._execute(incident_id, proposal.action, None)
+                return Handled(verdict, action_id=action_id, result=result)
+            case Outcome.QUEUE:
+                approval = self.store.enqueue(
+                    incident_id,
+                    proposal.action,
+                    risk=verdict.risk,
+                    reason=f"{verdict.reason}. Proposed because: {proposal.reason or '-'}",
+                    evidence=list(proposal.evidence),
+                    ttl=self.config.approval_ttl,
+                )
+                return Handled(verdict, approval=approval)
+        return Handled(verdict)
+
+    # ------------------------------------------------------------ approvals
+
+    def approve(self, approval_id: int, by: str) -> Handled:
+        """Carry out a human's approval, once, if the policy still allows it now."""
+        approval = self.store.claim_approval(approval_id, by)  # only one caller gets past
+        action = approval.action
+        if isinstance(action, ConfigChange):
+            settled = self.store.settle_approval(
+                approval_id, ApprovalStatus.ACKNOWLEDGED, "read by a human; nothing executed"
+            )
+            verdict = judge(action, self.context())
+            self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
+            return Handled(verdict, approval=settled)
+        present = self.problem_present(action)
+        verdict = judge(action, self.context(), approved=True, problem_present=present)
+        self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
+        if verdict.outcome is not Outcome.EXECUTE:
+            # Refusals that can pass (observe mode, a rate limit) keep the item pending so
+            # nothing a human asked for is lost; permanent ones settle it.
+            status = ApprovalStatus.REFUSED
+            if verdict.outcome is Outcome.RECORD or verdict.rate_limited:
+                status = ApprovalStatus.PENDING
+            elif present is False:
+                status = ApprovalStatus.CANCELLED
+            settled = self.store.settle_approval(approval_id, status, verdict.reason)
+            return Handled(verdict, approval=settled)
+        action_id, result = self._execute(approval.incident_id, action, approval_id)
+        status = ApprovalStatus.EXECUTED if result.verified else ApprovalStatus.FAILED
+        settled = self.store.settle_approval(
+            approval_id, status, result.detail, action_id=action_id
+        )
+        return Handled(verdict, approval=settled, action_id=action_id, result=result)
+
+    def reject(self, approval_id: int, by: str, reason: str = "") -> Approval:
+        approval = self.store.reject_approval(approval_id, by, reason)
+        self.store.audit_decision(
+            {
+                "event": "rejected",
+                "incident_id": approval.incident_id,
+                "approval_id": approval_id,
+                "by": by,
+                "reason": reason,
+            }
+        )
+        return approval
+
+    # ------------------------------------------------------------ execution
+
+    def _execute(
+        self, incident_id: str, action: Action, approval_id: int | None
+    ) -> tuple[int, ExecutionResult]:
+        action_id = self.store.record_intent(incident_id, action, approval_id=approval_id)
+        try:
+            result = self.executor.run(action)
+        except Exception as exc:  # refused or broken: recorded, never silently dropped
+            result = ExecutionResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
+            self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
+            return action_id, result
+        status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED
+        self.store.record_outcome(action_id, status, result)
+        if not isinstance(action, Investigate):
+            self._count_verification(action_id, result.verified)
+        return action_id, result
+
+    def _count_verification(self, action_id: int, ok: bool) -> None:
+        self.store.record_verification(action_id, ok)
+        if ok:
+            return
+        state = self.breaker()
+        opened_at, _ = self.store.breaker_opened()
+        if state.open and opened_at is None:
+            self.store.open_breaker(state.reason)
+            self.store.audit_action(
+                {"event": "breaker_open", "reason": state.reason, "action_id": action_id}
+            )
+
+    def _audit_verdict(self, incident_id: str, action: Action, verdict: Verdict, why: str) -> None:
+        self.store.audit_decision(
+            {
+                "event": "verdict",
+                "incident_id": incident_id,
+                "action": action.model_dump(mode="json"),
+                "label": describe_action(action),
+                "outcome": verdict.outcome.value,
+                "risk": verdict.risk.value,
+                "autonomy": verdict.autonomy.value,
+                "reason": verdict.reason,
+                "proposed_because": why,
+            }
+        )
+
+
+__all__ = ["ApprovalError", "Executor", "Handled", "Remediator"]

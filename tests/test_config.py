@@ -1,0 +1,106 @@
+"""Config: file < MACHA_* environment < flags, merged protected units, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from macha_obs import config as config_mod
+from macha_obs.config import (
+    BUILTIN_PROTECTED_UNITS,
+    AutonomyLevel,
+    ConfigError,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_safe() -> None:
+    cfg = config_mod.load(None, environ={}, overrides={})
+    assert cfg.autonomy_level is AutonomyLevel.SUGGEST
+    assert cfg.check_interval == 300
+    assert cfg.model == "llama3.1:70b"
+    assert cfg.listen_host == "127.0.0.1"
+    assert cfg.protected_units == BUILTIN_PROTECTED_UNITS
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, 'autonomy_level = "observe"\ncheck_interval = 10\nmodel = "a"\n')
+    env = {"MACHA_CHECK_INTERVAL": "20", "MACHA_MODEL": "b"}
+    cfg = config_mod.load(path, environ=env, overrides={"model": "c", "analysis": None})
+    assert cfg.autonomy_level is AutonomyLevel.OBSERVE  # file
+    assert cfg.check_interval == 20  # env beats file
+    assert cfg.model == "c"  # flag beats env
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'autonomy_level = "auto-safe"\n')
+    cfg = config_mod.load(None, environ={"MACHA_CONFIG": str(path)})
+    assert cfg.autonomy_level is AutonomyLevel.AUTO_SAFE
+
+
+def test_state_dir_and_listen_address_from_environment(tmp_path: Path) -> None:
+    env = {"MACHA_STATE_DIR": str(tmp_path), "MACHA_LISTEN_ADDRESS": "127.0.0.1:0"}
+    cfg = config_mod.load(None, environ=env)
+    assert cfg.state_dir == tmp_path
+    assert cfg.listen_port == 0
+
+
+def test_protected_units_merge_with_builtins(tmp_path: Path) -> None:
+    path = write(tmp_path, 'protected_units = ["postgresql.service", "sshd.service"]\n')
+    cfg = config_mod.load(path, environ={})
+    assert set(BUILTIN_PROTECTED_UNITS) <= set(cfg.protected_units)
+    assert "postgresql.service" in cfg.protected_units
+    assert cfg.protected_units.count("sshd.service") == 1
+
+
+def test_protected_units_from_env_list(tmp_path: Path) -> None:
+    cfg = config_mod.load(None, environ={"MACHA_PROTECTED_UNITS": "a.service, b@*.service"})
+    assert {"a.service", "b@*.service"} <= set(cfg.protected_units)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "reason"),
+    [
+        ('autonomy_level = "yolo"\n', "autonomy_level", "Input should be"),
+        ("check_interval = 0\n", "check_interval", "greater than or equal to 1"),
+        ("bogus = 1\n", "bogus", "unknown setting"),
+        ('listen_address = "nowhere"\n', "listen_address", "HOST:PORT"),
+        ('ollama_url = "ftp://x"\n', "ollama_url", "http"),
+        ('protected_units = ["a b.service"]\n', "protected_units", "not a unit name"),
+    ],
+)
+def test_invalid_values_name_field_and_reason(
+    tmp_path: Path, text: str, field: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(write(tmp_path, text), environ={})
+    message = str(info.value)
+    assert field in message
+    assert reason in message
+
+
+def test_corrupt_toml_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config_mod.load(write(tmp_path, 'autonomy_level = "x\n[[[\n'), environ={})
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        config_mod.load(tmp_path / "nope.toml", environ={})
+
+
+def test_unknown_env_setting_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="MACHA_AUTONOMY: unknown setting"):
+        config_mod.load(None, environ={"MACHA_AUTONOMY": "observe"})
+
+
+def test_show_roundtrips_through_validation(make_config) -> None:
+    cfg = make_config(autonomy_level="auto-full")
+    again = config_mod.validate(config_mod.to_toml_dict(cfg))
+    assert again == cfg

@@ -1,0 +1,270 @@
+"""Store: approvals, the ledger, crash recovery and concurrent approvers.
+
+Concurrency and crash tests use real processes (spawned Python interpreters, SIGKILL);
+the only stand-in is the runner seam, i.e. the process boundary of the executor.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from macha_obs.execute.runner import Completed
+from macha_obs.models import (
+    ActionStatus,
+    ApprovalStatus,
+    ExecutionResult,
+    JournalVacuum,
+    RestartUnit,
+    Risk,
+)
+from macha_obs.store import ApprovalError, Store
+
+
+def enqueue(store: Store, unit: str = "nginx.service", incident: str = "inc-1", ttl: float = 60):
+    return store.enqueue(
+        incident, RestartUnit(unit=unit), risk=Risk.LOW, reason="why", evidence=["e"], ttl=ttl
+    )
+
+
+def test_wal_mode_and_files(store: Store) -> None:
+    mode = sqlite3.connect(store.state_dir / "state.db").execute("PRAGMA journal_mode").fetchone()
+    assert mode[0] == "wal"
+
+
+def test_approval_ids_start_at_zero_and_are_stable(store: Store) -> None:
+    first = enqueue(store, "a.service")
+    second = enqueue(store, "b.service")
+    assert (first.id, second.id) == (0, 1)
+    store.reject_approval(0, "me", "no")
+    third = enqueue(store, "c.service")
+    assert third.id == 2  # ids are never reused
+    assert store.get_approval(1) == second
+
+
+def test_identical_pending_proposal_is_not_duplicated(store: Store) -> None:
+    a = enqueue(store)
+    b = enqueue(store)
+    assert a.id == b.id
+    assert store.pending_count() == 1
+    assert enqueue(store, incident="inc-2").id != a.id
+
+
+def test_claim_once(store: Store) -> None:
+    enqueue(store)
+    assert store.claim_approval(0, "alice").status is ApprovalStatus.APPROVED
+    with pytest.raises(ApprovalError, match="approved, not pending"):
+        store.claim_approval(0, "bob")
+    with pytest.raises(ApprovalError, match="no approval with id 7"):
+        store.claim_approval(7, "bob")
+
+
+def test_expiry_after_ttl(tmp_path: Path) -> None:
+    now = [1000.0]
+    with Store(tmp_path, clock=lambda: now[0]) as store:
+        enqueue(store, ttl=60)
+        now[0] += 61
+        with pytest.raises(ApprovalError, match="expired"):
+            store.claim_approval(0, "alice")
+        enqueue(store, "b.service", ttl=60)
+        now[0] += 61
+        assert store.expire_approvals() == [1]
+        assert store.get_approval(1).status is ApprovalStatus.EXPIRED  # type: ignore[union-attr]
+
+
+def test_cancel_for_resolved_incident(store: Store) -> None:
+    enqueue(store, "a.service", incident="x")
+    enqueue(store, "b.service", incident="y")
+    assert store.cancel_approvals_for_incident("x", "alert resolved") == [0]
+    assert store.get_approval(0).status is ApprovalStatus.CANCELLED  # type: ignore[union-attr]
+    assert store.get_approval(1).status is ApprovalStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_intent_then_outcome_in_ledger_and_audit(store: Store) -> None:
+    action = RestartUnit(unit="nginx.service")
+    action_id = store.record_intent("inc", action)
+    assert store.get_action(action_id).status is ActionStatus.INTENT  # type: ignore[union-attr]
+    store.record_outcome(action_id, ActionStatus.SUCCEEDED, ExecutionResult(ok=True, verified=True))
+    record = store.get_action(action_id)
+    assert record is not None
+    assert record.status is ActionStatus.SUCCEEDED
+    lines = [json.loads(x) for x in store.actions_log.read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["intent", "outcome"]
+    assert all(x["incident_id"] == "inc" for x in lines)
+
+
+def test_one_intent_per_approval(store: Store) -> None:
+    enqueue(store)
+    store.record_intent("inc-1", RestartUnit(unit="nginx.service"), approval_id=0)
+    with pytest.raises(ApprovalError, match="already carried out"):
+        store.record_intent("inc-1", RestartUnit(unit="nginx.service"), approval_id=0)
+
+
+def test_breaker_persists_until_reset(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.record_verification(None, ok=False)
+        store.open_breaker("3 failures")
+    with Store(tmp_path) as store:  # a restart keeps it open
+        assert store.breaker_opened()[1] == "3 failures"
+        store.reset_breaker("alice")
+        assert store.breaker_opened() == (None, "")
+        assert store.failed_verifications() == []
+
+
+def test_corrupt_state_db_is_a_clear_error(tmp_path: Path) -> None:
+    from macha_obs.store import StoreError
+
+    (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=r"state\.db"):
+        Store(tmp_path)
+
+
+def test_audit_lines_are_whole_under_concurrency(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from macha_obs.store import Store\n"
+        "s = Store(Path(sys.argv[1]))\n"
+        "for i in range(200): s.audit_decision({'w': sys.argv[2], 'i': i, 'pad': 'x' * 3000})\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)]) for w in range(3)
+    ]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    lines = (tmp_path / "decisions.jsonl").read_text().splitlines()
+    assert len(lines) == 600
+    assert all(json.loads(line)["pad"] == "x" * 3000 for line in lines)
+
+
+# ---------------------------------------------------------------- real processes
+
+
+class CountingRunner:
+    """The executor's process boundary: append one line per execution to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, argv: Sequence[str], *, timeout: float) -> Completed:
+        with open(self.path, "a") as fh:
+            fh.write(f"{os.getpid()} {' '.join(argv)}\n")
+        return Completed(tuple(argv), 0, "")
+
+
+class SleepingRunner:
+    """A runner that blocks in a real child process, so the caller can be killed mid-action."""
+
+    def __call__(self, argv: Sequence[str], *, timeout: float) -> Completed:
+        from macha_obs.execute.runner import subprocess_runner
+
+        return subprocess_runner(["sleep", "60"], timeout=timeout)
+
+
+def _remediator(state_dir: str, runner: Callable[..., Completed]):
+    from macha_obs import config as config_mod
+    from macha_obs.execute.dispatch import HostExecutor
+    from macha_obs.execute.journal import JournalExecutor
+    from macha_obs.remediate import Remediator
+
+    cfg = config_mod.validate(
+        {
+            "state_dir": state_dir,
+            "autonomy_level": "suggest",
+            "max_actions_per_target_per_hour": 1000,
+            "max_actions_per_hour": 10000,
+        }
+    )
+    executor = HostExecutor(None, None, JournalExecutor(runner), None)  # type: ignore[arg-type]
+    store = Store(Path(state_dir))
+    return Remediator(cfg, store, executor), store
+
+
+def _approver(state_dir: str, counter: str, rounds: int, barrier, results) -> None:
+    remediator, _ = _remediator(state_dir, CountingRunner(counter))
+    for approval_id in range(rounds):
+        barrier.wait(30)
+        try:
+            remediator.approve(approval_id, f"p{os.getpid()}")
+            results.put((approval_id, "executed"))
+        except ApprovalError:
+            results.put((approval_id, "lost"))
+
+
+def test_invariant_5_concurrent_approvals_execute_exactly_once(tmp_path: Path) -> None:
+    rounds = 100
+    state_dir, counter = str(tmp_path / "state"), str(tmp_path / "executions")
+    _, store = _remediator(state_dir, CountingRunner(counter))
+    for i in range(rounds):
+        store.enqueue(
+            f"inc-{i}", JournalVacuum(max_size_mb=100 + i), risk=Risk.LOW, reason="r", ttl=3600
+        )
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [
+        ctx.Process(target=_approver, args=(state_dir, counter, rounds, barrier, results))
+        for _ in range(2)
+    ]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=120) for _ in range(2 * rounds)]
+    for w in workers:
+        w.join(30)
+        assert w.exitcode == 0
+
+    executed = [i for i, what in outcomes if what == "executed"]
+    assert sorted(executed) == list(range(rounds))  # each id executed by exactly one process
+    lines = Path(counter).read_text().splitlines()
+    assert len(lines) == rounds  # ... and the side effect happened exactly once per id
+    assert all(a.status is ApprovalStatus.EXECUTED for a in store.list_approvals())
+
+
+def _doomed_approver(state_dir: str) -> None:
+    remediator, _ = _remediator(state_dir, SleepingRunner())
+    remediator.approve(0, "doomed")
+
+
+def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
+    tmp_path: Path,
+) -> None:
+    state_dir, counter = str(tmp_path / "state"), str(tmp_path / "executions")
+    _, store = _remediator(state_dir, CountingRunner(counter))
+    store.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=3600)
+
+    child = multiprocessing.get_context("spawn").Process(target=_doomed_approver, args=(state_dir,))
+    child.start()
+    deadline = time.monotonic() + 60
+    while not store.list_actions() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [intent] = store.list_actions()
+    assert intent.status is ActionStatus.INTENT
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+
+    # the next process to open the store (the restarted daemon) finds it interrupted
+    remediator, restarted = _remediator(state_dir, CountingRunner(counter))
+    [recovered] = restarted.recover_interrupted()
+    assert recovered.id == intent.id
+    assert recovered.status is ActionStatus.INTERRUPTED
+    assert restarted.get_approval(0).status is ApprovalStatus.INTERRUPTED
+    # ... and nothing re-runs: approving again is refused, the runner never ran
+    with pytest.raises(ApprovalError, match="interrupted, not pending"):
+        remediator.approve(0, "again")
+    assert not Path(counter).exists()
+    assert restarted.recover_interrupted() == []
+    events = [json.loads(x)["event"] for x in restarted.actions_log.read_text().splitlines()]
+    assert events == ["intent", "interrupted"]
+
+
+def test_recovery_leaves_live_intents_alone(store: Store) -> None:
+    action_id = store.record_intent("inc", RestartUnit(unit="a.service"))
+    assert store.recover_interrupted() == []  # the writer (this process) is alive
+    assert store.get_action(action_id).status is ActionStatus.INTENT  # type: ignore[union-attr]
