@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -27,6 +26,9 @@ from pystemd.systemd1 import Manager, Unit
 
 SYSTEMD = Path("/lib/systemd/systemd")
 NAME_PREFIX = "labsd-"
+# Default home of a container's work directory (boot log, seed tree, scratch mountpoint),
+# named like its cgroup so that sweep_stale() finds both when the owner died.
+WORKDIR_PARENT = Path("/var/tmp")
 _CAP_SYS_ADMIN = 21
 
 # Only journald and the system bus: everything else a full boot starts either touches the
@@ -48,24 +50,55 @@ RuntimeMaxUse=32M
 RateLimitBurst=0
 """
 
-# Units that would act on the host's kernel, devices or clock, or wait for a console.
+# Units masked in the container (symlinks to /dev/null in the upper layer).
 _MASKED_UNITS = (
-    "systemd-modules-load.service", "systemd-sysctl.service", "systemd-binfmt.service",
-    "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
-    "kmod-static-nodes.service", "systemd-udevd.service", "systemd-udevd-control.socket",
-    "systemd-udevd-kernel.socket", "systemd-udev-trigger.service",
-    "systemd-udev-settle.service", "systemd-hwdb-update.service",
-    "systemd-random-seed.service", "systemd-firstboot.service",
-    "systemd-machine-id-commit.service", "systemd-repart.service",
-    "systemd-pcrphase.service", "systemd-pcrphase-sysinit.service",
-    "systemd-timesyncd.service", "systemd-pstore.service", "systemd-remount-fs.service",
-    "systemd-fsck-root.service", "sys-kernel-config.mount", "sys-kernel-debug.mount",
-    "sys-kernel-tracing.mount", "sys-fs-fuse-connections.mount", "dev-hugepages.mount",
-    "getty.target", "console-getty.service", "systemd-logind.service",
-    "systemd-ask-password-console.path", "systemd-ask-password-wall.path",
-    "cryptsetup.target", "veritysetup.target", "integritysetup.target", "swap.target",
-    "e2scrub_reap.service", "ldconfig.service", "systemd-update-done.service",
-    "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
+    # The host's kernel: modules, sysctl, binfmt, pseudo filesystems.
+    "systemd-modules-load.service",
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "proc-sys-fs-binfmt_misc.mount",
+    "kmod-static-nodes.service",
+    "sys-kernel-config.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount",
+    "dev-hugepages.mount",
+    # Devices: the container has no udev and a private /dev.
+    "systemd-udevd.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service",
+    "systemd-udev-settle.service",
+    "systemd-hwdb-update.service",
+    # First-boot, disk and storage setup that only makes sense on a real machine.
+    "systemd-random-seed.service",
+    "systemd-firstboot.service",
+    "systemd-machine-id-commit.service",
+    "systemd-repart.service",
+    "systemd-pcrphase.service",
+    "systemd-pcrphase-sysinit.service",
+    "systemd-pstore.service",
+    "systemd-remount-fs.service",
+    "systemd-fsck-root.service",
+    "cryptsetup.target",
+    "veritysetup.target",
+    "integritysetup.target",
+    "swap.target",
+    "e2scrub_reap.service",
+    "ldconfig.service",
+    "systemd-update-done.service",
+    # The clock, consoles and logins.
+    "systemd-timesyncd.service",
+    "getty.target",
+    "console-getty.service",
+    "systemd-logind.service",
+    "systemd-ask-password-console.path",
+    "systemd-ask-password-wall.path",
+    # Timers that would only cost time.
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "man-db.timer",
 )
 
 # The launcher joins the container's cgroup before anything forks, so the whole container
@@ -116,7 +149,9 @@ mount -t tmpfs -o mode=1777,nosuid,nodev,size=256m labsd-tmp "$R/tmp"
 
 cd "$R"; pivot_root . .; umount -l .; cd /
 # Capabilities that reach past the namespaces (modules, clock, raw I/O) are dropped for good.
-exec setpriv --bounding-set=-sys_module,-sys_time,-sys_rawio,-wake_alarm,-block_suspend,-syslog,-mac_admin,-mac_override,-sys_pacct,-mknod \
+DROP=-sys_module,-sys_time,-sys_rawio,-wake_alarm,-block_suspend
+DROP=$DROP,-syslog,-mac_admin,-mac_override,-sys_pacct,-mknod
+exec setpriv --bounding-set="$DROP" \
   env -i container=labsd TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
   /lib/systemd/systemd --system --unit=lab.target --show-status=0 "$@"
 """
@@ -126,8 +161,9 @@ class LabBootError(RuntimeError):
     """The container could not be booted; the message says why and carries the boot log."""
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
-               interval: float = 0.02) -> bool:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> bool:
     """Poll until predicate() is true or timeout passes; the last answer is returned."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -183,8 +219,9 @@ def _cgroup_has_processes(cgroup: Path) -> bool:
 
 def _remove_cgroup(cgroup: Path) -> None:
     # A cgroup directory goes with rmdir only, and only once its children are gone: deepest first.
-    for directory in sorted((p for p in cgroup.rglob("*") if p.is_dir()),
-                            key=lambda p: len(p.parts), reverse=True):
+    for directory in sorted(
+        (p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    ):
         with contextlib.suppress(OSError):
             directory.rmdir()
     with contextlib.suppress(OSError):
@@ -196,27 +233,40 @@ def _kill_cgroup(cgroup: Path) -> None:
         (cgroup / "cgroup.kill").write_text("1")
 
 
-def _owner_alive(cgroup: Path) -> bool:
-    # Names are labsd-<owner pid>-<random>; an unparsable name is left alone.
-    owner = cgroup.name.removeprefix(NAME_PREFIX).split("-", 1)[0]
+def _drain_cgroup(cgroup: Path, timeout: float = 2.0) -> bool:
+    """Kill whatever is left in the cgroup; True once it is empty."""
+    if not _cgroup_has_processes(cgroup):
+        return True
+    _kill_cgroup(cgroup)
+    return wait_until(lambda: not _cgroup_has_processes(cgroup), timeout)
+
+
+def _owner_alive(entry: Path) -> bool:
+    # Cgroups and work dirs are named labsd-<owner pid>-<random>; an unparsable name is kept.
+    owner = entry.name.removeprefix(NAME_PREFIX).split("-", 1)[0]
     return not owner.isdigit() or Path(f"/proc/{owner}").exists()
 
 
+def _stale(parent: Path) -> list[Path]:
+    # A live owner may be booting right now, its cgroup still empty: only dead owners' entries.
+    return [p for p in parent.glob(f"{NAME_PREFIX}*") if p.is_dir() and not _owner_alive(p)]
+
+
 def sweep_stale() -> list[Path]:
-    """Remove containers' cgroups whose owning test process died (say, by SIGKILL)."""
-    cgroot = _cgroup2_root()
-    if cgroot is None:
-        return []
+    """Remove what containers of dead test processes (say, SIGKILLed) left: cgroups, work dirs."""
     removed = []
-    for cgroup in cgroot.glob(f"{NAME_PREFIX}*"):
-        # A live owner may be booting right now, its cgroup still empty: never touch it.
-        if not cgroup.is_dir() or _owner_alive(cgroup):
-            continue
-        _kill_cgroup(cgroup)  # orphans should not exist (PDEATHSIG), but end any that do
-        if wait_until(lambda c=cgroup: not _cgroup_has_processes(c), timeout=2.0):
+    cgroot = _cgroup2_root()
+    for cgroup in _stale(cgroot) if cgroot is not None else []:
+        # Orphans should not exist (PDEATHSIG), but end any that do.
+        if _drain_cgroup(cgroup):
             _remove_cgroup(cgroup)
         if not cgroup.exists():
             removed.append(cgroup)
+    for workdir in _stale(WORKDIR_PARENT):
+        # Its scratch tmpfs was mounted in the dead container's namespace only, never here.
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not workdir.exists():
+            removed.append(workdir)
     return removed
 
 
@@ -252,12 +302,12 @@ def _log_tail(path: Path, limit: int = 2000) -> str:
 class LabSystemd:
     """A real systemd booted as PID 1 of its own namespaces; a context manager."""
 
-    def __init__(self, workdir: Path | None = None, *, boot_timeout: float = 30.0,
-                 lower: Path = Path("/")) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, boot_timeout: float = 30.0, lower: Path = Path("/")
+    ) -> None:
         self.name = f"{NAME_PREFIX}{os.getpid()}-{os.urandom(3).hex()}"
         self._own_workdir = workdir is None
-        self.workdir = workdir if workdir is not None else Path(
-            tempfile.mkdtemp(prefix=NAME_PREFIX, dir="/var/tmp"))
+        self.workdir = workdir if workdir is not None else WORKDIR_PARENT / self.name
         self.boot_timeout = boot_timeout
         self.lower = lower  # the overlay's read-only lower layer: the host's / by default
         self.boot_seconds: float | None = None
@@ -286,6 +336,13 @@ class LabSystemd:
         return self.root / "run" / "log" / "journal"
 
     @property
+    def cgroup(self) -> Path:
+        """The container's cgroup2 subtree, as the host sees it."""
+        if self._cgroup is None:
+            raise RuntimeError("the container has no cgroup: call start() first")
+        return self._cgroup
+
+    @property
     def boot_log(self) -> Path:
         return self.workdir / "boot.log"
 
@@ -301,11 +358,12 @@ class LabSystemd:
             self._launch()
             self._pid = self._wait_for_init(started)
             self._wait_until_running(started)
-        except BaseException as error:
+        except Exception as error:
             detail = self._failure_detail()
             self.stop(graceful=False)
-            if isinstance(error, Exception):
-                raise LabBootError(f"{error}\n{detail}") from error
+            raise LabBootError(f"{error}\n{detail}") from error
+        except BaseException:  # Ctrl-C while booting: still leave nothing behind
+            self.stop(graceful=False)
             raise
         self.boot_seconds = time.monotonic() - started
         # Normal interpreter exit without fixture teardown; PDEATHSIG covers a SIGKILL.
@@ -317,25 +375,30 @@ class LabSystemd:
         assert cgroot is not None  # unavailable_reason() checked it
         self._cgroup = cgroot / self.name
         self._cgroup.mkdir()
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         seed = self.workdir / "seed"
         shutil.rmtree(seed, ignore_errors=True)  # a second start() in the same workdir
         _write_seed(seed, name=self.name, lower=self.lower)
         scratch = self.workdir / "mnt"
         scratch.mkdir(exist_ok=True)
-        argv = [
-            "sh", "-c", _JOIN_CGROUP, "labsd-launch", str(self._cgroup / "cgroup.procs"),
-            # PDEATHSIG: a SIGKILLed test process takes unshare with it, and --kill-child
-            # takes PID 1 and so the whole PID namespace. It fires when the thread that
-            # started the container exits: start it from the main thread.
-            "setpriv", "--pdeathsig", "KILL", "--",
-            "unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net", "--cgroup",
-            "--propagation", "private", "--kill-child=SIGKILL",
-            "bash", "-c", _INIT_SCRIPT, "labsd-init", str(scratch), str(seed), str(self.lower),
-        ]
+        join_cgroup = ["sh", "-c", _JOIN_CGROUP, "labsd-launch", str(self._cgroup / "cgroup.procs")]
+        # PDEATHSIG: a SIGKILLed test process takes unshare with it, and --kill-child takes
+        # PID 1 and so the whole PID namespace. It fires when the *thread* that started the
+        # container exits: start it from the main thread.
+        die_with_parent = ["setpriv", "--pdeathsig", "KILL", "--"]
+        namespaces = ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net"]
+        namespaces += ["--cgroup", "--propagation", "private", "--kill-child=SIGKILL"]
+        init = ["bash", "-c", _INIT_SCRIPT, "labsd-init", str(scratch), str(seed), str(self.lower)]
+        argv = [*join_cgroup, *die_with_parent, *namespaces, *init]
         with self.boot_log.open("wb") as log:
             # A new session keeps the terminal's Ctrl-C away from the container: stop() ends it.
-            self._launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                              stderr=subprocess.STDOUT, start_new_session=True)
+            self._launcher = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _wait_for_init(self, started: float) -> int:
         """The PID of unshare's only child, the container's PID 1."""
@@ -357,11 +420,12 @@ class LabSystemd:
         last: object = "no bus socket yet"
         while time.monotonic() - started < self.boot_timeout:
             if self._launcher.poll() is not None:
-                raise LabBootError(f"the container exited during boot ({self._launcher.returncode})")
+                code = self._launcher.returncode
+                raise LabBootError(f"the container exited during boot ({code})")
             if socket.exists():
                 try:
                     last = self.system_state()
-                except Exception as error:  # noqa: BLE001 -- the bus is not answering yet
+                except Exception as error:  # the bus is not answering yet: retry
                     last = error
                 if last in ("running", "degraded"):
                     return
@@ -387,8 +451,8 @@ class LabSystemd:
                     os.kill(self._pid, signal.SIGRTMIN + 4)  # systemd's "poweroff" signal
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     launcher.wait(timeout)
-            if launcher.poll() is None and self._cgroup is not None:
-                _kill_cgroup(self._cgroup)
+            if launcher.poll() is None:
+                self._kill()
             launcher.wait(timeout)
         self._pid = None
         leftovers = self._remove_traces()
@@ -396,13 +460,19 @@ class LabSystemd:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return leftovers
 
+    def _kill(self) -> None:
+        if self._cgroup is not None:
+            _kill_cgroup(self._cgroup)
+        if self._pid is not None:  # the death of PID 1 ends its namespace, even without cgroup.kill
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+
     def _remove_traces(self) -> list[str]:
         leftovers = []
         cgroup, self._cgroup = self._cgroup, None
         if cgroup is not None and cgroup.exists():
-            if not wait_until(lambda: not _cgroup_has_processes(cgroup), timeout=2.0):
-                _kill_cgroup(cgroup)
-                wait_until(lambda: not _cgroup_has_processes(cgroup), timeout=2.0)
+            # PID 1's death ends its namespace, but the last exits may still be in flight.
+            _drain_cgroup(cgroup)
             _remove_cgroup(cgroup)
             if cgroup.exists():
                 leftovers.append(f"cgroup {cgroup}")
@@ -438,8 +508,9 @@ class LabSystemd:
         with self.dbus() as bus:
             return _unit_state(bus, name)
 
-    def wait_for_state(self, name: str, active_states: str | Collection[str],
-                       timeout: float = 10.0) -> tuple[str, str]:
+    def wait_for_state(
+        self, name: str, active_states: str | Collection[str], timeout: float = 10.0
+    ) -> tuple[str, str]:
         """Wait until the unit's ActiveState is one of active_states; returns the state seen."""
         wanted = {active_states} if isinstance(active_states, str) else set(active_states)
         seen = ("", "")
@@ -501,21 +572,28 @@ class LabSystemd:
             self.daemon_reload()
 
     # ---- commands and journal ----------------------------------------------------
-    def run(self, *cmd: str, check: bool = True,
-            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container, e.g. systemctl, which refuses from the host."""
         return subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "--", *cmd],
-            check=check, capture_output=True, text=True, timeout=timeout)
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def journal(self, unit: str | None = None, *extra: str, output: str = "cat",
-                timeout: float = 30.0) -> str:
+    def journal(
+        self, unit: str | None = None, *extra: str, output: str = "cat", timeout: float = 30.0
+    ) -> str:
         """The container's journal, read from the host (for one unit, or all of it)."""
         argv = ["journalctl", "-D", str(self.journal_dir), "--no-pager", "-o", output, *extra]
         if unit is not None:
             argv += ["-u", unit]
-        return subprocess.run(argv, check=True, capture_output=True, text=True,
-                              timeout=timeout).stdout
+        return subprocess.run(
+            argv, check=True, capture_output=True, text=True, timeout=timeout
+        ).stdout
 
 
 def _unit_state(bus: Any, name: str) -> tuple[str, str]:

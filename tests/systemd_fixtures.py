@@ -19,13 +19,15 @@ from pystemd.systemd1 import Manager
 
 from tests.labsd import LabBootError, LabSystemd, unavailable_reason
 
+# unit_factory(name, text): writes /etc/systemd/system/NAME in the container, reloads,
+# returns NAME.
 UnitFactory = Callable[[str, str], str]
-"""unit_factory(name, text) writes /etc/systemd/system/NAME in the container, reloads, returns NAME."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "systemd: needs a real systemd (PID 1) in a throw-away container")
+        "markers", "systemd: needs a real systemd (PID 1) in a throw-away container"
+    )
 
 
 def _real_required() -> bool:
@@ -36,17 +38,25 @@ def _real_required() -> bool:
 def _cannot_run(reason: str) -> NoReturn:
     message = f"real systemd unavailable: {reason}"
     if _real_required():
-        pytest.fail(f"{message}\n(CI or MACHA_REQUIRE_REAL=1: this must not be skipped)",
-                    pytrace=False)
+        pytest.fail(
+            f"{message}\n(CI or MACHA_REQUIRE_REAL=1: this must not be skipped)", pytrace=False
+        )
     pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
-def systemd_container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSystemd]:
-    """One container for the whole session (about 0.5 s to boot); fails the session if it leaks."""
+def systemd_available() -> None:
+    """Skip (fail under CI) unless this machine can boot a LabSystemd; boots nothing itself."""
     reason = unavailable_reason()
     if reason is not None:
         _cannot_run(reason)
+
+
+@pytest.fixture(scope="session")
+def systemd_container(
+    systemd_available: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabSystemd]:
+    """One container for the whole session (about 0.3 s to boot); fails the session if it leaks."""
     lab = LabSystemd(workdir=tmp_path_factory.mktemp("labsd"))
     try:
         lab.start()
@@ -59,7 +69,7 @@ def systemd_container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabS
 
 @pytest.fixture
 def system_bus(systemd_container: LabSystemd, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point every default system-bus connection (pystemd's, sd_bus_open_system) at the container."""
+    """Point every default system-bus connection (pystemd's DBus()) at the container."""
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", systemd_container.bus_address)
     return systemd_container.bus_address
 
