@@ -21,11 +21,13 @@ from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
 from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
-from macha_obs.execute.journal import JournalExecutor
-from macha_obs.execute.nix import NixExecutor
+from macha_obs.execute.errors import RunnerError
+from macha_obs.execute.journal import JournalExecutor, vacuum_argv
+from macha_obs.execute.nix import NixExecutor, nix_argv
+from macha_obs.execute.privileged import PrivilegedExecutor, parse_instance
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
-from macha_obs.models import Approval, ApprovalStatus, describe_action
+from macha_obs.models import Approval, ApprovalStatus, JournalVacuum, describe_action
 from macha_obs.remediate import Remediator
 from macha_obs.store import ApprovalError, Store, StoreError
 
@@ -50,6 +52,7 @@ def build_executor(cfg: Config) -> HostExecutor:
         NixExecutor(subprocess_runner, flake=cfg.nixos_flake),
         JournalExecutor(subprocess_runner, journal_dir=cfg.journal_dir),
         Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir),
+        privileged=PrivilegedExecutor(bus, cfg.privileged_unit) if cfg.privileged_unit else None,
     )
 
 
@@ -182,6 +185,31 @@ def autonomy_reset(ctx: click.Context) -> None:
     with open_store(cfg) as store:
         store.reset_breaker(who())
     click.echo(f"breaker reset; autonomy back to {cfg.autonomy_level}")
+
+
+@main.command("privileged", hidden=True)
+@click.argument("instance")
+@click.pass_context
+def privileged(ctx: click.Context, instance: str) -> None:
+    """Root side of the privileged oneshot unit: INSTANCE is a typed action, not a command."""
+    cfg = ctx_config(ctx)
+    try:
+        action = parse_instance(instance)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if isinstance(action, JournalVacuum):
+        argv = vacuum_argv(action, journal_dir=cfg.journal_dir)
+    else:
+        argv = nix_argv(action, flake=cfg.nixos_flake)
+    click.echo(f"running: {' '.join(argv)}")
+    try:
+        done = subprocess_runner(argv, timeout=3600)
+    except RunnerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(done.output)
+    sys.exit(0 if done.returncode == 0 else EXIT_FAILED)
 
 
 # ---------------------------------------------------------------- macha-approve

@@ -123,6 +123,9 @@ class Config(BaseModel):
     host_aliases: tuple[str, ...] = ()
     journal_dir: Path | None = None
     nixos_flake: str | None = Field(None, max_length=500)
+    # Empty: run root-only actions (nix gc, rebuild, journal vacuum) directly. Set (the
+    # NixOS module sets "macha-autonomous-privileged"): start <this>@<instance>.service.
+    privileged_unit: str = Field("", max_length=200, pattern=r"^([A-Za-z0-9:_.\-]+)?$")
 
     # safety
     protected_units: tuple[str, ...] = BUILTIN_PROTECTED_UNITS
@@ -243,7 +246,7 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc

@@ -6,6 +6,7 @@ from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.errors import RefusedError
 from macha_obs.execute.journal import JournalExecutor
 from macha_obs.execute.nix import NixExecutor
+from macha_obs.execute.privileged import PrivilegedExecutor
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.models import (
     Action,
@@ -32,7 +33,11 @@ class HostExecutor:
         nix: NixExecutor,
         journal: JournalExecutor,
         diagnostics: Diagnostics,
+        *,
+        privileged: PrivilegedExecutor | None = None,
     ) -> None:
+        """`privileged`, when set, runs the root-only actions (an unprivileged daemon)."""
+        self.privileged = privileged
         self.systemd = systemd
         self.nix = nix
         self.journal = journal
@@ -42,6 +47,8 @@ class HostExecutor:
         match action:
             case RestartUnit() | StartUnit() | ResetFailed():
                 return self.systemd.run(action)
+            case NixGc() | NixRebuild() | NixRollback() | JournalVacuum() if self.privileged:
+                return self.privileged.run(action)
             case NixGc() | NixRebuild() | NixRollback():
                 return self.nix.run(action)
             case JournalVacuum():

@@ -1,0 +1,105 @@
+"""Root-only actions through a privileged oneshot template unit, for an unprivileged daemon.
+
+Under NixOS the daemon runs as its own user. For nix gc, nixos-rebuild and journal
+vacuum it starts `<privileged_unit>@<instance>.service` over D-Bus; the instance name is
+the typed argument, drawn from a closed grammar, and the root side (`macha-obs privileged
+INSTANCE`) parses it back into a typed action and builds the argv itself. No command
+line ever crosses the privilege boundary.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from macha_obs.execute.bus import SystemdBus
+from macha_obs.execute.errors import SystemdError
+from macha_obs.models import ExecutionResult, JournalVacuum, NixGc, NixRebuild, NixRollback
+
+PrivilegedAction = NixGc | NixRebuild | NixRollback | JournalVacuum
+
+_GRAMMAR = re.compile(
+    r"^(?:nix-gc(?:-older-than-(?P<days>[1-9][0-9]{0,3})d)?"
+    r"|journal-vacuum-(?P<mb>[1-9][0-9]{1,6})M"
+    r"|nixos-rebuild-(?P<mode>dry-build|test|switch|boot)"
+    r"|(?P<rollback>nixos-rollback))$"
+)
+
+
+def instance_for(action: PrivilegedAction) -> str:
+    """The template instance that stands for `action`."""
+    match action:
+        case NixGc(older_than_days=None):
+            return "nix-gc"
+        case NixGc(older_than_days=days):
+            return f"nix-gc-older-than-{days}d"
+        case JournalVacuum(max_size_mb=mb):
+            return f"journal-vacuum-{mb}M"
+        case NixRebuild(mode=mode):
+            return f"nixos-rebuild-{mode}"
+        case NixRollback():
+            return "nixos-rollback"
+    raise AssertionError(f"unhandled privileged action {action!r}")  # pragma: no cover
+
+
+def parse_instance(instance: str) -> PrivilegedAction:
+    """The inverse of `instance_for`; ValueError for anything outside the grammar."""
+    match = _GRAMMAR.fullmatch(instance)
+    if match is None:
+        raise ValueError(f"{instance!r} is not a privileged action instance")
+    if match["days"]:
+        return NixGc(older_than_days=int(match["days"]))
+    if match["mb"]:
+        return JournalVacuum(max_size_mb=int(match["mb"]))
+    if match["mode"]:
+        return NixRebuild(mode=match["mode"])
+    if match["rollback"]:
+        return NixRollback()
+    return NixGc()
+
+
+class PrivilegedExecutor:
+    """Runs a root action by starting its oneshot instance and waiting for the result."""
+
+    def __init__(
+        self,
+        bus: SystemdBus,
+        unit_prefix: str,
+        *,
+        timeout: float = 3600.0,
+        poll_interval: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus
+        self.unit_prefix = unit_prefix
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self._sleep = sleep
+        self._clock = clock
+
+    def unit_for(self, action: PrivilegedAction) -> str:
+        return f"{self.unit_prefix}@{instance_for(action)}.service"
+
+    def run(self, action: PrivilegedAction) -> ExecutionResult:
+        unit = self.unit_for(action)
+        started = self._clock()
+        try:
+            job = self.bus.submit(unit, "start")
+            deadline = started + self.timeout
+            while self.bus.job_pending(unit):
+                if self._clock() >= deadline:
+                    return ExecutionResult(ok=False, detail=f"{unit}: still running at timeout")
+                self._sleep(self.poll_interval)
+            state = self.bus.unit_state(unit)
+        except SystemdError as exc:
+            return ExecutionResult(ok=False, detail=f"{unit}: {exc}")
+        ok = state.active_state != "failed" and state.result in ("success", "")
+        return ExecutionResult(
+            ok=ok,
+            verified=ok,
+            detail=f"{unit} (job {job}): {state.active_state}, result {state.result or '-'}",
+            after=state,
+            duration_seconds=self._clock() - started,
+        )

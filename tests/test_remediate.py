@@ -1,0 +1,238 @@
+"""From proposal to verified fix (or queue) against a real systemd, and approvals by CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from macha_obs import config as config_mod
+from macha_obs.cli import build_executor
+from macha_obs.config import Config
+from macha_obs.models import (
+    ActionStatus,
+    ApprovalStatus,
+    ConfigChange,
+    Outcome,
+    Proposal,
+    RestartUnit,
+    Risk,
+    StartUnit,
+)
+from macha_obs.remediate import Remediator
+from macha_obs.store import Store
+from tests.labsd import LabSystemd
+
+pytestmark = pytest.mark.systemd
+
+UnitFactory = Callable[[str, str], str]
+CRASH_ONCE = (
+    "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/{name}.ok || "
+    "{{ touch /run/{name}.ok; exit 3; }}'\nExecStart=/bin/sleep infinity\n"
+)
+
+
+@pytest.fixture
+def lab_config(systemd_container: LabSystemd, tmp_path: Path) -> Callable[..., Config]:
+    def make(**overrides: object) -> Config:
+        raw: dict[str, object] = {
+            "state_dir": str(tmp_path / "state"),
+            "systemd_bus_address": systemd_container.bus_address,
+            "verify_settle": 0.5,
+            "verify_timeout": 10,
+        }
+        raw.update(overrides)
+        return config_mod.validate(raw)
+
+    return make
+
+
+@pytest.fixture
+def remediator_for(lab_config: Callable[..., Config]) -> Iterator[Callable[..., Remediator]]:
+    made: list[tuple[Store, Remediator]] = []
+
+    def make(**overrides: object) -> Remediator:
+        cfg = lab_config(**overrides)
+        store = Store(cfg.state_dir)
+        rem = Remediator(cfg, store, build_executor(cfg))
+        made.append((store, rem))
+        return rem
+
+    yield make
+    for store, rem in made:
+        rem.executor.systemd.bus.close()  # type: ignore[attr-defined]
+        store.close()
+
+
+def break_unit(lab: LabSystemd, unit_factory: UnitFactory, name: str) -> str:
+    unit = unit_factory(f"{name}.service", CRASH_ONCE.format(name=name))
+    lab.run("rm", "-f", f"/run/{name}.ok", check=False)
+    with lab.dbus() as bus:
+        from pystemd.systemd1 import Manager
+
+        Manager(bus=bus, _autoload=True).Manager.StartUnit(unit.encode(), b"replace")
+    lab.wait_for_state(unit, "failed")
+    return unit
+
+
+def test_auto_safe_restarts_and_verifies(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
+) -> None:
+    unit = break_unit(systemd_container, unit_factory, "t-auto")
+    rem = remediator_for(autonomy_level="auto-safe")
+    handled = rem.handle("inc-auto", Proposal(action=RestartUnit(unit=unit), reason="failed"))
+    assert handled.verdict.outcome is Outcome.EXECUTE
+    assert handled.result is not None
+    assert handled.result.verified
+    assert systemd_container.unit_state(unit) == ("active", "running")
+    record = rem.store.get_action(handled.action_id)
+    assert record is not None
+    assert record.status is ActionStatus.SUCCEEDED
+    assert record.result is not None
+    assert record.result.before is not None
+    assert record.result.before.active_state == "failed"
+
+
+def test_invariant_10_every_verdict_and_action_is_audited_with_incident(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
+) -> None:
+    unit = break_unit(systemd_container, unit_factory, "t-audit")
+    rem = remediator_for(autonomy_level="auto-safe")
+    rem.handle("inc-audit", Proposal(action=RestartUnit(unit=unit), reason="r"))
+    decisions = [json.loads(x) for x in rem.store.decisions_log.read_text().splitlines()]
+    actions = [json.loads(x) for x in rem.store.actions_log.read_text().splitlines()]
+    assert [d["event"] for d in decisions] == ["verdict"]
+    assert decisions[0]["incident_id"] == "inc-audit"
+    assert decisions[0]["outcome"] == "execute"
+    assert [a["event"] for a in actions] == ["intent", "outcome"]
+    assert {a["incident_id"] for a in actions} == {"inc-audit"}
+    # the verdict was on disk before the intent, the intent before the outcome
+    assert decisions[0]["ts"] <= actions[0]["ts"] <= actions[1]["ts"]
+
+
+def test_suggest_queues_then_cli_approval_executes_once(
+    systemd_container: LabSystemd,
+    unit_factory: UnitFactory,
+    remediator_for,
+    lab_config: Callable[..., Config],
+) -> None:
+    unit = break_unit(systemd_container, unit_factory, "t-approve")
+    rem = remediator_for(autonomy_level="suggest")
+    handled = rem.handle(
+        "inc-q", Proposal(action=RestartUnit(unit=unit), reason="failed", evidence=["exit 3"])
+    )
+    assert handled.verdict.outcome is Outcome.QUEUE
+    assert handled.approval is not None
+    assert handled.approval.id == 0
+    assert systemd_container.unit_state(unit)[0] == "failed"  # nothing ran
+
+    cfg = lab_config(autonomy_level="suggest")
+    env = {
+        **os.environ,
+        "MACHA_STATE_DIR": str(cfg.state_dir),
+        "MACHA_SYSTEMD_BUS_ADDRESS": systemd_container.bus_address,
+        "MACHA_VERIFY_SETTLE": "0.5",
+    }
+
+    def approve(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(Path(sys.executable).parent / "macha-approve"), *args]
+        return subprocess.run(argv, check=False, env=env, capture_output=True, text=True)
+
+    listed = approve("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [item] = json.loads(listed.stdout)
+    assert (item["id"], item["status"], item["label"]) == (0, "pending", f"restart_unit {unit}")
+
+    shown = approve("show", "0")
+    assert "exit 3" in shown.stdout
+    assert "queued for approval" in shown.stdout
+
+    first = approve("approve", "0")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "verified" in first.stdout
+    assert systemd_container.unit_state(unit) == ("active", "running")
+
+    again = approve("approve", "0")
+    assert again.returncode == 1
+    assert "approval 0 is executed, not pending" in again.stderr
+    assert len(rem.store.list_actions()) == 1  # executed exactly once
+
+
+def test_invariant_5_approval_of_a_fixed_problem_does_nothing(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
+) -> None:
+    unit = unit_factory("t-gone.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    rem = remediator_for(autonomy_level="suggest")
+    queued = rem.handle("inc-gone", Proposal(action=StartUnit(unit=unit)))
+    assert queued.approval is not None
+    # a human (or systemd) fixed it meanwhile
+    with systemd_container.dbus() as bus:
+        from pystemd.systemd1 import Manager
+
+        Manager(bus=bus, _autoload=True).Manager.StartUnit(unit.encode(), b"replace")
+    systemd_container.wait_for_state(unit, "active")
+    handled = rem.approve(queued.approval.id, "alice")
+    assert handled.verdict.outcome is Outcome.REFUSE
+    assert handled.approval is not None
+    assert handled.approval.status is ApprovalStatus.CANCELLED
+    assert rem.store.list_actions() == []
+
+
+def test_invariant_5_approval_of_protected_unit_is_refused(remediator_for) -> None:
+    rem = remediator_for(autonomy_level="suggest")
+    # queued before the unit became protected (e.g. an older config); approval re-judges
+    rem.store.enqueue("inc", RestartUnit(unit="sshd.service"), risk=Risk.LOW, reason="r", ttl=60)
+    handled = rem.approve(0, "alice")
+    assert handled.verdict.outcome is Outcome.REFUSE
+    assert "protected" in handled.verdict.reason
+    assert handled.approval is not None
+    assert handled.approval.status is ApprovalStatus.REFUSED
+    assert rem.store.list_actions() == []
+
+
+def test_observe_records_and_keeps_approvals_pending(remediator_for) -> None:
+    rem = remediator_for(autonomy_level="observe")
+    handled = rem.handle("inc", Proposal(action=RestartUnit(unit="x.service")))
+    assert handled.verdict.outcome is Outcome.RECORD
+    assert rem.store.list_approvals() == []
+    rem.store.enqueue("inc", RestartUnit(unit="x.service"), risk=Risk.LOW, reason="r", ttl=60)
+    approved = rem.approve(0, "alice")
+    assert approved.verdict.outcome is Outcome.RECORD
+    assert approved.approval is not None
+    assert approved.approval.status is ApprovalStatus.PENDING  # not lost
+    assert rem.store.list_actions() == []
+
+
+def test_config_change_is_acknowledged_never_executed(remediator_for) -> None:
+    rem = remediator_for(autonomy_level="auto-full")
+    change = ConfigChange(path="/etc/nixos/configuration.nix", diff="+x", summary="enable x")
+    handled = rem.handle("inc", Proposal(action=change))
+    assert handled.verdict.outcome is Outcome.QUEUE
+    done = rem.approve(handled.approval.id, "alice")
+    assert done.approval is not None
+    assert done.approval.status is ApprovalStatus.ACKNOWLEDGED
+    assert rem.store.list_actions() == []
+
+
+def test_invariant_7_failed_verifications_open_the_breaker(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
+) -> None:
+    unit = unit_factory("t-broken.service", "[Service]\nExecStart=/bin/false\n")
+    rem = remediator_for(autonomy_level="auto-safe", breaker_threshold=2)
+    for _ in range(2):
+        handled = rem.handle("inc-b", Proposal(action=RestartUnit(unit=unit)))
+        assert handled.verdict.outcome is Outcome.EXECUTE
+        assert handled.result is not None
+        assert not handled.result.verified
+    assert rem.breaker().open
+    # now the host is back to suggest: the third attempt is queued, not executed
+    third = rem.handle("inc-b", Proposal(action=RestartUnit(unit=unit)))
+    assert third.verdict.outcome is Outcome.QUEUE
+    assert "breaker open" in third.verdict.reason
+    # a restart of the process (a new Remediator on the same state) keeps it open
+    assert remediator_for(autonomy_level="auto-safe", breaker_threshold=2).breaker().open
