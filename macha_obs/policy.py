@@ -103,6 +103,15 @@ def risk_of(action: Action, config: Config) -> tuple[Risk, str]:
     raise AssertionError(f"unhandled action {action!r}")  # pragma: no cover
 
 
+# Restart, start and reset-failed+start of one unit are the same remedy to the limiter:
+# switching verbs must not buy a unit more attempts.
+_UNIT_VERBS = {"restart_unit", "start_unit", "reset_failed"}
+
+
+def _bucket(kind: str) -> str:
+    return "unit" if kind in _UNIT_VERBS else kind
+
+
 def rate_limit(action: Action, ctx: PolicyContext) -> str | None:
     """A reason if executing `action` now would exceed a limit, else None."""
     if isinstance(action, Investigate):
@@ -110,10 +119,12 @@ def rate_limit(action: Action, ctx: PolicyContext) -> str | None:
     since = ctx.now - RATE_WINDOW
     window = [e for e in ctx.recent if e.at > since]
     cfg = ctx.config
-    same = sum(1 for e in window if e.kind == action.kind and e.target == action.target)
+    bucket = _bucket(action.kind)
+    same = sum(1 for e in window if _bucket(e.kind) == bucket and e.target == action.target)
     if same >= cfg.max_actions_per_target_per_hour:
+        what = "unit actions" if bucket == "unit" else action.kind
         return (
-            f"rate limit: {action.kind} of {action.target} already ran {same} time(s) in the last "
+            f"rate limit: {what} on {action.target} already ran {same} time(s) in the last "
             f"hour (limit {cfg.max_actions_per_target_per_hour})"
         )
     if len(window) >= cfg.max_actions_per_hour:

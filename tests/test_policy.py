@@ -227,6 +227,19 @@ def test_rate_limit_per_target(make_config: Callable[..., Config]) -> None:
     assert judge(action, ctx(cfg, old)).outcome is Outcome.EXECUTE
 
 
+def test_rate_limit_counts_every_verb_on_one_unit(make_config: Callable[..., Config]) -> None:
+    """systemd's reset-failed + start after it gave up counts like a restart (issue 5)."""
+    cfg = make_config(autonomy_level="auto-safe", max_actions_per_target_per_hour=3)
+    recent = (
+        Execution("restart_unit", "nginx.service", NOW - timedelta(minutes=1)),
+        Execution("start_unit", "nginx.service", NOW - timedelta(minutes=2)),
+        Execution("reset_failed", "nginx.service", NOW - timedelta(minutes=3)),
+    )
+    verdict = judge(ResetFailed(unit="nginx.service"), ctx(cfg, recent))
+    assert verdict.rate_limited
+    assert "unit actions on nginx.service" in verdict.reason
+
+
 def test_rate_limit_global(make_config: Callable[..., Config]) -> None:
     cfg = make_config(autonomy_level="auto-safe", max_actions_per_hour=10)
     recent = tuple(
