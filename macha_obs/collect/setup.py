@@ -1,0 +1,33 @@
+"""The host's collectors, built from the config: the one place that knows all of them."""
+
+from __future__ import annotations
+
+from macha_obs.collect.base import Collector
+from macha_obs.collect.boot import BootCollector
+from macha_obs.collect.disks import DisksCollector
+from macha_obs.collect.journal import JournalCollector
+from macha_obs.collect.meta import MetaStore
+from macha_obs.collect.network import NetworkCollector
+from macha_obs.collect.nixos import NixosCollector
+from macha_obs.collect.resources import ResourcesCollector
+from macha_obs.collect.systemd import SystemdCollector
+from macha_obs.config import Config
+
+
+def build_collectors(cfg: Config, meta: MetaStore) -> list[Collector]:
+    """Every collector, configured from `cfg`; `meta` keeps the journal cursor and boot id."""
+    return [
+        SystemdCollector(
+            address=cfg.systemd_bus_address,
+            timeout=cfg.dbus_timeout,
+            flapping_restarts=cfg.flapping_restarts,
+        ),
+        ResourcesCollector(memory_pressure_threshold=cfg.memory_pressure_threshold),
+        DisksCollector(fill_threshold=cfg.disk_fill_threshold, inode_threshold=cfg.inode_threshold),
+        JournalCollector(meta, journal_dir=cfg.journal_dir, error_burst=cfg.journal_error_burst),
+        NetworkCollector(
+            dns_names=cfg.dns_names, tcp_targets=cfg.tcp_targets, timeout=cfg.network_timeout
+        ),
+        BootCollector(meta),
+        NixosCollector(),
+    ]

@@ -1,0 +1,285 @@
+"""The Prometheus view of the latest Snapshot, on our own CollectorRegistry.
+
+Every collect() builds fresh metric families from the snapshot the collection loop
+published last and keeps nothing between scrapes: a scrape never touches the host and
+never waits for a collector. Other rooms add their self-metrics by registering their own
+Collector on the same registry (`build_registry(source, extra=[...])`).
+
+Cardinality, family by family, is noted beside each metric: every label value comes
+from a fixed set, from the host's units and filesystems, or from the configured probe
+targets; never free text.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel
+
+from macha_obs import __version__
+from macha_obs.models import (
+    BootReading,
+    DisksReading,
+    FindingKind,
+    JournalReading,
+    NetworkReading,
+    NixosReading,
+    ResourcesReading,
+    Snapshot,
+    SystemdReading,
+)
+
+# systemd's ActiveState values: one series per unit and state, valued 0/1, so that a
+# state that comes and goes is a value change, not a series appearing and vanishing.
+UNIT_ACTIVE_STATES = ("active", "reloading", "inactive", "failed", "activating", "deactivating")
+
+SnapshotSource = Callable[[], Snapshot | None]
+
+
+def _gauge(name: str, doc: str, value: float | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _systemd(r: SystemdReading) -> Iterator[Metric]:
+    # 6 series per unit (units filtered by the collector's include/exclude)
+    state = GaugeMetricFamily(
+        "macha_systemd_unit_state",
+        "systemd unit ActiveState, 1 for the current state",
+        labels=["unit", "state"],
+    )
+    # 1 series per unit; sub states are systemd's fixed enumeration per unit type
+    info = GaugeMetricFamily(
+        "macha_systemd_unit_info",
+        "systemd unit load and sub state",
+        labels=["unit", "load_state", "sub_state"],
+    )
+    # 1 series per service unit
+    restarts = CounterMetricFamily(
+        "macha_systemd_unit_restarts",
+        "automatic restarts of a service (NRestarts)",
+        labels=["unit"],
+    )
+    # 1 series per unit that has changed state since boot
+    changed = GaugeMetricFamily(
+        "macha_systemd_unit_state_change_timestamp_seconds",
+        "when the unit entered its current state",
+        labels=["unit"],
+    )
+    for unit in r.units:
+        for name in UNIT_ACTIVE_STATES:
+            state.add_metric([unit.name, name], 1.0 if unit.active_state == name else 0.0)
+        info.add_metric([unit.name, unit.load_state, unit.sub_state], 1.0)
+        if unit.n_restarts is not None:
+            restarts.add_metric([unit.name], unit.n_restarts)
+        if unit.state_change_timestamp is not None:
+            changed.add_metric([unit.name], unit.state_change_timestamp)
+    yield from (state, info, restarts, changed)
+    # 1 series
+    yield _gauge("macha_systemd_units_failed", "units in the failed state", len(r.failed))
+
+
+def _resources(r: ResourcesReading) -> Iterator[Metric]:
+    # one series each
+    yield _gauge("macha_cpus", "logical CPUs", r.cpu_count)
+    yield _gauge(
+        "macha_cpu_usage_ratio", "busy share of all CPUs over the last cycle", r.cpu_usage_ratio
+    )
+    yield _gauge("macha_memory_total_bytes", "physical memory", r.memory_total_bytes)
+    yield _gauge(
+        "macha_memory_available_bytes",
+        "memory available without swapping",
+        r.memory_available_bytes,
+    )
+    yield _gauge("macha_swap_total_bytes", "swap space", r.swap_total_bytes)
+    yield _gauge("macha_swap_used_bytes", "swap in use", r.swap_used_bytes)
+    # 3 series: one per averaging window
+    load = GaugeMetricFamily(
+        "macha_load_per_cpu", "load average divided by the CPU count", labels=["window"]
+    )
+    for window, value in (("1m", r.load1), ("5m", r.load5), ("15m", r.load15)):
+        load.add_metric([window], value)
+    yield load
+
+
+def _disks(r: DisksReading) -> Iterator[Metric]:
+    # one series per real filesystem and family
+    labels = ["mountpoint", "device", "fstype"]
+    families = {
+        "size_bytes": GaugeMetricFamily(
+            "macha_filesystem_size_bytes", "filesystem size", labels=labels
+        ),
+        "avail_bytes": GaugeMetricFamily(
+            "macha_filesystem_avail_bytes", "space available to unprivileged users", labels=labels
+        ),
+        "free_bytes": GaugeMetricFamily("macha_filesystem_free_bytes", "free space", labels=labels),
+        "files": GaugeMetricFamily("macha_filesystem_files", "inodes", labels=labels),
+        "files_free": GaugeMetricFamily(
+            "macha_filesystem_files_free", "free inodes", labels=labels
+        ),
+    }
+    for fs in r.filesystems:
+        values = [fs.mountpoint, fs.device, fs.fstype]
+        for field, family in families.items():
+            family.add_metric(values, getattr(fs, field))
+    yield from families.values()
+
+
+def _journal(r: JournalReading) -> Iterator[Metric]:
+    # one series per unit that logged an error since start (bounded by the collector)
+    total = CounterMetricFamily(
+        "macha_journal_errors", "error entries per unit since start", labels=["unit"]
+    )
+    for unit, count in sorted(r.errors_total_by_unit.items()):
+        total.add_metric([unit], count)
+    # same units: the burst alert compares the last read to the configured threshold
+    recent = GaugeMetricFamily(
+        "macha_journal_recent_errors", "error entries per unit in the last read", labels=["unit"]
+    )
+    for unit in sorted(r.errors_total_by_unit):
+        recent.add_metric([unit], r.errors_by_unit.get(unit, 0))
+    yield from (total, recent)
+    yield _gauge(
+        "macha_journal_entries_last_read", "entries read in the last cycle", r.entries_read
+    )
+
+
+def _network(r: NetworkReading) -> Iterator[Metric]:
+    yield _gauge(
+        "macha_network_default_route", "1 when a default route is up", float(r.default_route)
+    )
+    # one series per configured name / target and family
+    for kind, label, probes in (("dns", "name", r.dns), ("tcp", "target", r.tcp)):
+        ok = GaugeMetricFamily(
+            f"macha_{kind}_probe_success", f"1 when the {kind} probe succeeded", labels=[label]
+        )
+        took = GaugeMetricFamily(
+            f"macha_{kind}_probe_duration_seconds",
+            f"how long the {kind} probe took",
+            labels=[label],
+        )
+        for probe in probes:
+            ok.add_metric([probe.target], float(probe.ok))
+            took.add_metric([probe.target], probe.duration_seconds)
+        yield from (ok, took)
+
+
+def _boot(r: BootReading) -> Iterator[Metric]:
+    yield _gauge("macha_boot_time_seconds", "when the host booted", r.boot_time)
+    yield _gauge(
+        "macha_boot_unexpected_reboot",
+        "1 when this boot followed an unannounced reboot",
+        float(r.unexpected_reboot),
+    )
+
+
+def _nixos(r: NixosReading) -> Iterator[Metric]:
+    yield _gauge("macha_nixos_present", "1 on NixOS", float(r.is_nixos))
+    if not r.is_nixos:
+        return
+    yield _gauge("macha_nixos_generations", "system generations kept", r.generations)
+    if r.generation is not None:
+        yield _gauge("macha_nixos_generation", "current system generation", r.generation)
+    if r.generation_timestamp is not None:
+        yield _gauge(
+            "macha_nixos_generation_timestamp_seconds",
+            "when the current generation was built",
+            r.generation_timestamp,
+        )
+    if r.store_size_bytes is not None:
+        yield _gauge(
+            "macha_nix_store_size_bytes", "size of the valid Nix store paths", r.store_size_bytes
+        )
+
+
+def _findings(snapshot: Snapshot) -> Iterator[Metric]:
+    # 9 series: one per finding kind, 0 included, so "no findings" is a value
+    family = GaugeMetricFamily(
+        "macha_findings", "findings in the latest snapshot by kind", labels=["kind"]
+    )
+    counts = dict.fromkeys(FindingKind, 0)
+    for finding in snapshot.findings:
+        counts[finding.kind] += 1
+    for kind, count in counts.items():
+        family.add_metric([kind.value], count)
+    yield family
+
+
+def _collectors(snapshot: Snapshot) -> Iterator[Metric]:
+    # one series per collector (7) and family
+    success = GaugeMetricFamily(
+        "macha_scrape_collector_success",
+        "1 when the collector succeeded in the latest cycle",
+        labels=["collector"],
+    )
+    duration = GaugeMetricFamily(
+        "macha_scrape_collector_duration_seconds",
+        "how long the collector took in the latest cycle",
+        labels=["collector"],
+    )
+    for name, run in sorted(snapshot.collectors.items()):
+        success.add_metric([name], float(run.success))
+        duration.add_metric([name], run.duration_seconds)
+    yield from (success, duration)
+
+
+class SnapshotCollector(Collector):
+    """Renders whatever `source()` returns now; None (no cycle yet) yields build info only."""
+
+    def __init__(self, source: SnapshotSource, *, build_info: Mapping[str, str] | None = None):
+        self.source = source
+        self.build_info = dict(
+            build_info
+            or {
+                "version": __version__,
+                "python_version": platform.python_version(),
+            }
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "macha_build_info", "macha-obs build information", labels=sorted(self.build_info)
+        )
+        info.add_metric([self.build_info[k] for k in sorted(self.build_info)], 1.0)
+        yield info
+        snapshot = self.source()
+        if snapshot is None:
+            return
+        yield _gauge(
+            "macha_snapshot_timestamp_seconds",
+            "when the latest snapshot was taken",
+            snapshot.taken_at,
+        )
+        yield from _collectors(snapshot)
+        yield from _findings(snapshot)
+        # a failed collector left its reading None: its families are absent, not zero
+        readings: tuple[tuple[Callable[[Any], Iterator[Metric]], BaseModel | None], ...] = (
+            (_systemd, snapshot.systemd),
+            (_resources, snapshot.resources),
+            (_disks, snapshot.disks),
+            (_journal, snapshot.journal),
+            (_network, snapshot.network),
+            (_boot, snapshot.boot),
+            (_nixos, snapshot.nixos),
+        )
+        for families, reading in readings:
+            if reading is not None:
+                yield from families(reading)
+
+
+def build_registry(
+    source: SnapshotSource,
+    *,
+    extra: Iterable[Collector] = (),
+    build_info: Mapping[str, str] | None = None,
+) -> CollectorRegistry:
+    """Our own registry (never the global one) with the snapshot view and any `extra`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(source, build_info=build_info))
+    for collector in extra:
+        registry.register(collector)
+    return registry

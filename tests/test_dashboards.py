@@ -1,0 +1,110 @@
+"""grafana/: dashboard structure, provisioning, and every expression parsed by promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.eyes_support import PROJECT
+
+GRAFANA = PROJECT / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+SECTIONS = {"Units", "Resources", "Disks", "Journal", "Network", "Boot and NixOS", "Sidecar"}
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def panel_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expression) for every query target."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def concrete(expr: str, instance: str = ".+") -> str:
+    """The expression as Grafana would send it, with the dashboard variables filled in."""
+    return expr.replace("$instance", instance).replace("$__rate_interval", "1m")
+
+
+def test_dashboards_exist() -> None:
+    assert DASHBOARDS
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_structure(path: Path) -> None:
+    dash = load(path)
+    assert dash["uid"]
+    assert dash["title"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dash["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        refs = [t["refId"] for t in panel.get("targets", [])]
+        assert len(refs) == len(set(refs)), panel["title"]
+        if panel["type"] != "row":
+            assert refs, f"{panel['title']} has no query"
+            assert panel["datasource"]["uid"] == "${datasource}"
+    rows = {p["title"] for p in dash["panels"] if p["type"] == "row"}
+    assert rows == SECTIONS
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert "label_values(macha_build_info, instance)" in json.dumps(variables["instance"])
+    for title, expr in panel_exprs(dash):
+        assert 'instance=~"$instance"' in expr, f"{title}: not filtered by the instance variable"
+
+
+def test_panels_do_not_overlap() -> None:
+    for path in DASHBOARDS:
+        cells: dict[tuple[int, int], str] = {}
+        for panel in load(path)["panels"]:
+            g = panel["gridPos"]
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = panel["title"]
+
+
+def test_provisioning_file() -> None:
+    text = (GRAFANA / "provisioning/dashboards/macha.yml").read_text()
+    assert re.search(r"^apiVersion: 1$", text, re.M)
+    assert "type: file" in text
+    assert re.search(r"^\s+path: /\S+$", text, re.M)
+
+
+def expressions_as_rules(tmp_path: Path) -> Path:
+    """Every panel expression as a recording rule, so promtool parses each one."""
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for path in DASHBOARDS:
+        for n, (_, expr) in enumerate(panel_exprs(load(path))):
+            lines += [
+                f"      - record: dashboard:expr_{n}",
+                f"        expr: {json.dumps(concrete(expr))}",
+            ]
+    rules = tmp_path / "dashboard_rules.yml"
+    rules.write_text("\n".join(lines) + "\n")
+    return rules
+
+
+@pytest.mark.stack
+def test_every_expression_parses(promtool: str, tmp_path: Path) -> None:
+    rules = expressions_as_rules(tmp_path)
+    check = subprocess.run(
+        [promtool, "check", "rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -1,0 +1,165 @@
+"""The exporter: families from a fixture snapshot, the golden /metrics, promtool's lint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from macha_obs.exporter import UNIT_ACTIVE_STATES, build_registry
+from macha_obs.exposition import render
+from macha_obs.models import NixosReading, Snapshot
+from tests.eyes_support import FIXTURES, fixture_snapshot
+
+GOLDEN = FIXTURES / "golden.metrics"
+BUILD = {"version": "test", "python_version": "test"}
+
+
+def exposition(snapshot: Snapshot | None) -> str:
+    return generate_latest(build_registry(lambda: snapshot, build_info=BUILD)).decode()
+
+
+def test_unit_state_is_one_series_per_state() -> None:
+    registry = build_registry(fixture_snapshot)
+    for state in UNIT_ACTIVE_STATES:
+        value = registry.get_sample_value(
+            "macha_systemd_unit_state", {"unit": "nginx.service", "state": state}
+        )
+        assert value == (1.0 if state == "failed" else 0.0)
+    assert registry.get_sample_value("macha_systemd_units_failed") == 1.0
+    assert (
+        registry.get_sample_value("macha_systemd_unit_restarts_total", {"unit": "app.service"})
+        == 7.0
+    )
+
+
+def test_collector_runs_findings_and_readings() -> None:
+    registry = build_registry(fixture_snapshot)
+    get = registry.get_sample_value
+    assert get("macha_scrape_collector_success", {"collector": "nixos"}) == 0.0
+    assert get("macha_scrape_collector_success", {"collector": "systemd"}) == 1.0
+    assert get("macha_scrape_collector_duration_seconds", {"collector": "disks"}) == 0.01
+    assert get("macha_findings", {"kind": "unit_failed"}) == 1.0
+    assert get("macha_findings", {"kind": "memory_pressure"}) == 0.0
+    assert get("macha_load_per_cpu", {"window": "5m"}) == 0.25
+    fs = {"mountpoint": "/", "device": "/dev/nvme0n1p2", "fstype": "ext4"}
+    assert get("macha_filesystem_avail_bytes", fs) == 5e9
+    assert get("macha_journal_errors_total", {"unit": "nginx.service"}) == 12.0
+    assert get("macha_journal_recent_errors", {"unit": "other"}) == 0.0
+    assert get("macha_dns_probe_success", {"name": "example.org"}) == 0.0
+    assert get("macha_tcp_probe_success", {"target": "db.internal:5432"}) == 1.0
+    assert get("macha_boot_unexpected_reboot") == 1.0
+    assert get("macha_snapshot_timestamp_seconds") == 1764000200.5
+    # the failed nixos collector left no reading: no nixos series, not zeros
+    assert get("macha_nixos_present") is None
+
+
+def test_no_snapshot_yet_gives_build_info_only() -> None:
+    text = exposition(None)
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert samples == ['macha_build_info{python_version="test",version="test"} 1.0']
+
+
+def test_nixos_families() -> None:
+    snapshot = fixture_snapshot().model_copy(
+        update={
+            "nixos": NixosReading(
+                is_nixos=True,
+                generation=12,
+                generation_timestamp=1.7e9,
+                generations=5,
+                store_size_bytes=1234,
+            )
+        }
+    )
+    get = build_registry(lambda: snapshot).get_sample_value
+    assert get("macha_nixos_present") == 1.0
+    assert get("macha_nixos_generation") == 12.0
+    assert get("macha_nix_store_size_bytes") == 1234.0
+    off = snapshot.model_copy(update={"nixos": NixosReading(is_nixos=False)})
+    get = build_registry(lambda: off).get_sample_value
+    assert (get("macha_nixos_present"), get("macha_nixos_generations")) == (0.0, None)
+
+
+class SelfMetrics(Collector):
+    """Stands in for another room's self-metrics, registered beside ours."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("macha_pending_approvals", "pending approvals", value=2)
+
+
+def test_another_collector_registers_beside_ours() -> None:
+    registry = build_registry(fixture_snapshot, extra=[SelfMetrics()])
+    assert registry.get_sample_value("macha_pending_approvals") == 2.0
+    assert registry.get_sample_value("macha_cpus") == 4.0
+
+
+def test_scrapes_keep_no_state() -> None:
+    current = [fixture_snapshot()]
+    registry = build_registry(lambda: current[0], build_info=BUILD)
+    first = generate_latest(registry)
+    current[0] = current[0].model_copy(update={"systemd": None})
+    assert b"macha_systemd_unit_state" not in generate_latest(registry)
+    current[0] = fixture_snapshot()
+    assert generate_latest(registry) == first
+
+
+def test_golden_metrics() -> None:
+    text = exposition(fixture_snapshot())
+    if os.environ.get("MACHA_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "set MACHA_UPDATE_GOLDEN=1 to accept a deliberate change"
+
+
+@pytest.mark.stack
+def test_golden_metrics_pass_promtool_lint(promtool: str) -> None:
+    check = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=GOLDEN.read_bytes(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+
+# ------------------------------------------------------------------ the fast renderer
+
+
+class Assorted(Collector):
+    """Families the fast path must hand back to prometheus_client, and awkward values."""
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
+
+        odd = GaugeMetricFamily("macha_odd", "doc with \\ and\nnewline", labels=["b", "a"])
+        odd.add_metric(['quote " back \\ nl \n', "ü"], float("nan"))
+        odd.add_metric(["x", "y"], float("inf"))
+        odd.add_metric(["x", "z"], 1e21)
+        odd.add_metric(["x", "w"], -0.0)
+        yield odd
+        yield GaugeMetricFamily("macha_plain", "no labels", value=3)
+        created = CounterMetricFamily("macha_created", "with _created", labels=["k"])
+        created.add_metric(["v"], 2, created=1700000000.0)
+        yield created
+        stamped = GaugeMetricFamily("macha_stamped", "with a timestamp")
+        stamped.add_metric([], 1, timestamp=1700000000.5)
+        yield stamped
+        yield HistogramMetricFamily(
+            "macha_hist", "histogram", buckets=[("1", 1), ("+Inf", 2)], sum_value=3
+        )
+        yield InfoMetricFamily("macha_about", "info", value={"a": "b"})
+
+
+def test_render_is_byte_for_byte_prometheus_client() -> None:
+    registry = build_registry(fixture_snapshot, extra=[Assorted()])
+    assert render(registry.collect()) == generate_latest(registry)

@@ -1,0 +1,115 @@
+"""alert_rules/ and exporters/ checked by Debian's promtool and amtool."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from macha_obs.models import FindingKind
+from tests.eyes_support import PROJECT
+
+pytestmark = pytest.mark.stack
+
+RULES = PROJECT / "alert_rules"
+EXPORTERS = PROJECT / "exporters"
+RULE_FILES = sorted(RULES.glob("*.yml"))
+RULE_TESTS = sorted((RULES / "tests").glob("*.yml"))
+
+# which alert stands for each finding kind: every kind must have one
+ALERT_FOR_KIND = {
+    FindingKind.UNIT_FAILED: "MachaUnitFailed",
+    FindingKind.UNIT_FLAPPING: "MachaUnitFlapping",
+    FindingKind.DISK_FILLING: "MachaDiskFilling",
+    FindingKind.INODES_LOW: "MachaInodesLow",
+    FindingKind.MEMORY_PRESSURE: "MachaMemoryPressure",
+    FindingKind.JOURNAL_ERROR_BURST: "MachaJournalErrorBurst",
+    FindingKind.DNS_FAILING: "MachaDnsFailing",
+    FindingKind.TARGET_UNREACHABLE: "MachaTargetUnreachable",
+    FindingKind.UNEXPECTED_REBOOT: "MachaUnexpectedReboot",
+}
+SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
+
+
+def run(*argv: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+    assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def alert_names() -> list[str]:
+    return re.findall(r"^\s*- alert: (\S+)$", "\n".join(p.read_text() for p in RULE_FILES), re.M)
+
+
+def test_rule_files_pass_promtool_check(promtool: str) -> None:
+    assert RULE_FILES
+    run(promtool, "check", "rules", *map(str, RULE_FILES))
+
+
+@pytest.mark.parametrize("tests_file", RULE_TESTS, ids=lambda p: p.name)
+def test_rule_unit_tests_pass(promtool: str, tests_file: Path) -> None:
+    run(promtool, "test", "rules", str(tests_file))
+
+
+def test_every_finding_kind_and_self_health_has_an_alert() -> None:
+    assert set(ALERT_FOR_KIND) == set(FindingKind)
+    names = alert_names()
+    assert len(names) == len(set(names))
+    assert set(ALERT_FOR_KIND.values()) | set(SELF_ALERTS) <= set(names)
+
+
+def test_every_alert_has_severity_for_summary_description() -> None:
+    blocks = re.split(r"^\s*- alert: ", "\n".join(p.read_text() for p in RULE_FILES), flags=re.M)
+    for block in blocks[1:]:
+        name = block.split()[0]
+        for needle in ("\n        for: ", "severity: ", "summary: ", "description: "):
+            assert needle in block, f"{name} lacks {needle.strip()}"
+        assert "$labels.instance" in block, f"{name} does not say which host"
+
+
+def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
+    text = "\n".join(p.read_text() for p in RULE_TESTS)
+    for name in alert_names():
+        evals = re.findall(
+            rf"alertname: {name}\n\s+exp_alerts:(.*?)(?=\n\s+- eval_time|\n\n|\Z)", text, re.S
+        )
+        assert any(e.strip() == "[]" for e in evals), f"{name}: no not-firing case"
+        assert any("exp_labels" in e for e in evals), f"{name}: no firing case"
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-fleet.yml"])
+def test_prometheus_configs(promtool: str, config: str) -> None:
+    out = run(promtool, "check", "config", str(EXPORTERS / config))
+    assert "SUCCESS" in out
+    assert "13 rules found" in out  # the rule glob really found alert_rules/
+
+
+@pytest.mark.parametrize("config", ["alertmanager.yml", "alertmanager-fleet.yml"])
+def test_alertmanager_configs(amtool: str, config: str) -> None:
+    run(amtool, "check-config", str(EXPORTERS / config))
+
+
+@pytest.mark.parametrize(
+    ("host", "receiver"),
+    [
+        ("host1", "macha-host1"),
+        ("host2", "macha-host2"),
+        ("host3", "macha-host3"),
+        ("stranger", "oncall"),
+    ],
+)
+def test_fleet_routes_each_host_to_its_own_sidecar(amtool: str, host: str, receiver: str) -> None:
+    config = f"--config.file={EXPORTERS / 'alertmanager-fleet.yml'}"
+    run(
+        amtool,
+        "config",
+        "routes",
+        "test",
+        config,
+        f"--verify.receivers={receiver}",
+        f"instance={host}",
+        "alertname=MachaUnitFailed",
+        "unit=nginx.service",
+    )
