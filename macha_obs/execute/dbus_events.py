@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from macha_obs.execute.runner import python_child
+
 log = logging.getLogger(__name__)
 
 _DEST = b"org.freedesktop.systemd1"
@@ -85,8 +87,10 @@ class UnitWatcher:
 
     def _read_loop(self) -> None:
         while not self._stop.is_set():
-            argv = [sys.executable, "-m", "macha_obs.execute.dbus_events", self.address or ""]
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            argv, env = python_child("macha_obs.execute.dbus_events", self.address or "")
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+            )
             self._proc = proc
             assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
             with proc.stdout:

@@ -19,6 +19,7 @@ from typing import Any
 
 from macha_obs.execute.bus import PystemdBus
 from macha_obs.execute.errors import DBusTimeout, SystemdError, TransientDBusError
+from macha_obs.execute.runner import python_child
 from macha_obs.models import UnitState
 
 _OPS = ("unit_state", "submit", "job_pending", "reset_failed", "list_units")
@@ -54,9 +55,13 @@ class IsolatedBus:
 
     def _child(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
-            argv = [sys.executable, "-m", "macha_obs.execute.dbus_worker", self.address or ""]
+            argv, env = python_child("macha_obs.execute.dbus_worker", self.address or "")
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
             )
         return self._proc
 
