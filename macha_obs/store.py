@@ -87,6 +87,48 @@ CREATE TABLE IF NOT EXISTS verifications (
     action_id INTEGER,
     ok INTEGER NOT NULL
 );
+-- Alertmanager webhook bodies, stored before the 2xx (see macha_obs/incidents.py)
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    group_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    new_alerts INTEGER NOT NULL DEFAULT 0
+);
+-- dedupe of HA deliveries: one row per alert state ever seen
+CREATE TABLE IF NOT EXISTS alerts_seen (
+    fingerprint TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, starts_at, status)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    group_key TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,            -- open | resolved
+    findings TEXT NOT NULL DEFAULT '[]',
+    revision INTEGER NOT NULL DEFAULT 1,   -- bumped on every change of content
+    analyzed_revision INTEGER NOT NULL DEFAULT 0,
+    opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    resolved_at REAL
+);
+-- at most one open incident per group key
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_group
+    ON incidents(group_key) WHERE status = 'open' AND group_key != '';
+-- the partial index above cannot serve `status = ?` with a bound parameter: this one does
+CREATE INDEX IF NOT EXISTS incidents_group ON incidents(group_key, status);
+CREATE INDEX IF NOT EXISTS incidents_pending ON incidents(status, revision, analyzed_revision);
+CREATE TABLE IF NOT EXISTS incident_alerts (
+    incident_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    alert TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (incident_id, fingerprint)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS breaker (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     opened_at REAL,
@@ -128,6 +170,24 @@ def owner_alive(owner: str) -> bool:
         return process_owner(int(pid_text)) == f"{int(pid_text)}:{float(started):.3f}"
     except (psutil.Error, ValueError):
         return False
+
+
+def cancel_pending_approvals(
+    cur: sqlite3.Cursor, incident_id: str, reason: str, now: float
+) -> list[int]:
+    """Within the caller's transaction: pending approvals of an incident become cancelled."""
+    ids = [
+        int(r[0])
+        for r in cur.execute(
+            "SELECT id FROM approvals WHERE status = ? AND incident_id = ?",
+            (ApprovalStatus.PENDING.value, incident_id),
+        ).fetchall()
+    ]
+    cur.executemany(
+        "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
+        [(ApprovalStatus.CANCELLED.value, now, reason, i) for i in ids],
+    )
+    return ids
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -172,6 +232,10 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        """A `BEGIN IMMEDIATE` transaction for modules that keep their own tables here."""
+        return self._tx()
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
@@ -183,6 +247,10 @@ class Store:
                 cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A read for modules that keep their own tables here."""
+        return self._query(sql, args)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -379,20 +447,8 @@ class Store:
         return ids
 
     def cancel_approvals_for_incident(self, incident_id: str, reason: str) -> list[int]:
-        now = self.clock()
         with self._tx() as cur:
-            ids = [
-                int(r[0])
-                for r in cur.execute(
-                    "SELECT id FROM approvals WHERE status = ? AND incident_id = ?",
-                    (ApprovalStatus.PENDING.value, incident_id),
-                ).fetchall()
-            ]
-            cur.executemany(
-                "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
-                [(ApprovalStatus.CANCELLED.value, now, reason, i) for i in ids],
-            )
-        return ids
+            return cancel_pending_approvals(cur, incident_id, reason, self.clock())
 
     @staticmethod
     def _approval(row: sqlite3.Row) -> Approval:

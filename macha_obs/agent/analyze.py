@@ -1,0 +1,206 @@
+"""Incident → Decision: runbooks, the model (with a bounded tool loop), or both.
+
+Whatever happens, a decision comes out: a model that is down, slow or answers outside
+the schema gives assessment "unknown" with the runbooks' proposals (invariant 8), and
+every decision is appended to the decision log with what produced it (invariant 10).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from macha_obs.agent.llm import ChatClient, LlmError
+from macha_obs.agent.prompt import (
+    TOKEN_BUDGET,
+    PromptContext,
+    build_prompt,
+    system_message,
+    template,
+)
+from macha_obs.agent.runbooks import runbook_decision
+from macha_obs.agent.schema import (
+    LlmDecision,
+    LlmStep,
+    OutputInvalid,
+    output_hash,
+    parse_output,
+    to_proposals,
+    wire_schema,
+)
+from macha_obs.agent.tools import DiagnosticsRunner, ToolSession, describe_call
+from macha_obs.config import AnalysisMode
+from macha_obs.models import Assessment, Decision, DecisionSource, Incident, Severity, utcnow
+
+log = logging.getLogger(__name__)
+
+Audit = Callable[[Mapping[str, Any]], None]
+_TOOL_SHARE = 1000  # tokens of the budget kept for tool results when tools are offered
+
+
+@dataclass
+class _Run:
+    """What one model conversation cost and saw, for the decision and its log line."""
+
+    latency: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    prompt_hash: str = ""
+    raw_hash: str = ""
+    steps: int = 0
+    tool_calls: list[str] = field(default_factory=list)
+
+
+class Analyzer:
+    def __init__(
+        self,
+        *,
+        mode: AnalysisMode,
+        client: ChatClient | None,
+        hostname: str,
+        diagnostics: DiagnosticsRunner | None = None,
+        max_steps: int = 3,
+        audit: Audit | None = None,
+        now: Callable[[], datetime] = utcnow,
+        budget: int = TOKEN_BUDGET,
+    ) -> None:
+        self.mode = mode
+        self.client = client
+        self.hostname = hostname
+        self.diagnostics = diagnostics
+        self.max_steps = max_steps if diagnostics is not None else 1
+        self.audit = audit
+        self.now = now
+        self.budget = budget
+        self.llm_calls = 0
+
+    def analyze(
+        self,
+        incident: Incident,
+        *,
+        unit_status: Mapping[str, str] | None = None,
+        journals: Mapping[str, Sequence[str]] | None = None,
+    ) -> Decision:
+        ctx = PromptContext(
+            incident=incident,
+            hostname=self.hostname,
+            now=self.now(),
+            unit_status=unit_status or {},
+            journals=journals or {},
+            steps_left=self.max_steps,
+            budget=self.budget - (_TOOL_SHARE if self.max_steps > 1 else 0),
+        )
+        decision, run, flags = self._decide(incident, ctx)
+        if self.audit is not None:
+            record = decision.model_dump(mode="json")
+            record.update(
+                event="decision",
+                untrusted_flags=flags,
+                steps=run.steps,
+                tool_calls=run.tool_calls,
+            )
+            self.audit(record)
+        return decision
+
+    def _decide(self, incident: Incident, ctx: PromptContext) -> tuple[Decision, _Run, list[str]]:
+        run = _Run()
+        if self.mode is AnalysisMode.RUNBOOKS_ONLY or self.client is None:
+            return runbook_decision(incident), run, []
+        if self.mode is AnalysisMode.RUNBOOKS_FIRST:
+            fast = runbook_decision(incident)
+            if fast.assessment is not Assessment.UNKNOWN and fast.proposals:
+                return fast, run, []
+        prompt = build_prompt(ctx)
+        run.prompt_hash = prompt.hash
+        client = self.client
+        try:
+            decision = self._converse(client, incident, prompt.messages, run)
+        except (LlmError, OutputInvalid) as exc:
+            log.warning("analysis of %s fell back to runbooks: %s", incident.id, exc)
+            error = f"{type(exc).__name__}: {exc}"
+            decision = runbook_decision(incident, error=error, raw_output_hash=run.raw_hash)
+        meta = {
+            "backend": client.backend,
+            "model": client.model,
+            "latency_seconds": round(run.latency, 3),
+            "tokens_in": run.tokens_in,
+            "tokens_out": run.tokens_out,
+            "prompt_hash": run.prompt_hash,
+        }
+        if decision.source is DecisionSource.RUNBOOKS:
+            meta["backend"] = f"runbooks (after {client.backend})"
+        return decision.model_copy(update=meta), run, prompt.flags
+
+    def _converse(
+        self,
+        client: ChatClient,
+        incident: Incident,
+        messages: list[dict[str, str]],
+        run: _Run,
+    ) -> Decision:
+        session = ToolSession(self.diagnostics) if self.diagnostics is not None else None
+        if session is not None and self.max_steps > 1:
+            # two calls a step, every step but the last: together within the tools' share
+            session.token_limit = _TOOL_SHARE // (2 * (self.max_steps - 1)) - 20
+        for step in range(self.max_steps):
+            last = step == self.max_steps - 1 or session is None
+            if last and step > 0:  # no tools offered on the last step
+                messages = [
+                    {"role": "system", "content": system_message(self.hostname, self.now(), 1)},
+                    *messages[1:],
+                ]
+            model: type[LlmDecision] = LlmDecision if last else LlmStep
+            reply = client.chat(messages, wire_schema(model))
+            self.llm_calls += 1
+            run.steps += 1
+            run.latency += reply.duration_seconds
+            run.tokens_in += reply.tokens_in
+            run.tokens_out += reply.tokens_out
+            run.raw_hash = output_hash(reply.content)
+            try:
+                parsed = parse_output(reply.content, model)
+            except OutputInvalid as exc:
+                why = (
+                    f" (stopped: {reply.finish_reason})" if reply.finish_reason == "length" else ""
+                )
+                raise OutputInvalid(f"{exc}{why}") from exc
+            calls = parsed.tool_calls if isinstance(parsed, LlmStep) else []
+            if calls and session is not None and not last:
+                results = [session.invoke(c) for c in calls]
+                run.tool_calls += [describe_call(c) for c in calls]
+                asked = {"tool_calls": [c.model_dump() for c in calls]}
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": json.dumps(asked)},
+                    {
+                        "role": "user",
+                        "content": template("tool_results.txt").substitute(
+                            results="\n".join(r.render() for r in results)
+                        ),
+                    },
+                ]
+                continue
+            if parsed.assessment == "healthy" and _still_wrong(incident):
+                # monitoring says otherwise; a model (or a log line talking to it) cannot
+                # overrule a firing alert
+                raise OutputInvalid("the model called the host healthy while the incident is open")
+            return Decision(
+                incident_id=incident.id,
+                assessment=Assessment(parsed.assessment),
+                summary=parsed.summary,
+                severity=Severity(parsed.severity),
+                root_cause=parsed.root_cause,
+                confidence=parsed.confidence,
+                proposals=to_proposals(parsed),
+                source=DecisionSource.LLM,
+                raw_output_hash=run.raw_hash,
+            )
+        raise OutputInvalid("no conclusion within the step limit")  # pragma: no cover
+
+
+def _still_wrong(incident: Incident) -> bool:
+    return bool(incident.findings) or any(a.firing for a in incident.alerts)

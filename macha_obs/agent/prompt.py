@@ -1,0 +1,240 @@
+"""Prompts rendered from template files and an explicit context: redacted, fenced, bounded.
+
+Everything that came from the host or from Alertmanager (labels, annotations, journal
+lines, tool output) is untrusted: secrets are redacted, control characters dropped, each
+block is fenced with a nonce the data cannot know in advance, and the whole prompt is kept
+within a token budget by dropping the oldest journal lines first. Pure: no I/O besides
+reading the package's own templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from string import Template
+
+from macha_obs.models import Incident
+
+TOKEN_BUDGET = 3000
+LINE_MAX = 240
+
+ACTION_CATALOGUE: dict[str, str] = {
+    "restart_unit": "unit — restart a failed or misbehaving service",
+    "start_unit": "unit — start a unit that is inactive",
+    "reset_failed": "unit — clear systemd's failed state (start-limit-hit), then start it",
+    "journal_vacuum": "(no fields) — shrink archived journal files",
+    "nix_gc": "(no fields) — collect unreferenced nix store paths",
+    "nix_rebuild": "mode (dry-build|test|switch|boot) — rebuild the configured system",
+    "nix_rollback": "(no fields) — roll back to the previous system generation",
+    "investigate": "tool, unit — run one read-only diagnostic (see the tools)",
+    "config_change": "path, diff — a configuration change for a human to apply",
+}
+TOOL_CATALOGUE: dict[str, str] = {
+    "unit_status": "unit — systemd's state of the unit",
+    "journal_tail": "unit — the unit's last journal lines",
+    "disk_usage": "(no fields) — filesystem usage",
+    "top_processes": "(no fields) — processes by CPU",
+    "listening_sockets": "(no fields) — listening TCP/UDP sockets",
+    "failed_units": "(no fields) — units in the failed state",
+}
+
+_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S),
+     "[REDACTED PRIVATE KEY]"),
+    (re.compile(r"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*)\S+(\s+\S+)?"),
+     r"\1\2[REDACTED]"),
+    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [REDACTED]"),
+    (re.compile(r"(?i)(://)[^/\s:@]+:[^/\s@]+@"), r"\1[REDACTED]@"),
+    (re.compile(
+        r"(?i)\b([\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|"
+        r"private[_-]?key|credentials?)[\w.-]*)(\"?\s*[:=]\s*\"?|\s+is\s+)([^\s\"',;&]+)"),
+     r"\1\2[REDACTED]"),
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}"
+                r"|sk-[A-Za-z0-9_-]{20,}|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,})"),
+     "[REDACTED]"),
+)  # fmt: skip
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_FENCE_WORD = re.compile(r"(?i)untrusted-data")
+
+# Instructions hidden in data: recorded with the decision so an attempt is visible.
+_SUSPICIOUS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ignore-instructions", re.compile(r"(?i)\b(ignore|disregard|forget)\b.{0,40}\binstruction")),
+    ("role-change", re.compile(r"(?i)\b(you are now|new instructions|system prompt)\b")),
+    ("pipe-to-shell", re.compile(r"(?i)\b(curl|wget)\b[^|\n]*\|\s*(sudo\s+)?(ba|z|da)?sh\b")),
+    ("stop-unit", re.compile(r"(?i)\b(stop|disable|mask|kill)\b.{0,20}\b(sshd?|networkd?|dbus)")),
+    ("foreign-flake", re.compile(r"(?i)(nixos-rebuild|--flake|flake\s*=)")),
+    ("self-approval", re.compile(r"(?i)\b(approve|approved|macha-approve|autonomy)\b")),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def clean_line(line: str) -> str:
+    """One untrusted line: secrets redacted, control characters and fence words defused."""
+    line = _FENCE_WORD.sub("untrusted_data", _CONTROL.sub(" ", line))
+    line = redact(line.rstrip())
+    return line if len(line) <= LINE_MAX else line[: LINE_MAX - 1] + "…"
+
+
+def suspicious(text: str) -> list[str]:
+    return [name for name, pattern in _SUSPICIOUS if pattern.search(text)]
+
+
+def fence(label: str, lines: Sequence[str]) -> str:
+    """Wrap untrusted lines; the nonce is derived from the content, so the content cannot
+    contain its own closing marker (and fence words inside it were defused)."""
+    body = "\n".join(lines) if lines else "(none)"
+    nonce = hashlib.sha256(body.encode()).hexdigest()[:10]
+    return f'<untrusted-data id="{nonce}" source="{label}">\n{body}\n</untrusted-data id="{nonce}">'
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+_NOT_COUNTED = re.compile(r"[A-Za-z\s]+")
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token count without the model's tokenizer.
+
+    Measured against SmolLM2's tokenizer: log text with numbers, addresses and hex runs
+    at 1-1.5 characters a token, prose at ~2.8, so characters/3 undercounted noisy logs by
+    half. Here every digit, punctuation mark, non-ASCII character and newline counts as
+    one token, a letter run of one or two as one each, a longer run as one per three;
+    plus 5%. That was 1.04-1.44x the real count on every sample measured.
+    """
+    words = sum(len(w) if len(w) <= 2 else -(-len(w) // 3) for w in _WORD.findall(text))
+    others = len(_NOT_COUNTED.sub("", text))
+    return int((words + others + text.count("\n")) * 1.05) + 1
+
+
+@cache
+def template(name: str) -> Template:
+    return Template(resources.files("macha_obs.agent").joinpath("templates", name).read_text())
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    incident: Incident
+    hostname: str
+    now: datetime
+    unit_status: Mapping[str, str] = field(default_factory=dict)
+    journals: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    steps_left: int = 1  # 1: the last step, no tools offered
+    budget: int = TOKEN_BUDGET
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[dict[str, str]]
+    tokens: int
+    flags: list[str]  # suspicious patterns seen in the untrusted data ("source:pattern")
+
+    @property
+    def hash(self) -> str:
+        joined = "\x1e".join(f"{m['role']}:{m['content']}" for m in self.messages)
+        return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def system_message(hostname: str, now: datetime, steps_left: int) -> str:
+    tools = ""
+    if steps_left > 1:
+        tools = template("tools.txt").substitute(
+            steps=steps_left, tool_catalogue=_catalogue(TOOL_CATALOGUE)
+        )
+    return template("system.txt").substitute(
+        hostname=clean_line(hostname),
+        now=now.isoformat(timespec="seconds"),
+        catalogue=_catalogue(ACTION_CATALOGUE),
+        tools=tools,
+    )
+
+
+def _catalogue(table: Mapping[str, str]) -> str:
+    return "\n".join(f"- {name}: {help_}" for name, help_ in table.items())
+
+
+def build_prompt(ctx: PromptContext) -> Prompt:
+    """The system and user messages for one incident, within `ctx.budget` tokens."""
+    inc = ctx.incident
+    system = system_message(ctx.hostname, ctx.now, ctx.steps_left)
+    alert_lines = [_alert_line(a.status, a.labels, a.annotations) for a in inc.alerts[:20]]
+    if len(inc.alerts) > 20:
+        alert_lines.append(f"... and {len(inc.alerts) - 20} more alerts")
+    finding_lines = [clean_line(f"{f.kind.value} {f.subject}: {f.summary}") for f in inc.findings]
+    status_lines = [clean_line(f"{u}: {s}") for u, s in ctx.unit_status.items()]
+    # every line costs at least two tokens: older lines than these could never fit
+    journals = {
+        u: [clean_line(x) for x in list(lines)[-(ctx.budget // 2) :]]
+        for u, lines in ctx.journals.items()
+    }
+    flags = _flags("alerts", alert_lines) + _flags("findings", finding_lines)
+    for unit, lines in journals.items():
+        flags += _flags(f"journal {unit}", lines)
+
+    def render(journal_lines: Mapping[str, Sequence[str]]) -> str:
+        return template("incident.txt").substitute(
+            incident_id=inc.id,
+            source=inc.source,
+            opened_at=inc.opened_at.isoformat(timespec="seconds"),
+            units=", ".join(inc.units) or "none",
+            alert_count=len(inc.alerts),
+            firing_count=sum(1 for a in inc.alerts if a.firing),
+            alerts=fence("alertmanager", alert_lines),
+            finding_count=len(inc.findings),
+            findings=fence("findings", finding_lines[:20]),
+            status=fence("systemd", status_lines[:20]),
+            journals="\n".join(fence(f"journal {u}", ls) for u, ls in journal_lines.items())
+            or "(none)",
+        )
+
+    fixed = estimate_tokens(system) + estimate_tokens(render(dict.fromkeys(journals, ())))
+    kept = _fit_journals(journals, max(ctx.budget - fixed, 0))
+    user = render(kept)
+    return Prompt(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        tokens=estimate_tokens(system) + estimate_tokens(user),
+        flags=flags,
+    )
+
+
+def _alert_line(status: str, labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+    names = ("alertname", "severity", "unit", "name", "instance", "mountpoint")
+    shown = {k: labels[k] for k in names if k in labels}
+    text = " ".join(f"{k}={v}" for k, v in shown.items())
+    summary = annotations.get("summary") or annotations.get("description") or ""
+    return clean_line(f"[{status}] {text} — {summary[:160]}")
+
+
+def _flags(source: str, lines: Sequence[str]) -> list[str]:
+    found: dict[str, None] = {}
+    for line in lines:
+        for name in suspicious(line):
+            found[f"{source}:{name}"] = None
+    return list(found)
+
+
+def _fit_journals(journals: Mapping[str, Sequence[str]], budget: int) -> dict[str, list[str]]:
+    """Keep the newest lines of each unit within an equal share of `budget` tokens."""
+    if not journals:
+        return {}
+    share = budget // len(journals)
+    out: dict[str, list[str]] = {}
+    for unit, lines in journals.items():
+        kept: list[str] = []
+        used = 0
+        for line in reversed(lines):
+            cost = estimate_tokens(line)
+            if used + cost > share:
+                break
+            kept.append(line)
+            used += cost
+        out[unit] = kept[::-1]
+    return out

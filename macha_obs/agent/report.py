@@ -1,0 +1,140 @@
+"""`macha-obs analyze FILE`: one webhook payload through analysis and the policy, executing
+nothing, rendered for a person or as JSON for tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from macha_obs.agent.analyze import Analyzer
+from macha_obs.agent.schema import first_error
+from macha_obs.models import (
+    Action,
+    AlertGroup,
+    Decision,
+    Incident,
+    Proposal,
+    Verdict,
+    canonical_unit_name,
+    describe_action,
+)
+
+Judge = Callable[[Action], Verdict]
+
+
+class PayloadError(ValueError):
+    """The file is not an Alertmanager v4 webhook payload."""
+
+
+@dataclass(frozen=True)
+class Judged:
+    proposal: Proposal
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    incident: Incident
+    decision: Decision | None
+    judged: list[Judged] = field(default_factory=list)
+    note: str = ""
+
+
+def parse_payload(text: str) -> AlertGroup:
+    try:
+        return AlertGroup.model_validate_json(text)
+    except ValidationError as exc:
+        raise PayloadError(f"not an Alertmanager v4 payload: {first_error(exc)}") from exc
+
+
+def incident_from_group(group: AlertGroup) -> Incident:
+    digest = hashlib.sha256(group.group_key.encode()).hexdigest()[:12]
+    return Incident(
+        id=f"am-{digest}", source="alert", group_key=group.group_key, alerts=group.alerts
+    )
+
+
+def parse_journal_option(value: str) -> tuple[str, Path]:
+    """`UNIT=PATH` of `--journal`; the unit is canonicalised like systemctl does."""
+    unit, sep, path = value.partition("=")
+    if not sep or not unit or not path:
+        raise ValueError(f"{value!r}: expected UNIT=PATH")
+    return canonical_unit_name(unit.strip()), Path(path)
+
+
+def analyze_payload(
+    text: str,
+    *,
+    analyzer: Analyzer,
+    judge: Judge,
+    journals: Mapping[str, Sequence[str]] | None = None,
+    journal_source: Callable[[str], Sequence[str]] | None = None,
+    status_source: Callable[[str], str] | None = None,
+) -> AnalysisReport:
+    """Analyse the payload's incident and judge each proposal; run nothing."""
+    incident = incident_from_group(parse_payload(text))
+    if not any(a.firing for a in incident.alerts):
+        return AnalysisReport(incident, None, note="no alert is firing: nothing to analyse")
+    lines: dict[str, Sequence[str]] = dict(journals or {})
+    for unit in incident.units:
+        if unit not in lines and journal_source is not None:
+            lines[unit] = journal_source(unit)
+    status = {u: status_source(u) for u in incident.units} if status_source else {}
+    decision = analyzer.analyze(incident, unit_status=status, journals=lines)
+    judged = [Judged(p, judge(p.action)) for p in decision.proposals]
+    return AnalysisReport(incident, decision, judged)
+
+
+def render_text(report: AnalysisReport) -> str:
+    inc = report.incident
+    firing = sum(1 for a in inc.alerts if a.firing)
+    out = [f"incident {inc.id}: {len(inc.alerts)} alert(s), {firing} firing"]
+    if report.decision is None:
+        return "\n".join([*out, report.note])
+    d = report.decision
+    out += [
+        f"assessment: {d.assessment.value} (severity {d.severity.value}, "
+        f"confidence {d.confidence:.2f}, by {d.backend or d.source.value}"
+        + (f" {d.model}" if d.model else "")
+        + ")",
+        f"summary: {d.summary}",
+    ]
+    if d.root_cause:
+        out.append(f"root cause: {d.root_cause}")
+    if d.error:
+        out.append(f"analysis error: {d.error}")
+    if not report.judged:
+        out.append("no proposals")
+    for n, j in enumerate(report.judged, 1):
+        v = j.verdict
+        out.append(
+            f"{n}. {describe_action(j.proposal.action)} → {v.outcome.value} ({v.risk.value})"
+        )
+        out.append(f"   why: {j.proposal.reason}")
+        out.append(f"   policy: {v.reason}")
+    out.append("nothing was executed")
+    return "\n".join(out)
+
+
+def render_json(report: AnalysisReport) -> str:
+    data: dict[str, Any] = {
+        "incident": {"id": report.incident.id, "group_key": report.incident.group_key},
+        "decision": report.decision.model_dump(mode="json") if report.decision else None,
+        "proposals": [
+            {
+                "action": j.proposal.action.model_dump(mode="json"),
+                "reason": j.proposal.reason,
+                "verdict": j.verdict.model_dump(mode="json"),
+            }
+            for j in report.judged
+        ],
+        "note": report.note,
+        "executed": [],
+    }
+    return json.dumps(data, indent=2)

@@ -1,0 +1,366 @@
+"""Incidents: Alertmanager groups and local findings, kept in the state database.
+
+An incident is one Alertmanager group (by group key) while any of its alerts fires,
+plus the local findings about the same units; findings about no alerted unit form
+incidents of their own (one per unit, or per finding key). Every change of content bumps
+`revision`; analysis runs once per revision, so a storm that arrives in one notification
+is analysed once, however many alerts it carries.
+
+This module sits at the store's layer: it owns the inbox/incident tables declared in
+store.py and uses the store's transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from macha_obs.group_commit import GroupCommitter
+from macha_obs.models import Alert, AlertGroup, Finding, Incident
+from macha_obs.store import Store, cancel_pending_approvals
+
+OPEN = "open"
+RESOLVED = "resolved"
+FINDING_GROUP = "finding:"
+
+
+def alert_fingerprint(alert: Alert) -> str:
+    """Alertmanager's fingerprint, or a stable hash of the labels when a sender left it out."""
+    if alert.fingerprint:
+        return alert.fingerprint
+    canon = json.dumps(sorted(alert.labels.items()), separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    inbox_id: int
+    incident_id: str | None
+    new_alerts: int
+    duplicates: int
+    firing: int = 0
+    resolved: bool = False
+    cancelled_approvals: tuple[int, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return self.incident_id is not None and self.new_alerts > 0
+
+
+@dataclass(frozen=True)
+class IncidentState:
+    incident: Incident
+    status: str
+    revision: int
+    analyzed_revision: int
+    cancelled: tuple[int, ...] = field(default=())
+
+
+class IncidentStore:
+    """Inbox, dedupe and incident bookkeeping over a `Store`'s database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writer = GroupCommitter(store)
+
+    # ------------------------------------------------------------ alerts
+
+    def ingest(self, group: AlertGroup, body: str, alerts: Sequence[Alert]) -> IngestResult:
+        """Store the body and apply the alerts in one transaction (committed before the 2xx).
+
+        An alert state (fingerprint, startsAt, status) is applied once: Alertmanager HA
+        peers each deliver the same notification, and repeat_interval re-sends it.
+        """
+        now = self.store.clock()
+        # concurrent deliveries share a commit (and its fsync); each waits for it
+        return self.writer.run(lambda cur: self._ingest(cur, group, body, alerts, now))
+
+    def _ingest(
+        self,
+        cur: sqlite3.Cursor,
+        group: AlertGroup,
+        body: str,
+        alerts: Sequence[Alert],
+        now: float,
+    ) -> IngestResult:
+        cur.execute(
+            "INSERT INTO inbox(received_at, group_key, body) VALUES (?,?,?)",
+            (now, group.group_key, body),
+        )
+        inbox_id = int(cur.lastrowid or 0)
+        fresh: list[tuple[str, Alert]] = []
+        for alert in alerts:
+            fp = alert_fingerprint(alert)
+            cur.execute(
+                "INSERT OR IGNORE INTO alerts_seen(fingerprint, starts_at, status, seen_at)"
+                " VALUES (?,?,?,?)",
+                (fp, alert.starts_at.isoformat(), alert.status, now),
+            )
+            if cur.rowcount:
+                fresh.append((fp, alert))
+        dupes = len(alerts) - len(fresh)
+        cur.execute("UPDATE inbox SET new_alerts = ? WHERE id = ?", (len(fresh), inbox_id))
+        if not fresh:
+            return IngestResult(inbox_id, None, 0, dupes)
+        incident_id = self._open_incident(cur, "alert", group.group_key, now, fresh)
+        if incident_id is None:  # only resolutions for an incident we never opened
+            return IngestResult(inbox_id, None, 0, dupes)
+        for fp, alert in fresh:
+            self._apply_alert(cur, incident_id, fp, alert, now)
+        cur.execute(
+            "UPDATE incidents SET revision = revision + 1, updated_at = ? WHERE id = ?",
+            (now, incident_id),
+        )
+        firing = _count_firing(cur, incident_id)
+        cancelled: list[int] = []
+        if firing == 0:
+            cancelled = _resolve(cur, incident_id, now)
+        return IngestResult(
+            inbox_id, incident_id, len(fresh), dupes, firing, firing == 0, tuple(cancelled)
+        )
+
+    def _open_incident(
+        self,
+        cur: sqlite3.Cursor,
+        source: str,
+        group_key: str,
+        now: float,
+        fresh: Sequence[tuple[str, Alert]] = (),
+    ) -> str | None:
+        row = cur.execute(
+            "SELECT id FROM incidents WHERE group_key = ? AND status = ?", (group_key, OPEN)
+        ).fetchone()
+        if row is not None:
+            return str(row["id"])
+        if source == "alert" and not any(a.firing for _, a in fresh):
+            return None
+        n = cur.execute("SELECT COUNT(*) FROM incidents WHERE group_key = ?", (group_key,))
+        prefix = "am" if source == "alert" else "fd"
+        incident_id = f"{prefix}-{_short_hash(group_key)}-{int(n.fetchone()[0]) + 1}"
+        cur.execute(
+            "INSERT INTO incidents(id, source, group_key, status, revision, opened_at,"
+            " updated_at) VALUES (?,?,?,?,0,?,?)",
+            (incident_id, source, group_key, OPEN, now, now),
+        )
+        return incident_id
+
+    @staticmethod
+    def _apply_alert(
+        cur: sqlite3.Cursor, incident_id: str, fp: str, alert: Alert, now: float
+    ) -> None:
+        row = cur.execute(
+            "SELECT status, alert FROM incident_alerts WHERE incident_id = ? AND fingerprint = ?",
+            (incident_id, fp),
+        ).fetchone()
+        if row is not None and row["status"] == RESOLVED and alert.firing:
+            # a firing copy that arrives after its resolution (HA peers race) is stale
+            stored = Alert.model_validate_json(row["alert"])
+            if _aware(stored.starts_at) >= _aware(alert.starts_at):
+                return
+        cur.execute(
+            "INSERT INTO incident_alerts(incident_id, fingerprint, status, alert, updated_at)"
+            " VALUES (?,?,?,?,?) ON CONFLICT(incident_id, fingerprint) DO UPDATE SET"
+            " status = excluded.status, alert = excluded.alert, updated_at = excluded.updated_at",
+            (incident_id, fp, alert.status, alert.model_dump_json(by_alias=True), now),
+        )
+
+    # ------------------------------------------------------------ findings
+
+    def set_findings(self, incident_id: str, findings: Sequence[Finding]) -> bool:
+        """Replace an open incident's findings; True (and a new revision) if they changed."""
+        encoded = _encode_findings(findings)
+        with self.store.transaction() as cur:
+            row = cur.execute(
+                "SELECT findings FROM incidents WHERE id = ? AND status = ?", (incident_id, OPEN)
+            ).fetchone()
+            if row is None or _keys(row["findings"]) == _keys(encoded):
+                return False
+            cur.execute(
+                "UPDATE incidents SET findings = ?, revision = revision + 1, updated_at = ?"
+                " WHERE id = ?",
+                (encoded, self.store.clock(), incident_id),
+            )
+        return True
+
+    def open_for_findings(self, group: str, findings: Sequence[Finding]) -> tuple[str, bool]:
+        """The open finding incident for `group` (a unit or finding key) with `findings`,
+        and whether that changed it."""
+        with self.store.transaction() as cur:
+            incident_id = self._open_incident(
+                cur, "finding", FINDING_GROUP + group, self.store.clock()
+            )
+        if incident_id is None:  # pragma: no cover - finding incidents always open
+            raise RuntimeError(f"cannot open a finding incident for {group!r}")
+        return incident_id, self.set_findings(incident_id, findings)
+
+    def touch(self, incident_id: str) -> bool:
+        """The same problem happened again (a unit failed again after a fix): one new
+        revision, so it is analysed again. Only once per analysis: no inflation."""
+        with self.store.transaction() as cur:
+            cur.execute(
+                "UPDATE incidents SET revision = revision + 1, updated_at = ?"
+                " WHERE id = ? AND status = ? AND revision = analyzed_revision",
+                (self.store.clock(), incident_id, OPEN),
+            )
+            return cur.rowcount > 0
+
+    def resolve(self, incident_id: str, reason: str) -> tuple[int, ...]:
+        """Close an incident and cancel approvals still pending for it."""
+        with self.store.transaction() as cur:
+            return tuple(_resolve(cur, incident_id, self.store.clock(), reason))
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, incident_id: str) -> IncidentState | None:
+        rows = self.store.query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        alerts = [
+            Alert.model_validate_json(r["alert"])
+            for r in self.store.query(
+                "SELECT alert FROM incident_alerts WHERE incident_id = ? ORDER BY fingerprint",
+                (incident_id,),
+            )
+        ]
+        incident = Incident(
+            id=row["id"],
+            source=row["source"],
+            group_key=row["group_key"],
+            opened_at=datetime.fromtimestamp(row["opened_at"], UTC),
+            alerts=alerts,
+            findings=[Finding.model_validate(f) for f in json.loads(row["findings"])],
+        )
+        return IncidentState(
+            incident, row["status"], int(row["revision"]), int(row["analyzed_revision"])
+        )
+
+    def open_incidents(self) -> list[IncidentState]:
+        rows = self.store.query("SELECT id FROM incidents WHERE status = ? ORDER BY id", (OPEN,))
+        return [s for s in (self.get(r["id"]) for r in rows) if s is not None]
+
+    def pending_analysis(self) -> list[str]:
+        """Open incidents whose latest revision has not been analysed yet."""
+        rows = self.store.query(
+            "SELECT id FROM incidents WHERE status = ? AND revision > analyzed_revision"
+            " ORDER BY updated_at",
+            (OPEN,),
+        )
+        return [str(r["id"]) for r in rows]
+
+    def mark_analyzed(self, incident_id: str, revision: int) -> None:
+        with self.store.transaction() as cur:
+            cur.execute(
+                "UPDATE incidents SET analyzed_revision = MAX(analyzed_revision, ?) WHERE id = ?",
+                (revision, incident_id),
+            )
+
+    def inbox_count(self) -> int:
+        return int(self.store.query("SELECT COUNT(*) AS n FROM inbox")[0]["n"])
+
+    def prune(self, older_than: float) -> int:
+        """Forget inbox bodies and dedupe keys older than `older_than` (epoch seconds)."""
+        with self.store.transaction() as cur:
+            cur.execute("DELETE FROM inbox WHERE received_at < ?", (older_than,))
+            removed = cur.rowcount
+            cur.execute("DELETE FROM alerts_seen WHERE seen_at < ?", (older_than,))
+        return removed
+
+
+def _aware(value: datetime) -> datetime:
+    """Alertmanager always sends an offset; a sender that did not meant UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _count_firing(cur: sqlite3.Cursor, incident_id: str) -> int:
+    row = cur.execute(
+        "SELECT COUNT(*) FROM incident_alerts WHERE incident_id = ? AND status = 'firing'",
+        (incident_id,),
+    ).fetchone()
+    return int(row[0])
+
+
+def _resolve(
+    cur: sqlite3.Cursor, incident_id: str, now: float, reason: str = "the alerts resolved"
+) -> list[int]:
+    cur.execute(
+        "UPDATE incidents SET status = ?, resolved_at = ?, updated_at = ? WHERE id = ?"
+        " AND status = ?",
+        (RESOLVED, now, now, incident_id, OPEN),
+    )
+    return cancel_pending_approvals(cur, incident_id, f"incident resolved: {reason}", now)
+
+
+def _encode_findings(findings: Iterable[Finding]) -> str:
+    ordered = sorted(findings, key=lambda f: f.key)
+    return json.dumps([f.model_dump(mode="json") for f in ordered], separators=(",", ":"))
+
+
+def _keys(encoded: str) -> list[tuple[str, str, str]]:
+    """What counts as a change: which findings, and how severe, not their wording."""
+    return [(f["kind"], f["subject"], f["severity"]) for f in json.loads(encoded)]
+
+
+def assign_findings(
+    incidents: Sequence[Incident], findings: Iterable[Finding]
+) -> tuple[dict[str, list[Finding]], dict[str, list[Finding]]]:
+    """Findings about an alerted unit join that alert incident; the rest are grouped by
+    unit (or by finding key when they name no unit). Pure."""
+    by_unit: dict[str, str] = {}
+    for incident in incidents:
+        if incident.source == "alert":
+            for unit in incident.units:
+                by_unit.setdefault(unit, incident.id)
+    joined: dict[str, list[Finding]] = {i.id: [] for i in incidents if i.source == "alert"}
+    alone: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.unit and finding.unit in by_unit:
+            joined[by_unit[finding.unit]].append(finding)
+        else:
+            alone.setdefault(finding.unit or finding.key, []).append(finding)
+    return joined, alone
+
+
+def sync_findings(incidents: IncidentStore, findings: Sequence[Finding]) -> list[str]:
+    """Apply the current findings to the open incidents; return the ids that changed.
+
+    Finding incidents whose findings are gone are resolved (and their approvals cancelled).
+    """
+    open_now = incidents.open_incidents()
+    joined, alone = assign_findings([s.incident for s in open_now], findings)
+    changed = [i for i, fs in joined.items() if incidents.set_findings(i, fs)]
+    live: set[str] = set()
+    for group, fs in alone.items():
+        incident_id, was_changed = incidents.open_for_findings(group, fs)
+        live.add(incident_id)
+        if was_changed:
+            changed.append(incident_id)
+    for state in open_now:
+        if state.incident.source == "finding" and state.incident.id not in live:
+            incidents.resolve(state.incident.id, "the findings are gone")
+    return changed
+
+
+def analyze_pending(incidents: IncidentStore, analyze: Callable[[Incident], object]) -> int:
+    """Analyse every incident whose latest revision was not analysed yet, once each.
+
+    Changes that arrived since the last analysis are coalesced: however many alerts
+    joined, the incident is analysed once, at its newest revision.
+    """
+    done = 0
+    for incident_id in incidents.pending_analysis():
+        state = incidents.get(incident_id)
+        if state is None or state.status != OPEN:
+            continue
+        analyze(state.incident)
+        incidents.mark_analyzed(incident_id, state.revision)
+        done += 1
+    return done

@@ -1,0 +1,272 @@
+"""The Alertmanager webhook (`POST /alerts`), as a WSGI callable.
+
+Order matters: authenticate, bound the body, validate, drop other hosts' alerts, then
+store durably (one committed transaction) and only then answer 2xx. Alertmanager retries
+anything else, so a 5xx is reserved for "could not store" and never for a bad body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from macha_obs.config import Config
+from macha_obs.incidents import IncidentStore, IngestResult
+from macha_obs.models import Alert, AlertGroup
+from macha_obs.store import Store
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+OnIncident = Callable[[IngestResult], None]
+
+# Results of a delivery, a fixed set (a label value for the exporter).
+DELIVERY_RESULTS = (
+    "accepted",
+    "duplicate",
+    "ignored",
+    "invalid",
+    "unauthorized",
+    "too_large",
+    "bad_method",
+    "store_error",
+)
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+
+
+class ReceiverStats:
+    """Delivery and alert counters since start (Prometheus copes with resets)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.deliveries: Counter[str] = Counter(dict.fromkeys(DELIVERY_RESULTS, 0))
+        self.alerts: Counter[str] = Counter({"new": 0, "duplicate": 0, "ignored": 0})
+        self.truncated_alerts = 0
+
+    def count(self, result: str, **alerts: int) -> None:
+        with self._lock:
+            self.deliveries[result] += 1
+            self.alerts.update(alerts)
+
+    def add_truncated(self, n: int) -> None:
+        with self._lock:
+            self.truncated_alerts += n
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {
+                "deliveries": dict(self.deliveries),
+                "alerts": dict(self.alerts),
+                "truncated": {"alerts": self.truncated_alerts},
+            }
+
+
+def read_token(path: Path) -> str:
+    """The bearer token Alertmanager sends (`http_config.authorization.credentials_file`)."""
+    token = path.read_text().strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: the webhook token must be one non-empty word")
+    return token
+
+
+class HostMatcher:
+    """Is an alert about this host? Decided by the first host label present on it."""
+
+    def __init__(
+        self,
+        hostname: str,
+        aliases: Iterable[str] = (),
+        labels: Iterable[str] = ("instance", "host", "hostname", "nodename"),
+        *,
+        loopback_is_local: bool = True,
+    ) -> None:
+        names = {hostname, *aliases}
+        self.names = {n.lower() for n in names} | {n.lower().split(".")[0] for n in names}
+        if loopback_is_local:
+            # a target scraped at 127.0.0.1 by a Prometheus beside us is this host
+            self.names |= _LOOPBACK
+        self.labels = tuple(labels)
+
+    def is_local(self, alert: Alert) -> bool:
+        for label in self.labels:
+            value = alert.labels.get(label)
+            if value:
+                host = _strip_port(value.strip().lower())
+                return host in self.names or host.split(".")[0] in self.names
+        return True  # no host label: a host-local rule, ours
+
+
+def _strip_port(value: str) -> str:
+    if value.startswith("["):  # [::1]:9100
+        return value[1:].partition("]")[0]
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host
+    return value
+
+
+class ReceiverApp:
+    """WSGI app for Alertmanager's webhook (payload version 4)."""
+
+    def __init__(
+        self,
+        incidents: IncidentStore,
+        *,
+        token: str | None,
+        max_body_bytes: int = 1_048_576,
+        hosts: HostMatcher | None = None,
+        on_incident: OnIncident | None = None,
+        stats: ReceiverStats | None = None,
+    ) -> None:
+        self.incidents = incidents
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.hosts = hosts
+        self.on_incident = on_incident
+        self.stats = stats or ReceiverStats()
+
+    @classmethod
+    def from_config(
+        cls, config: Config, store: Store, on_incident: OnIncident | None = None
+    ) -> ReceiverApp:
+        token = read_token(config.webhook_token_file) if config.webhook_token_file else None
+        if token is None and config.listen_host not in _LOOPBACK:
+            # anyone who can reach the port could feed us alerts: refuse to run that way
+            raise ValueError(
+                f"the webhook listens on {config.listen_address}, beyond loopback: "
+                "set webhook_token_file (Alertmanager's http_config.authorization)"
+            )
+        return cls(
+            IncidentStore(store),
+            token=token,
+            max_body_bytes=config.webhook_max_body_bytes,
+            hosts=HostMatcher(config.hostname, config.host_aliases, config.host_labels),
+            on_incident=on_incident,
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        status, body, headers = self._handle(environ)
+        data = json.dumps(body).encode()
+        start_response(
+            status,
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers],
+        )
+        return [data]
+
+    def _handle(self, environ: dict[str, Any]) -> tuple[str, dict[str, Any], list[tuple[str, str]]]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            self.stats.count("bad_method")
+            return "405 Method Not Allowed", {"error": "use POST"}, [("Allow", "POST")]
+        if not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
+            self.stats.count("unauthorized")
+            return (
+                "401 Unauthorized",
+                {"error": "missing or wrong bearer token"},
+                [("WWW-Authenticate", 'Bearer realm="macha-obs"')],
+            )
+        raw, problem = self._read_body(environ)
+        if problem is not None:
+            return problem
+        try:
+            text = raw.decode("utf-8")
+            group = AlertGroup.model_validate(json.loads(text))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            self.stats.count("invalid")
+            return "400 Bad Request", {"error": f"invalid JSON: {exc}"}, []
+        except ValidationError as exc:
+            self.stats.count("invalid")
+            return "400 Bad Request", {"error": _schema_message(exc)}, []
+        return self._ingest(group, text)
+
+    def _authorized(self, header: str) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, credentials = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self.token.encode()
+        )
+
+    def _read_body(
+        self, environ: dict[str, Any]
+    ) -> tuple[bytes, tuple[str, dict[str, Any], list[tuple[str, str]]] | None]:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        if not length_text.isdigit():
+            self.stats.count("invalid")
+            return b"", ("411 Length Required", {"error": "Content-Length is required"}, [])
+        length = int(length_text)
+        if length > self.max_body_bytes:
+            self.stats.count("too_large")
+            return b"", (
+                "413 Content Too Large",
+                {"error": f"body of {length} bytes exceeds {self.max_body_bytes}"},
+                [],
+            )
+        raw = environ["wsgi.input"].read(length) if length else b""
+        if len(raw) != length:
+            self.stats.count("invalid")
+            return b"", ("400 Bad Request", {"error": "body shorter than Content-Length"}, [])
+        return raw, None
+
+    def _ingest(
+        self, group: AlertGroup, text: str
+    ) -> tuple[str, dict[str, Any], list[tuple[str, str]]]:
+        local = [a for a in group.alerts if self.hosts is None or self.hosts.is_local(a)]
+        ignored = len(group.alerts) - len(local)
+        if group.truncated_alerts:
+            log.warning(
+                "group %r: Alertmanager truncated %d alerts",
+                group.group_key,
+                group.truncated_alerts,
+            )
+            self.stats.add_truncated(group.truncated_alerts)
+        if group.alerts and not local:
+            self.stats.count("ignored", ignored=ignored)
+            return "200 OK", {"status": "ignored", "reason": "alerts for other hosts"}, []
+        try:
+            result = self.incidents.ingest(group, text, local)
+        except Exception:
+            # could not store: a 5xx makes Alertmanager deliver it again later
+            log.exception("cannot store webhook delivery for %r", group.group_key)
+            self.stats.count("store_error")
+            return "503 Service Unavailable", {"error": "cannot store the alerts now"}, []
+        duplicate = result.new_alerts == 0 and result.duplicates > 0
+        self.stats.count(
+            "duplicate" if duplicate else "accepted",
+            new=result.new_alerts,
+            duplicate=result.duplicates,
+            ignored=ignored,
+        )
+        if result.changed and result.firing and self.on_incident is not None:
+            try:
+                self.on_incident(result)
+            except Exception:  # stored already; analysis picks it up from the store
+                log.exception("on_incident failed for %s", result.incident_id)
+        return (
+            "200 OK",
+            {
+                "status": "duplicate" if duplicate else "accepted",
+                "incident": result.incident_id,
+                "new_alerts": result.new_alerts,
+                "duplicates": result.duplicates,
+                "ignored": ignored,
+                "resolved": result.resolved,
+            },
+            [],
+        )
+
+
+def _schema_message(exc: ValidationError) -> str:
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    ]
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "not an Alertmanager v4 payload: " + "; ".join(parts) + more

@@ -1,0 +1,293 @@
+"""The webhook receiver over a real HTTP server on port 0, and the incident store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from macha_obs.incidents import IncidentStore, IngestResult, assign_findings, sync_findings
+from macha_obs.models import (
+    ApprovalStatus,
+    Finding,
+    FindingKind,
+    RestartUnit,
+    Risk,
+)
+from macha_obs.receiver import HostMatcher, ReceiverApp, read_token
+from macha_obs.store import Store
+from tests.receiver_support import alert, payload, resolved, serve_wsgi
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def incidents(store: Store) -> IncidentStore:
+    return IncidentStore(store)
+
+
+@pytest.fixture
+def app(incidents: IncidentStore) -> ReceiverApp:
+    seen: list[IngestResult] = []
+    receiver = ReceiverApp(
+        incidents,
+        token=TOKEN,
+        max_body_bytes=4096,
+        hosts=HostMatcher("web1.example.org", ["web1-alias"]),
+        on_incident=seen.append,
+    )
+    receiver.seen = seen  # type: ignore[attr-defined]
+    return receiver
+
+
+@pytest.fixture
+def url(app: ReceiverApp) -> Iterator[str]:
+    with serve_wsgi(app) as base:
+        yield base + "/alerts"
+
+
+def post(url: str, body: object, headers: dict[str, str] | None = None) -> requests.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(url, data=data, headers={**AUTH, **(headers or {})}, timeout=10)
+
+
+def test_firing_alert_opens_an_incident(url: str, app: ReceiverApp, incidents: IncidentStore):
+    resp = post(url, payload(alert(unit="nginx.service")))
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "accepted"
+    assert body["new_alerts"] == 1
+    state = incidents.get(body["incident"])
+    assert state is not None
+    assert state.status == "open"
+    assert state.incident.units == ["nginx.service"]
+    assert state.incident.alerts[0].firing  # endsAt of year 1: still firing
+    assert incidents.pending_analysis() == [body["incident"]]
+    assert [r.incident_id for r in app.seen] == [body["incident"]]  # type: ignore[attr-defined]
+    assert incidents.inbox_count() == 1
+
+
+def test_same_notification_twice_is_handled_once(url: str, app: ReceiverApp, incidents):
+    body = payload(alert(unit="nginx.service"), alert(unit="php-fpm.service"))
+    first, second = post(url, body), post(url, body)
+    assert first.json()["status"] == "accepted"
+    assert second.status_code == 200
+    assert second.json()["status"] == "duplicate"
+    assert len(app.seen) == 1  # type: ignore[attr-defined]
+    state = incidents.get(first.json()["incident"])
+    assert state is not None
+    assert state.revision == 1
+    assert app.stats.snapshot()["alerts"]["duplicate"] == 2
+
+
+def test_a_new_alert_in_the_group_is_one_change(url: str, incidents: IncidentStore) -> None:
+    a, b = alert(unit="a.service"), alert(unit="b.service")
+    first = post(url, payload(a)).json()
+    second = post(url, payload(a, b)).json()  # Alertmanager resends the group with b added
+    assert second["incident"] == first["incident"]
+    assert (second["new_alerts"], second["duplicates"]) == (1, 1)
+    state = incidents.get(first["incident"])
+    assert state is not None
+    assert state.revision == 2
+    incidents.mark_analyzed(first["incident"], 2)
+    assert incidents.pending_analysis() == []
+
+
+def test_resolution_closes_the_incident_and_cancels_approvals(url, store: Store, incidents):
+    a = alert(unit="nginx.service")
+    incident_id = post(url, payload(a)).json()["incident"]
+    store.enqueue(incident_id, RestartUnit(unit="nginx.service"), risk=Risk.LOW, reason="r", ttl=60)
+    body = post(url, payload(resolved(a))).json()
+    assert body["resolved"] is True
+    state = incidents.get(incident_id)
+    assert state is not None
+    assert state.status == "resolved"
+    assert [a.status for a in store.list_approvals()] == [ApprovalStatus.CANCELLED]
+    # a late firing copy from the other HA peer does not reopen it
+    assert post(url, payload(a)).json()["status"] == "duplicate"
+    # the same alert firing again later is a new incident
+    again = post(url, payload(alert(unit="nginx.service", starts="2026-11-25T11:00:00Z")))
+    assert again.json()["incident"] not in (None, incident_id)
+
+
+def test_resolved_only_alerts_open_nothing(url: str, app: ReceiverApp, incidents) -> None:
+    body = post(url, payload(resolved(alert(unit="x.service")))).json()
+    assert body["incident"] is None
+    assert incidents.open_incidents() == []
+    assert app.seen == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}]
+)
+def test_wrong_or_missing_token_is_401(url: str, headers, incidents: IncidentStore) -> None:
+    resp = requests.post(url, data=json.dumps(payload(alert())), headers=headers, timeout=10)
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert incidents.inbox_count() == 0
+
+
+def test_body_limit_is_413(url: str, incidents: IncidentStore) -> None:
+    big = payload(*[alert(unit=f"u{i}.service") for i in range(40)])
+    assert len(json.dumps(big)) > 4096
+    resp = post(url, big)
+    assert resp.status_code == 413
+    assert "exceeds 4096" in resp.json()["error"]
+    assert incidents.inbox_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"\xff\xfe", "invalid JSON"),
+        (b"[]", "not an Alertmanager v4 payload"),
+        (json.dumps({**payload(alert()), "version": "3"}).encode(), "version"),
+        (json.dumps(payload({**alert(), "status": "weird"})).encode(), "alerts.0.status"),
+        (json.dumps(payload({**alert(), "startsAt": "yesterday"})).encode(), "startsAt"),
+    ],
+)
+def test_invalid_bodies_are_400_with_a_message(url: str, app: ReceiverApp, body, message) -> None:
+    resp = post(url, body)
+    assert resp.status_code == 400
+    assert message in resp.json()["error"]
+    assert app.stats.snapshot()["deliveries"]["invalid"] == 1
+
+
+def test_get_is_405(url: str) -> None:
+    assert requests.get(url, headers=AUTH, timeout=10).status_code == 405
+
+
+def test_other_hosts_are_acknowledged_counted_and_ignored(url: str, app: ReceiverApp, incidents):
+    body = post(url, payload(alert(instance="db7:9100"), alert(instance="db8:9100"))).json()
+    assert body["status"] == "ignored"
+    assert incidents.inbox_count() == 0
+    mixed = payload(alert(instance="db7:9100"), alert(instance="web1:9100", unit="a.service"))
+    body = post(url, mixed).json()
+    assert (body["status"], body["new_alerts"], body["ignored"]) == ("accepted", 1, 1)
+    assert app.stats.snapshot()["alerts"]["ignored"] == 3
+
+
+def test_truncated_alerts_are_counted(url: str, app: ReceiverApp) -> None:
+    assert post(url, payload(alert(), truncated=7)).status_code == 200
+    assert app.stats.snapshot()["truncated"]["alerts"] == 7
+
+
+def test_host_matcher() -> None:
+    m = HostMatcher("web1.example.org", ["www"], ["instance", "host"])
+    assert m.is_local(_a(instance="web1:9100"))
+    assert m.is_local(_a(instance="WEB1.example.org"))
+    assert m.is_local(_a(instance="[::1]:9100"))
+    assert m.is_local(_a(host="www"))
+    assert m.is_local(_a(instance="127.0.0.1:9847"))
+    assert m.is_local(_a())
+    assert not m.is_local(_a(instance="web2:9100"))
+    assert not m.is_local(_a(host="db"))
+    assert not HostMatcher("h", loopback_is_local=False).is_local(_a(instance="localhost:1"))
+
+
+def _a(**labels: str):
+    from macha_obs.models import Alert
+
+    return Alert.model_validate(alert(**labels))
+
+
+def test_read_token(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text(" abc \n")
+    assert read_token(tmp_path / "t") == "abc"
+    (tmp_path / "e").write_text("\n")
+    with pytest.raises(ValueError, match="one non-empty word"):
+        read_token(tmp_path / "e")
+
+
+def test_from_config_reads_the_token_file(make_config, store: Store, tmp_path: Path) -> None:
+    (tmp_path / "tok").write_text(TOKEN)
+    cfg = make_config(webhook_token_file=str(tmp_path / "tok"), webhook_max_body_bytes=2048)
+    receiver = ReceiverApp.from_config(cfg, store)
+    assert receiver.token == TOKEN
+    assert receiver.max_body_bytes == 2048
+    assert receiver.hosts is not None
+    assert "testhost" in receiver.hosts.names
+
+
+def test_no_token_beyond_loopback_is_refused(make_config, store: Store) -> None:
+    with pytest.raises(ValueError, match="set webhook_token_file"):
+        ReceiverApp.from_config(make_config(listen_address="0.0.0.0:9847"), store)
+    assert ReceiverApp.from_config(make_config(), store).token is None  # loopback default
+
+
+def test_payload_survives_a_restart(tmp_path: Path) -> None:
+    """Acknowledged means committed: a new Store on the same dir sees the delivery."""
+    with Store(tmp_path / "s") as first:
+        app = ReceiverApp(IncidentStore(first), token=None)
+        with serve_wsgi(app) as base:
+            resp = requests.post(
+                base + "/alerts", json=payload(alert(unit="a.service")), timeout=10
+            )
+        assert resp.status_code == 200
+    with Store(tmp_path / "s") as again:
+        inc = IncidentStore(again)
+        assert inc.inbox_count() == 1
+        assert inc.pending_analysis() == [resp.json()["incident"]]
+
+
+# ---------------------------------------------------------------- findings
+
+
+def finding(kind: FindingKind, subject: str, unit: str | None = None) -> Finding:
+    return Finding(kind=kind, subject=subject, summary=f"{kind.value} {subject}", unit=unit)
+
+
+def test_findings_join_the_alert_incident_of_their_unit(url: str, incidents: IncidentStore):
+    incident_id = post(url, payload(alert(unit="nginx.service"))).json()["incident"]
+    incidents.mark_analyzed(incident_id, 1)
+    fails = finding(FindingKind.UNIT_FAILED, "nginx.service", "nginx.service")
+    disk = finding(FindingKind.DISK_FILLING, "/var")
+    changed = sync_findings(incidents, [fails, disk])
+    assert incident_id in changed
+    assert len(changed) == 2
+    state = incidents.get(incident_id)
+    assert state is not None
+    assert state.incident.findings == [fails]
+    assert sync_findings(incidents, [fails, disk]) == []  # no change, no new analysis
+    others = [s for s in incidents.open_incidents() if s.incident.source == "finding"]
+    assert [s.incident.findings for s in others] == [[disk]]
+    sync_findings(incidents, [fails])  # the disk finding went away
+    assert incidents.get(others[0].incident.id).status == "resolved"  # type: ignore[union-attr]
+
+
+def test_assign_findings_is_pure() -> None:
+    from macha_obs.models import Alert, Incident
+
+    inc = Incident(id="i", source="alert", alerts=[Alert.model_validate(alert(unit="a.service"))])
+    joined, alone = assign_findings(
+        [inc],
+        [finding(FindingKind.UNIT_FAILED, "a", "a.service"), finding(FindingKind.DNS_FAILING, "x")],
+    )
+    assert [f.subject for f in joined["i"]] == ["a"]
+    assert list(alone) == ["dns_failing:x"]
+
+
+def test_late_firing_copy_does_not_undo_a_resolution(incidents: IncidentStore) -> None:
+    """HA peers race: B's resolution can arrive before the peer's firing copy of B."""
+    from macha_obs.models import AlertGroup
+
+    a = alert(unit="a.service")
+    b = alert(unit="b.service", starts="2026-11-25T10:00:00")  # a sender without an offset
+
+    def ingest(*alerts: dict) -> IngestResult:
+        group = AlertGroup.model_validate(payload(*alerts))
+        return incidents.ingest(group, "{}", group.alerts)
+
+    first = ingest(a)
+    ingest(resolved(b))
+    late = ingest(b)
+    assert late.new_alerts == 1
+    assert late.firing == 1  # only a; b stays resolved
+    state = incidents.get(first.incident_id or "")
+    assert state is not None
+    assert sorted(x.status for x in state.incident.alerts) == ["firing", "resolved"]

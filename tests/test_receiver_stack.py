@@ -1,0 +1,213 @@
+"""The receiver behind the real listener, fed by a real Alertmanager (and Prometheus rules).
+
+Alertmanager runs with `--cluster.listen-address=` (no 10 s hold), group_wait 0s and
+group_interval 1s, so a notification arrives within about a second (REAL_STACK.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, Gauge
+
+from macha_obs.agent.analyze import Analyzer
+from macha_obs.config import AnalysisMode
+from macha_obs.incidents import IncidentStore, IngestResult, analyze_pending
+from macha_obs.receiver import HostMatcher, ReceiverApp
+from macha_obs.server import make_app, shutdown, start_server
+from macha_obs.store import Store
+from tests.stack import Alertmanager, Prometheus, poll
+from tests.test_agent import ScriptedChat, answer
+
+pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("amtool")]
+TOKEN = "am-webhook-token"
+
+
+@dataclass
+class Sidecar:
+    url: str
+    receiver: ReceiverApp
+    incidents: IncidentStore
+    seen: list[IngestResult]
+    registry: CollectorRegistry
+    token_file: Path
+
+    def am_config(self, token_file: Path | None = None, group_wait: str = "0s") -> str:
+        creds = token_file or self.token_file
+        return f"""
+route:
+  receiver: macha
+  group_by: [alertname]
+  group_wait: {group_wait}
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: macha
+    webhook_configs:
+      - url: {self.url}/alerts
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: {creds}
+"""
+
+    def deliveries(self, result: str) -> int:
+        return self.receiver.stats.snapshot()["deliveries"][result]
+
+
+@pytest.fixture
+def sidecar(store: Store, tmp_path: Path) -> Iterator[Sidecar]:
+    token_file = tmp_path / "webhook.token"
+    token_file.write_text(TOKEN + "\n")
+    incidents = IncidentStore(store)
+    seen: list[IngestResult] = []
+    receiver = ReceiverApp(
+        incidents, token=TOKEN, hosts=HostMatcher("testhost"), on_incident=seen.append
+    )
+    registry = CollectorRegistry()
+    server, thread = start_server("127.0.0.1", 0, make_app(registry, alerts_app=receiver))
+    try:
+        yield Sidecar(
+            f"http://127.0.0.1:{server.server_port}",
+            receiver,
+            incidents,
+            seen,
+            registry,
+            token_file,
+        )
+    finally:
+        shutdown(server, thread)
+
+
+def amtool(am: Alertmanager, *args: str) -> None:
+    subprocess.run(
+        ["amtool", f"--alertmanager.url={am.url}", "alert", "add", *args],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def rfc3339(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_amtool_alert_becomes_an_incident_and_resolves(
+    sidecar: Sidecar, alertmanager_factory: Callable[[str], Alertmanager]
+) -> None:
+    am = alertmanager_factory(sidecar.am_config())
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    labels = ["alertname=UnitFailed", "unit=nginx.service", "instance=testhost:9100"]
+    amtool(am, *labels, f"--start={rfc3339(start)}", "--annotation=summary=nginx failed")
+    assert poll(lambda: bool(sidecar.incidents.open_incidents()), 15), am.log_tail()
+    [state] = sidecar.incidents.open_incidents()
+    assert state.incident.units == ["nginx.service"]
+    assert state.incident.alerts[0].annotations["summary"] == "nginx failed"
+    assert len(sidecar.seen) == 1
+    amtool(am, *labels, f"--start={rfc3339(start)}", f"--end={rfc3339(datetime.now(UTC))}")
+    assert poll(lambda: not sidecar.incidents.open_incidents(), 15), am.log_tail()
+    assert sidecar.incidents.get(state.incident.id).status == "resolved"  # type: ignore[union-attr]
+
+
+def test_ha_peers_deliver_the_same_notification_and_it_is_handled_once(
+    sidecar: Sidecar, alertmanager_factory: Callable[[str], Alertmanager]
+) -> None:
+    """Two Alertmanagers given the same alert (as HA peers are) both notify us."""
+    peers = [alertmanager_factory(sidecar.am_config()) for _ in range(2)]
+    start = rfc3339(datetime.now(UTC) - timedelta(seconds=5))
+    for am in peers:
+        amtool(am, "alertname=DiskFilling", "mountpoint=/var", f"--start={start}")
+    assert poll(lambda: sidecar.deliveries("accepted") + sidecar.deliveries("duplicate") >= 2, 15)
+    assert (sidecar.deliveries("accepted"), sidecar.deliveries("duplicate")) == (1, 1)
+    [state] = sidecar.incidents.open_incidents()
+    assert state.revision == 1
+    assert len(sidecar.seen) == 1
+
+
+@pytest.mark.parametrize("token", ["wrong-token", None])
+def test_wrong_or_missing_token_is_refused(
+    sidecar: Sidecar,
+    alertmanager_factory: Callable[[str], Alertmanager],
+    tmp_path: Path,
+    token: str | None,
+) -> None:
+    if token is None:
+        config = sidecar.am_config().split("        http_config:")[0]
+    else:
+        (tmp_path / "wrong").write_text(token)
+        config = sidecar.am_config(tmp_path / "wrong")
+    am = alertmanager_factory(config)
+    amtool(am, "alertname=UnitFailed", "unit=a.service")
+    assert poll(lambda: sidecar.deliveries("unauthorized") >= 1, 15), am.log_tail()
+    assert sidecar.incidents.open_incidents() == []
+    assert sidecar.incidents.inbox_count() == 0
+    direct = requests.post(f"{sidecar.url}/alerts", data=b"{}", timeout=5)
+    assert direct.status_code == 401
+
+
+def test_prometheus_rule_fires_and_resolves_through_alertmanager(
+    sidecar: Sidecar,
+    alertmanager_factory: Callable[[str], Alertmanager],
+    prometheus_factory: Callable[[str, list[Path]], Prometheus],
+    tmp_path: Path,
+) -> None:
+    failed = Gauge(
+        "test_unit_failed", "1 when the unit failed", ["unit"], registry=sidecar.registry
+    )
+    failed.labels(unit="nginx.service").set(0)
+    am = alertmanager_factory(sidecar.am_config())
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n- name: t\n  rules:\n  - alert: UnitFailed\n    expr: test_unit_failed == 1\n"
+        "    for: 0s\n    labels: {severity: critical}\n"
+        "    annotations: {summary: '{{ $labels.unit }} failed'}\n"
+    )
+    host_port = sidecar.url.removeprefix("http://")
+    prom = prometheus_factory(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"alerting:\n  alertmanagers:\n  - static_configs:\n    - targets: ['{am.url[7:]}']\n"
+        f"scrape_configs:\n- job_name: macha\n  static_configs:\n  - targets: ['{host_port}']\n",
+        [rules],
+    )
+    prom.wait_targets_up(1)
+    prom.wait_alertmanagers()
+    failed.labels(unit="nginx.service").set(1)
+    assert poll(lambda: bool(sidecar.incidents.open_incidents()), 30), am.log_tail()
+    [state] = sidecar.incidents.open_incidents()
+    alert = state.incident.alerts[0]
+    assert alert.alertname == "UnitFailed"
+    assert alert.unit == "nginx.service"
+    assert alert.generator_url.startswith("http")
+    assert alert.labels["job"] == "macha"
+    failed.labels(unit="nginx.service").set(0)
+    assert poll(lambda: not sidecar.incidents.open_incidents(), 30), am.log_tail()
+
+
+def test_storm_of_100_alerts_in_5_groups_is_5_analyses(
+    sidecar: Sidecar, alertmanager_factory: Callable[[str], Alertmanager]
+) -> None:
+    am = alertmanager_factory(sidecar.am_config(group_wait="1s"))
+    start = rfc3339(datetime.now(UTC) - timedelta(seconds=5))
+    storm = [
+        {"labels": {"alertname": f"Storm{g}", "unit": f"app{i}.service"}, "startsAt": start}
+        for g in range(5)
+        for i in range(20)
+    ]
+    resp = requests.post(f"{am.url}/api/v2/alerts", data=json.dumps(storm), timeout=10,
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert resp.status_code == 200
+    assert poll(lambda: sidecar.receiver.stats.snapshot()["alerts"]["new"] == 100, 20)
+    chat = ScriptedChat(*[answer({"kind": "restart_unit", "unit": "app1.service"})] * 100)
+    analyzer = Analyzer(mode=AnalysisMode.LLM_FIRST, client=chat, hostname="testhost")
+    assert analyze_pending(sidecar.incidents, analyzer.analyze) == 5
+    assert len(chat.sent) <= 5
+    assert analyzer.llm_calls == 5
+    assert analyze_pending(sidecar.incidents, analyzer.analyze) == 0  # nothing changed since
