@@ -1,0 +1,59 @@
+{
+  description = "macha-obs: a self-healing sidecar for NixOS hosts (watch, explain, fix within policy, audit)";
+
+  # The only input. No flake.lock is committed: it cannot be generated offline where this
+  # was written; the first `nix flake lock` (or any flake command) on a networked machine
+  # writes it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAllSystems (pkgs: rec {
+        macha-obs = pkgs.callPackage ./nixos/package.nix { };
+        default = macha-obs;
+      });
+
+      nixosModules.default = {
+        imports = [ ./nixos/module.nix ];
+      };
+      nixosModules.macha-autonomous = self.nixosModules.default;
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = [
+            (pkgs.python3.withPackages (
+              ps:
+              map (name: ps.${name}) self.packages.${pkgs.stdenv.hostPlatform.system}.default.dependencyNames
+              ++ [
+                ps.pytest
+                ps.pytest-timeout
+                ps.hypothesis
+                ps.mypy
+                ps.types-requests
+                ps.types-psutil
+              ]
+            ))
+            pkgs.ruff
+            pkgs.prometheus
+            pkgs.prometheus-alertmanager
+            pkgs.nodejs
+          ];
+        };
+      });
+
+      checks = forAllSystems (pkgs: {
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        vm = pkgs.testers.runNixOSTest (import ./nixos/tests/vm.nix { inherit self; });
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+    };
+}

@@ -1,0 +1,411 @@
+# services.macha-autonomous: the macha-obs sidecar as a NixOS service, least privilege.
+#
+# The daemon runs as its own system user with no capabilities and a read-only view of
+# the system. It manages units over D-Bus only as far as the polkit rule below lets it,
+# and asks for root actions (nix gc, nixos-rebuild, journal vacuum) by starting one
+# instance of a privileged oneshot template whose instance name is the typed argument.
+# docs/nixos.md explains the trade-offs.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkDefault
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    types
+    ;
+
+  cfg = config.services.macha-autonomous;
+  inherit (config.services) prometheus grafana;
+  inherit (config.services.prometheus) alertmanager;
+  pure = import ./lib.nix;
+  inherit (pure) names;
+
+  toml = pkgs.formats.toml { };
+  configPath = "/etc/${names.configFile}";
+  settingsFile = toml.generate "macha-obs.toml" (pure.renderConfig cfg);
+
+  hostname =
+    if cfg.settings ? hostname then cfg.settings.hostname else config.networking.hostName;
+  scrapeTarget = pure.scrapeAddress cfg.listenAddress cfg.port;
+  tokenCredential = "macha-webhook-token";
+
+  alertmanagerReceiver = {
+    name = "macha-autonomous";
+    webhook_configs = [
+      (
+        {
+          url = "http://${scrapeTarget}/alerts";
+          send_resolved = true;
+          max_alerts = 50;
+        }
+        // lib.optionalAttrs (cfg.webhookTokenFile != null) {
+          http_config.authorization = {
+            type = "Bearer";
+            credentials_file = "/run/credentials/alertmanager.service/${tokenCredential}";
+          };
+        }
+      )
+    ];
+  };
+  alertmanagerRoute = {
+    receiver = "macha-autonomous";
+    matchers = [ "instance=\"${hostname}\"" ];
+    group_by = [
+      "alertname"
+      "instance"
+      "unit"
+    ];
+    group_wait = "10s";
+    group_interval = "1m";
+    repeat_interval = "4h";
+    continue = true;
+  };
+
+  # The CLI tools on PATH: run as root (sudo), they drop to the service user, so they read
+  # the service's state with the daemon's rights and never leave root-owned files in it.
+  tool =
+    name: argv:
+    pkgs.writeShellScriptBin name ''
+      if [ "$(${pkgs.coreutils}/bin/id -u)" = 0 ]; then
+        exec ${lib.getBin pkgs.util-linux}/bin/setpriv --reuid=${names.user} --regid=${names.user} \
+          --init-groups --inh-caps=-all --no-new-privs -- ${argv} "$@"
+      fi
+      exec ${argv} "$@"
+    '';
+  tools = [
+    (tool "macha-obs" "${cfg.package}/bin/macha-obs")
+    (tool "macha-approve" "${cfg.package}/bin/macha-approve")
+    (tool "macha-logs" "${cfg.package}/bin/macha-logs")
+    (tool "macha-check" "${cfg.package}/bin/macha-obs check")
+  ];
+in
+{
+  options.services.macha-autonomous = {
+    enable = mkEnableOption "the macha-obs self-healing sidecar";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./nixos/package.nix { }";
+      description = "The macha-obs package.";
+    };
+
+    autonomyLevel = mkOption {
+      type = types.enum [
+        "observe"
+        "suggest"
+        "auto-safe"
+        "auto-full"
+      ];
+      default = "suggest";
+      description = ''
+        What the sidecar may do by itself: `observe` acts on nothing, `suggest` queues
+        every action for `macha-approve`, `auto-safe` runs low-risk actions, `auto-full`
+        low and medium. Protected units are never acted on.
+      '';
+    };
+
+    checkInterval = mkOption {
+      type = types.numbers.between 1 86400;
+      default = 300;
+      description = "Seconds between check cycles.";
+    };
+
+    model = mkOption {
+      type = types.strMatching ".{1,200}";
+      default = "llama3.1:70b";
+      description = "The LLM model name.";
+    };
+
+    ollamaUrl = mkOption {
+      type = types.strMatching "https?://.+";
+      default = "http://127.0.0.1:11434";
+      description = "Base URL of the Ollama API.";
+    };
+
+    analysis = mkOption {
+      type = types.enum [
+        "runbooks-first"
+        "llm-first"
+        "runbooks-only"
+      ];
+      default = "runbooks-first";
+      description = "Whether deterministic runbooks or the LLM decide first.";
+    };
+
+    protectedUnits = mkOption {
+      type = types.listOf (types.strMatching "[^/[:space:]]+");
+      default = [ ];
+      example = [
+        "postgresql.service"
+        "k3s*.service"
+      ];
+      description = ''
+        Unit names or globs (fnmatch, over the whole unit name) never acted on, in
+        addition to the built-ins (SSH, networking, D-Bus, journald, logind, systemd's
+        own units, nix-daemon, the sidecar itself), which cannot be removed.
+      '';
+    };
+
+    listenAddress = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address of the listener for /metrics, POST /alerts and /healthz.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 9847;
+      description = "Port of the listener.";
+    };
+
+    webhookTokenFile = mkOption {
+      type = types.nullOr (types.strMatching "/.+");
+      default = null;
+      example = "/run/secrets/macha-webhook-token";
+      description = ''
+        Absolute path of a file holding the bearer token Alertmanager must send to
+        POST /alerts. Give it as a string: the file stays where it is (root-only is fine,
+        systemd hands the daemon and Alertmanager a copy) and never enters the Nix store.
+      '';
+    };
+
+    maxActionsPerHour = mkOption {
+      type = types.ints.between 0 10000;
+      default = 10;
+      description = "Actions the sidecar may take per hour in all.";
+    };
+
+    maxActionsPerTargetPerHour = mkOption {
+      type = types.ints.between 0 1000;
+      default = 3;
+      description = "Actions the sidecar may take per hour on one unit or target.";
+    };
+
+    memoryMax = mkOption {
+      type = types.str;
+      default = "512M";
+      description = "The daemon's MemoryMax= (systemd resource control).";
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = toml.type; };
+      default = { };
+      example = {
+        nixos_flake = "/etc/nixos#myhost";
+        dns_names = [ "nixos.org" ];
+      };
+      description = ''
+        Any other setting of macha-obs's config model, by its TOML key (see
+        `macha-obs config show`). Rendered with the options above to
+        /etc/macha-obs/config.toml.
+      '';
+    };
+
+    prometheus.enable = mkEnableOption "the scrape job and the alert rules in services.prometheus";
+    alertmanager.enable = mkEnableOption "the webhook receiver and route in services.prometheus.alertmanager";
+    grafana.enable = mkEnableOption "the dashboards in services.grafana's provisioning";
+    ollama.enable = mkEnableOption "services.ollama on 127.0.0.1, with the model loaded";
+
+    alertmanager.receiver = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      default = alertmanagerReceiver;
+      defaultText = lib.literalExpression ''{ name = "macha-autonomous"; webhook_configs = [ { url = "http://127.0.0.1:9847/alerts"; /* … */ } ]; }'';
+      description = ''
+        The Alertmanager receiver, for a services.prometheus.alertmanager.configuration
+        of your own: add it to `receivers`.
+      '';
+    };
+
+    alertmanager.route = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      default = alertmanagerRoute;
+      defaultText = lib.literalExpression ''{ receiver = "macha-autonomous"; matchers = [ "instance=\"''${config.networking.hostName}\"" ]; continue = true; /* … */ }'';
+      description = ''
+        The Alertmanager route, for a configuration of your own: add it to `route.routes`.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = builtins.all (k: !(cfg.settings ? ${k})) (
+            pure.moduleFields ++ builtins.attrValues pure.optionFields
+          );
+          message = ''
+            services.macha-autonomous.settings must not set ${builtins.concatStringsSep ", " pure.moduleFields}
+            or a field that has its own option (${builtins.concatStringsSep ", " (builtins.attrNames pure.optionFields)}).
+          '';
+        }
+        {
+          assertion = cfg.webhookTokenFile == null || !(lib.hasPrefix "/nix/store" cfg.webhookTokenFile);
+          message = "services.macha-autonomous.webhookTokenFile must not be in the Nix store (it is world-readable).";
+        }
+      ];
+      # the wiring adds to these services; it does not switch them on
+      warnings =
+        let
+          off =
+            name: service: on: wanted:
+            lib.optional (wanted && !on) "services.macha-autonomous.${name}.enable: ${service} is not enabled, nothing to wire into.";
+          loopback = builtins.elem cfg.listenAddress [
+            "127.0.0.1"
+            "::1"
+            "localhost"
+          ];
+        in
+        off "prometheus" "services.prometheus" prometheus.enable cfg.prometheus.enable
+        ++ off "alertmanager" "services.prometheus.alertmanager" alertmanager.enable cfg.alertmanager.enable
+        ++ off "grafana" "services.grafana" grafana.enable cfg.grafana.enable
+        ++ lib.optional (
+          cfg.ollama.enable && cfg.ollamaUrl != "http://127.0.0.1:${toString config.services.ollama.port}"
+        ) "services.macha-autonomous.ollamaUrl (${cfg.ollamaUrl}) is not the local Ollama that ollama.enable runs."
+        ++ lib.optional (cfg.webhookTokenFile == null && !loopback) "services.macha-autonomous listens on ${cfg.listenAddress} without webhookTokenFile: anyone who reaches it can post alerts.";
+
+      users.users.${names.user} = {
+        isSystemUser = true;
+        group = names.user;
+        # the journal, also for the CLI tools that drop to this user (macha-logs service)
+        extraGroups = [ "systemd-journal" ];
+        description = "macha-obs sidecar";
+        home = names.stateDir;
+      };
+      users.groups.${names.user} = { };
+
+      environment.etc.${names.configFile}.source = settingsFile;
+      environment.systemPackages = tools;
+
+      systemd.services.${names.service} = {
+        description = "macha-obs self-healing sidecar";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [
+          "network-online.target"
+          "dbus.service"
+        ];
+        restartTriggers = [ settingsFile ];
+        serviceConfig = pure.serviceConfig {
+          inherit (cfg) package memoryMax;
+          inherit configPath;
+          tokenFile = cfg.webhookTokenFile;
+        };
+      };
+
+      # Root actions, one typed argument per instance: `macha-obs privileged %i` parses
+      # the instance back into an action and builds the argv itself.
+      systemd.services."${names.privileged}@" = {
+        description = "macha-obs privileged action %i";
+        # like system.autoUpgrade: what nixos-rebuild needs to find and build the system
+        path = [
+          pkgs.coreutils
+          pkgs.gnutar
+          pkgs.xz.bin
+          pkgs.gzip
+          pkgs.gitMinimal
+          config.nix.package.out
+          config.system.build.nixos-rebuild
+          pkgs.systemd
+        ];
+        environment =
+          config.nix.envVars
+          // lib.optionalAttrs (config.environment.sessionVariables ? NIX_PATH) {
+            inherit (config.environment.sessionVariables) NIX_PATH;
+          }
+          // config.networking.proxy.envVars
+          // pure.privilegedEnvironment;
+        # a switch run by an instance must not stop that instance half-way
+        restartIfChanged = false;
+        stopIfChanged = false;
+        unitConfig.X-StopOnRemoval = false;
+        serviceConfig = pure.privilegedServiceConfig { inherit (cfg) package; };
+      };
+
+      security.polkit.enable = true;
+      environment.etc."polkit-1/rules.d/60-macha-autonomous.rules".text = pure.polkitRule {
+        protectedUnits = pure.builtinProtectedUnits ++ cfg.protectedUnits;
+      };
+    }
+
+    (mkIf (cfg.webhookTokenFile != null && cfg.alertmanager.enable && alertmanager.enable) {
+      systemd.services.alertmanager.serviceConfig.LoadCredential = [
+        "${tokenCredential}:${cfg.webhookTokenFile}"
+      ];
+    })
+
+    (mkIf cfg.prometheus.enable {
+      services.prometheus.scrapeConfigs = [
+        {
+          job_name = "macha";
+          static_configs = [
+            {
+              targets = [ scrapeTarget ];
+              labels.instance = hostname;
+            }
+          ];
+        }
+      ];
+      services.prometheus.ruleFiles = [ ../alert_rules/macha.yml ];
+    })
+
+    (mkIf cfg.alertmanager.enable {
+      # `configuration` is one attrset merged shallowly: a configuration of your own
+      # replaces this default whole, and then needs the receiver and route (assertion).
+      services.prometheus.alertmanager.configuration = mkDefault {
+        route = builtins.removeAttrs alertmanagerRoute [
+          "matchers"
+          "continue"
+        ];
+        receivers = [ alertmanagerReceiver ];
+      };
+      assertions = [
+        {
+          assertion =
+            alertmanager.configText != null
+            || builtins.any (r: (r.name or null) == "macha-autonomous") (
+              alertmanager.configuration.receivers or [ ]
+            );
+          message = ''
+            services.macha-autonomous.alertmanager.enable: your
+            services.prometheus.alertmanager.configuration has no "macha-autonomous" receiver.
+            Add config.services.macha-autonomous.alertmanager.receiver to its receivers and
+            config.services.macha-autonomous.alertmanager.route to route.routes.
+          '';
+        }
+      ];
+    })
+
+    (mkIf cfg.grafana.enable {
+      services.grafana.provision.enable = true;
+      services.grafana.provision.dashboards.settings.providers = [
+        {
+          name = "macha-obs";
+          folder = "macha-obs";
+          options.path = ../grafana/dashboards;
+        }
+      ];
+    })
+
+    (mkIf cfg.ollama.enable {
+      services.ollama = {
+        enable = true;
+        host = "127.0.0.1";
+        loadModels = [ cfg.model ];
+      };
+      systemd.services.${names.service} = {
+        wants = [ "ollama.service" ];
+        after = [ "ollama.service" ];
+      };
+    })
+  ]);
+}
