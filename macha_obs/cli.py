@@ -8,16 +8,35 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
 from macha_obs import __version__
 from macha_obs import config as config_mod
+from macha_obs.agent.analyze import Analyzer
+from macha_obs.agent.llm import LlmMetrics, client_from_config
+from macha_obs.agent.report import (
+    PayloadError,
+    analyze_payload,
+    parse_journal_option,
+    render_json,
+    render_text,
+)
+from macha_obs.brainmetrics import BrainCollector
+from macha_obs.collect import CollectionLoop, build_collectors
 from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
+from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
+from macha_obs.execute.dbus_events import UnitWatcher
 from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
@@ -27,11 +46,26 @@ from macha_obs.execute.nix import NixExecutor, nix_argv
 from macha_obs.execute.privileged import PrivilegedExecutor, parse_instance
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
-from macha_obs.models import Approval, ApprovalStatus, JournalVacuum, describe_action
-from macha_obs.remediate import Remediator
+from macha_obs.exporter import build_registry
+from macha_obs.incidents import IncidentStore
+from macha_obs.models import (
+    Approval,
+    ApprovalStatus,
+    JournalTail,
+    JournalVacuum,
+    UnitStatus,
+    describe_action,
+)
+from macha_obs.orchestrator import LAST_CYCLE_KEY, CycleReport, Orchestrator
+from macha_obs.policy import PolicyContext, effective_autonomy, judge
+from macha_obs.receiver import ReceiverApp
+from macha_obs.remediate import Remediator, context_of
+from macha_obs.selfmetrics import LoopStats, PersistentState, SelfCollector
+from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.store import ApprovalError, Store, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("macha_obs")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -168,8 +202,6 @@ def autonomy_show(ctx: click.Context) -> None:
         breaker = rem.breaker()
         effective = rem.context()
     click.echo(f"configured: {cfg.autonomy_level}")
-    from macha_obs.policy import effective_autonomy
-
     click.echo(f"effective:  {effective_autonomy(cfg, effective.breaker)}")
     state = "OPEN" if breaker.open else "closed"
     click.echo(
@@ -210,6 +242,355 @@ def privileged(ctx: click.Context, instance: str) -> None:
         sys.exit(EXIT_FAILED)
     click.echo(done.output)
     sys.exit(0 if done.returncode == 0 else EXIT_FAILED)
+
+
+# ---------------------------------------------------------------- the sidecar
+
+
+@dataclass
+class Sidecar:
+    """Every room, wired. Built by `assemble` for `serve` and `macha-check`."""
+
+    cfg: Config
+    store: Store
+    executor: HostExecutor
+    incidents: IncidentStore
+    analyzer: Analyzer
+    remediator: Remediator
+    loop: CollectionLoop
+    orchestrator: Orchestrator
+    stats: LoopStats
+    llm_metrics: LlmMetrics
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def build_analyzer(
+    cfg: Config,
+    diagnostics: Diagnostics | None,
+    metrics: LlmMetrics,
+    audit: Callable[[Mapping[str, Any]], None] | None = None,
+) -> Analyzer:
+    use_llm = cfg.llm_enabled and cfg.analysis is not AnalysisMode.RUNBOOKS_ONLY
+    client = (
+        client_from_config(cfg, metrics=metrics, openai_response_format=cfg.openai_response_format)
+        if use_llm
+        else None
+    )
+    return Analyzer(
+        mode=cfg.analysis,
+        client=client,
+        hostname=cfg.hostname,
+        diagnostics=diagnostics,
+        max_steps=cfg.llm_max_steps,
+        audit=audit,
+    )
+
+
+def assemble(cfg: Config, store: Store) -> Sidecar:
+    executor = build_executor(cfg)
+    llm_metrics = LlmMetrics()
+    incidents = IncidentStore(store)
+    analyzer = build_analyzer(cfg, executor.diagnostics, llm_metrics, store.audit_decision)
+    remediator = Remediator(cfg, store, executor)
+    stats = LoopStats()
+    loop = CollectionLoop(
+        build_collectors(cfg, store),
+        hostname=cfg.hostname,
+        interval=cfg.collect_interval,
+        state_dir=cfg.state_dir,
+        retention=cfg.snapshot_retention,
+    )
+    orchestrator = Orchestrator(
+        cfg, store, incidents, analyzer, remediator, snapshot=loop.latest, stats=stats
+    )
+    loop.listeners.append(orchestrator.note_snapshot)
+    return Sidecar(
+        cfg,
+        store,
+        executor,
+        incidents,
+        analyzer,
+        remediator,
+        loop,
+        orchestrator,
+        stats,
+        llm_metrics,
+    )
+
+
+def persistent_state(cfg: Config, store: Store, remediator: Remediator) -> PersistentState:
+    breaker = remediator.breaker()
+    return PersistentState(
+        approvals_pending=store.pending_count(),
+        breaker_open=breaker.open,
+        configured=cfg.autonomy_level,
+        effective=effective_autonomy(cfg, breaker),
+    )
+
+
+@main.command("serve")
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the sidecar: collect, serve /metrics /alerts /healthz /readyz, and heal."""
+    cfg = ctx_config(ctx)
+    store = open_store(cfg)
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from exc
+    setup_logging(store.orchestrator_log, journald=bool(os.environ.get("JOURNAL_STREAM")))
+    for record in store.recover_interrupted():
+        log.warning(
+            "action %d (%s) was interrupted by a crash; recorded, not re-run",
+            record.id,
+            describe_action(record.action),
+        )
+    side = assemble(cfg, store)
+    try:
+        receiver = ReceiverApp.from_config(
+            cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
+        )
+    except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
+        raise click.ClickException(f"webhook: {exc}") from exc
+    registry = build_registry(
+        side.loop.latest,
+        extra=[
+            SelfCollector(side.stats, lambda: persistent_state(cfg, store, side.remediator)),
+            BrainCollector(receiver.stats, side.llm_metrics),
+        ],
+    )
+    app = make_app(registry, alerts_app=receiver, ready=side.loop.ready)
+    try:
+        server, server_thread = start_server(cfg.listen_host, cfg.listen_port, app)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {cfg.listen_address}: {exc}") from exc
+    watcher = UnitWatcher(
+        cfg.systemd_bus_address, side.orchestrator.note_unit_event, debounce=cfg.event_debounce
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    side.orchestrator.start()
+    side.loop.start()
+    watcher.start()
+    notifier = Notifier(os.environ)
+    notifier.watchdog(side.orchestrator.healthy, stop)
+    notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
+    log.info(
+        "macha-obs %s serving on %s:%d, autonomy %s, state %s",
+        __version__,
+        cfg.listen_host,
+        server.server_port,
+        cfg.autonomy_level,
+        cfg.state_dir,
+    )
+    stop.wait()
+    # SIGTERM: stop taking work, let the step in flight finish (bounded), record the rest.
+    notifier.stopping()
+    log.info("stopping")
+    watcher.stop(timeout=1.0)
+    side.loop.stop(timeout=1.0)
+    if not side.orchestrator.stop(timeout=7.0):
+        side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")
+    shutdown(server, server_thread, timeout=1.0)
+    side.close()
+    store.close()
+    lock.release()
+
+
+def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
+    snap = side.loop.latest()
+    findings = snap.findings if snap else []
+    click.echo(f"findings: {len(findings)}")
+    for f in findings:
+        click.echo(f"  [{f.severity.value}] {f.kind.value}: {f.summary}")
+    if snap is not None:
+        failed = [name for name, run in snap.collectors.items() if not run.success]
+        if failed:
+            click.echo(f"collectors that failed: {', '.join(sorted(failed))}")
+    if not report.analysed:
+        click.echo("decisions: none (no incident needed analysis)")
+    for incident, decision in report.analysed:
+        click.echo(
+            f"incident {incident.id}: {decision.assessment.value} by "
+            f"{decision.backend or decision.source.value}: {decision.summary}"
+        )
+        if decision.error:
+            click.echo(f"  analysis error: {decision.error}")
+    for incident_id, proposal, handled in report.handled:
+        click.echo(f"  {describe_action(proposal.action)} ({incident_id})")
+        click.echo(f"    policy: {handled.verdict.outcome.value}: {handled.verdict.reason}")
+        if handled.result is not None:
+            click.echo(f"    result: {handled.summary}")
+        elif handled.approval is not None:
+            click.echo(
+                f"    queued as approval {handled.approval.id} (macha-approve show "
+                f"{handled.approval.id})"
+            )
+    for item in report.deferred:
+        click.echo(f"  left to systemd: {item}")
+    for approval_id in report.escalated:
+        click.echo(f"  escalated to a human: approval {approval_id}")
+    if not acted:
+        click.echo("(the daemon is running: this check only recorded what it would do)")
+
+
+@main.command("check")
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Run one full cycle now and print what was found, decided and done."""
+    cfg = ctx_config(ctx)
+    store = open_store(cfg)
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+        acted = True
+    except AlreadyRunning:
+        # the daemon owns the host: look, decide, record, but never act beside it
+        cfg = cfg.model_copy(update={"autonomy_level": AutonomyLevel.OBSERVE})
+        acted = False
+    side = assemble(cfg, store)
+    try:
+        side.loop.run_once()
+        report = side.orchestrator.run_cycle("check")
+        _print_cycle(side, report, acted)
+    finally:
+        side.close()
+        store.close()
+        lock.release()
+
+
+def check_main() -> None:
+    """`macha-check`: `macha-obs check` with the same options."""
+    main(args=[*sys.argv[1:], "check"])
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Autonomy, breaker, approval queue and the last cycle."""
+    cfg = ctx_config(ctx)
+    with open_store(cfg) as store:
+        store.expire_approvals()
+        executor = build_executor(cfg)
+        breaker = Remediator(cfg, store, executor).breaker()
+        pending = store.list_approvals({ApprovalStatus.PENDING})
+        last = json.loads(store.get_meta(LAST_CYCLE_KEY) or "null")
+        executor.close()
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+        running = False
+        lock.release()
+    except AlreadyRunning:
+        running = True
+    data = {
+        "daemon_running": running,
+        "autonomy": {
+            "configured": cfg.autonomy_level.value,
+            "effective": effective_autonomy(cfg, breaker).value,
+        },
+        "breaker": {"open": breaker.open, "failures": breaker.failures, "reason": breaker.reason},
+        "approvals_pending": [_approval_dict(a) for a in pending],
+        "last_cycle": last,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"daemon:    {'running' if running else 'not running'} ({cfg.state_dir})")
+    click.echo(
+        f"autonomy:  {data['autonomy']['effective']} (configured {cfg.autonomy_level.value})"
+    )
+    click.echo(
+        f"breaker:   {'OPEN: ' + breaker.reason if breaker.open else 'closed'} "
+        f"({breaker.failures} recent failed verifications)"
+    )
+    click.echo(f"queue:     {len(pending)} pending")
+    for a in pending:
+        click.echo(f"  {a.id}: {describe_action(a.action)} ({a.risk.value}) {a.incident_id}")
+    if last:
+        when = datetime.fromtimestamp(last["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"last cycle: {when} UTC ({last['trigger']}, {last['duration_seconds']}s), "
+            f"{len(last['handled'])} action(s)"
+        )
+    else:
+        click.echo("last cycle: none yet")
+
+
+@main.command("analyze")
+@click.argument("file", type=click.File("r"))
+@click.option(
+    "--journal",
+    "journals",
+    multiple=True,
+    metavar="UNIT=PATH",
+    help="Use PATH's lines as UNIT's journal instead of reading the host's (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON for tools.")
+@click.option(
+    "--analysis",
+    "analysis_mode",
+    type=click.Choice([a.value for a in AnalysisMode]),
+    help="Override the analysis mode for this run.",
+)
+@click.pass_context
+def analyze(
+    ctx: click.Context,
+    file: IO[str],
+    journals: tuple[str, ...],
+    as_json: bool,
+    analysis_mode: str | None,
+) -> None:
+    """What would you do about this alert? Analyse a webhook payload (FILE or -) and show
+    the policy's verdict on each proposal. Executes nothing; reads the host only through
+    read-only diagnostics."""
+    cfg = ctx_config(ctx)
+    supplied: dict[str, list[str]] = {}
+    for item in journals:
+        try:
+            unit, path = parse_journal_option(item)
+            supplied[unit] = path.read_text(errors="replace").splitlines()
+        except (ValueError, OSError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--journal") from exc
+    bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
+    diagnostics = Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir)
+
+    def journal_source(unit: str) -> list[str]:
+        done = diagnostics.run(JournalTail(unit=unit, lines=100))
+        return done.output.splitlines() if done.ok else []
+
+    def status_source(unit: str) -> str:
+        done = diagnostics.run(UnitStatus(unit=unit))
+        return done.output if done.ok else f"unavailable ({done.detail})"
+
+    # The ledger's rate limits and breaker when a state dir exists; never create one here.
+    policy = PolicyContext(config=cfg, now=datetime.now(UTC))
+    if (cfg.state_dir / "state.db").exists():
+        with Store(cfg.state_dir) as store:
+            policy = context_of(cfg, store, datetime.now(UTC))
+    if analysis_mode:
+        cfg = cfg.model_copy(update={"analysis": AnalysisMode(analysis_mode)})
+    analyzer = build_analyzer(cfg, diagnostics, LlmMetrics())
+    try:
+        report = analyze_payload(
+            file.read(),
+            analyzer=analyzer,
+            judge=lambda action: judge(action, policy),
+            journals=supplied,
+            journal_source=journal_source,
+            status_source=status_source,
+        )
+    except PayloadError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        bus.close()
+    click.echo(render_json(report) if as_json else render_text(report))
 
 
 # ---------------------------------------------------------------- macha-approve

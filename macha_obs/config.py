@@ -108,6 +108,8 @@ class Config(BaseModel):
     model: str = Field("llama3.1:70b", min_length=1, max_length=200)
     ollama_url: str = "http://127.0.0.1:11434"
     openai_url: str = "http://127.0.0.1:8080"
+    # llama.cpp's server answers OpenAI's json_schema form with a 500: "json_object" there.
+    openai_response_format: Literal["json_schema", "json_object"] = "json_schema"
     llm_timeout: float = Field(120.0, gt=0, le=3600)
     llm_keep_alive: str = "30m"
     llm_max_steps: int = Field(3, ge=1, le=10)
@@ -136,11 +138,18 @@ class Config(BaseModel):
     approval_ttl: float = Field(86400.0, ge=60, description="seconds a pending approval lives")
     verify_timeout: float = Field(30.0, gt=0, le=600)
     verify_settle: float = Field(2.0, ge=0, le=120)
+    # An alert-driven fix is verified again by its alert resolving within this window.
+    alert_verify_window: float = Field(300.0, ge=1, le=86400)
+    # D-Bus unit events are coalesced per unit over this window (a flap is one event).
+    event_debounce: float = Field(0.1, ge=0, le=60)
     dbus_timeout: float = Field(10.0, gt=0, le=120)
     # None: the system bus. Tests and containers point this at another systemd.
     systemd_bus_address: str | None = Field(None, max_length=500)
 
     # eyes
+    # How often the collectors run (and /metrics is refreshed); the orchestrator's own
+    # timer is check_interval, and failed units reach it at once through D-Bus events.
+    collect_interval: float = Field(15.0, ge=1.0, le=3600.0)
     snapshot_retention: int = Field(20, ge=1, le=10000)
     dns_names: tuple[str, ...] = ()
     tcp_targets: tuple[str, ...] = ()

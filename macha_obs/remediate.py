@@ -26,12 +26,20 @@ from macha_obs.models import (
     Outcome,
     Proposal,
     ResetFailed,
+    Risk,
     StartUnit,
     UnitState,
     Verdict,
     describe_action,
 )
-from macha_obs.policy import RATE_WINDOW, BreakerState, PolicyContext, breaker_state, judge
+from macha_obs.policy import (
+    RATE_WINDOW,
+    BreakerState,
+    PolicyContext,
+    breaker_state,
+    judge,
+    risk_of,
+)
 from macha_obs.store import ApprovalError, Store
 
 
@@ -60,6 +68,28 @@ class Handled:
         return f"{self.verdict.outcome}: {self.verdict.reason}"
 
 
+def breaker_of(config: Config, store: Store, now: datetime) -> BreakerState:
+    """The breaker as the ledger has it: persisted open, or due to open now."""
+    opened_at, reason = store.breaker_opened()
+    state = breaker_state(
+        store.failed_verifications(), opened=opened_at is not None, config=config, now=now
+    )
+    if opened_at is not None and reason:
+        return BreakerState(True, state.failures, reason)
+    return state
+
+
+def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
+    """Everything the policy needs from the ledger (recent executions, the breaker)."""
+    since = (now - RATE_WINDOW).timestamp()
+    return PolicyContext(
+        config=config,
+        now=now,
+        recent=store.recent_executions(since),
+        breaker=breaker_of(config, store, now),
+    )
+
+
 class Remediator:
     def __init__(
         self,
@@ -73,6 +103,7 @@ class Remediator:
         self.store = store
         self.executor = executor
         self.clock = clock
+        self.in_flight: int | None = None  # the action id between intent and outcome
 
     # ------------------------------------------------------------ state
 
@@ -80,26 +111,10 @@ class Remediator:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     def breaker(self) -> BreakerState:
-        opened_at, reason = self.store.breaker_opened()
-        state = breaker_state(
-            self.store.failed_verifications(),
-            opened=opened_at is not None,
-            config=self.config,
-            now=self._now(),
-        )
-        if opened_at is not None and reason:
-            return BreakerState(True, state.failures, reason)
-        return state
+        return breaker_of(self.config, self.store, self._now())
 
     def context(self) -> PolicyContext:
-        now = self._now()
-        since = (now - RATE_WINDOW).timestamp()
-        return PolicyContext(
-            config=self.config,
-            now=now,
-            recent=self.store.recent_executions(since),
-            breaker=self.breaker(),
-        )
+        return context_of(self.config, self.store, self._now())
 
     def problem_present(self, action: Action) -> bool | None:
         """Look at the host: is there still something for `action` to fix?
@@ -190,22 +205,39 @@ class Remediator:
         self, incident_id: str, action: Action, approval_id: int | None
     ) -> tuple[int, ExecutionResult]:
         action_id = self.store.record_intent(incident_id, action, approval_id=approval_id)
+        self.in_flight = action_id
         try:
             result = self.executor.run(action)
         except Exception as exc:  # refused or broken: recorded, never silently dropped
             result = ExecutionResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
             self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
             return action_id, result
+        finally:
+            self.in_flight = None
         status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED
         self.store.record_outcome(action_id, status, result)
         if not isinstance(action, Investigate):
             self._count_verification(action_id, result.verified)
         return action_id, result
 
+    def interrupt_in_flight(self, reason: str) -> int | None:
+        """At shutdown: the action still running is recorded as interrupted (not re-run)."""
+        action_id = self.in_flight
+        if action_id is not None:
+            result = ExecutionResult(ok=False, detail=reason)
+            self.store.record_outcome(action_id, ActionStatus.INTERRUPTED, result)
+        return action_id
+
     def _count_verification(self, action_id: int, ok: bool) -> None:
         self.store.record_verification(action_id, ok)
-        if ok:
-            return
+        if not ok:
+            self.note_failed_verification(action_id)
+
+    def risk(self, action: Action) -> Risk:
+        return risk_of(action, self.config)[0]
+
+    def note_failed_verification(self, action_id: int) -> None:
+        """After a failed verification was recorded: open the breaker if it is now due."""
         state = self.breaker()
         opened_at, _ = self.store.breaker_opened()
         if state.open and opened_at is None:

@@ -86,6 +86,7 @@ class UnitWatcher:
             proc.wait()
 
     def _read_loop(self) -> None:
+        delay = self.restart_delay
         while not self._stop.is_set():
             argv, env = python_child("macha_obs.execute.dbus_events", self.address or "")
             proc = subprocess.Popen(
@@ -97,10 +98,19 @@ class UnitWatcher:
                 for line in proc.stdout:
                     self._accept(line)
             proc.wait()
+            was_ready = self.ready.is_set()
             self.ready.clear()
-            if not self._stop.is_set():
-                log.warning("D-Bus event watcher exited (%s); restarting", proc.returncode)
-                self._stop.wait(self.restart_delay)
+            if self._stop.is_set():
+                return
+            # back off while the bus is away; say so once, not every second
+            delay = self.restart_delay if was_ready else min(delay * 2, 60.0)
+            level = (
+                logging.WARNING if was_ready or delay <= 2 * self.restart_delay else logging.DEBUG
+            )
+            log.log(
+                level, "D-Bus event watcher exited (%s); retrying in %gs", proc.returncode, delay
+            )
+            self._stop.wait(delay)
 
     def _accept(self, line: bytes) -> None:
         try:

@@ -61,3 +61,10 @@ class HostExecutor:
 
     def unit_state(self, unit: str) -> UnitState:
         return self.systemd.state(unit)
+
+    def close(self) -> None:
+        """Stop the D-Bus worker child, if any."""
+        for bus in {id(b): b for b in (self.systemd.bus, self.diagnostics.bus)}.values():
+            close = getattr(bus, "close", None)
+            if close is not None:
+                close()

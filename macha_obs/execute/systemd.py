@@ -3,6 +3,10 @@
 A restart is only "fixed" when the unit is active and still active, with the same main
 process and no new restarts, after a settle time: a Type=simple service whose binary
 exits at once looks active for a moment and must not be reported as healed.
+
+Starting or restarting a unit that is `failed` resets its failed state first: after
+systemd gave up (its start limit), a plain start is refused until reset-failed, and
+resetting a unit we are about to start anyway changes nothing else.
 """
 
 from __future__ import annotations
@@ -93,10 +97,10 @@ class SystemdExecutor:
                     attempts=attempts,
                     duration_seconds=self._clock() - started,
                 )
-            if isinstance(action, ResetFailed):
+            if isinstance(action, ResetFailed) or first.active_state == "failed":
                 _, n = self._call(lambda: self.bus.reset_failed(action.unit))
                 attempts += n
-                if not action.start:
+                if isinstance(action, ResetFailed) and not action.start:
                     after = self.state(action.unit)
                     return ExecutionResult(
                         ok=after.active_state != "failed",

@@ -1,0 +1,162 @@
+"""Daemon hygiene: one instance per state dir, sd_notify, the watchdog, and logging.
+
+The service manager side of `macha-obs serve`; nothing here knows what the loop does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+LOCK_NAME = "daemon.lock"
+
+# logging level -> syslog priority, for journald
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class AlreadyRunning(Exception):
+    """Another daemon holds the state directory."""
+
+
+class StateLock:
+    """An exclusive flock on <state_dir>/daemon.lock for the daemon's lifetime.
+
+    flock is released by the kernel when the process dies, however it dies, so a
+    SIGKILLed daemon never leaves a stale lock behind.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_NAME
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise AlreadyRunning(
+                f"another macha-obs (pid {holder}) is running on {self.path.parent}"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class Notifier:
+    """sd_notify(3) through pystemd; silent when not started by systemd."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.enabled = bool(environ.get("NOTIFY_SOCKET"))
+        usec = environ.get("WATCHDOG_USEC", "")
+        pid = environ.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_seconds = int(usec) / 1e6 if usec.isdigit() and mine else 0.0
+
+    def notify(self, *states: str) -> None:
+        if not self.enabled:
+            return
+        from pystemd.daemon import notify
+
+        notify(False, *states)
+
+    def ready(self, status: str) -> None:
+        self.notify("READY=1", f"STATUS={status}")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1")
+
+    def watchdog(self, alive: Callable[[], bool], stop: threading.Event) -> threading.Thread | None:
+        """Ping WATCHDOG=1 at half the interval while `alive()`; a hung loop stops the pings
+        and systemd restarts us."""
+        if not self.enabled or self.watchdog_seconds <= 0:
+            return None
+
+        def run() -> None:
+            while not stop.wait(self.watchdog_seconds / 2):
+                if alive():
+                    self.notify("WATCHDOG=1")
+
+        thread = threading.Thread(target=run, name="macha-watchdog", daemon=True)
+        thread.start()
+        return thread
+
+
+class JournalHandler(logging.Handler):
+    """Structured records to journald: priority, logger, and extra fields."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from pystemd.journal import log as journal_log
+
+            journal_log(
+                _PRIORITY.get(record.levelno, 6),
+                self.format(record),
+                LOGGER=record.name,
+                SYSLOG_IDENTIFIER="macha-obs",
+                CODE_FUNC=record.funcName,
+            )
+        except Exception:
+            self.handleError(record)
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """orchestrator.log: one JSON object per record, readable by `macha-logs --json`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(log_file: Path, *, journald: bool, level: int = logging.INFO) -> None:
+    """Log to journald (under systemd) or stderr, and mirror everything to `log_file`."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        with contextlib.suppress(Exception):
+            handler.close()
+    console: logging.Handler
+    if journald:
+        console = JournalHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    mirror = logging.FileHandler(log_file, encoding="utf-8")
+    mirror.setFormatter(JsonLinesFormatter())
+    root.addHandler(mirror)

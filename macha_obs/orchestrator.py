@@ -1,0 +1,355 @@
+"""The loop: triggers → incidents → analysis → policy → execute/queue/record → verify → audit.
+
+Three triggers wake one worker thread: a new snapshot (the timer), an incident from the
+webhook, and a unit entering `failed` on D-Bus. The worker serialises every cycle, so two
+triggers can never act on the same unit at once. Each cycle:
+
+1. expire stale approvals; settle alert-driven verifications whose window ended;
+2. for every incident whose latest revision was not analysed: leave units that systemd
+   is still restarting to systemd; analyse the rest once; judge and carry out each
+   proposal through the Remediator (which writes intent, outcome and audit lines);
+3. a fix that failed verification is escalated: queued for a human with its evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from macha_obs.config import Config
+from macha_obs.execute.dbus_events import UnitEvent
+from macha_obs.incidents import OPEN, IncidentStore, sync_findings
+from macha_obs.models import (
+    UNIT_ACTIONS,
+    Decision,
+    Finding,
+    FindingKind,
+    Incident,
+    Outcome,
+    Proposal,
+    Severity,
+    Snapshot,
+    UnitState,
+    describe_action,
+)
+from macha_obs.remediate import Handled, Remediator
+from macha_obs.selfmetrics import LoopStats
+from macha_obs.store import Store
+
+log = logging.getLogger(__name__)
+
+# systemd is still working on these units (Restart=, a queued start): not ours yet.
+SYSTEMD_BUSY_STATES = {"activating", "deactivating", "reloading"}
+SYSTEMD_BUSY_SUBSTATES = {"auto-restart", "start-pre", "start", "start-post", "stop-sigterm"}
+LAST_CYCLE_KEY = "last_cycle"
+
+
+class Analyze(Protocol):
+    def analyze(
+        self,
+        incident: Incident,
+        *,
+        unit_status: Mapping[str, str] | None = None,
+        journals: Mapping[str, Sequence[str]] | None = None,
+    ) -> Decision: ...
+
+
+@dataclass
+class Verification:
+    """An alert-driven fix waits for its alert to resolve."""
+
+    incident_id: str
+    action_id: int
+    proposal: Proposal
+    deadline: float
+
+
+@dataclass
+class CycleReport:
+    trigger: str
+    started_at: float
+    duration_seconds: float = 0.0
+    analysed: list[tuple[Incident, Decision]] = field(default_factory=list)
+    handled: list[tuple[str, Proposal, Handled]] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)
+
+
+def systemd_busy(state: UnitState) -> bool:
+    return state.active_state in SYSTEMD_BUSY_STATES or state.sub_state in SYSTEMD_BUSY_SUBSTATES
+
+
+def unit_failed_finding(event: UnitEvent) -> Finding:
+    return Finding(
+        kind=FindingKind.UNIT_FAILED,
+        severity=Severity.CRITICAL,
+        subject=event.unit,
+        unit=event.unit,
+        summary=f"{event.unit} entered failed ({event.sub_state})",
+        details={"source": "dbus", "sub_state": event.sub_state},
+    )
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        incidents: IncidentStore,
+        analyzer: Analyze,
+        remediator: Remediator,
+        *,
+        snapshot: Callable[[], Snapshot | None],
+        stats: LoopStats | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.incidents = incidents
+        self.analyzer = analyzer
+        self.remediator = remediator
+        self.snapshot = snapshot
+        self.stats = stats or LoopStats()
+        self.clock = clock
+        self.monotonic = monotonic
+        self.verifications: list[Verification] = []
+        self._cycle = threading.Lock()
+        self._wake = threading.Event()
+        self._triggers: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.alive_at = monotonic()  # the watchdog's proof of life
+
+    # ------------------------------------------------------------ triggers
+
+    def wake(self, trigger: str) -> None:
+        self._triggers.append(trigger)
+        self._wake.set()
+
+    def note_snapshot(self, snapshot: Snapshot) -> None:
+        """CollectionLoop listener: apply the findings, run a cycle (the timer trigger)."""
+        sync_findings(self.incidents, snapshot.findings)
+        self.wake("timer")
+
+    def note_unit_event(self, event: UnitEvent) -> None:
+        """UnitWatcher handler: a unit that entered failed is an incident at once."""
+        if event.active_state != "failed":
+            return
+        finding = unit_failed_finding(event)
+        current = self.snapshot()
+        others = [f for f in (current.findings if current else []) if f.unit == event.unit]
+        keep = [f for f in others if f.kind is not FindingKind.UNIT_FAILED]
+        incident_id, changed = self.incidents.open_for_findings(event.unit, [finding, *keep])
+        if not changed:
+            self.incidents.touch(incident_id)  # failed again: look again
+        self.wake("event")
+
+    def note_webhook(self) -> None:
+        self.wake("alert")
+
+    # ------------------------------------------------------------ the worker
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="macha-orchestrator", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        """Ask the worker to stop after the step in flight; False if it did not in time."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def healthy(self) -> bool:
+        """For the watchdog: the worker runs and is not stuck far beyond a cycle's bound."""
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        bound = self.config.check_interval + 10 * (self.config.verify_timeout + 30)
+        return self.monotonic() - self.alive_at < bound
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.config.check_interval)
+            self._wake.clear()
+            self.alive_at = self.monotonic()
+            if self._stop.is_set():
+                return
+            triggers, self._triggers = self._triggers, []
+            try:
+                self.run_cycle("+".join(sorted(set(triggers))) or "timer")
+            except Exception:  # a bug in one cycle must not end the loop
+                log.exception("cycle failed")
+                self.stats.cycle_errors += 1
+            self.alive_at = self.monotonic()
+
+    # ------------------------------------------------------------ one cycle
+
+    def run_cycle(self, trigger: str = "manual") -> CycleReport:
+        with self._cycle:
+            report = CycleReport(trigger=trigger, started_at=self.clock())
+            began = self.monotonic()
+            report.expired = self.store.expire_approvals()
+            self._settle_verifications(report)
+            for incident_id in self.incidents.pending_analysis():
+                if self._stop.is_set():
+                    break
+                self._handle_incident(incident_id, report)
+            report.duration_seconds = self.monotonic() - began
+            self._record(report)
+            return report
+
+    def _handle_incident(self, incident_id: str, report: CycleReport) -> None:
+        state = self.incidents.get(incident_id)
+        if state is None or state.status != OPEN:
+            return
+        incident = state.incident
+        statuses = self._unit_states(incident.units)
+        busy = [u for u, s in statuses.items() if systemd_busy(s)]
+        if busy and len(busy) == len(incident.units):
+            # Left pending: when systemd gives up, the unit's failed event wakes us again.
+            report.deferred.append(incident.id)
+            self.store.audit_decision(
+                {
+                    "event": "deferred",
+                    "incident_id": incident.id,
+                    "reason": f"systemd is restarting {', '.join(busy)}; left to systemd",
+                }
+            )
+            return
+        decision = self.analyzer.analyze(
+            incident,
+            unit_status={u: _describe(s) for u, s in statuses.items()},
+            journals=self._journals(incident.units),
+        )
+        self.incidents.mark_analyzed(incident.id, state.revision)
+        report.analysed.append((incident, decision))
+        self.stats.count_decision(decision)
+        for proposal in decision.proposals:
+            unit_state = statuses.get(getattr(proposal.action, "unit", ""))
+            if (
+                isinstance(proposal.action, UNIT_ACTIONS)
+                and unit_state
+                and systemd_busy(unit_state)
+            ):
+                report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
+                continue
+            handled = self.remediator.handle(incident.id, proposal)
+            report.handled.append((incident.id, proposal, handled))
+            self.stats.count_handled(proposal.action, handled.verdict, handled.result)
+            self._follow_up(incident, proposal, handled, report)
+
+    def _follow_up(
+        self, incident: Incident, proposal: Proposal, handled: Handled, report: CycleReport
+    ) -> None:
+        if handled.verdict.outcome is not Outcome.EXECUTE or handled.result is None:
+            return
+        if not handled.result.verified:
+            self._escalate(incident.id, proposal, handled.result.detail, report)
+        elif incident.source == "alert" and handled.action_id is not None:
+            self.verifications.append(
+                Verification(
+                    incident.id,
+                    handled.action_id,
+                    proposal,
+                    self.clock() + self.config.alert_verify_window,
+                )
+            )
+
+    def _settle_verifications(self, report: CycleReport) -> None:
+        """Alert-driven fixes: the alert resolved in time, or the fix did not work."""
+        waiting: list[Verification] = []
+        for v in self.verifications:
+            state = self.incidents.get(v.incident_id)
+            if state is None or state.status != OPEN:
+                self.store.audit_action(
+                    {
+                        "event": "alert_resolved",
+                        "incident_id": v.incident_id,
+                        "action_id": v.action_id,
+                    }
+                )
+                continue
+            if self.clock() < v.deadline:
+                waiting.append(v)
+                continue
+            self.store.record_verification(v.action_id, ok=False)
+            self.remediator.note_failed_verification(v.action_id)
+            detail = f"the alert did not resolve within {self.config.alert_verify_window:g}s"
+            self._escalate(v.incident_id, v.proposal, detail, report)
+        self.verifications = waiting
+
+    def _escalate(
+        self, incident_id: str, proposal: Proposal, detail: str, report: CycleReport
+    ) -> None:
+        """A fix that did not hold goes to a human, with what was seen."""
+        risk = self.remediator.risk(proposal.action)
+        approval = self.store.enqueue(
+            incident_id,
+            proposal.action,
+            risk=risk,
+            reason=f"escalated: automatic {describe_action(proposal.action)} failed "
+            f"verification ({detail}); a human should look before it is tried again",
+            evidence=[detail[:200], *proposal.evidence][:5],
+            ttl=self.config.approval_ttl,
+        )
+        report.escalated.append(approval.id)
+        self.stats.escalations += 1
+        self.store.audit_decision(
+            {
+                "event": "escalated",
+                "incident_id": incident_id,
+                "approval_id": approval.id,
+                "reason": detail,
+            }
+        )
+
+    # ------------------------------------------------------------ context
+
+    def _unit_states(self, units: Sequence[str]) -> dict[str, UnitState]:
+        states: dict[str, UnitState] = {}
+        for unit in units:
+            try:
+                states[unit] = self.remediator.executor.unit_state(unit)
+            except Exception as exc:  # unknown state: never counts as busy or healthy
+                log.warning("cannot read state of %s: %s", unit, exc)
+        return states
+
+    def _journals(self, units: Sequence[str]) -> dict[str, list[str]]:
+        snap = self.snapshot()
+        if snap is None or snap.journal is None:
+            return {}
+        return {u: snap.journal.recent_messages.get(u, []) for u in units}
+
+    def _record(self, report: CycleReport) -> None:
+        self.stats.note_cycle(report.started_at, report.duration_seconds)
+        summary = {
+            "at": report.started_at,
+            "trigger": report.trigger,
+            "duration_seconds": round(report.duration_seconds, 4),
+            "analysed": [i.id for i, _ in report.analysed],
+            "handled": [
+                {"incident_id": i, "action": describe_action(p.action), "outcome": h.summary}
+                for i, p, h in report.handled
+            ],
+            "deferred": report.deferred,
+            "escalated": report.escalated,
+        }
+        self.store.set_meta(LAST_CYCLE_KEY, json.dumps(summary))
+        if report.handled or report.escalated or report.deferred:
+            log.info("cycle %s: %s", report.trigger, json.dumps(summary))
+
+
+def _describe(state: UnitState) -> str:
+    return (
+        f"{state.active_state}/{state.sub_state} (load {state.load_state}, result "
+        f"{state.result or '-'}, restarts {state.n_restarts})"
+    )

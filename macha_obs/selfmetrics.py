@@ -1,0 +1,141 @@
+"""The sidecar's own metrics: what it decided and did, exported beside what it saw.
+
+`LoopStats` is plain counters the orchestrator bumps; `SelfCollector` renders them with
+the store's persistent state (approvals pending, breaker) in fresh metric families on
+every scrape, like the snapshot exporter. Label values come from fixed enumerations.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from macha_obs.config import AutonomyLevel
+from macha_obs.models import Action, Decision, ExecutionResult, Verdict
+
+
+@dataclass
+class LoopStats:
+    """Counters since process start. Bumped by the loop, read by scrapes."""
+
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, assessment)
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, result)
+    verdicts: Counter[str] = field(default_factory=Counter)  # outcome
+    rate_limited: int = 0
+    escalations: int = 0
+    cycle_errors: int = 0
+    cycles: int = 0
+    last_cycle_timestamp: float = 0.0
+    last_cycle_duration: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_decision(self, decision: Decision) -> None:
+        with self.lock:
+            self.decisions[(decision.source.value, decision.assessment.value)] += 1
+
+    def count_handled(
+        self, action: Action, verdict: Verdict, result: ExecutionResult | None
+    ) -> None:
+        with self.lock:
+            self.verdicts[verdict.outcome.value] += 1
+            if verdict.rate_limited:
+                self.rate_limited += 1
+            if result is not None:
+                outcome = "verified" if result.verified else "failed"
+                self.actions[(action.kind, outcome)] += 1
+
+    def note_cycle(self, started_at: float, duration: float) -> None:
+        with self.lock:
+            self.cycles += 1
+            self.last_cycle_timestamp = started_at
+            self.last_cycle_duration = duration
+
+
+@dataclass(frozen=True)
+class PersistentState:
+    """What the store knows, read at scrape time (one small SQLite read)."""
+
+    approvals_pending: int
+    breaker_open: bool
+    configured: AutonomyLevel
+    effective: AutonomyLevel
+
+
+class SelfCollector(Collector):
+    def __init__(self, stats: LoopStats, state: Callable[[], PersistentState]) -> None:
+        self.stats = stats
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        with s.lock:
+            decisions = dict(s.decisions)
+            actions = dict(s.actions)
+            verdicts = dict(s.verdicts)
+            scalars = (s.rate_limited, s.escalations, s.cycle_errors, s.cycles)
+            last, duration = s.last_cycle_timestamp, s.last_cycle_duration
+        # sources x assessments: at most 3 x 4 series
+        fam = CounterMetricFamily(
+            "macha_decisions",
+            "analysis decisions by source and assessment",
+            labels=["source", "assessment"],
+        )
+        for (source, assessment), n in sorted(decisions.items()):
+            fam.add_metric([source, assessment], n)
+        yield fam
+        # action kinds x {verified, failed}: at most 9 x 2 series
+        fam = CounterMetricFamily(
+            "macha_actions",
+            "executed actions by kind and verification result",
+            labels=["kind", "result"],
+        )
+        for (kind, result), n in sorted(actions.items()):
+            fam.add_metric([kind, result], n)
+        yield fam
+        # policy outcomes: 4 series
+        fam = CounterMetricFamily(
+            "macha_policy_verdicts", "policy verdicts by outcome", labels=["outcome"]
+        )
+        for outcome in ("execute", "queue", "record", "refuse"):
+            fam.add_metric([outcome], verdicts.get(outcome, 0))
+        yield fam
+        rate_limited, escalations, errors, cycles = scalars
+        yield CounterMetricFamily(
+            "macha_rate_limited_actions", "actions refused by a rate limit", value=rate_limited
+        )
+        yield CounterMetricFamily(
+            "macha_escalations",
+            "fixes that failed verification and went to a human",
+            value=escalations,
+        )
+        yield CounterMetricFamily("macha_cycle_errors", "cycles that ended in a bug", value=errors)
+        yield CounterMetricFamily("macha_cycles", "orchestrator cycles run", value=cycles)
+        yield GaugeMetricFamily(
+            "macha_last_cycle_timestamp_seconds", "when the last cycle started", value=last
+        )
+        yield GaugeMetricFamily(
+            "macha_last_cycle_duration_seconds", "how long the last cycle took", value=duration
+        )
+        state = self.state()
+        yield GaugeMetricFamily(
+            "macha_approvals_pending", "actions waiting for a human", value=state.approvals_pending
+        )
+        yield GaugeMetricFamily(
+            "macha_circuit_breaker_open",
+            "1 when failed fixes capped autonomy at suggest",
+            value=1.0 if state.breaker_open else 0.0,
+        )
+        # 4 series each: one per autonomy level, 1 for the current one
+        for name, level, doc in (
+            ("macha_autonomy_level", state.effective, "effective autonomy level"),
+            ("macha_autonomy_configured_level", state.configured, "configured autonomy level"),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["level"])
+            for candidate in AutonomyLevel:
+                gauge.add_metric([candidate.value], 1.0 if candidate is level else 0.0)
+            yield gauge
