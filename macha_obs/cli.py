@@ -367,15 +367,20 @@ def serve(ctx: click.Context) -> None:
         server, server_thread = start_server(cfg.listen_host, cfg.listen_port, app)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {cfg.listen_address}: {exc}") from exc
-    watcher = UnitWatcher(
-        cfg.systemd_bus_address, side.orchestrator.note_unit_event, debounce=cfg.event_debounce
+    watcher = (
+        UnitWatcher(
+            cfg.systemd_bus_address, side.orchestrator.note_unit_event, debounce=cfg.event_debounce
+        )
+        if cfg.dbus_events
+        else None
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     side.orchestrator.start()
     side.loop.start()
-    watcher.start()
+    if watcher is not None:
+        watcher.start()
     notifier = Notifier(os.environ)
     notifier.watchdog(side.orchestrator.healthy, stop)
     notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
@@ -391,7 +396,8 @@ def serve(ctx: click.Context) -> None:
     # SIGTERM: stop taking work, let the step in flight finish (bounded), record the rest.
     notifier.stopping()
     log.info("stopping")
-    watcher.stop(timeout=1.0)
+    if watcher is not None:
+        watcher.stop(timeout=1.0)
     side.loop.stop(timeout=1.0)
     if not side.orchestrator.stop(timeout=7.0):
         side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")

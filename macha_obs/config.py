@@ -140,6 +140,9 @@ class Config(BaseModel):
     verify_settle: float = Field(2.0, ge=0, le=120)
     # An alert-driven fix is verified again by its alert resolving within this window.
     alert_verify_window: float = Field(300.0, ge=1, le=86400)
+    # React to units entering `failed` at once through D-Bus signals (the event path);
+    # off, failures reach the loop through the collectors and alerts only.
+    dbus_events: bool = True
     # D-Bus unit events are coalesced per unit over this window (a flap is one event).
     event_debounce: float = Field(0.1, ge=0, le=60)
     dbus_timeout: float = Field(10.0, gt=0, le=120)

@@ -104,6 +104,7 @@ SETTINGS_ONLY = {
     "verify_settle",
     "alert_verify_window",
     "event_debounce",
+    "dbus_events",
     "dbus_timeout",
     "systemd_bus_address",
     "snapshot_retention",
