@@ -1,0 +1,231 @@
+"""The whole daemon (`macha-obs serve`) against a real systemd: the loop issue's cases.
+
+(a) D-Bus event → restarted and verified; (d) a unit that keeps failing → bounded
+attempts → breaker → escalated; (e) LLM down → runbooks act and say so; (f) SIGKILL
+mid-action → `interrupted`, not repeated; (g) a unit systemd is restarting is left
+alone; and daemon hygiene (lock, SIGTERM, sd_notify under a real systemd).
+(b) and (c), through Prometheus and Alertmanager, are in test_e2e_stack.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from macha_obs.models import ActionStatus, ApprovalStatus
+from tests.daemon_support import MACHA_OBS, Daemon
+from tests.labsd import LabSystemd
+from tests.stack import free_port, poll
+
+pytestmark = pytest.mark.systemd
+
+UnitFactory = Callable[[str, str], str]
+
+CRASH_ONCE = (
+    "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/{name}.ok || "
+    "{{ touch /run/{name}.ok; exit 3; }}'\nExecStart=/bin/sleep infinity\n"
+)
+
+
+@pytest.fixture
+def daemons(systemd_container: LabSystemd, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(state: str = "state", **settings: object) -> Daemon:
+        daemon = Daemon(systemd_container, tmp_path / state, **settings).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def linger(seconds: float) -> None:
+    """Give the daemon time to misbehave (a storm, a repeat): what must NOT happen."""
+    time.sleep(seconds)
+
+
+def crash_once(lab: LabSystemd, unit_factory: UnitFactory, name: str, extra: str = "") -> str:
+    unit = unit_factory(f"{name}.service", CRASH_ONCE.format(name=name) + extra)
+    lab.run("rm", "-f", f"/run/{name}.ok", check=False)
+    return unit
+
+
+def test_a_event_path_restarts_and_verifies(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, daemons: Callable[..., Daemon]
+) -> None:
+    lab = systemd_container
+    daemon = daemons(autonomy_level="auto-safe")
+    unit = crash_once(lab, unit_factory, "e2e-a")
+    lab.run("systemctl", "start", unit, check=False)
+
+    assert poll(lambda: lab.unit_state(unit) == ("active", "running"), 30), daemon.log_tail()
+    assert poll(lambda: any(a.status is ActionStatus.SUCCEEDED for a in daemon.actions(unit)), 30)
+    [action] = daemon.actions(unit)
+    assert action.action.kind == "restart_unit"
+    assert action.result is not None
+    assert action.result.verified
+    # the audit trail names the incident at every step
+    decisions = [
+        d for d in daemon.audit("decisions.jsonl") if d["incident_id"] == action.incident_id
+    ]
+    assert {d["event"] for d in decisions} >= {"decision", "verdict"}
+    assert daemon.metric("macha_actions_total", kind="restart_unit", result="verified") == 1.0
+
+
+def test_d_unit_that_keeps_failing_is_bounded_and_escalated(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, daemons: Callable[..., Daemon]
+) -> None:
+    lab = systemd_container
+    daemon = daemons(autonomy_level="auto-safe", breaker_threshold=2)
+    unit = unit_factory("e2e-d.service", "[Service]\nExecStart=/bin/false\n")
+    lab.run("systemctl", "start", unit, check=False)
+
+    def breaker_open() -> bool:
+        with daemon.store() as store:
+            return store.breaker_opened()[0] is not None
+
+    assert poll(breaker_open, 60), daemon.log_tail()
+    # give it every chance to storm: a few more cycles and failure events
+    for _ in range(3):
+        lab.run("systemctl", "start", unit, check=False)
+        lab.wait_for_state(unit, "failed")
+    linger(3)
+    attempts = [a for a in daemon.actions(unit) if a.action.kind != "investigate"]
+    assert 2 <= len(attempts) <= 3  # the breaker (2 failures) or the rate limit (3/h) held
+    assert all(a.status is ActionStatus.FAILED for a in attempts)
+    escalated = [
+        a
+        for a in daemon.approvals()
+        if a.status is ApprovalStatus.PENDING and a.action.target == unit
+    ]
+    assert escalated, "a fix that failed verification goes to a human"
+    assert "escalated" in escalated[0].reason or "breaker" in escalated[0].reason
+    assert daemon.metric("macha_circuit_breaker_open") == 1.0
+    assert daemon.metric("macha_autonomy_level", level="suggest") == 1.0
+
+
+def test_e_llm_down_runbooks_act_and_decision_says_so(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, daemons: Callable[..., Daemon]
+) -> None:
+    lab = systemd_container
+    closed = free_port()  # nothing listens there: the model server is down
+    daemon = daemons(
+        autonomy_level="auto-safe",
+        analysis="llm-first",
+        llm_enabled="true",
+        ollama_url=f"http://127.0.0.1:{closed}",
+        llm_timeout=2,
+    )
+    unit = crash_once(lab, unit_factory, "e2e-e")
+    lab.run("systemctl", "start", unit, check=False)
+    assert poll(lambda: lab.unit_state(unit) == ("active", "running"), 60), daemon.log_tail()
+    decisions = [d for d in daemon.audit("decisions.jsonl") if d["event"] == "decision"]
+    [decision] = [
+        d for d in decisions if any(p["action"].get("unit") == unit for p in d["proposals"])
+    ]
+    assert decision["source"] == "runbooks"
+    assert decision["assessment"] == "unknown"  # never "healthy" when analysis failed
+    assert decision["error"]
+    assert "runbooks (after ollama)" in decision["backend"]
+    assert poll(lambda: [a.status for a in daemon.actions(unit)] == [ActionStatus.SUCCEEDED], 30)
+
+
+def test_f_sigkill_mid_action_is_interrupted_not_repeated(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, daemons: Callable[..., Daemon]
+) -> None:
+    lab = systemd_container
+    # the restart's start job sits in a 20 s ExecStartPre: the daemon dies inside it
+    unit = crash_once(lab, unit_factory, "e2e-f", extra="")
+    lab.write_unit(
+        "e2e-f.service.d/slow.conf", "[Service]\nExecStartPre=/bin/sleep 20\nTimeoutStartSec=60\n"
+    )
+    daemon = daemons(autonomy_level="auto-safe", verify_timeout=60)
+    lab.run("systemctl", "start", "--no-block", unit, check=False)
+    assert poll(lambda: lab.unit_state(unit)[0] == "failed", 40)
+    assert poll(lambda: any(a.status is ActionStatus.INTENT for a in daemon.actions(unit)), 30)
+    daemon.kill()
+
+    again = daemons(autonomy_level="auto-safe", verify_timeout=60)  # same state dir
+    assert poll(
+        lambda: [a.status for a in again.actions(unit)] == [ActionStatus.INTERRUPTED], 10
+    ), again.log_tail()
+    assert "interrupted by a crash" in again.log_tail()
+    # a few cycles later there is still exactly one action: nothing was re-run
+    linger(4)
+    [only] = again.actions(unit)
+    events = [e["event"] for e in again.audit("actions.jsonl") if e.get("action_id") == only.id]
+    assert events == ["intent", "interrupted"]
+
+
+def test_g_unit_systemd_is_restarting_is_left_alone(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, daemons: Callable[..., Daemon]
+) -> None:
+    lab = systemd_container
+    daemon = daemons(autonomy_level="auto-full", flapping_restarts=2)
+    unit = unit_factory(
+        "e2e-g.service",
+        "[Unit]\nStartLimitIntervalSec=0\n"
+        "[Service]\nExecStart=/bin/sh -c 'sleep 0.5; exit 1'\nRestart=always\nRestartSec=300ms\n",
+    )
+    lab.run("systemctl", "start", unit, check=False)
+    # several restart rounds by systemd, and several of the sidecar's cycles
+    assert poll(lambda: (daemon.metric("macha_cycles_total") or 0) >= 4, 30)
+    linger(4)
+    unit_actions = [a for a in daemon.actions(unit) if a.action.kind != "investigate"]
+    assert unit_actions == [], "systemd's own Restart= was fought"
+
+
+def test_one_daemon_per_state_dir(
+    systemd_container: LabSystemd, daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    first = daemons()
+    second = subprocess.run(
+        [MACHA_OBS, "serve"],
+        env={**first.env, "MACHA_LISTEN_ADDRESS": f"127.0.0.1:{free_port()}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert "another macha-obs" in second.stderr
+    assert "is running on" in second.stderr
+
+
+def test_sigterm_exits_cleanly_and_in_time(daemons: Callable[..., Daemon]) -> None:
+    daemon = daemons()
+    assert daemon.stop(timeout=10) == 0  # the unit's TimeoutStopSec budget
+    assert '"message": "stopping"' in (daemon.state_dir / "orchestrator.log").read_text()
+
+
+def test_under_systemd_notify_and_watchdog(
+    systemd_container: LabSystemd, unit_factory: UnitFactory
+) -> None:
+    """Type=notify only becomes active on READY=1; WatchdogSec kills it without pings."""
+    lab = systemd_container
+    unit = unit_factory(
+        "e2e-notify.service",
+        "[Service]\nType=notify\nNotifyAccess=main\nWatchdogSec=2s\nTimeoutStartSec=60\n"
+        f"ExecStart={MACHA_OBS} serve\n"
+        "Environment=MACHA_STATE_DIR=/tmp/e2e-notify MACHA_LISTEN_ADDRESS=127.0.0.1:0\n"
+        "Environment=MACHA_AUTONOMY_LEVEL=observe MACHA_LLM_ENABLED=false\n"
+        f"Environment=PYTHONPATH={':'.join(p for p in sys.path if p)}\n",
+    )
+    lab.run("systemctl", "start", unit)  # returns once READY=1 arrived (or fails)
+    assert lab.unit_state(unit) == ("active", "running")
+    # three watchdog periods later it is still the same process: the pings arrive
+    pid = lab.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+    linger(6)
+    assert lab.unit_state(unit) == ("active", "running")
+    assert lab.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip() == pid
+    lab.run("systemctl", "stop", unit)
+    assert lab.unit_state(unit)[0] in ("inactive", "failed")
+    result = lab.run("systemctl", "show", "-p", "Result", "--value", unit).stdout.strip()
+    assert result == "success"
