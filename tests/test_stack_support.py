@@ -21,7 +21,7 @@ def test_free_port_is_bindable() -> None:
 
 def test_missing_binary_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.delenv("MACHA_REQUIRE_REAL", raising=False)
+    monkeypatch.delenv("REQUIRE_REAL_COMPONENTS", raising=False)
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match="must not be skipped"):
         stack_fixtures._require("promtool")
