@@ -39,6 +39,7 @@ DELIVERY_RESULTS = (
     "bad_method",
     "store_error",
 )
+HUMAN_AUDIENCE = "human"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 
@@ -215,10 +216,16 @@ class ReceiverApp:
             return b"", ("400 Bad Request", {"error": "body shorter than Content-Length"}, [])
         return raw, None
 
+    def _for_us(self, alert: Alert) -> bool:
+        # The sidecar's own health (audience=human) is for people: never heal ourselves.
+        if alert.labels.get("audience") == HUMAN_AUDIENCE:
+            return False
+        return self.hosts is None or self.hosts.is_local(alert)
+
     def _ingest(
         self, group: AlertGroup, text: str
     ) -> tuple[str, dict[str, Any], list[tuple[str, str]]]:
-        local = [a for a in group.alerts if self.hosts is None or self.hosts.is_local(a)]
+        local = [a for a in group.alerts if self._for_us(a)]
         ignored = len(group.alerts) - len(local)
         if group.truncated_alerts:
             log.warning(
@@ -229,7 +236,8 @@ class ReceiverApp:
             self.stats.add_truncated(group.truncated_alerts)
         if group.alerts and not local:
             self.stats.count("ignored", ignored=ignored)
-            return "200 OK", {"status": "ignored", "reason": "alerts for other hosts"}, []
+            reason = "alerts for other hosts or for people (audience=human)"
+            return "200 OK", {"status": "ignored", "reason": reason}, []
         try:
             result = self.incidents.ingest(group, text, local)
         except Exception:

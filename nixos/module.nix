@@ -56,7 +56,11 @@ let
   };
   alertmanagerRoute = {
     receiver = "macha-autonomous";
-    matchers = [ "instance=\"${hostname}\"" ];
+    # the sidecar's own health (audience=human) is for people, not for itself to heal
+    matchers = [
+      "instance=\"${hostname}\""
+      "audience!=\"human\""
+    ];
     group_by = [
       "alertname"
       "instance"
@@ -355,7 +359,11 @@ in
           ];
         }
       ];
-      services.prometheus.ruleFiles = [ ../alert_rules/macha.yml ];
+      # the host (macha.yml), and what the sidecar decided and did (macha-sidecar.yml)
+      services.prometheus.ruleFiles = [
+        ../alert_rules/macha.yml
+        ../alert_rules/macha-sidecar.yml
+      ];
     })
 
     (mkIf cfg.alertmanager.enable {

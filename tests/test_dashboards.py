@@ -9,12 +9,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.core import Metric
 
+from macha_obs.agent.llm import LlmMetrics
+from macha_obs.brainmetrics import BrainCollector
+from macha_obs.config import AutonomyLevel
+from macha_obs.receiver import ReceiverStats
+from macha_obs.selfmetrics import LoopStats, PersistentState, SelfCollector
 from tests.eyes_support import PROJECT
 
 GRAFANA = PROJECT / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-SECTIONS = {"Units", "Resources", "Disks", "Journal", "Network", "Boot and NixOS", "Sidecar"}
+HOST_DASHBOARD = GRAFANA / "dashboards" / "macha-host.json"
+SIDECAR_DASHBOARD = GRAFANA / "dashboards" / "macha-sidecar.json"
+# the rows of each dashboard, in no particular order
+SECTIONS = {
+    HOST_DASHBOARD.name: {
+        "Units",
+        "Resources",
+        "Disks",
+        "Journal",
+        "Network",
+        "Boot and NixOS",
+        "Sidecar",
+    },
+    SIDECAR_DASHBOARD.name: {"Needs a human", "Decisions and actions", "Loop", "LLM", "Webhook"},
+}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -31,13 +51,22 @@ def panel_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def instance_metric(dashboard: dict[str, Any]) -> str:
+    """The metric whose `instance` values the dashboard's host variable offers."""
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    found = re.fullmatch(r"label_values\((\w+), instance\)", variables["instance"]["definition"])
+    assert found, variables["instance"]
+    assert variables["instance"]["query"]["query"] == found.group(0)
+    return found.group(1)
+
+
 def concrete(expr: str, instance: str = ".+") -> str:
     """The expression as Grafana would send it, with the dashboard variables filled in."""
     return expr.replace("$instance", instance).replace("$__rate_interval", "1m")
 
 
 def test_dashboards_exist() -> None:
-    assert DASHBOARDS
+    assert set(DASHBOARDS) == {HOST_DASHBOARD, SIDECAR_DASHBOARD}
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -57,10 +86,10 @@ def test_dashboard_structure(path: Path) -> None:
             assert refs, f"{panel['title']} has no query"
             assert panel["datasource"]["uid"] == "${datasource}"
     rows = {p["title"] for p in dash["panels"] if p["type"] == "row"}
-    assert rows == SECTIONS
+    assert rows == SECTIONS[path.name]
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
-    assert "label_values(macha_build_info, instance)" in json.dumps(variables["instance"])
+    assert instance_metric(dash).startswith("macha_")
     for title, expr in panel_exprs(dash):
         assert 'instance=~"$instance"' in expr, f"{title}: not filtered by the instance variable"
 
@@ -74,6 +103,31 @@ def test_panels_do_not_overlap() -> None:
                 for y in range(g["y"], g["y"] + g["h"]):
                     assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
                     cells[(x, y)] = panel["title"]
+
+
+def exported_names(metric: Metric) -> list[str]:
+    """The sample names a metric family is scraped as."""
+    match metric.type:
+        case "counter":
+            return [f"{metric.name}_total"]
+        case "summary" | "histogram":
+            return [f"{metric.name}_count", f"{metric.name}_sum"]
+        case _:
+            return [metric.name]
+
+
+def test_sidecar_dashboard_shows_every_self_metric() -> None:
+    """Every metric of what the sidecar decided and did has a panel (a new one needs one)."""
+    state = PersistentState(0, False, AutonomyLevel.SUGGEST, AutonomyLevel.SUGGEST)
+    families = [
+        *SelfCollector(LoopStats(), lambda: state).collect(),
+        *BrainCollector(ReceiverStats(), LlmMetrics()).collect(),
+    ]
+    names = {name for family in families for name in exported_names(family)}
+    exprs = " ".join(expr for _, expr in panel_exprs(load(SIDECAR_DASHBOARD)))
+    used = set(re.findall(r"\bmacha_\w+", exprs))
+    assert names - used == set(), "no panel for these"
+    assert used - names == set(), "not a self-metric"
 
 
 def test_provisioning_file() -> None:

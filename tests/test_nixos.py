@@ -432,10 +432,15 @@ def test_wiring_into_prometheus_grafana_and_ollama() -> None:
     assert job["static_configs"] == [
         {"targets": ["127.0.0.1:9850"], "labels": {"instance": "testhost"}}
     ]
-    for rule_file in services["prometheus"]["ruleFiles"]:
-        assert Path(rule_file).is_file()
+    rule_files = [Path(p) for p in services["prometheus"]["ruleFiles"]]
+    assert all(p.is_file() for p in rule_files)
+    # every shipped rule file, the host's and the sidecar's own
+    assert sorted(p.name for p in rule_files) == sorted(
+        p.name for p in (REPO / "alert_rules").glob("*.yml")
+    )
     (provider,) = services["grafana"]["provision"]["dashboards"]["settings"]["providers"]
-    assert list(Path(provider["options"]["path"]).glob("*.json"))
+    provisioned = {p.name for p in Path(provider["options"]["path"]).glob("*.json")}
+    assert provisioned == {"macha-host.json", "macha-sidecar.json"}
     assert services["ollama"] == {
         "enable": True,
         "host": "127.0.0.1",

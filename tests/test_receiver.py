@@ -172,6 +172,16 @@ def test_other_hosts_are_acknowledged_counted_and_ignored(url: str, app: Receive
     assert app.stats.snapshot()["alerts"]["ignored"] == 3
 
 
+def test_the_sidecars_own_alerts_are_for_people(url: str, app: ReceiverApp, incidents):
+    """audience=human (approvals pending, breaker open, sidecar down): never self-healed."""
+    own = alert("MachaCircuitOpen", instance="web1:9100", audience="human")
+    body = post(url, payload(own)).json()
+    assert body["status"] == "ignored"
+    assert incidents.inbox_count() == 0
+    assert incidents.pending_analysis() == []
+    assert app.stats.snapshot()["alerts"]["ignored"] == 1
+
+
 def test_truncated_alerts_are_counted(url: str, app: ReceiverApp) -> None:
     assert post(url, payload(alert(), truncated=7)).status_code == 200
     assert app.stats.snapshot()["truncated"]["alerts"] == 7

@@ -31,6 +31,14 @@ ALERT_FOR_KIND = {
     FindingKind.UNEXPECTED_REBOOT: "MachaUnexpectedReboot",
 }
 SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
+# what the sidecar decided and did, for the humans (macha-sidecar.yml)
+HUMAN_ALERTS = (
+    "MachaApprovalsPending",
+    "MachaRemediationFailed",
+    "MachaCircuitOpen",
+    "MachaLLMUnavailable",
+    "MachaLoopStalled",
+)
 
 
 def run(*argv: str, cwd: Path | None = None) -> str:
@@ -57,7 +65,7 @@ def test_every_finding_kind_and_self_health_has_an_alert() -> None:
     assert set(ALERT_FOR_KIND) == set(FindingKind)
     names = alert_names()
     assert len(names) == len(set(names))
-    assert set(ALERT_FOR_KIND.values()) | set(SELF_ALERTS) <= set(names)
+    assert set(ALERT_FOR_KIND.values()) | set(SELF_ALERTS) | set(HUMAN_ALERTS) <= set(names)
 
 
 def test_every_alert_has_severity_for_summary_description() -> None:
@@ -83,7 +91,9 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
 def test_prometheus_configs(promtool: str, config: str) -> None:
     out = run(promtool, "check", "config", str(EXPORTERS / config))
     assert "SUCCESS" in out
-    assert "13 rules found" in out  # the rule glob really found alert_rules/
+    # the rule glob really found every file of alert_rules/, and every rule in them
+    assert f"{len(RULE_FILES)} rule files found" in out
+    assert sum(map(int, re.findall(r"(\d+) rules found", out))) == len(alert_names())
 
 
 @pytest.mark.parametrize("config", ["alertmanager.yml", "alertmanager-fleet.yml"])
@@ -100,8 +110,14 @@ def test_alertmanager_configs(amtool: str, config: str) -> None:
         ("stranger", "oncall"),
     ],
 )
-def test_fleet_routes_each_host_to_its_own_sidecar(amtool: str, host: str, receiver: str) -> None:
+@pytest.mark.parametrize("audience", ["", "human"])
+def test_fleet_routes_each_host_to_its_own_sidecar(
+    amtool: str, host: str, receiver: str, audience: str
+) -> None:
+    """A host's alerts go to its sidecar; the sidecars' own health goes to people."""
     config = f"--config.file={EXPORTERS / 'alertmanager-fleet.yml'}"
+    if audience:
+        receiver = "oncall"
     run(
         amtool,
         "config",
@@ -112,4 +128,46 @@ def test_fleet_routes_each_host_to_its_own_sidecar(amtool: str, host: str, recei
         f"instance={host}",
         "alertname=MachaUnitFailed",
         "unit=nginx.service",
+        *([f"audience={audience}"] if audience else []),
     )
+
+
+@pytest.mark.parametrize(("labels", "receiver"), [([], "macha"), (["audience=human"], "oncall")])
+def test_single_host_routes_people_alerts_to_people(
+    amtool: str, labels: list[str], receiver: str
+) -> None:
+    config = f"--config.file={EXPORTERS / 'alertmanager.yml'}"
+    run(
+        amtool,
+        "config",
+        "routes",
+        "test",
+        config,
+        f"--verify.receivers={receiver}",
+        "instance=web1",
+        *labels,
+    )
+
+
+def test_the_sidecars_own_alerts_are_for_people() -> None:
+    """Rules about the sidecar itself carry audience=human, which the receiver ignores and
+    the shipped routes send to people: it must not try to heal itself."""
+    own = {
+        "MachaDown",
+        "MachaCollectorFailing",
+        "MachaSnapshotStale",
+        "MachaApprovalsPending",
+        "MachaRemediationFailed",
+        "MachaCircuitOpen",
+        "MachaLLMUnavailable",
+        "MachaLoopStalled",
+    }
+    seen = set()
+    for path in RULE_FILES:
+        # each "- alert:" block up to the next one (the files are ours: one rule per block)
+        for block in re.split(r"\n\s+- alert: ", path.read_text())[1:]:
+            name = block.split("\n", 1)[0].strip()
+            for_people = re.search(r"^\s+audience: human$", block, re.M) is not None
+            assert for_people == (name in own), name
+            seen.add(name)
+    assert own <= seen
