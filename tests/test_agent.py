@@ -135,6 +135,22 @@ def test_valid_answer_becomes_the_decision(store: Store) -> None:
     assert record["proposals"][0]["action"] == {"kind": "restart_unit", "unit": "nginx.service"}
 
 
+def test_repeated_model_proposals_count_once() -> None:
+    restart = {"kind": "restart_unit", "unit": "nginx"}
+    d = analyzer(ScriptedChat(answer(restart, restart, restart))).analyze(incident())
+    assert [p.action for p in d.proposals] == [RestartUnit(unit="nginx.service")]
+
+
+def test_a_model_that_leaves_the_failed_unit_alone_gets_the_runbook_fix() -> None:
+    """A well-formed answer that only investigates does not leave a failed unit failed."""
+    look = {"kind": "investigate", "tool": "disk_usage"}
+    d = analyzer(ScriptedChat(answer(look))).analyze(incident())
+    assert d.source is DecisionSource.LLM
+    assert d.backend == "scripted + runbooks"
+    assert [p.action.kind for p in d.proposals] == ["investigate", "restart_unit"]
+    assert d.proposals[1].action == RestartUnit(unit="nginx.service")
+
+
 @pytest.mark.parametrize(
     ("raw", "why"),
     [

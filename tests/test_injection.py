@@ -21,6 +21,7 @@ from macha_obs.models import (
     Incident,
     NixRebuild,
     Outcome,
+    RestartUnit,
     Risk,
 )
 from macha_obs.policy import PolicyContext, judge
@@ -81,11 +82,14 @@ def test_obeying_model_gets_nothing_through(make_config, store: Store, level) ->
     chat = ScriptedChat(answer(*OBEYING[:3]))
     decision = run(chat, store)
     policy = PolicyContext(config=make_config(autonomy_level=level.value), now=NOW)
-    verdicts = [judge(p.action, policy) for p in decision.proposals]  # type: ignore[attr-defined]
+    proposals = decision.proposals  # type: ignore[attr-defined]
+    verdicts = [judge(p.action, policy) for p in proposals[:3]]  # the model's three
     assert verdicts[0].outcome is Outcome.REFUSE  # sshd: protected
     assert verdicts[1].outcome is Outcome.REFUSE  # dbus: protected
     assert verdicts[2].outcome in (Outcome.QUEUE, Outcome.RECORD)  # a switch waits for a human
     assert not any(v.outcome is Outcome.EXECUTE for v in verdicts)
+    # the model left the failed unit alone: only the runbooks' fix of it is added
+    assert [p.action for p in proposals[3:]] == [RestartUnit(unit="app.service")]
     # the prompt carried the lines, fenced as data
     user = chat.sent[0][0][1]["content"]
     assert "<untrusted-data" in user

@@ -34,7 +34,16 @@ from macha_obs.agent.schema import (
 )
 from macha_obs.agent.tools import DiagnosticsRunner, ToolSession, describe_call
 from macha_obs.config import AnalysisMode
-from macha_obs.models import Assessment, Decision, DecisionSource, Incident, Severity, utcnow
+from macha_obs.models import (
+    UNIT_ACTIONS,
+    Assessment,
+    Decision,
+    DecisionSource,
+    Incident,
+    Proposal,
+    Severity,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,17 @@ class _Run:
     raw_hash: str = ""
     steps: int = 0
     tool_calls: list[str] = field(default_factory=list)
+
+
+def unit_fixes_missing(decision: Decision, runbooks: Decision) -> list[Proposal]:
+    """The runbooks' unit fixes (restart/start/reset-failed) for units the model's
+    proposals do not act on at all. Pure."""
+    acted_on = {p.action.unit for p in decision.proposals if isinstance(p.action, UNIT_ACTIONS)}
+    return [
+        p
+        for p in runbooks.proposals
+        if isinstance(p.action, UNIT_ACTIONS) and p.action.unit not in acted_on
+    ]
 
 
 class Analyzer:
@@ -133,6 +153,13 @@ class Analyzer:
         }
         if decision.source is DecisionSource.RUNBOOKS:
             meta["backend"] = f"runbooks (after {client.backend})"
+        else:
+            added = unit_fixes_missing(decision, runbook_decision(incident))
+            if added:
+                # A well-formed answer that leaves a failed unit alone is no reason to
+                # leave it failed: the runbooks' fix joins (and the policy still judges).
+                meta["backend"] = f"{client.backend} + runbooks"
+                meta["proposals"] = [*decision.proposals, *added][:5]
         return decision.model_copy(update=meta), run, prompt.flags
 
     def _converse(

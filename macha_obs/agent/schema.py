@@ -176,16 +176,17 @@ def to_diagnostic(call: LlmToolCall) -> Diagnostic:
 
 
 def to_proposals(decision: LlmDecision) -> list[Proposal]:
-    out = []
+    """The model's proposals as typed Proposals, each distinct action once: small models
+    repeat themselves, and a repeated proposal must not run twice."""
+    out: dict[str, Proposal] = {}
     for p in decision.proposals:
-        out.append(
-            Proposal(
-                action=to_action(p.action),
-                reason=p.reason,
-                evidence=[e[:EVIDENCE_MAX] for e in p.evidence],
+        action = to_action(p.action)
+        key = action.model_dump_json()
+        if key not in out:
+            out[key] = Proposal(
+                action=action, reason=p.reason, evidence=[e[:EVIDENCE_MAX] for e in p.evidence]
             )
-        )
-    return out
+    return list(out.values())
 
 
 def first_error(exc: Exception) -> str:
