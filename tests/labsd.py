@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -108,10 +109,11 @@ _JOIN_CGROUP = 'echo 0 > "$1" && shift && exec "$@"'
 
 # Runs as PID 1 of the new PID namespace and ends by exec'ing systemd, so systemd is PID 1.
 # $1 = scratch mountpoint, $2 = seed tree (copied into the overlay's upper layer),
-# $3 = overlay lower layer; the rest goes to systemd.
+# $3 = overlay lower layer, $4 = host paths to bind read-only (colon-separated); the rest
+# goes to systemd.
 _INIT_SCRIPT = r"""
 set -euo pipefail
-SCRATCH=$1; SEED=$2; LOWER=$3; shift 3
+SCRATCH=$1; SEED=$2; LOWER=$3; BINDS=$4; shift 4
 [ "$$" = 1 ] || { echo "labsd init must be PID 1 of a new PID namespace" >&2; exit 1; }
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755,size=512m labsd-scratch "$SCRATCH"
@@ -146,6 +148,12 @@ ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
 ln -s /dev/null "$R/dev/kmsg"; touch "$R/dev/console"
 mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m labsd-run "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev,size=256m labsd-tmp "$R/tmp"
+# Host paths the fresh /tmp and /run hide (a checkout and its venv under /tmp), read-only.
+IFS=: read -r -a BIND_PATHS <<<"$BINDS"
+for p in "${BIND_PATHS[@]}"; do
+  [ -n "$p" ] && [ -e "$p" ] || continue
+  mkdir -p "$R$p"; mount --bind "$p" "$R$p"; mount -o remount,bind,ro "$R$p"
+done
 
 cd "$R"; pivot_root . .; umount -l .; cd /
 # Capabilities that reach past the namespaces (modules, clock, raw I/O) are dropped for good.
@@ -155,6 +163,19 @@ exec setpriv --bounding-set="$DROP" \
   env -i container=labsd TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
   /lib/systemd/systemd --system --unit=lab.target --show-status=0 "$@"
 """
+
+
+# The container mounts fresh tmpfs on these: host paths below them are invisible inside.
+_FRESH_MOUNTS = (Path("/tmp"), Path("/run"), Path("/dev/shm"))
+
+
+def hidden_paths() -> list[Path]:
+    """This checkout and the running interpreter's prefix, where the container's fresh
+    /tmp or /run would hide them (a CI clone under /tmp): units in the container run
+    the project's own binaries, so they are bound in read-only at the same paths."""
+    wanted = {Path(__file__).resolve().parent.parent, Path(sys.prefix).resolve()}
+    hidden = sorted(p for p in wanted if any(p.is_relative_to(m) for m in _FRESH_MOUNTS))
+    return [p for p in hidden if not any(p != q and p.is_relative_to(q) for q in hidden)]
 
 
 class LabBootError(RuntimeError):
@@ -388,7 +409,9 @@ class LabSystemd:
         die_with_parent = ["setpriv", "--pdeathsig", "KILL", "--"]
         namespaces = ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--net"]
         namespaces += ["--cgroup", "--propagation", "private", "--kill-child=SIGKILL"]
+        binds = ":".join(str(p) for p in hidden_paths())
         init = ["bash", "-c", _INIT_SCRIPT, "labsd-init", str(scratch), str(seed), str(self.lower)]
+        init.append(binds)
         argv = [*join_cgroup, *die_with_parent, *namespaces, *init]
         with self.boot_log.open("wb") as log:
             # A new session keeps the terminal's Ctrl-C away from the container: stop() ends it.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from macha_obs.config import split_host_port
-from tests.labsd import LabSystemd, wait_until
+from tests.labsd import LabSystemd, hidden_paths, wait_until
 from tests.real import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,12 +261,14 @@ class ModuleLab:
         # ProtectHome= hides; on NixOS it is in /nix/store. ProtectHome=tmpfs hides the
         # same and lets a bind mount show just the interpreter. PATH: the stub packages'
         # paths mean nothing here.
+        # A checkout under /tmp (a CI clone) is hidden the same way by PrivateTmp=.
         binds = {str(p) for p in (Path(sys.base_prefix), Path(sys.prefix))}
         binds = {b for b in binds if _hidden_by_protect_home(Path(b))}
         test_only = "[Service]\nEnvironment=PATH=/usr/bin:/bin\n"
         if binds:
             test_only += "ProtectHome=tmpfs\n"
-            test_only += "".join(f"BindReadOnlyPaths={b}\n" for b in sorted(binds))
+        binds |= {str(p) for p in hidden_paths()}
+        test_only += "".join(f"BindReadOnlyPaths={b}\n" for b in sorted(binds))
         services = result["config"]["systemd"]["services"]
         for name in (SERVICE, f"{PRIVILEGED}@"):
             lab.write_unit(f"{name}.service", render_unit(services[name]), reload=False)

@@ -152,7 +152,12 @@ def test_sidecar_dashboard_and_alerts_on_the_real_daemon(
     # a human's way out clears them: fix the cause (which also cancels the approvals of
     # the incidents it resolves), reject what is still queued, close the breaker (which
     # nothing but `autonomy reset` does)
-    lab.run("systemctl", "reset-failed", broken)
+    # the human fixes the unit itself, so a retry the loop may still have in hand succeeds
+    # (a failed one would reopen this breaker, whose threshold here is one failure)
+    lab.write_unit(
+        f"{broken}.d/fixed.conf", "[Service]\nExecStart=\nExecStart=/bin/sleep infinity\n"
+    )
+    lab.run("systemctl", "restart", broken)
     for approval in daemon.approvals():
         if approval.status is ApprovalStatus.PENDING:
             daemon.approve("reject", str(approval.id))  # may have been cancelled meanwhile
