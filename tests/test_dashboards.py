@@ -17,6 +17,7 @@ from macha_obs.config import AutonomyLevel
 from macha_obs.receiver import ReceiverStats
 from macha_obs.selfmetrics import LoopStats, PersistentState, SelfCollector
 from tests.eyes_support import PROJECT
+from tests.stack import Prometheus, poll
 
 GRAFANA = PROJECT / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -162,3 +163,17 @@ def test_every_expression_parses(promtool: str, tmp_path: Path) -> None:
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def assert_every_query_returns_data(prometheus: Prometheus, dashboard: Any, host: str) -> None:
+    """Every panel's query, and the host variable, return data for `host` from a live
+    Prometheus (bounded wait: the first scrapes and evaluations take a few seconds)."""
+    exprs = [(t, concrete(e, host)) for t, e in panel_exprs(dashboard)]
+    exprs.append(("$instance", f'{instance_metric(dashboard)}{{instance="{host}"}}'))
+    empty: list[str] = []
+
+    def all_return_data() -> bool:
+        empty[:] = [f"{title}: {expr}" for title, expr in exprs if not prometheus.query(expr)]
+        return not empty
+
+    assert poll(all_return_data, timeout=60, interval=0.5), "no data for:\n" + "\n".join(empty)

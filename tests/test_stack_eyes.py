@@ -28,9 +28,13 @@ from macha_obs.exporter import build_registry
 from macha_obs.server import make_app, shutdown, start_server
 from tests.eyes_support import PROJECT, make_nixos_tree
 from tests.labsd import LabSystemd, wait_until
-from tests.stack import Alertmanager, Prometheus, poll
+from tests.stack import Alertmanager, Prometheus
 from tests.systemd_fixtures import UnitFactory
-from tests.test_dashboards import HOST_DASHBOARD, concrete, instance_metric, load, panel_exprs
+from tests.test_dashboards import (
+    HOST_DASHBOARD,
+    assert_every_query_returns_data,
+    load,
+)
 
 pytestmark = [pytest.mark.stack, pytest.mark.systemd]
 
@@ -170,16 +174,7 @@ def test_sidecar_in_a_real_stack(
     # every panel's query of the host dashboard returns data from this Prometheus (the
     # failed-units table included: one unit has failed by now), and so does its host
     # variable. The sidecar dashboard needs the whole daemon: test_stack_sidecar.py.
-    dashboard = load(HOST_DASHBOARD)
-    exprs = [(t, concrete(e, HOST)) for t, e in panel_exprs(dashboard)]
-    exprs.append(("$instance", f'{instance_metric(dashboard)}{{instance="{HOST}"}}'))
-    empty: list[str] = []
-
-    def all_return_data() -> bool:
-        empty[:] = [f"{title}: {expr}" for title, expr in exprs if not prometheus.query(expr)]
-        return not empty
-
-    assert poll(all_return_data, timeout=60, interval=0.5), "no data for:\n" + "\n".join(empty)
+    assert_every_query_returns_data(prometheus, load(HOST_DASHBOARD), HOST)
 
     def delivered() -> list[dict[str, Any]]:
         return [

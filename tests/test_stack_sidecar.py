@@ -27,7 +27,11 @@ from tests.daemon_support import HOST, MACHA_OBS, Daemon
 from tests.labsd import LabSystemd
 from tests.stack import Alertmanager, Prometheus, poll
 from tests.systemd_fixtures import UnitFactory
-from tests.test_dashboards import SIDECAR_DASHBOARD, concrete, instance_metric, load, panel_exprs
+from tests.test_dashboards import (
+    SIDECAR_DASHBOARD,
+    assert_every_query_returns_data,
+    load,
+)
 from tests.test_stack_eyes import alertmanager_config, fast_rules, prometheus_config
 
 pytestmark = [pytest.mark.stack, pytest.mark.systemd]
@@ -125,16 +129,7 @@ def test_sidecar_dashboard_and_alerts_on_the_real_daemon(
     assert daemon.metric("macha_autonomy_level", level="suggest") == 1  # capped by the breaker
 
     # every panel's query, and the host variable, return data for this host
-    dashboard = load(SIDECAR_DASHBOARD)
-    exprs = [(t, concrete(e, HOST)) for t, e in panel_exprs(dashboard)]
-    exprs.append(("$instance", f'{instance_metric(dashboard)}{{instance="{HOST}"}}'))
-    empty: list[str] = []
-
-    def all_return_data() -> bool:
-        empty[:] = [f"{title}: {expr}" for title, expr in exprs if not prometheus.query(expr)]
-        return not empty
-
-    assert poll(all_return_data, timeout=60, interval=0.5), "no data for:\n" + "\n".join(empty)
+    assert_every_query_returns_data(prometheus, load(SIDECAR_DASHBOARD), HOST)
 
     # the alerts for humans fire, name the host, and reach Alertmanager's routes
     for name in HUMAN_ALERTS:
