@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from macha_obs.agent.runbooks import classify_alert
 from macha_obs.config import Config
 from macha_obs.execute.dbus_events import UnitEvent
 from macha_obs.incidents import OPEN, IncidentStore, sync_findings
@@ -83,6 +84,16 @@ class CycleReport:
 
 def systemd_busy(state: UnitState) -> bool:
     return state.active_state in SYSTEMD_BUSY_STATES or state.sub_state in SYSTEMD_BUSY_SUBSTATES
+
+
+def already_recovered(incident: Incident, state: UnitState) -> bool:
+    """The only thing the incident says about this unit is that it failed, and it is
+    active now. Other reasons (an error burst, a flap, an unclassified alert) keep it."""
+    if state.active_state != "active":
+        return False
+    reasons: list[FindingKind | None] = [f.kind for f in incident.findings if f.unit == state.name]
+    reasons += [classify_alert(a) for a in incident.alerts if a.firing and a.unit == state.name]
+    return bool(reasons) and all(r is FindingKind.UNIT_FAILED for r in reasons)
 
 
 def unit_failed_finding(event: UnitEvent) -> Finding:
@@ -235,13 +246,22 @@ class Orchestrator:
         self.stats.count_decision(decision)
         for proposal in decision.proposals:
             unit_state = statuses.get(getattr(proposal.action, "unit", ""))
-            if (
-                isinstance(proposal.action, UNIT_ACTIONS)
-                and unit_state
-                and systemd_busy(unit_state)
-            ):
-                report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
-                continue
+            if isinstance(proposal.action, UNIT_ACTIONS) and unit_state is not None:
+                if systemd_busy(unit_state):
+                    report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
+                    continue
+                if already_recovered(incident, unit_state):
+                    # e.g. an alert about a failure the event path (or a human) has fixed
+                    # since: restarting a healthy service would only cause an outage
+                    self.store.audit_decision(
+                        {
+                            "event": "skipped",
+                            "incident_id": incident.id,
+                            "label": describe_action(proposal.action),
+                            "reason": f"{unit_state.name} is active again; nothing to fix",
+                        }
+                    )
+                    continue
             handled = self.remediator.handle(incident.id, proposal)
             report.handled.append((incident.id, proposal, handled))
             self.stats.count_handled(proposal.action, handled.verdict, handled.result)
