@@ -29,9 +29,6 @@ from macha_obs.models import ExecutionResult, ResetFailed, RestartUnit, StartUni
 UnitAction = RestartUnit | StartUnit | ResetFailed
 T = TypeVar("T")
 
-# States in which systemd itself is still working on the unit (Restart=, a queued job).
-SYSTEMD_BUSY_SUBSTATES = {"auto-restart", "start-pre", "start", "start-post", "reload", "stop"}
-
 
 class SystemdExecutor:
     """Carries out unit actions. Seams: the bus, the protected-unit check, sleep, clock."""
