@@ -1,0 +1,10 @@
+"""Command line: the entry points, and the only place that wires the rooms together."""
+
+from macha_obs.cli import serve as _serve  # noqa: F401  (registers serve and check on main)
+from macha_obs.cli.approve import approve_main
+from macha_obs.cli.logs import logs_main
+from macha_obs.cli.main import main
+from macha_obs.cli.serve import check_main
+from macha_obs.cli.wiring import build_executor
+
+__all__ = ["approve_main", "build_executor", "check_main", "logs_main", "main"]

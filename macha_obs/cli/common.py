@@ -1,0 +1,77 @@
+"""What every entry point shares: config loading and options, the store, exit codes.
+
+Exit codes: 0 ok, 1 the request could not be done (e.g. approval not pending), 2 bad
+configuration or usage.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from macha_obs import config as config_mod
+from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
+from macha_obs.store import Store, StoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("macha_obs")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def open_store(cfg: Config) -> Store:
+    try:
+        return Store(cfg.state_dir)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def config_options(fn: F) -> F:
+    """--config and the settings people most often override, on every entry point."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="TOML config (default: /etc/macha-obs/config.toml when present).",
+        ),
+        click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False)),
+        click.option("--autonomy-level", type=click.Choice([a.value for a in AutonomyLevel])),
+        click.option("--listen-address", help="HOST:PORT for /metrics, /alerts, /healthz."),
+        click.option("--check-interval", type=float, help="Seconds between cycles."),
+        click.option("--model", help="LLM model name."),
+        click.option("--ollama-url"),
+        click.option("--analysis", type=click.Choice([a.value for a in AnalysisMode])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load_config(config_path: Path | None = None, **flags: Any) -> Config:
+    try:
+        return config_mod.load(config_path, overrides=flags)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def ctx_config(ctx: click.Context) -> Config:
+    if "config" not in ctx.obj:
+        ctx.obj["config"] = load_config(ctx.obj["config_path"], **ctx.obj["flags"])
+    cfg: Config = ctx.obj["config"]
+    return cfg

@@ -1,0 +1,279 @@
+"""`macha-obs`: the group, config, autonomy, status, analyze and the privileged helper."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from macha_obs import __version__
+from macha_obs import config as config_mod
+from macha_obs.agent.llm import LlmMetrics
+from macha_obs.agent.report import (
+    PayloadError,
+    analyze_payload,
+    parse_journal_option,
+    render_json,
+    render_text,
+)
+from macha_obs.cli.approve import approval_dict
+from macha_obs.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    config_options,
+    ctx_config,
+    open_store,
+    who,
+)
+from macha_obs.cli.wiring import (
+    build_analyzer,
+    build_executor,
+    remediator,
+)
+from macha_obs.config import AnalysisMode
+from macha_obs.daemon import AlreadyRunning, StateLock
+from macha_obs.execute.dbus_worker import IsolatedBus
+from macha_obs.execute.diagnostics import Diagnostics
+from macha_obs.execute.errors import RunnerError
+from macha_obs.execute.journal import vacuum_argv
+from macha_obs.execute.nix import nix_argv
+from macha_obs.execute.privileged import parse_instance
+from macha_obs.execute.runner import subprocess_runner
+from macha_obs.models import (
+    ApprovalStatus,
+    JournalTail,
+    JournalVacuum,
+    UnitStatus,
+    describe_action,
+)
+from macha_obs.orchestrator import LAST_CYCLE_KEY
+from macha_obs.policy import PolicyContext, effective_autonomy, judge
+from macha_obs.remediate import Remediator, context_of
+from macha_obs.store import Store
+
+# ---------------------------------------------------------------- macha-obs
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="macha-obs")
+@config_options
+@click.pass_context
+def main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
+    """macha-obs: watch the host, explain what is wrong, fix only what policy allows."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    ctx.obj["flags"] = flags
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show or check the effective configuration."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML-like text.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the effective configuration (file < MACHA_* env < flags)."""
+    data = config_mod.to_toml_dict(ctx_config(ctx))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        click.echo(f"{key} = {json.dumps(value)}")
+
+
+@config_group.command("validate")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_context
+def config_validate(ctx: click.Context, file: Path | None) -> None:
+    """Check a config file (or the effective config); exit 2 naming the bad field."""
+    if file is not None:
+        ctx.obj["config_path"] = file
+    cfg = ctx_config(ctx)
+    click.echo(f"ok: autonomy {cfg.autonomy_level}, state dir {cfg.state_dir}")
+
+
+@main.group("autonomy")
+def autonomy_group() -> None:
+    """The effective autonomy level and the circuit breaker."""
+
+
+@autonomy_group.command("show")
+@click.pass_context
+def autonomy_show(ctx: click.Context) -> None:
+    cfg = ctx_config(ctx)
+    with open_store(cfg) as store:
+        rem = remediator(cfg, store)
+        breaker = rem.breaker()
+        effective = rem.context()
+    click.echo(f"configured: {cfg.autonomy_level}")
+    click.echo(f"effective:  {effective_autonomy(cfg, effective.breaker)}")
+    state = "OPEN" if breaker.open else "closed"
+    click.echo(
+        f"breaker:    {state} ({breaker.failures} recent failed verifications) {breaker.reason}"
+    )
+
+
+@autonomy_group.command("reset")
+@click.pass_context
+def autonomy_reset(ctx: click.Context) -> None:
+    """Close the circuit breaker after a human has looked at the failures."""
+    cfg = ctx_config(ctx)
+    with open_store(cfg) as store:
+        store.reset_breaker(who())
+    click.echo(f"breaker reset; autonomy back to {cfg.autonomy_level}")
+
+
+@main.command("privileged", hidden=True)
+@click.argument("instance")
+@click.pass_context
+def privileged(ctx: click.Context, instance: str) -> None:
+    """Root side of the privileged oneshot unit: INSTANCE is a typed action, not a command."""
+    cfg = ctx_config(ctx)
+    try:
+        action = parse_instance(instance)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if isinstance(action, JournalVacuum):
+        argv = vacuum_argv(action, journal_dir=cfg.journal_dir)
+    else:
+        argv = nix_argv(action, flake=cfg.nixos_flake)
+    click.echo(f"running: {' '.join(argv)}")
+    try:
+        done = subprocess_runner(argv, timeout=3600)
+    except RunnerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(done.output)
+    sys.exit(0 if done.returncode == 0 else EXIT_FAILED)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Autonomy, breaker, approval queue and the last cycle."""
+    cfg = ctx_config(ctx)
+    with open_store(cfg) as store:
+        store.expire_approvals()
+        executor = build_executor(cfg)
+        breaker = Remediator(cfg, store, executor).breaker()
+        pending = store.list_approvals({ApprovalStatus.PENDING})
+        last = json.loads(store.get_meta(LAST_CYCLE_KEY) or "null")
+        executor.close()
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+        running = False
+        lock.release()
+    except AlreadyRunning:
+        running = True
+    data = {
+        "daemon_running": running,
+        "autonomy": {
+            "configured": cfg.autonomy_level.value,
+            "effective": effective_autonomy(cfg, breaker).value,
+        },
+        "breaker": {"open": breaker.open, "failures": breaker.failures, "reason": breaker.reason},
+        "approvals_pending": [approval_dict(a) for a in pending],
+        "last_cycle": last,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"daemon:    {'running' if running else 'not running'} ({cfg.state_dir})")
+    click.echo(
+        f"autonomy:  {data['autonomy']['effective']} (configured {cfg.autonomy_level.value})"
+    )
+    click.echo(
+        f"breaker:   {'OPEN: ' + breaker.reason if breaker.open else 'closed'} "
+        f"({breaker.failures} recent failed verifications)"
+    )
+    click.echo(f"queue:     {len(pending)} pending")
+    for a in pending:
+        click.echo(f"  {a.id}: {describe_action(a.action)} ({a.risk.value}) {a.incident_id}")
+    if last:
+        when = datetime.fromtimestamp(last["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"last cycle: {when} UTC ({last['trigger']}, {last['duration_seconds']}s), "
+            f"{len(last['handled'])} action(s)"
+        )
+    else:
+        click.echo("last cycle: none yet")
+
+
+@main.command("analyze")
+@click.argument("file", type=click.File("r"))
+@click.option(
+    "--journal",
+    "journals",
+    multiple=True,
+    metavar="UNIT=PATH",
+    help="Use PATH's lines as UNIT's journal instead of reading the host's (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON for tools.")
+@click.option(
+    "--analysis",
+    "analysis_mode",
+    type=click.Choice([a.value for a in AnalysisMode]),
+    help="Override the analysis mode for this run.",
+)
+@click.pass_context
+def analyze(
+    ctx: click.Context,
+    file: IO[str],
+    journals: tuple[str, ...],
+    as_json: bool,
+    analysis_mode: str | None,
+) -> None:
+    """What would you do about this alert? Analyse a webhook payload (FILE or -) and show
+    the policy's verdict on each proposal. Executes nothing; reads the host only through
+    read-only diagnostics."""
+    cfg = ctx_config(ctx)
+    supplied: dict[str, list[str]] = {}
+    for item in journals:
+        try:
+            unit, path = parse_journal_option(item)
+            supplied[unit] = path.read_text(errors="replace").splitlines()
+        except (ValueError, OSError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--journal") from exc
+    bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
+    diagnostics = Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir)
+
+    def journal_source(unit: str) -> list[str]:
+        done = diagnostics.run(JournalTail(unit=unit, lines=100))
+        return done.output.splitlines() if done.ok else []
+
+    def status_source(unit: str) -> str:
+        done = diagnostics.run(UnitStatus(unit=unit))
+        return done.output if done.ok else f"unavailable ({done.detail})"
+
+    # The ledger's rate limits and breaker when a state dir exists; never create one here.
+    policy = PolicyContext(config=cfg, now=datetime.now(UTC))
+    if (cfg.state_dir / "state.db").exists():
+        with Store(cfg.state_dir) as store:
+            policy = context_of(cfg, store, datetime.now(UTC))
+    if analysis_mode:
+        cfg = cfg.model_copy(update={"analysis": AnalysisMode(analysis_mode)})
+    analyzer = build_analyzer(cfg, diagnostics, LlmMetrics())
+    try:
+        report = analyze_payload(
+            file.read(),
+            analyzer=analyzer,
+            judge=lambda action: judge(action, policy),
+            journals=supplied,
+            journal_source=journal_source,
+            status_source=status_source,
+        )
+    except PayloadError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        bus.close()
+    click.echo(render_json(report) if as_json else render_text(report))

@@ -1,0 +1,179 @@
+"""`macha-obs serve` and `macha-check`: the daemon, and one cycle by hand."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from macha_obs import __version__
+from macha_obs.brainmetrics import BrainCollector
+from macha_obs.cli.common import (
+    ctx_config,
+    log,
+    open_store,
+)
+from macha_obs.cli.main import main
+from macha_obs.cli.wiring import (
+    Sidecar,
+    assemble,
+    persistent_state,
+)
+from macha_obs.config import AutonomyLevel
+from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
+from macha_obs.execute.dbus_events import UnitWatcher
+from macha_obs.exporter import build_registry
+from macha_obs.models import (
+    describe_action,
+)
+from macha_obs.orchestrator import CycleReport
+from macha_obs.receiver import ReceiverApp
+from macha_obs.selfmetrics import SelfCollector
+from macha_obs.server import make_app, shutdown, start_server
+
+
+@main.command("serve")
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the sidecar: collect, serve /metrics /alerts /healthz /readyz, and heal."""
+    cfg = ctx_config(ctx)
+    store = open_store(cfg)
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from exc
+    setup_logging(store.orchestrator_log, journald=bool(os.environ.get("JOURNAL_STREAM")))
+    for record in store.recover_interrupted():
+        log.warning(
+            "action %d (%s) was interrupted by a crash; recorded, not re-run",
+            record.id,
+            describe_action(record.action),
+        )
+    side = assemble(cfg, store)
+    try:
+        receiver = ReceiverApp.from_config(
+            cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
+        )
+    except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
+        raise click.ClickException(f"webhook: {exc}") from exc
+    registry = build_registry(
+        side.loop.latest,
+        extra=[
+            SelfCollector(side.stats, lambda: persistent_state(cfg, store, side.remediator)),
+            BrainCollector(receiver.stats, side.llm_metrics),
+        ],
+    )
+    app = make_app(registry, alerts_app=receiver, ready=side.loop.ready)
+    try:
+        server, server_thread = start_server(cfg.listen_host, cfg.listen_port, app)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {cfg.listen_address}: {exc}") from exc
+    watcher = (
+        UnitWatcher(
+            cfg.systemd_bus_address, side.orchestrator.note_unit_event, debounce=cfg.event_debounce
+        )
+        if cfg.dbus_events
+        else None
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    side.orchestrator.start()
+    side.loop.start()
+    if watcher is not None:
+        watcher.start()
+    notifier = Notifier(os.environ)
+    notifier.watchdog(side.orchestrator.healthy, stop)
+    notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
+    log.info(
+        "macha-obs %s serving on %s:%d, autonomy %s, state %s",
+        __version__,
+        cfg.listen_host,
+        server.server_port,
+        cfg.autonomy_level,
+        cfg.state_dir,
+    )
+    stop.wait()
+    # SIGTERM: stop taking work, let the step in flight finish (bounded), record the rest.
+    notifier.stopping()
+    log.info("stopping")
+    if watcher is not None:
+        watcher.stop(timeout=1.0)
+    side.loop.stop(timeout=1.0)
+    if not side.orchestrator.stop(timeout=7.0):
+        side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")
+    shutdown(server, server_thread, timeout=1.0)
+    side.close()
+    store.close()
+    lock.release()
+
+
+def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
+    snap = side.loop.latest()
+    findings = snap.findings if snap else []
+    click.echo(f"findings: {len(findings)}")
+    for f in findings:
+        click.echo(f"  [{f.severity.value}] {f.kind.value}: {f.summary}")
+    if snap is not None:
+        failed = [name for name, run in snap.collectors.items() if not run.success]
+        if failed:
+            click.echo(f"collectors that failed: {', '.join(sorted(failed))}")
+    if not report.analysed:
+        click.echo("decisions: none (no incident needed analysis)")
+    for incident, decision in report.analysed:
+        click.echo(
+            f"incident {incident.id}: {decision.assessment.value} by "
+            f"{decision.backend or decision.source.value}: {decision.summary}"
+        )
+        if decision.error:
+            click.echo(f"  analysis error: {decision.error}")
+    for incident_id, proposal, handled in report.handled:
+        click.echo(f"  {describe_action(proposal.action)} ({incident_id})")
+        click.echo(f"    policy: {handled.verdict.outcome.value}: {handled.verdict.reason}")
+        if handled.result is not None:
+            click.echo(f"    result: {handled.summary}")
+        elif handled.approval is not None:
+            click.echo(
+                f"    queued as approval {handled.approval.id} (macha-approve show "
+                f"{handled.approval.id})"
+            )
+    for item in report.deferred:
+        click.echo(f"  left to systemd: {item}")
+    for approval_id in report.escalated:
+        click.echo(f"  escalated to a human: approval {approval_id}")
+    if not acted:
+        click.echo("(the daemon is running: this check only recorded what it would do)")
+
+
+@main.command("check")
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Run one full cycle now and print what was found, decided and done."""
+    cfg = ctx_config(ctx)
+    store = open_store(cfg)
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+        acted = True
+    except AlreadyRunning:
+        # the daemon owns the host: look, decide, record, but never act beside it
+        cfg = cfg.model_copy(update={"autonomy_level": AutonomyLevel.OBSERVE})
+        acted = False
+    side = assemble(cfg, store)
+    try:
+        side.loop.run_once()
+        report = side.orchestrator.run_cycle("check")
+        _print_cycle(side, report, acted)
+    finally:
+        side.close()
+        store.close()
+        lock.release()
+
+
+def check_main() -> None:
+    """`macha-check`: `macha-obs check` with the same options."""
+    main(args=[*sys.argv[1:], "check"])

@@ -1,0 +1,129 @@
+"""The one place that wires the rooms together (DESIGN.md: only the CLI does)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from macha_obs.agent.analyze import Analyzer
+from macha_obs.agent.llm import LlmMetrics, client_from_config
+from macha_obs.collect import CollectionLoop, build_collectors
+from macha_obs.config import AnalysisMode, Config
+from macha_obs.execute.dbus_worker import IsolatedBus
+from macha_obs.execute.diagnostics import Diagnostics
+from macha_obs.execute.dispatch import HostExecutor
+from macha_obs.execute.journal import JournalExecutor
+from macha_obs.execute.nix import NixExecutor
+from macha_obs.execute.privileged import PrivilegedExecutor
+from macha_obs.execute.runner import subprocess_runner
+from macha_obs.execute.systemd import SystemdExecutor
+from macha_obs.incidents import IncidentStore
+from macha_obs.orchestrator import Orchestrator
+from macha_obs.policy import effective_autonomy
+from macha_obs.remediate import Remediator
+from macha_obs.selfmetrics import LoopStats, PersistentState
+from macha_obs.store import Store
+
+
+def build_executor(cfg: Config) -> HostExecutor:
+    bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
+    return HostExecutor(
+        SystemdExecutor(
+            bus,
+            is_protected=cfg.is_protected,
+            verify_timeout=cfg.verify_timeout,
+            settle=cfg.verify_settle,
+        ),
+        NixExecutor(subprocess_runner, flake=cfg.nixos_flake),
+        JournalExecutor(subprocess_runner, journal_dir=cfg.journal_dir),
+        Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir),
+        privileged=PrivilegedExecutor(bus, cfg.privileged_unit) if cfg.privileged_unit else None,
+    )
+
+
+def remediator(cfg: Config, store: Store) -> Remediator:
+    return Remediator(cfg, store, build_executor(cfg))
+
+
+@dataclass
+class Sidecar:
+    """Every room, wired. Built by `assemble` for `serve` and `macha-check`."""
+
+    cfg: Config
+    store: Store
+    executor: HostExecutor
+    incidents: IncidentStore
+    analyzer: Analyzer
+    remediator: Remediator
+    loop: CollectionLoop
+    orchestrator: Orchestrator
+    stats: LoopStats
+    llm_metrics: LlmMetrics
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def build_analyzer(
+    cfg: Config,
+    diagnostics: Diagnostics | None,
+    metrics: LlmMetrics,
+    audit: Callable[[Mapping[str, Any]], None] | None = None,
+) -> Analyzer:
+    use_llm = cfg.llm_enabled and cfg.analysis is not AnalysisMode.RUNBOOKS_ONLY
+    client = (
+        client_from_config(cfg, metrics=metrics, openai_response_format=cfg.openai_response_format)
+        if use_llm
+        else None
+    )
+    return Analyzer(
+        mode=cfg.analysis,
+        client=client,
+        hostname=cfg.hostname,
+        diagnostics=diagnostics,
+        max_steps=cfg.llm_max_steps,
+        audit=audit,
+    )
+
+
+def assemble(cfg: Config, store: Store) -> Sidecar:
+    executor = build_executor(cfg)
+    llm_metrics = LlmMetrics()
+    incidents = IncidentStore(store)
+    analyzer = build_analyzer(cfg, executor.diagnostics, llm_metrics, store.audit_decision)
+    remediator = Remediator(cfg, store, executor)
+    stats = LoopStats()
+    loop = CollectionLoop(
+        build_collectors(cfg, store),
+        hostname=cfg.hostname,
+        interval=cfg.collect_interval,
+        state_dir=cfg.state_dir,
+        retention=cfg.snapshot_retention,
+    )
+    orchestrator = Orchestrator(
+        cfg, store, incidents, analyzer, remediator, snapshot=loop.latest, stats=stats
+    )
+    loop.listeners.append(orchestrator.note_snapshot)
+    return Sidecar(
+        cfg,
+        store,
+        executor,
+        incidents,
+        analyzer,
+        remediator,
+        loop,
+        orchestrator,
+        stats,
+        llm_metrics,
+    )
+
+
+def persistent_state(cfg: Config, store: Store, remediator: Remediator) -> PersistentState:
+    breaker = remediator.breaker()
+    return PersistentState(
+        approvals_pending=store.pending_count(),
+        breaker_open=breaker.open,
+        configured=cfg.autonomy_level,
+        effective=effective_autonomy(cfg, breaker),
+    )
