@@ -15,6 +15,7 @@ from macha_obs.exporter import build_registry
 from macha_obs.server import make_app, shutdown, start_server
 from tests.eyes_support import fixture_snapshot
 from tests.labsd import wait_until
+from tests.real import unavailable
 
 
 def request(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -78,7 +79,7 @@ def test_no_webhook_injected_is_404() -> None:
 
 def test_ipv6_loopback() -> None:
     if not psutil.net_if_addrs() or not Path("/proc/net/if_inet6").exists():
-        pytest.skip("no IPv6 on this host")
+        unavailable("no IPv6 on this host")
     server, thread = start_server("::1", 0, make_app(build_registry(lambda: None)))
     try:
         conn = http.client.HTTPConnection("::1", server.server_port, timeout=30)

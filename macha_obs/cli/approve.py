@@ -13,6 +13,7 @@ from macha_obs.cli.common import (
     EXIT_FAILED,
     config_options,
     ctx_config,
+    keep_options,
     open_store,
     who,
 )
@@ -59,9 +60,7 @@ def _print_table(items: list[Approval]) -> None:
 @click.pass_context
 def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
     """Review and decide the actions waiting for a human."""
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
-    ctx.obj["flags"] = flags
+    keep_options(ctx, config_path, flags)
 
 
 @approve_main.command("list")

@@ -70,6 +70,13 @@ def who() -> str:
         return "unknown"
 
 
+def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, Any]) -> None:
+    """A group's --config and flags, for ctx_config() to load once, when first needed."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    ctx.obj["flags"] = flags
+
+
 def ctx_config(ctx: click.Context) -> Config:
     if "config" not in ctx.obj:
         ctx.obj["config"] = load_config(ctx.obj["config_path"], **ctx.obj["flags"])

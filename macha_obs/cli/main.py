@@ -26,6 +26,7 @@ from macha_obs.cli.common import (
     EXIT_USAGE,
     config_options,
     ctx_config,
+    keep_options,
     open_store,
     who,
 )
@@ -64,9 +65,7 @@ from macha_obs.store import Store
 @click.pass_context
 def main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
     """macha-obs: watch the host, explain what is wrong, fix only what policy allows."""
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
-    ctx.obj["flags"] = flags
+    keep_options(ctx, config_path, flags)
 
 
 @main.group("config")
