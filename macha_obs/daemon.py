@@ -112,13 +112,17 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from pystemd.journal import log as journal_log
+            from pystemd.journal import sendv
 
-            journal_log(
-                _PRIORITY.get(record.levelno, 6),
-                self.format(record),
+            # sendv, not pystemd's log(): log() fills CODE_* from its own caller (this
+            # handler); the record knows where the message really came from.
+            sendv(
+                MESSAGE=self.format(record),
+                PRIORITY=str(_PRIORITY.get(record.levelno, 6)),
                 LOGGER=record.name,
                 SYSLOG_IDENTIFIER="macha-obs",
+                CODE_FILE=record.pathname,
+                CODE_LINE=str(record.lineno),
                 CODE_FUNC=record.funcName,
             )
         except Exception:

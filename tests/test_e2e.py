@@ -9,6 +9,7 @@ alone; and daemon hygiene (lock, SIGTERM, sd_notify under a real systemd).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -225,6 +226,16 @@ def test_under_systemd_notify_and_watchdog(
     linger(6)
     assert lab.unit_state(unit) == ("active", "running")
     assert lab.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip() == pid
+    # its log went to journald as structured records (priority, logger, code location)
+    records = [json.loads(line) for line in lab.journal(unit, output="json").splitlines()]
+    serving = [r for r in records if "serving on" in str(r.get("MESSAGE", ""))]
+    assert serving, lab.journal(unit)
+    assert serving[0]["LOGGER"] == "macha_obs"
+    assert serving[0]["PRIORITY"] == "6"
+    # libsystemd adds its own CODE_* of the C call site beside ours: a field may repeat
+    func = serving[0]["CODE_FUNC"]
+    assert "serve" in (func if isinstance(func, list) else [func])
+    assert "Logging error" not in lab.journal(unit)
     lab.run("systemctl", "stop", unit)
     assert lab.unit_state(unit)[0] in ("inactive", "failed")
     result = lab.run("systemctl", "show", "-p", "Result", "--value", unit).stdout.strip()
