@@ -101,6 +101,12 @@ def test_alertmanager_configs(amtool: str, config: str) -> None:
     run(amtool, "check-config", str(EXPORTERS / config))
 
 
+def assert_routed(amtool: str, config: str, receiver: str, *labels: str) -> None:
+    """amtool's route test: an alert with `labels` reaches exactly `receiver`."""
+    path = f"--config.file={EXPORTERS / config}"
+    run(amtool, "config", "routes", "test", path, f"--verify.receivers={receiver}", *labels)
+
+
 @pytest.mark.parametrize(
     ("host", "receiver"),
     [
@@ -115,38 +121,18 @@ def test_fleet_routes_each_host_to_its_own_sidecar(
     amtool: str, host: str, receiver: str, audience: str
 ) -> None:
     """A host's alerts go to its sidecar; the sidecars' own health goes to people."""
-    config = f"--config.file={EXPORTERS / 'alertmanager-fleet.yml'}"
+    labels = [f"instance={host}", "alertname=MachaUnitFailed", "unit=nginx.service"]
     if audience:
         receiver = "oncall"
-    run(
-        amtool,
-        "config",
-        "routes",
-        "test",
-        config,
-        f"--verify.receivers={receiver}",
-        f"instance={host}",
-        "alertname=MachaUnitFailed",
-        "unit=nginx.service",
-        *([f"audience={audience}"] if audience else []),
-    )
+        labels.append(f"audience={audience}")
+    assert_routed(amtool, "alertmanager-fleet.yml", receiver, *labels)
 
 
 @pytest.mark.parametrize(("labels", "receiver"), [([], "macha"), (["audience=human"], "oncall")])
 def test_single_host_routes_people_alerts_to_people(
     amtool: str, labels: list[str], receiver: str
 ) -> None:
-    config = f"--config.file={EXPORTERS / 'alertmanager.yml'}"
-    run(
-        amtool,
-        "config",
-        "routes",
-        "test",
-        config,
-        f"--verify.receivers={receiver}",
-        "instance=web1",
-        *labels,
-    )
+    assert_routed(amtool, "alertmanager.yml", receiver, "instance=web1", *labels)
 
 
 def test_the_sidecars_own_alerts_are_for_people() -> None:
