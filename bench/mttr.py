@@ -222,7 +222,7 @@ def alert_path(lab: LabSystemd, work: Path, trials: int) -> tuple[Series, Series
     try:
         for daemon in (hands, eyes):
             started.append(daemon.start())
-        alertmanager = Alertmanager(work / "am", alertmanager_config(hands.port))
+        alertmanager = Alertmanager(work / "am", alertmanager_config(hands.port, hands.token_file))
         started.append(alertmanager)
         alertmanager.start()
         rules = work / "rules"

@@ -16,6 +16,7 @@ import argparse
 import io
 import itertools
 import json
+import secrets
 import statistics
 import tempfile
 import threading
@@ -34,6 +35,10 @@ from macha_obs.incidents import IncidentStore, analyze_pending
 from macha_obs.receiver import ReceiverApp
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.store import Store
+
+# The webhook is authenticated by default (DESIGN.md invariant 13): every path sends it.
+TOKEN = secrets.token_urlsafe(32)
+AUTH = f"Bearer {TOKEN}"
 
 _seq = itertools.count()
 _seq_lock = threading.Lock()
@@ -104,13 +109,14 @@ def drive(
 
 def call(app: ReceiverApp, body: bytes) -> None:
     environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(len(body)),
-               "wsgi.input": io.BytesIO(body)}  # fmt: skip
+               "HTTP_AUTHORIZATION": AUTH, "wsgi.input": io.BytesIO(body)}  # fmt: skip
     app(environ, lambda status, headers: None)
 
 
 def run_http(url: str, n_alerts: int, seconds: float, clients: int) -> dict[str, Any]:
     def make_sender() -> Callable[[bytes], None]:
         session = requests.Session()
+        session.headers["Authorization"] = AUTH
 
         def send(body: bytes) -> None:
             resp = session.post(url, data=body, timeout=30)
@@ -171,7 +177,7 @@ def main() -> None:
     for clients in sorted({1, args.clients}):
         for n in (1, 100):
             with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "state") as store:
-                app = ReceiverApp(IncidentStore(store), token=None, max_body_bytes=8 * 1_048_576)
+                app = ReceiverApp(IncidentStore(store), token=TOKEN, max_body_bytes=8 * 1_048_576)
                 registry = CollectorRegistry()
                 server, thread = start_server("127.0.0.1", 0, make_app(registry, alerts_app=app))
                 try:
@@ -181,11 +187,11 @@ def main() -> None:
                     shutdown(server, thread)
                 print(json.dumps(result), flush=True)
             with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "state") as store:
-                app = ReceiverApp(IncidentStore(store), token=None, max_body_bytes=8 * 1_048_576)
+                app = ReceiverApp(IncidentStore(store), token=TOKEN, max_body_bytes=8 * 1_048_576)
                 print(json.dumps(run_wsgi(app, n, args.seconds, clients)), flush=True)
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "state") as store:
         incidents = IncidentStore(store)
-        print(json.dumps(storm(ReceiverApp(incidents, token=None), incidents)), flush=True)
+        print(json.dumps(storm(ReceiverApp(incidents, token=TOKEN), incidents)), flush=True)
 
 
 if __name__ == "__main__":

@@ -515,7 +515,7 @@ class Alerting:
 
 def alerting(stack: contextlib.ExitStack, work: Path, daemon: Daemon) -> Alerting:
     """Alertmanager → the sidecar's /alerts, and Prometheus scraping the sidecar; ready."""
-    alertmanager = Alertmanager(work / "am", alertmanager_config(daemon.port))
+    alertmanager = Alertmanager(work / "am", alertmanager_config(daemon.port, daemon.token_file))
     stack.callback(alertmanager.stop)
     alertmanager.start()
     rules = work / "rules"
@@ -526,7 +526,10 @@ def alerting(stack: contextlib.ExitStack, work: Path, daemon: Daemon) -> Alertin
     stack.callback(prometheus.stop)
     prometheus.start()
     say(f"   Prometheus {prometheus.url} (1 s scrape, shipped rules with for: 0s)")
-    say(f"   Alertmanager {alertmanager.url} → POST {daemon.url}/alerts (group_wait 0s)")
+    say(
+        f"   Alertmanager {alertmanager.url} → POST {daemon.url}/alerts (group_wait 0s, "
+        f"bearer token from {daemon.token_file})"
+    )
     prometheus.wait_targets_up(1)
     prometheus.wait_alertmanagers()
     return Alerting(prometheus, alertmanager)

@@ -20,56 +20,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULT_CONFIG_PATH = Path("/etc/macha-obs/config.toml")
 ENV_PREFIX = "MACHA_"
 
-# DESIGN.md invariant 3. Globs are matched against the canonical unit name
-# (fnmatchcase), never as substrings: "ssh*" would not match "fussh.service".
-BUILTIN_PROTECTED_UNITS: tuple[str, ...] = (
-    # remote access
-    "ssh.service",
-    "ssh.socket",
-    "sshd.service",
-    "sshd.socket",
-    "sshd@*.service",
-    "ssh@*.service",
-    # networking
-    "systemd-networkd.service",
-    "systemd-networkd.socket",
-    "NetworkManager.service",
-    "NetworkManager-*.service",
-    "systemd-resolved.service",
-    "wpa_supplicant.service",
-    "wpa_supplicant@*.service",
-    "wpa_supplicant-*.service",
-    "dhcpcd.service",
-    "network-setup.service",
-    "network-addresses-*.service",
-    "network-local-commands.service",
-    "network*.target",
-    # the message bus
-    "dbus.service",
-    "dbus.socket",
-    "dbus-broker.service",
-    # logging and sessions
-    "systemd-journald.service",
-    "systemd-journald*.socket",
-    "systemd-journald@*.service",
-    "systemd-logind.service",
-    # systemd's own units
-    "systemd-*.service",
-    "systemd-*.socket",
-    "systemd-*.timer",
-    "systemd-*.path",
-    "init.scope",
-    "-.slice",
-    "-.mount",
-    "system.slice",
-    "user@*.service",
-    # nix
-    "nix-daemon.service",
-    "nix-daemon.socket",
-    # ourselves
-    "macha-autonomous.service",
-    "macha-obs.service",
-    "macha-autonomous-*.service",
+# DESIGN.md invariants 3 and 11: the built-in protected units, by class, with why. One
+# JSON file is the source for this module, the NixOS module's polkit rule and the README.
+# Globs are matched against the canonical unit name (fnmatchcase), never as substrings:
+# "ssh*" would not match "fussh.service".
+_PROTECTED_JSON = Path(__file__).with_name("protected_units.json")
+
+
+class ProtectedClass(BaseModel):
+    """A kind of unit the sidecar never acts on, and why."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    name: str = Field(alias="class")
+    why: str
+    units: tuple[str, ...]
+
+
+def _load_protected() -> tuple[ProtectedClass, ...]:
+    data = json.loads(_PROTECTED_JSON.read_text())
+    return tuple(ProtectedClass.model_validate(c) for c in data["classes"])
+
+
+PROTECTED_CLASSES: tuple[ProtectedClass, ...] = _load_protected()
+BUILTIN_PROTECTED_UNITS: tuple[str, ...] = tuple(
+    dict.fromkeys(p for c in PROTECTED_CLASSES for p in c.units)
+)
+USER_PROTECTED = ProtectedClass(
+    name="configured", why="named in protected_units by this host's operator", units=()
 )
 
 
@@ -118,6 +96,10 @@ class Config(BaseModel):
     state_dir: Path = Path("/var/lib/macha-autonomous")
     listen_address: str = "127.0.0.1:9847"
     webhook_token_file: Path | None = None
+    # DESIGN.md invariant 13: intake is authenticated by default. Without
+    # webhook_token_file the daemon keeps a generated token in `<state_dir>/webhook.token`
+    # (0600). `false` is an explicit opt-out, refused beyond loopback.
+    webhook_auth: bool = True
     webhook_max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     hostname: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
     # Alerts whose host label (first present of these) names another host are ignored.
@@ -131,6 +113,9 @@ class Config(BaseModel):
 
     # safety
     protected_units: tuple[str, ...] = BUILTIN_PROTECTED_UNITS
+    # systemd's start limit (result start-limit-hit) is the unit author's "stop trying":
+    # resetting it is queued for a human unless this is true.
+    auto_reset_start_limit: bool = False
     max_actions_per_target_per_hour: int = Field(3, ge=0, le=1000)
     max_actions_per_hour: int = Field(10, ge=0, le=10000)
     breaker_threshold: int = Field(3, ge=1, le=100, description="failed verifications to open")
@@ -195,7 +180,16 @@ class Config(BaseModel):
 
     def is_protected(self, unit: str) -> bool:
         """True when the canonical unit name matches a protected name or glob."""
-        return any(fnmatch.fnmatchcase(unit, pattern) for pattern in self.protected_units)
+        return self.protection(unit) is not None
+
+    def protection(self, unit: str) -> ProtectedClass | None:
+        """The protected class `unit` falls in (built-in first, then the operator's)."""
+        for cls in PROTECTED_CLASSES:
+            if any(fnmatch.fnmatchcase(unit, pattern) for pattern in cls.units):
+                return cls
+        if any(fnmatch.fnmatchcase(unit, pattern) for pattern in self.protected_units):
+            return USER_PROTECTED
+        return None
 
     @property
     def listen_host(self) -> str:

@@ -161,6 +161,10 @@ def setup_logging(log_file: Path, *, journald: bool, level: int = logging.INFO) 
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
+    # The log quotes alert and journal text: not for other users' eyes.
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640))
+    with contextlib.suppress(OSError):
+        os.chmod(log_file, 0o640)
     mirror = logging.FileHandler(log_file, encoding="utf-8")
     mirror.setFormatter(JsonLinesFormatter())
     root.addHandler(mirror)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from macha_obs.group_commit import GroupCommitter
-from macha_obs.models import Alert, AlertGroup, Finding, Incident
-from macha_obs.store import Store, cancel_pending_approvals
+from macha_obs.models import Alert, AlertGroup, Finding, FindingKind, Incident
+from macha_obs.scope import Scope
+from macha_obs.store import Store
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -48,7 +49,6 @@ class IngestResult:
     duplicates: int
     firing: int = 0
     resolved: bool = False
-    cancelled_approvals: tuple[int, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -120,12 +120,11 @@ class IncidentStore:
             (now, incident_id),
         )
         firing = _count_firing(cur, incident_id)
-        cancelled: list[int] = []
         if firing == 0:
-            cancelled = _resolve(cur, incident_id, now)
-        return IngestResult(
-            inbox_id, incident_id, len(fresh), dupes, firing, firing == 0, tuple(cancelled)
-        )
+            # Closes the incident; its queued items stay until the orchestrator confirms
+            # the problem is gone (a resolve is a hint to look, never proof by itself).
+            _resolve(cur, incident_id, now)
+        return IngestResult(inbox_id, incident_id, len(fresh), dupes, firing, firing == 0)
 
     def _open_incident(
         self,
@@ -212,10 +211,22 @@ class IncidentStore:
             )
             return cur.rowcount > 0
 
-    def resolve(self, incident_id: str, reason: str) -> tuple[int, ...]:
-        """Close an incident and cancel approvals still pending for it."""
+    def reopen_all(self) -> int:
+        """Every open incident is analysed again (after a pause ends: what was only
+        recorded then is decided anew from the host's state now). How many."""
         with self.store.transaction() as cur:
-            return tuple(_resolve(cur, incident_id, self.store.clock(), reason))
+            cur.execute(
+                "UPDATE incidents SET revision = revision + 1, updated_at = ?"
+                " WHERE status = ? AND revision = analyzed_revision",
+                (self.store.clock(), OPEN),
+            )
+            return cur.rowcount
+
+    def resolve(self, incident_id: str) -> None:
+        """Close an incident. Items queued for it are settled by the orchestrator, which
+        cancels one only when its problem is confirmed gone."""
+        with self.store.transaction() as cur:
+            _resolve(cur, incident_id, self.store.clock())
 
     # ------------------------------------------------------------ reading
 
@@ -242,6 +253,15 @@ class IncidentStore:
         return IncidentState(
             incident, row["status"], int(row["revision"]), int(row["analyzed_revision"])
         )
+
+    def scope_of(self, incident_ids: Iterable[str]) -> Scope:
+        """What the evidence of these incidents (open or not) names: the scope lock."""
+        states = [self.get(i) for i in incident_ids]
+        return Scope.of(s.incident for s in states if s is not None)
+
+    def is_open(self, incident_id: str) -> bool:
+        state = self.get(incident_id)
+        return state is not None and state.status == OPEN
 
     def open_incidents(self) -> list[IncidentState]:
         rows = self.store.query("SELECT id FROM incidents WHERE status = ? ORDER BY id", (OPEN,))
@@ -288,15 +308,12 @@ def _count_firing(cur: sqlite3.Cursor, incident_id: str) -> int:
     return int(row[0])
 
 
-def _resolve(
-    cur: sqlite3.Cursor, incident_id: str, now: float, reason: str = "the alerts resolved"
-) -> list[int]:
+def _resolve(cur: sqlite3.Cursor, incident_id: str, now: float) -> None:
     cur.execute(
         "UPDATE incidents SET status = ?, resolved_at = ?, updated_at = ? WHERE id = ?"
         " AND status = ?",
         (RESOLVED, now, now, incident_id, OPEN),
     )
-    return cancel_pending_approvals(cur, incident_id, f"incident resolved: {reason}", now)
 
 
 def _encode_findings(findings: Iterable[Finding]) -> str:
@@ -329,12 +346,27 @@ def assign_findings(
     return joined, alone
 
 
-def sync_findings(incidents: IncidentStore, findings: Sequence[Finding]) -> list[str]:
+def sync_findings(
+    incidents: IncidentStore,
+    findings: Sequence[Finding],
+    unknown: Collection[FindingKind] = (),
+) -> list[str]:
     """Apply the current findings to the open incidents; return the ids that changed.
 
-    Finding incidents whose findings are gone are resolved (and their approvals cancelled).
+    Finding incidents whose findings are gone are resolved. `unknown` are the kinds whose
+    collector failed this cycle: a failed look is "unknown", never "resolved", so the
+    open incidents keep their last findings of those kinds.
     """
     open_now = incidents.open_incidents()
+    if unknown:
+        current = {f.key for f in findings}
+        carried = {
+            f.key: f
+            for s in open_now
+            for f in s.incident.findings
+            if f.kind in unknown and f.key not in current
+        }
+        findings = [*findings, *carried.values()]
     joined, alone = assign_findings([s.incident for s in open_now], findings)
     changed = [i for i, fs in joined.items() if incidents.set_findings(i, fs)]
     live: set[str] = set()
@@ -345,7 +377,7 @@ def sync_findings(incidents: IncidentStore, findings: Sequence[Finding]) -> list
             changed.append(incident_id)
     for state in open_now:
         if state.incident.source == "finding" and state.incident.id not in live:
-            incidents.resolve(state.incident.id, "the findings are gone")
+            incidents.resolve(state.incident.id)
     return changed
 
 

@@ -120,6 +120,20 @@ class FindingKind(StrEnum):
     UNEXPECTED_REBOOT = "unexpected_reboot"
 
 
+# The collector that reports each kind: when it fails, what it would say is unknown.
+FINDING_SOURCE: dict[FindingKind, str] = {
+    FindingKind.UNIT_FAILED: "systemd",
+    FindingKind.UNIT_FLAPPING: "systemd",
+    FindingKind.DISK_FILLING: "disks",
+    FindingKind.INODES_LOW: "disks",
+    FindingKind.MEMORY_PRESSURE: "resources",
+    FindingKind.JOURNAL_ERROR_BURST: "journal",
+    FindingKind.DNS_FAILING: "network",
+    FindingKind.TARGET_UNREACHABLE: "network",
+    FindingKind.UNEXPECTED_REBOOT: "boot",
+}
+
+
 class Finding(BaseModel):
     """Something a collector saw that may need attention."""
 
@@ -455,6 +469,8 @@ class UnitState(BaseModel):
     n_restarts: int = 0
     main_pid: int = 0
     state_change_usec: int = 0
+    job_id: int = 0  # a job systemd is running on the unit; 0: none
+    names: tuple[str, ...] = ()  # every name systemd knows the unit by (aliases)
 
     @property
     def healthy(self) -> bool:
@@ -511,6 +527,8 @@ class Approval(BaseModel):
     decided_by: str = ""
     note: str = ""
     action_id: int | None = None
+    # every incident whose evidence it carries (the first is `incident_id`)
+    incident_ids: list[str] = Field(default_factory=list)
 
 
 class ActionRecord(BaseModel):

@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from macha_obs.agent.runbooks import classify_alert
 from macha_obs.config import Config
 from macha_obs.execute.dbus_events import UnitEvent
 from macha_obs.incidents import OPEN, IncidentStore, sync_findings
 from macha_obs.models import (
+    FINDING_SOURCE,
     UNIT_ACTIONS,
+    ApprovalStatus,
     Decision,
     Finding,
     FindingKind,
@@ -38,15 +39,14 @@ from macha_obs.models import (
     UnitState,
     describe_action,
 )
+from macha_obs.pause import PauseBook
 from macha_obs.remediate import Handled, Remediator
+from macha_obs.scope import Scope, confirm, systemd_busy
 from macha_obs.selfmetrics import LoopStats
 from macha_obs.store import Store
 
 log = logging.getLogger(__name__)
 
-# systemd is still working on these units (Restart=, a queued start): not ours yet.
-SYSTEMD_BUSY_STATES = {"activating", "deactivating", "reloading"}
-SYSTEMD_BUSY_SUBSTATES = {"auto-restart", "start-pre", "start", "start-post", "stop-sigterm"}
 LAST_CYCLE_KEY = "last_cycle"
 
 
@@ -80,20 +80,13 @@ class CycleReport:
     deferred: list[str] = field(default_factory=list)
     escalated: list[int] = field(default_factory=list)
     expired: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
 
 
-def systemd_busy(state: UnitState) -> bool:
-    return state.active_state in SYSTEMD_BUSY_STATES or state.sub_state in SYSTEMD_BUSY_SUBSTATES
-
-
-def already_recovered(incident: Incident, state: UnitState) -> bool:
-    """The only thing the incident says about this unit is that it failed, and it is
-    active now. Other reasons (an error burst, a flap, an unclassified alert) keep it."""
-    if state.active_state != "active":
-        return False
-    reasons: list[FindingKind | None] = [f.kind for f in incident.findings if f.unit == state.name]
-    reasons += [classify_alert(a) for a in incident.alerts if a.firing and a.unit == state.name]
-    return bool(reasons) and all(r is FindingKind.UNIT_FAILED for r in reasons)
+def unknown_kinds(snapshot: Snapshot) -> frozenset[FindingKind]:
+    """Finding kinds whose collector failed in this snapshot: what they say is unknown."""
+    failed = {name for name, run in snapshot.collectors.items() if not run.success}
+    return frozenset(k for k, source in FINDING_SOURCE.items() if source in failed)
 
 
 def unit_failed_finding(event: UnitEvent) -> Finding:
@@ -131,6 +124,7 @@ class Orchestrator:
         self.clock = clock
         self.monotonic = monotonic
         self.verifications: list[Verification] = []
+        self.pauses = PauseBook(store)
         self._cycle = threading.Lock()
         self._wake = threading.Event()
         self._triggers: list[str] = []
@@ -146,7 +140,7 @@ class Orchestrator:
 
     def note_snapshot(self, snapshot: Snapshot) -> None:
         """CollectionLoop listener: apply the findings, run a cycle (the timer trigger)."""
-        sync_findings(self.incidents, snapshot.findings)
+        sync_findings(self.incidents, snapshot.findings, unknown_kinds(snapshot))
         self.wake("timer")
 
     def note_unit_event(self, event: UnitEvent) -> None:
@@ -209,11 +203,15 @@ class Orchestrator:
             report = CycleReport(trigger=trigger, started_at=self.clock())
             began = self.monotonic()
             report.expired = self.store.expire_approvals()
+            if self.pauses.expire() is not None:
+                # what was only recorded while paused is decided anew from the host now
+                self.incidents.reopen_all()
             self._settle_verifications(report)
             for incident_id in self.incidents.pending_analysis():
                 if self._stop.is_set():
                     break
                 self._handle_incident(incident_id, report)
+            self._reconcile_queue(report)
             report.duration_seconds = self.monotonic() - began
             self._record(report)
             return report
@@ -244,25 +242,19 @@ class Orchestrator:
         self.incidents.mark_analyzed(incident.id, state.revision)
         report.analysed.append((incident, decision))
         self.stats.count_decision(decision)
+        scope = Scope.of([incident])
         for proposal in decision.proposals:
             unit_state = statuses.get(getattr(proposal.action, "unit", ""))
-            if isinstance(proposal.action, UNIT_ACTIONS) and unit_state is not None:
-                if systemd_busy(unit_state):
-                    report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
-                    continue
-                if already_recovered(incident, unit_state):
-                    # e.g. an alert about a failure the event path (or a human) has fixed
-                    # since: restarting a healthy service would only cause an outage
-                    self.store.audit_decision(
-                        {
-                            "event": "skipped",
-                            "incident_id": incident.id,
-                            "label": describe_action(proposal.action),
-                            "reason": f"{unit_state.name} is active again; nothing to fix",
-                        }
-                    )
-                    continue
-            handled = self.remediator.handle(incident.id, proposal)
+            if (
+                isinstance(proposal.action, UNIT_ACTIONS)
+                and unit_state is not None
+                and systemd_busy(unit_state)
+            ):
+                report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
+                continue
+            # The policy applies the scope lock: a unit the evidence does not name, or
+            # whose problem systemd (or a firing alert) no longer confirms, is refused.
+            handled = self.remediator.handle(incident.id, proposal, scope)
             report.handled.append((incident.id, proposal, handled))
             self.stats.count_handled(proposal.action, handled.verdict, handled.result)
             self._follow_up(incident, proposal, handled, report)
@@ -332,6 +324,36 @@ class Orchestrator:
             }
         )
 
+    def _reconcile_queue(self, report: CycleReport) -> None:
+        """Cancel a pending item only when its problem is confirmed gone, by the test the
+        scope lock uses: for a unit, systemd's state (a resolved alert is a hint to look,
+        never proof by itself); otherwise every incident it carries has resolved. A
+        state that cannot be read now cancels nothing."""
+        for approval in self.store.list_approvals({ApprovalStatus.PENDING}):
+            action = approval.action
+            if isinstance(action, UNIT_ACTIONS):
+                scope = self.incidents.scope_of(approval.incident_ids)
+                state = self.remediator.unit_state(action.unit)
+                seen = confirm(action.unit, state, scope)
+                if seen.present is not False:
+                    continue
+                why = f"the problem is gone: {seen.reason}"
+            elif any(self.incidents.is_open(i) for i in approval.incident_ids):
+                continue
+            else:
+                why = "the problem is gone: every incident it was queued for has resolved"
+            if self.store.cancel_approval(approval.id, why):
+                report.cancelled.append(approval.id)
+                self.store.audit_decision(
+                    {
+                        "event": "cancelled",
+                        "incident_id": approval.incident_id,
+                        "approval_id": approval.id,
+                        "label": describe_action(action),
+                        "reason": why,
+                    }
+                )
+
     # ------------------------------------------------------------ context
 
     def _unit_states(self, units: Sequence[str]) -> dict[str, UnitState]:
@@ -362,9 +384,10 @@ class Orchestrator:
             ],
             "deferred": report.deferred,
             "escalated": report.escalated,
+            "cancelled": report.cancelled,
         }
         self.store.set_meta(LAST_CYCLE_KEY, json.dumps(summary))
-        if report.handled or report.escalated or report.deferred:
+        if report.handled or report.escalated or report.deferred or report.cancelled:
             log.info("cycle %s: %s", report.trigger, json.dumps(summary))
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.models import (
+    UNIT_ACTIONS,
     Action,
     ConfigChange,
     Investigate,
@@ -27,13 +28,17 @@ from macha_obs.models import (
     StartUnit,
     Verdict,
 )
+from macha_obs.scope import Confirmation, Scope, out_of_scope
 
 RATE_WINDOW = timedelta(hours=1)
 
-# Unit types the sidecar restarts at low risk. Targets, mounts and the rest change more
-# than one service at once, so a human looks first; slices/scopes/devices are not ours.
+# DESIGN.md invariant 11. Only unit types that are one service's worth of change are
+# started or restarted by the sidecar itself. Mounts and swaps change what every service
+# sees: a human may approve them, nothing executes them automatically (high risk is
+# never in an autonomy level's set). Targets, devices, slices and scopes are protected
+# classes in protected_units.json, refused before the type is even looked at.
 _LOW_RISK_UNIT_TYPES = {"service", "socket", "timer", "path"}
-_MEDIUM_RISK_UNIT_TYPES = {"target", "mount", "automount", "swap"}
+_HUMAN_ONLY_UNIT_TYPES = {"mount", "automount", "swap"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,24 @@ class BreakerState:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A human's pause: nothing executes from `since` until `until` (None: until resumed)."""
+
+    since: datetime
+    until: datetime | None
+    reason: str = ""
+    by: str = ""
+
+    def active(self, now: datetime) -> bool:
+        return now >= self.since and (self.until is None or now < self.until)
+
+    def describe(self) -> str:
+        end = f" until {self.until:%Y-%m-%d %H:%M:%S} UTC" if self.until else " until resumed"
+        why = f": {self.reason}" if self.reason else ""
+        return f"paused by {self.by or 'unknown'}{end}{why}"
+
+
+@dataclass(frozen=True)
 class PolicyContext:
     """Everything a verdict depends on besides the action."""
 
@@ -60,6 +83,7 @@ class PolicyContext:
     now: datetime
     recent: tuple[Execution, ...] = ()
     breaker: BreakerState = field(default_factory=BreakerState)
+    pause: Pause | None = None
 
 
 def effective_autonomy(config: Config, breaker: BreakerState) -> AutonomyLevel:
@@ -73,13 +97,20 @@ def risk_of(action: Action, config: Config) -> tuple[Risk, str]:
     """The risk of `action` and why, from its type and target alone."""
     match action:
         case RestartUnit() | StartUnit() | ResetFailed():
-            if config.is_protected(action.unit):
-                return Risk.FORBIDDEN, f"{action.unit} is a protected unit"
+            protected = config.protection(action.unit)
+            if protected is not None:
+                return (
+                    Risk.FORBIDDEN,
+                    f"{action.unit} is protected ({protected.name}: {protected.why})",
+                )
             unit_type = action.unit.rsplit(".", 1)[-1]
             if unit_type in _LOW_RISK_UNIT_TYPES:
                 return Risk.LOW, f"{action.kind} of an unprotected {unit_type}"
-            if unit_type in _MEDIUM_RISK_UNIT_TYPES:
-                return Risk.MEDIUM, f"a {unit_type} pulls in or affects other units"
+            if unit_type in _HUMAN_ONLY_UNIT_TYPES:
+                return Risk.HIGH, (
+                    f"a {unit_type} changes what every service sees: queued for a human, "
+                    "never executed automatically"
+                )
             return Risk.FORBIDDEN, f"{unit_type} units are not managed by the sidecar"
         case Investigate():
             target = getattr(action.diagnostic, "unit", None)
@@ -140,14 +171,17 @@ def judge(
     ctx: PolicyContext,
     *,
     approved: bool = False,
-    problem_present: bool | None = None,
+    scope: Scope | None = None,
+    problem: Confirmation | None = None,
 ) -> Verdict:
     """Decide execute / queue / record / refuse for one action.
 
-    `approved` is a human's approval being carried out: it replaces the autonomy
-    matrix, but protected units, forbidden risks and rate limits still apply
-    (invariant 5), and `observe` still acts on nothing. `problem_present=False` (the
-    caller looked and the problem is gone) refuses: nothing is done to a healthy host.
+    `scope` is what the incident's evidence names (invariant 12): a unit action outside
+    it, or with no scope at all, is refused. `problem` is the scope lock's test of the
+    unit's state just now: gone refuses (nothing is done to a healthy host), unknown
+    never executes. `approved` is a human's approval being carried out: it replaces the
+    autonomy matrix, but protected units, the scope lock and rate limits still apply
+    (invariant 5), and `observe` and a pause still act on nothing.
     """
     autonomy = effective_autonomy(ctx.config, ctx.breaker)
     risk, why = risk_of(action, ctx.config)
@@ -163,29 +197,63 @@ def judge(
         if autonomy is AutonomyLevel.OBSERVE:
             return verdict(Outcome.RECORD, f"observe: would queue for a human ({why})")
         return verdict(Outcome.QUEUE, f"queued for a human: {why}; never executed")
+    outside = out_of_scope(action, scope)
+    if outside is not None:
+        return verdict(Outcome.REFUSE, f"refused, out of scope: {outside}")
     if autonomy is AutonomyLevel.OBSERVE:
         prefix = "approved, but " if approved else ""
         return verdict(Outcome.RECORD, f"{prefix}observe mode acts on nothing ({risk} risk: {why})")
 
-    if problem_present is False:
-        return verdict(Outcome.REFUSE, "the problem is no longer there; nothing to do")
+    unit_action = isinstance(action, UNIT_ACTIONS)
+    if unit_action and problem is not None and problem.present is False:
+        return verdict(Outcome.REFUSE, f"the problem is no longer there: {problem.reason}")
 
     limited = rate_limit(action, ctx)
     if limited:
         return verdict(Outcome.REFUSE, limited, limited=True)
 
-    if approved:
-        return verdict(Outcome.EXECUTE, f"approved by a human ({risk} risk: {why})")
+    outcome, reason = _matrix(autonomy, risk, why, ctx.breaker, approved=approved)
+    if outcome is not Outcome.EXECUTE:
+        return verdict(outcome, reason)
 
-    breaker_note = f"; breaker open ({ctx.breaker.reason})" if ctx.breaker.open else ""
-    allowed = _AUTO_EXECUTES[autonomy]
-    if risk in allowed:
-        return verdict(Outcome.EXECUTE, f"{autonomy} executes {risk} risk: {why}")
-    return verdict(
+    hold = _hold(action, ctx, approved=approved, problem=problem) if unit_action else None
+    if hold is not None:
+        return verdict(Outcome.RECORD if approved else Outcome.QUEUE, hold)
+    if ctx.pause is not None and ctx.pause.active(ctx.now):
+        return verdict(Outcome.RECORD, f"{ctx.pause.describe()}; would {reason}")
+    return verdict(outcome, reason)
+
+
+def _matrix(
+    autonomy: AutonomyLevel, risk: Risk, why: str, breaker: BreakerState, *, approved: bool
+) -> tuple[Outcome, str]:
+    """Invariant 4: what the autonomy level does with this risk (a human's approval aside)."""
+    if approved:
+        return Outcome.EXECUTE, f"approved by a human ({risk} risk: {why})"
+    if risk in _AUTO_EXECUTES[autonomy]:
+        return Outcome.EXECUTE, f"{autonomy} executes {risk} risk: {why}"
+    breaker_note = f"; breaker open ({breaker.reason})" if breaker.open else ""
+    return (
         Outcome.QUEUE,
         f"{autonomy} does not execute {risk} risk by itself; queued for approval "
         f"({why}){breaker_note}",
     )
+
+
+def _hold(
+    action: Action, ctx: PolicyContext, *, approved: bool, problem: Confirmation | None
+) -> str | None:
+    """Why a unit action that would execute must wait for a human (or, approved, for a
+    moment when the problem can be confirmed), or None."""
+    if problem is None or problem.present is None:
+        seen = problem.reason if problem is not None else "nobody looked"
+        return f"the problem cannot be confirmed now ({seen}); not executed"
+    if problem.start_limit and not approved and not ctx.config.auto_reset_start_limit:
+        return (
+            f"{problem.reason}: systemd's start limit is its author's 'stop trying'; "
+            "overriding it is for a human (auto_reset_start_limit = true allows it)"
+        )
+    return None
 
 
 _AUTO_EXECUTES: dict[AutonomyLevel, frozenset[Risk]] = {

@@ -13,7 +13,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +21,7 @@ from macha_obs.config import Config
 from macha_obs.incidents import IncidentStore, IngestResult
 from macha_obs.models import Alert, AlertGroup
 from macha_obs.store import Store
+from macha_obs.webhook_token import intake_token
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,6 @@ class ReceiverStats:
                 "alerts": dict(self.alerts),
                 "truncated": {"alerts": self.truncated_alerts},
             }
-
-
-def read_token(path: Path) -> str:
-    """The bearer token Alertmanager sends (`http_config.authorization.credentials_file`)."""
-    token = path.read_text().strip()
-    if not token or any(c.isspace() for c in token):
-        raise ValueError(f"{path}: the webhook token must be one non-empty word")
-    return token
 
 
 class HostMatcher:
@@ -138,16 +130,11 @@ class ReceiverApp:
     def from_config(
         cls, config: Config, store: Store, on_incident: OnIncident | None = None
     ) -> ReceiverApp:
-        token = read_token(config.webhook_token_file) if config.webhook_token_file else None
-        if token is None and config.listen_host not in _LOOPBACK:
-            # anyone who can reach the port could feed us alerts: refuse to run that way
-            raise ValueError(
-                f"the webhook listens on {config.listen_address}, beyond loopback: "
-                "set webhook_token_file (Alertmanager's http_config.authorization)"
-            )
+        """The webhook as configured; authenticated unless `webhook_auth = false` on
+        loopback (WebhookTokenError, a ValueError, or OSError when it cannot be)."""
         return cls(
             IncidentStore(store),
-            token=token,
+            token=intake_token(config),
             max_body_bytes=config.webhook_max_body_bytes,
             hosts=HostMatcher(config.hostname, config.host_aliases, config.host_labels),
             on_incident=on_incident,

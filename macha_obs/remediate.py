@@ -9,13 +9,15 @@ the audit log before returning (invariant 10).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from macha_obs.config import Config
+from macha_obs.execute.errors import RefusedError
 from macha_obs.models import (
+    UNIT_ACTIONS,
     Action,
     ActionStatus,
     Approval,
@@ -25,13 +27,12 @@ from macha_obs.models import (
     Investigate,
     Outcome,
     Proposal,
-    ResetFailed,
     Risk,
-    StartUnit,
     UnitState,
     Verdict,
     describe_action,
 )
+from macha_obs.pause import PauseBook
 from macha_obs.policy import (
     RATE_WINDOW,
     BreakerState,
@@ -40,7 +41,10 @@ from macha_obs.policy import (
     judge,
     risk_of,
 )
+from macha_obs.scope import Confirmation, Scope, confirm, out_of_scope
 from macha_obs.store import ApprovalError, Store
+
+ScopeOf = Callable[[Sequence[str]], Scope]
 
 
 class Executor(Protocol):
@@ -80,13 +84,15 @@ def breaker_of(config: Config, store: Store, now: datetime) -> BreakerState:
 
 
 def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
-    """Everything the policy needs from the ledger (recent executions, the breaker)."""
+    """Everything the policy needs from the ledger (recent executions, the breaker, a
+    human's pause)."""
     since = (now - RATE_WINDOW).timestamp()
     return PolicyContext(
         config=config,
         now=now,
         recent=store.recent_executions(since),
         breaker=breaker_of(config, store, now),
+        pause=PauseBook(store).current(now.timestamp()),
     )
 
 
@@ -97,11 +103,15 @@ class Remediator:
         store: Store,
         executor: Executor,
         *,
+        scope_of: ScopeOf | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`scope_of` gives the evidence of the incidents an approval carries; without it
+        an approval of a unit action is out of scope (fail closed)."""
         self.config = config
         self.store = store
         self.executor = executor
+        self.scope_of = scope_of
         self.clock = clock
         self.in_flight: int | None = None  # the action id between intent and outcome
 
@@ -116,35 +126,36 @@ class Remediator:
     def context(self) -> PolicyContext:
         return context_of(self.config, self.store, self._now())
 
-    def problem_present(self, action: Action) -> bool | None:
-        """Look at the host: is there still something for `action` to fix?
+    def unit_state(self, unit: str) -> UnitState | None:
+        try:
+            return self.executor.unit_state(unit)
+        except Exception:  # unknown: never counts as healthy, failed or busy
+            return None
 
-        Only answered where the answer is certain: starting a unit that is already
-        active fixes nothing. Everything else (a restart of a running but misbehaving
-        unit, a disk clean-up) is left to the policy and the human: None.
-        """
-        if isinstance(action, StartUnit | ResetFailed):
-            try:
-                state = self.executor.unit_state(action.unit)
-            except Exception:  # the probe failing must not block or approve anything
-                return None
-            return not state.healthy
-        return None
+    def confirm(self, action: Action, scope: Scope) -> Confirmation | None:
+        """The scope lock's test for a unit action, from systemd's state just now. A unit
+        the policy refuses anyway (protected, out of scope) is not even looked at."""
+        if not isinstance(action, UNIT_ACTIONS) or out_of_scope(action, scope) is not None:
+            return None
+        if risk_of(action, self.config)[0] is Risk.FORBIDDEN:
+            return None
+        return confirm(action.unit, self.unit_state(action.unit), scope)
 
     # ------------------------------------------------------------ proposals
 
-    def handle(self, incident_id: str, proposal: Proposal) -> Handled:
-        """Judge a fresh proposal and carry out the verdict."""
-        verdict = judge(proposal.action, self.context())
-        self._audit_verdict(incident_id, proposal.action, verdict, proposal.reason)
+    def handle(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
+        """Judge a fresh proposal against the incident's scope and carry out the verdict."""
+        action = proposal.action
+        verdict = judge(action, self.context(), scope=scope, problem=self.confirm(action, scope))
+        self._audit_verdict(incident_id, action, verdict, proposal.reason)
         match verdict.outcome:
             case Outcome.EXECUTE:
-                action_id, result = self._execute(incident_id, proposal.action, None)
+                action_id, result = self._execute(incident_id, action, None)
                 return Handled(verdict, action_id=action_id, result=result)
             case Outcome.QUEUE:
                 approval = self.store.enqueue(
                     incident_id,
-                    proposal.action,
+                    action,
                     risk=verdict.risk,
                     reason=f"{verdict.reason}. Proposed because: {proposal.reason or '-'}",
                     evidence=list(proposal.evidence),
@@ -166,16 +177,18 @@ class Remediator:
             verdict = judge(action, self.context())
             self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
             return Handled(verdict, approval=settled)
-        present = self.problem_present(action)
-        verdict = judge(action, self.context(), approved=True, problem_present=present)
+        scope = self.scope_of(approval.incident_ids) if self.scope_of else None
+        problem = self.confirm(action, scope) if scope is not None else None
+        verdict = judge(action, self.context(), approved=True, scope=scope, problem=problem)
         self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
         if verdict.outcome is not Outcome.EXECUTE:
-            # Refusals that can pass (observe mode, a rate limit) keep the item pending so
-            # nothing a human asked for is lost; permanent ones settle it.
+            # Refusals that can pass (observe mode, a pause, a rate limit, a state that
+            # cannot be read now) keep the item pending so nothing a human asked for is
+            # lost; permanent ones settle it.
             status = ApprovalStatus.REFUSED
             if verdict.outcome is Outcome.RECORD or verdict.rate_limited:
                 status = ApprovalStatus.PENDING
-            elif present is False:
+            elif problem is not None and problem.present is False:
                 status = ApprovalStatus.CANCELLED
             settled = self.store.settle_approval(approval_id, status, verdict.reason)
             return Handled(verdict, approval=settled)
@@ -208,10 +221,16 @@ class Remediator:
         self.in_flight = action_id
         try:
             result = self.executor.run(action)
-        except Exception as exc:  # refused or broken: recorded, never silently dropped
-            result = ExecutionResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        except RefusedError as exc:  # the executor's own guard, before any side effect
+            result = ExecutionResult(ok=False, detail=f"refused: {exc}")
             self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
             return action_id, result
+        except Exception as exc:
+            # A crashing fix is a failed fix: recorded with its error, and it feeds the
+            # breaker like any other failure (invariant 7).
+            result = ExecutionResult(
+                ok=False, detail=f"executor error: {type(exc).__name__}: {exc}"
+            )
         finally:
             self.in_flight = None
         status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED

@@ -1,8 +1,9 @@
 """The sidecar's own metrics: what it decided and did, exported beside what it saw.
 
 `LoopStats` is plain counters the orchestrator bumps; `SelfCollector` renders them with
-the store's persistent state (approvals pending, breaker) in fresh metric families on
-every scrape, like the snapshot exporter. Label values come from fixed enumerations.
+the store's persistent state (approvals pending, breaker, a human's pause) in fresh
+metric families on every scrape, like the snapshot exporter. Label values come from
+fixed enumerations.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class PersistentState:
     breaker_open: bool
     configured: AutonomyLevel
     effective: AutonomyLevel
+    paused: bool = False  # a human's pause is in force (see pause.py)
+    pause_until: float | None = None  # when it ends by itself (epoch s); None: at `resume`
 
 
 class SelfCollector(Collector):
@@ -130,6 +133,19 @@ class SelfCollector(Collector):
             "1 when failed fixes capped autonomy at suggest",
             value=1.0 if state.breaker_open else 0.0,
         )
+        # one series each; the end only while a pause with one is in force, never a 0
+        # that would read as 1970
+        yield GaugeMetricFamily(
+            "macha_paused",
+            "1 while a human's pause is in force: nothing executes (macha-obs pause)",
+            value=1.0 if state.paused else 0.0,
+        )
+        if state.paused and state.pause_until is not None:
+            yield GaugeMetricFamily(
+                "macha_pause_until_timestamp_seconds",
+                "when the human's pause ends by itself",
+                value=state.pause_until,
+            )
         # 4 series each: one per autonomy level, 1 for the current one
         for name, level, doc in (
             ("macha_autonomy_level", state.effective, "effective autonomy level"),

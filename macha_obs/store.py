@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -60,11 +61,9 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_at REAL,
     decided_by TEXT NOT NULL DEFAULT '',
     note TEXT NOT NULL DEFAULT '',
-    action_id INTEGER
+    action_id INTEGER,
+    incident_ids TEXT NOT NULL DEFAULT '[]'   -- every incident whose evidence it carries
 );
--- one pending approval per (incident, action): a repeated proposal is not a new item
-CREATE UNIQUE INDEX IF NOT EXISTS approvals_pending_once
-    ON approvals(incident_id, action) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     incident_id TEXT NOT NULL,
@@ -138,6 +137,25 @@ CREATE TABLE IF NOT EXISTS breaker (
 );
 """
 
+# Added after the first release: (column, DDL) applied to older databases on open.
+_MIGRATIONS = (
+    (
+        "approvals",
+        "incident_ids",
+        "ALTER TABLE approvals ADD COLUMN incident_ids TEXT NOT NULL DEFAULT '[]'",
+    ),
+)
+# One pending item per action, whichever incident proposed it: a later alert, event or
+# cycle about the same action attaches its evidence to the item a person is reading, so
+# its id never changes while the problem persists. Older databases kept one per
+# (incident, action); `_migrate` folds those duplicates into the oldest item first.
+_PENDING_ONCE = """
+DROP INDEX IF EXISTS approvals_pending_once;
+CREATE UNIQUE INDEX IF NOT EXISTS approvals_pending_action
+    ON approvals(action) WHERE status = 'pending';
+"""
+EVIDENCE_KEPT = 10
+
 _TERMINAL_APPROVAL = {
     ApprovalStatus.EXECUTED,
     ApprovalStatus.FAILED,
@@ -172,22 +190,22 @@ def owner_alive(owner: str) -> bool:
         return False
 
 
-def cancel_pending_approvals(
-    cur: sqlite3.Cursor, incident_id: str, reason: str, now: float
-) -> list[int]:
-    """Within the caller's transaction: pending approvals of an incident become cancelled."""
-    ids = [
-        int(r[0])
-        for r in cur.execute(
-            "SELECT id FROM approvals WHERE status = ? AND incident_id = ?",
-            (ApprovalStatus.PENDING.value, incident_id),
-        ).fetchall()
-    ]
-    cur.executemany(
-        "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
-        [(ApprovalStatus.CANCELLED.value, now, reason, i) for i in ids],
-    )
-    return ids
+def _private(path: Path) -> None:
+    """State files quote alerts and journal lines: readable by the owner (and group)
+    only, whatever the umask or an older release left. SQLite gives its -wal and -shm
+    files the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: {exc.strerror}") from exc
+    for suffix in ("", "-wal", "-shm"):
+        target = path.with_name(path.name + suffix)
+        with contextlib.suppress(OSError):
+            info = os.lstat(target)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                os.chmod(target, stat.S_IMODE(info.st_mode) & 0o750 | 0o600)
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -205,6 +223,7 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create state dir {self.state_dir}: {exc.strerror}") from exc
         self._lock = threading.RLock()
+        _private(self.state_dir / DB_NAME)
         try:
             self._db = sqlite3.connect(
                 self.state_dir / DB_NAME,
@@ -218,9 +237,34 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.state_dir / DB_NAME}: {exc}") from exc
         self.owner = process_owner()
+
+    def _migrate(self) -> None:
+        with self._tx() as cur:
+            for table, column, ddl in _MIGRATIONS:
+                have = {r["name"] for r in cur.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    cur.execute(ddl)
+            cur.execute(
+                "UPDATE approvals SET incident_ids = json_array(incident_id)"
+                " WHERE incident_ids = '[]'"
+            )
+            dupes = cur.execute(
+                "SELECT a.id, MIN(b.id) AS keep FROM approvals a JOIN approvals b"
+                " ON a.action = b.action AND b.status = 'pending' AND b.id < a.id"
+                " WHERE a.status = 'pending' GROUP BY a.id"
+            ).fetchall()
+            cur.executemany(
+                "UPDATE approvals SET status = ?, note = ? WHERE id = ?",
+                [
+                    (ApprovalStatus.CANCELLED.value, f"merged into approval {r['keep']}", r["id"])
+                    for r in dupes
+                ],
+            )
+        self._db.executescript(_PENDING_ONCE)
 
     def close(self) -> None:
         with self._lock:
@@ -316,13 +360,16 @@ class Store:
         evidence: list[str] | None = None,
         ttl: float,
     ) -> Approval:
-        """Queue `action` for a human; an identical pending item is returned, not duplicated."""
+        """Queue `action` for a human. When the same action is already pending (from this
+        incident or another) that item is returned, with this incident and its evidence
+        attached: the id a person is reading never changes while the problem persists."""
         now = self.clock()
         encoded = action_json(action)
+        evidence = list(evidence or [])
         with self._tx() as cur:
             row = cur.execute(
-                "SELECT id FROM approvals WHERE incident_id = ? AND action = ? AND status = ?",
-                (incident_id, encoded, ApprovalStatus.PENDING.value),
+                "SELECT id, evidence, incident_ids FROM approvals WHERE action = ? AND status = ?",
+                (encoded, ApprovalStatus.PENDING.value),
             ).fetchone()
             if row is None:
                 next_id = cur.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM approvals").fetchone()[
@@ -330,7 +377,8 @@ class Store:
                 ]
                 cur.execute(
                     "INSERT INTO approvals(id, incident_id, action, kind, target, risk, reason,"
-                    " evidence, status, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " evidence, status, created_at, expires_at, incident_ids)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         next_id,
                         incident_id,
@@ -339,16 +387,43 @@ class Store:
                         action.target,
                         risk.value,
                         reason,
-                        json.dumps(evidence or []),
+                        json.dumps(evidence[:EVIDENCE_KEPT]),
                         ApprovalStatus.PENDING.value,
                         now,
                         now + ttl,
+                        json.dumps([incident_id]),
                     ),
                 )
                 approval_id = int(next_id)
             else:
                 approval_id = int(row["id"])
+                kept = json.loads(row["evidence"])
+                merged = list(dict.fromkeys([*kept, *evidence]))
+                # the first lines (why it was queued) stay; the newest fill the rest
+                merged = merged[:1] + merged[1:][-(EVIDENCE_KEPT - 1) :]
+                ids = json.loads(row["incident_ids"]) or []
+                ids = list(dict.fromkeys([*ids, incident_id]))
+                cur.execute(
+                    "UPDATE approvals SET evidence = ?, incident_ids = ? WHERE id = ?",
+                    (json.dumps(merged), json.dumps(ids), approval_id),
+                )
         return self._must_get_approval(approval_id)
+
+    def cancel_approval(self, approval_id: int, reason: str) -> bool:
+        """A pending item whose problem is confirmed gone is cancelled, with why."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?"
+                " AND status = ?",
+                (
+                    ApprovalStatus.CANCELLED.value,
+                    self.clock(),
+                    reason,
+                    approval_id,
+                    ApprovalStatus.PENDING.value,
+                ),
+            )
+            return cur.rowcount > 0
 
     def get_approval(self, approval_id: int) -> Approval | None:
         rows = self._query("SELECT * FROM approvals WHERE id = ?", (approval_id,))
@@ -446,10 +521,6 @@ class Store:
             )
         return ids
 
-    def cancel_approvals_for_incident(self, incident_id: str, reason: str) -> list[int]:
-        with self._tx() as cur:
-            return cancel_pending_approvals(cur, incident_id, reason, self.clock())
-
     @staticmethod
     def _approval(row: sqlite3.Row) -> Approval:
         return Approval(
@@ -466,6 +537,7 @@ class Store:
             decided_by=row["decided_by"],
             note=row["note"],
             action_id=row["action_id"],
+            incident_ids=json.loads(row["incident_ids"]) or [row["incident_id"]],
         )
 
     # ------------------------------------------------------------ the action ledger

@@ -4,31 +4,16 @@
 let
   inherit (builtins)
     concatMap
-    elemAt
-    filter
-    head
-    isString
-    length
+    fromJSON
     match
-    split
     toJSON
     ;
 
-  # config.py is the one source of truth for the built-in protected units; the
-  # test suite checks that this parse yields exactly config.BUILTIN_PROTECTED_UNITS.
-  builtinProtectedUnits =
-    let
-      text = builtins.readFile ../macha_obs/config.py;
-      parts = split "\nBUILTIN_PROTECTED_UNITS: tuple[[]str, [.][.][.][]] = [(]\n" text;
-      body = head (split "\n[)]\n" (elemAt parts 2));
-      lines = filter isString (split "\n" body);
-      quoted = l: match " *\"([^\"]+)\", *(#.*)?" l;
-      names = concatMap (l: if quoted l == null then [ ] else [ (head (quoted l)) ]) lines;
-    in
-    if length parts == 3 && names != [ ] then
-      names
-    else
-      throw "nixos/lib.nix: cannot read BUILTIN_PROTECTED_UNITS from macha_obs/config.py";
+  # macha_obs/protected_units.json is the one source of truth for the built-in protected
+  # units (config.py reads it too); the test suite checks that both lists are equal.
+  builtinProtectedUnits = concatMap (c: c.units) (
+    fromJSON (builtins.readFile ../macha_obs/protected_units.json)
+  ).classes;
 
   # Module option (camelCase) → config field (snake_case). listenAddress and port render
   # together to listen_address; `settings` carries every other field verbatim.
@@ -62,6 +47,9 @@ let
     stateDir = "/var/lib/macha-autonomous";
     credential = "webhook-token";
     credentialPath = "/run/credentials/${service}.service/${credential}";
+    # without webhookTokenFile, the token the daemon generates (0600, its user's) before
+    # it reports ready: macha_obs/webhook_token.py, token_path(state_dir)
+    generatedToken = "${stateDir}/webhook.token";
   };
 
   # "127.0.0.1" 9847 → "127.0.0.1:9847"; an IPv6 literal gets brackets.

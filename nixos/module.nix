@@ -35,6 +35,17 @@ let
     if cfg.settings ? hostname then cfg.settings.hostname else config.networking.hostName;
   scrapeTarget = pure.scrapeAddress cfg.listenAddress cfg.port;
   tokenCredential = "macha-webhook-token";
+  loopback = builtins.elem cfg.listenAddress [
+    "127.0.0.1"
+    "::1"
+    "localhost"
+  ];
+  # DESIGN.md invariant 13: the webhook takes a bearer token unless settings.webhook_auth
+  # is false (an explicit opt-out the daemon refuses beyond loopback)
+  webhookAuth = cfg.webhookTokenFile != null || (cfg.settings.webhook_auth or true);
+  # what Alertmanager's LoadCredential= copies: the operator's file, or the token the
+  # daemon generates in its state directory (0600, its own user's) before READY=1
+  tokenSource = if cfg.webhookTokenFile != null then cfg.webhookTokenFile else names.generatedToken;
 
   alertmanagerReceiver = {
     name = "macha-autonomous";
@@ -45,7 +56,7 @@ let
           send_resolved = true;
           max_alerts = 50;
         }
-        // lib.optionalAttrs (cfg.webhookTokenFile != null) {
+        // lib.optionalAttrs webhookAuth {
           http_config.authorization = {
             type = "Bearer";
             credentials_file = "/run/credentials/alertmanager.service/${tokenCredential}";
@@ -178,6 +189,9 @@ in
         Absolute path of a file holding the bearer token Alertmanager must send to
         POST /alerts. Give it as a string: the file stays where it is (root-only is fine,
         systemd hands the daemon and Alertmanager a copy) and never enters the Nix store.
+        Null (the default): the daemon generates a token in
+        /var/lib/macha-autonomous/webhook.token (0600) when it first starts, and
+        `alertmanager.enable` hands Alertmanager a copy of that.
       '';
     };
 
@@ -256,6 +270,11 @@ in
           assertion = cfg.webhookTokenFile == null || !(lib.hasPrefix "/nix/store" cfg.webhookTokenFile);
           message = "services.macha-autonomous.webhookTokenFile must not be in the Nix store (it is world-readable).";
         }
+        {
+          # the daemon would refuse to start: fail at evaluation instead
+          assertion = webhookAuth || loopback;
+          message = "services.macha-autonomous.settings.webhook_auth = false turns the webhook's authentication off, which the daemon allows on a loopback listenAddress only (it is ${cfg.listenAddress}).";
+        }
       ];
       # the wiring adds to these services; it does not switch them on
       warnings =
@@ -263,19 +282,13 @@ in
           off =
             name: service: on: wanted:
             lib.optional (wanted && !on) "services.macha-autonomous.${name}.enable: ${service} is not enabled, nothing to wire into.";
-          loopback = builtins.elem cfg.listenAddress [
-            "127.0.0.1"
-            "::1"
-            "localhost"
-          ];
         in
         off "prometheus" "services.prometheus" prometheus.enable cfg.prometheus.enable
         ++ off "alertmanager" "services.prometheus.alertmanager" alertmanager.enable cfg.alertmanager.enable
         ++ off "grafana" "services.grafana" grafana.enable cfg.grafana.enable
         ++ lib.optional (
           cfg.ollama.enable && cfg.ollamaUrl != "http://127.0.0.1:${toString config.services.ollama.port}"
-        ) "services.macha-autonomous.ollamaUrl (${cfg.ollamaUrl}) is not the local Ollama that ollama.enable runs."
-        ++ lib.optional (cfg.webhookTokenFile == null && !loopback) "services.macha-autonomous listens on ${cfg.listenAddress} without webhookTokenFile: anyone who reaches it can post alerts.";
+        ) "services.macha-autonomous.ollamaUrl (${cfg.ollamaUrl}) is not the local Ollama that ollama.enable runs.";
 
       users.users.${names.user} = {
         isSystemUser = true;
@@ -341,10 +354,19 @@ in
       };
     }
 
-    (mkIf (cfg.webhookTokenFile != null && cfg.alertmanager.enable && alertmanager.enable) {
-      systemd.services.alertmanager.serviceConfig.LoadCredential = [
-        "${tokenCredential}:${cfg.webhookTokenFile}"
-      ];
+    # systemd copies the token for Alertmanager (as root, so a 0600 file of another user is
+    # fine); it stays out of the Nix store and out of Alertmanager's world-readable config
+    (mkIf (webhookAuth && cfg.alertmanager.enable && alertmanager.enable) {
+      systemd.services.alertmanager =
+        {
+          serviceConfig.LoadCredential = [ "${tokenCredential}:${tokenSource}" ];
+        }
+        // lib.optionalAttrs (cfg.webhookTokenFile == null) {
+          # the daemon (Type=notify) writes its token before READY=1: on a first boot
+          # Alertmanager must start after it, or LoadCredential= finds no file
+          wants = [ "${names.service}.service" ];
+          after = [ "${names.service}.service" ];
+        };
     })
 
     (mkIf cfg.prometheus.enable {

@@ -12,7 +12,12 @@ from macha_obs import config as config_mod
 from macha_obs.config import Config
 from macha_obs.store import Store
 
-pytest_plugins = ["tests.systemd_fixtures", "tests.stack_fixtures", "tests.llm_fixtures"]
+pytest_plugins = [
+    "tests.systemd_fixtures",
+    "tests.stack_fixtures",
+    "tests.llm_fixtures",
+    "tests.daemon_support",
+]
 
 
 @pytest.fixture

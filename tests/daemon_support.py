@@ -1,4 +1,7 @@
-"""The real daemon (`macha-obs serve`) as a process in tests, pointed at a lab systemd."""
+"""The real daemon (`macha-obs serve`) as a process in tests, pointed at a lab systemd.
+
+Also a pytest plugin (tests/conftest.py): the `daemons` fixture starts them and stops
+every one it started."""
 
 from __future__ import annotations
 
@@ -8,14 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from macha_obs.models import ActionRecord, Approval
 from macha_obs.store import Store
+from macha_obs.webhook_token import read_token, token_path
 from tests.labsd import LabSystemd
 from tests.stack import free_port, poll
 
@@ -54,6 +59,21 @@ class Daemon:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token_file(self) -> Path:
+        """The token POST /alerts needs: the daemon generates it on start (0600) unless
+        `webhook_token_file` is set. Alertmanager's `credentials_file` points here."""
+        configured = self.env.get("MACHA_WEBHOOK_TOKEN_FILE")
+        return Path(configured) if configured else token_path(self.state_dir)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {read_token(self.token_file)}"}
+
+    def post_alerts(self, body: Any, *, auth: bool = True) -> requests.Response:
+        """POST an Alertmanager payload to the daemon's webhook, with its token."""
+        headers = self.auth_headers() if auth else {}
+        return requests.post(f"{self.url}/alerts", json=body, headers=headers, timeout=10)
 
     def start(self, timeout: float = 30) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -132,3 +152,19 @@ class Daemon:
             if series == name or (labels and series == f"{name}{{{want}}}"):
                 return float(value)
         return None
+
+
+@pytest.fixture
+def daemons(systemd_container: LabSystemd, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons on the lab systemd (state dir NAME under tmp_path, settings as
+    MACHA_* values); each is stopped by PID afterwards."""
+    started: list[Daemon] = []
+
+    def start(state: str = "state", **settings: object) -> Daemon:
+        daemon = Daemon(systemd_container, tmp_path / state, **settings).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

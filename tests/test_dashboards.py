@@ -119,7 +119,10 @@ def exported_names(metric: Metric) -> list[str]:
 
 def test_sidecar_dashboard_shows_every_self_metric() -> None:
     """Every metric of what the sidecar decided and did has a panel (a new one needs one)."""
-    state = PersistentState(0, False, AutonomyLevel.SUGGEST, AutonomyLevel.SUGGEST)
+    # paused with an end: the state in which every self-metric is exported
+    state = PersistentState(
+        0, False, AutonomyLevel.SUGGEST, AutonomyLevel.SUGGEST, paused=True, pause_until=1.8e9
+    )
     families = [
         *SelfCollector(LoopStats(), lambda: state).collect(),
         *BrainCollector(ReceiverStats(), LlmMetrics()).collect(),

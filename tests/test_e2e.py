@@ -10,17 +10,20 @@ alone; and daemon hygiene (lock, SIGTERM, sd_notify under a real systemd).
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from macha_obs.models import ActionStatus, ApprovalStatus
-from tests.daemon_support import MACHA_OBS, Daemon
+from tests.daemon_support import HOST, MACHA_OBS, Daemon
 from tests.labsd import LabSystemd
+from tests.receiver_support import alert, payload
 from tests.stack import free_port, poll
 
 pytestmark = pytest.mark.systemd
@@ -31,20 +34,6 @@ CRASH_ONCE = (
     "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/{name}.ok || "
     "{{ touch /run/{name}.ok; exit 3; }}'\nExecStart=/bin/sleep infinity\n"
 )
-
-
-@pytest.fixture
-def daemons(systemd_container: LabSystemd, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(state: str = "state", **settings: object) -> Daemon:
-        daemon = Daemon(systemd_container, tmp_path / state, **settings).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 def linger(seconds: float) -> None:
@@ -198,6 +187,53 @@ def test_one_daemon_per_state_dir(
     assert second.returncode == 1
     assert "another macha-obs" in second.stderr
     assert "is running on" in second.stderr
+
+
+def test_invariant_13_daemon_webhook_is_authenticated_by_default(
+    daemons: Callable[..., Daemon],
+) -> None:
+    """DESIGN.md invariant 13: with no token configured, the daemon generates one (0600)
+    before it is ready, refuses alerts without it, and logs where it is, never what."""
+    daemon = daemons()
+    path = daemon.token_file
+    assert path == daemon.state_dir / "webhook.token"
+    assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+    assert stat.S_ISREG(path.lstat().st_mode)
+    body = payload(alert(unit="e2e-auth.service", instance=HOST))
+    refused = daemon.post_alerts(body, auth=False)
+    assert refused.status_code == 401
+    accepted = daemon.post_alerts(body)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["status"] == "accepted"
+    assert daemon.metric("macha_webhook_deliveries_total", result="unauthorized") == 1.0
+    log = (daemon.state_dir / "orchestrator.log").read_text() + daemon.log_tail(100_000)
+    assert str(path) in log
+    assert path.read_text().strip() not in log
+    # a restart reuses the token: an Alertmanager wired to the file keeps working
+    token = path.read_text()
+    daemon.stop()
+    daemon.start()
+    assert path.read_text() == token
+    assert daemon.post_alerts(body).status_code == 200
+
+
+def test_invariant_13_opting_out_beyond_loopback_refuses_to_start(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MACHA_CONFIG": "",
+        "MACHA_STATE_DIR": str(tmp_path / "state"),
+        "MACHA_LISTEN_ADDRESS": f"0.0.0.0:{free_port()}",
+        "MACHA_WEBHOOK_AUTH": "false",
+        "MACHA_LLM_ENABLED": "false",
+        "MACHA_DBUS_EVENTS": "false",
+    }
+    done = subprocess.run(
+        [MACHA_OBS, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert "webhook_auth = false" in done.stderr
+    assert "beyond loopback" in done.stderr
+    assert not (tmp_path / "state" / "webhook.token").exists()
 
 
 def test_sigterm_exits_cleanly_and_in_time(daemons: Callable[..., Daemon]) -> None:

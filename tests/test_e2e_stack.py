@@ -1,12 +1,15 @@
 """The alert path end to end: real Prometheus → real Alertmanager → the daemon's webhook.
 
-(b) auto-safe: a unit an operator's rule says must run is stopped → the alert fires →
-the webhook opens an incident → restarted → verified → the alert resolves.
+(b) auto-safe: a running unit an operator's rule says is wedged (prometheus-am-executor's
+case: the rule asks for a restart with `macha_action: restart_unit`) → the alert fires →
+the webhook opens an incident → the firing alert confirms the problem → restarted →
+verified → the alert resolves.
 (c) suggest: the same incident is queued → `macha-approve approve ID` → executed →
 verified → the alert resolves and the incident closes.
 
-The unit is stopped, not failed: the daemon's own findings do not cover an inactive
-unit, so only the alert path can act (and D-Bus events are off).
+The unit keeps running: the daemon's own findings (failed units) do not cover it, so
+only the alert path can act. "Wedged" is a flag unit the test starts and the backend's
+ExecStartPre clears, so a restart is what makes the alert resolve.
 """
 
 from __future__ import annotations
@@ -31,20 +34,23 @@ RULE = """\
 groups:
   - name: operator
     rules:
-      - alert: BackendNotRunning
-        # a stopped unit is unloaded by systemd and its series vanish: absent() too
-        expr: |
-          macha_systemd_unit_state{{unit="{unit}", state="active"}} == 0
-          or absent(macha_systemd_unit_state{{unit="{unit}", state="active"}})
+      - alert: BackendWedged
+        # the backend runs but does not serve; here: while its wedge flag unit is active
+        expr: macha_systemd_unit_state{{unit="{flag}", state="active"}} == 1
         for: 0s
         labels:
           severity: critical
-          macha_finding: unit_failed
+          macha_action: restart_unit
           instance: {host}
           unit: {unit}
         annotations:
-          summary: "{{{{ $labels.unit }}}} is not running on {{{{ $labels.instance }}}}"
+          summary: "{{{{ $labels.unit }}}} is wedged on {{{{ $labels.instance }}}}"
 """
+FLAG = "e2e-wedged.service"
+BACKEND = (
+    "[Service]\nExecStartPre=/bin/systemctl stop --no-block " + FLAG + "\n"
+    "ExecStart=/bin/sleep infinity\n"
+)
 
 
 @pytest.fixture
@@ -58,15 +64,16 @@ def alert_stack(
     started: list[Daemon] = []
 
     def start(autonomy: str) -> tuple[Daemon, Prometheus, str]:
-        unit = unit_factory("e2e-backend.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+        unit = unit_factory("e2e-backend.service", BACKEND)
+        unit_factory(FLAG, "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n")
         systemd_container.run("systemctl", "start", unit)
         daemon = Daemon(
             systemd_container, tmp_path / "state", autonomy_level=autonomy, dbus_events="false"
         ).start()
         started.append(daemon)
         rule = tmp_path / "operator.yml"
-        rule.write_text(RULE.format(unit=unit, host=HOST))
-        alertmanager = alertmanager_factory(alertmanager_config(daemon.port))
+        rule.write_text(RULE.format(unit=unit, flag=FLAG, host=HOST))
+        alertmanager = alertmanager_factory(alertmanager_config(daemon.port, daemon.token_file))
         prometheus = prometheus_factory(prometheus_config(daemon.port, alertmanager.port), [rule])
         prometheus.wait_targets_up(1)
         prometheus.wait_alertmanagers()
@@ -94,7 +101,8 @@ def test_b_alert_path_restarts_verifies_and_resolves(
     systemd_container: LabSystemd, alert_stack: Callable[[str], tuple[Daemon, Prometheus, str]]
 ) -> None:
     daemon, prometheus, unit = alert_stack("auto-safe")
-    systemd_container.run("systemctl", "stop", unit)
+    before = systemd_container.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout
+    systemd_container.run("systemctl", "start", FLAG)  # the backend wedges
 
     assert poll(
         lambda: any(a.status is ActionStatus.SUCCEEDED for a in daemon.actions(unit)), 60
@@ -102,10 +110,12 @@ def test_b_alert_path_restarts_verifies_and_resolves(
     [action] = daemon.actions(unit)
     assert action.action.kind == "restart_unit"
     assert systemd_container.unit_state(unit) == ("active", "running")
+    after = systemd_container.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout
+    assert after != before  # restarted, not merely found running
     # the incident came from the webhook: Prometheus fired it, Alertmanager delivered it
     alerts = [a for a in incident_alerts(daemon) if a["incident"] == action.incident_id]
     assert alerts
-    assert alerts[0]["labels"]["alertname"] == "BackendNotRunning"  # type: ignore[index]
+    assert alerts[0]["labels"]["alertname"] == "BackendWedged"  # type: ignore[index]
     assert alerts[0]["labels"]["instance"] == HOST  # type: ignore[index]
     # ... and the alert resolves, which the daemon records as the fix's second check
     assert poll(lambda: not alert_state(prometheus, unit), 60)
@@ -122,7 +132,7 @@ def test_c_suggest_queues_approval_executes_and_alert_resolves(
     systemd_container: LabSystemd, alert_stack: Callable[[str], tuple[Daemon, Prometheus, str]]
 ) -> None:
     daemon, prometheus, unit = alert_stack("suggest")
-    systemd_container.run("systemctl", "stop", unit)
+    systemd_container.run("systemctl", "start", FLAG)  # the backend wedges
 
     def queued() -> list[int]:
         return [

@@ -30,6 +30,7 @@ import pytest
 from macha_obs import config as config_mod
 from macha_obs.config import BUILTIN_PROTECTED_UNITS, AnalysisMode, AutonomyLevel, Config
 from macha_obs.execute.privileged import parse_instance
+from macha_obs.webhook_token import token_path
 from tests.labsd import LabSystemd, wait_until
 from tests.nix_support import (
     BUSCTL,
@@ -83,6 +84,7 @@ MODULE_FIELDS = {"listen_address", "state_dir", "privileged_unit"}
 # Fields with no option of their own: set them through `settings`. A field added to
 # config.py must appear here or get an option (and a row in docs/nixos.md).
 SETTINGS_ONLY = {
+    "auto_reset_start_limit",
     "llm_enabled",
     "llm_backend",
     "openai_url",
@@ -92,6 +94,7 @@ SETTINGS_ONLY = {
     "llm_keep_alive",
     "llm_max_steps",
     "webhook_max_body_bytes",
+    "webhook_auth",
     "hostname",
     "host_labels",
     "host_aliases",
@@ -390,6 +393,8 @@ def test_the_token_never_enters_the_config_or_the_store() -> None:
     ]
     toml_text = json.dumps(result["config"]["environment"]["etc"])
     assert token not in toml_text
+    # the operator's file exists before boot: no ordering on the daemon needed
+    assert set(services["alertmanager"]) == {"serviceConfig"}
     receiver = result["config"]["services"]["prometheus"]["alertmanager"]["configuration"]
     auth = receiver["receivers"][0]["webhook_configs"][0]["http_config"]["authorization"]
     assert auth == {
@@ -398,11 +403,56 @@ def test_the_token_never_enters_the_config_or_the_store() -> None:
     }
 
 
-def test_a_wide_listener_without_a_token_warns() -> None:
+GENERATED_TOKEN = "/var/lib/macha-autonomous/webhook.token"
+
+
+def test_the_generated_token_path_is_the_daemons() -> None:
+    """nixos/lib.nix names the file macha_obs/webhook_token.py creates in the state dir."""
+    assert eval_lib("names")["generatedToken"] == GENERATED_TOKEN
+    assert str(token_path(Config(hostname="h").state_dir)) == GENERATED_TOKEN
+
+
+def test_without_a_token_file_alertmanager_gets_the_generated_token() -> None:
+    """DESIGN.md invariant 13: the default is authenticated. The daemon writes its token
+    before READY=1; Alertmanager is ordered after it and gets a copy (LoadCredential=)."""
+    result = eval_module({"enable": True, "alertmanager": {"enable": True}}, other=ALERTMANAGER_ON)
+    assert result["failedAssertions"] == []
+    assert result["warnings"] == []
+    services = result["config"]["systemd"]["services"]
+    assert services["alertmanager"] == {
+        "serviceConfig": {"LoadCredential": [f"macha-webhook-token:{GENERATED_TOKEN}"]},
+        "wants": [f"{SERVICE}.service"],
+        "after": [f"{SERVICE}.service"],
+    }
+    assert "LoadCredential" not in services[SERVICE]["serviceConfig"]
+    cfg = rendered_config(result)
+    assert cfg.webhook_token_file is None
+    assert cfg.webhook_auth
+    receiver = result["config"]["services"]["prometheus"]["alertmanager"]["configuration"]
+    auth = receiver["receivers"][0]["webhook_configs"][0]["http_config"]["authorization"]
+    assert auth["credentials_file"] == "/run/credentials/alertmanager.service/macha-webhook-token"
+    # the read-only receiver, for a configuration of one's own, sends it too
+    assert result["values"]["alertmanager"]["receiver"] == receiver["receivers"][0]
+
+
+def test_a_wide_listener_needs_no_token_file() -> None:
     result = eval_module({"enable": True, "listenAddress": "0.0.0.0"})
-    assert any("without webhookTokenFile" in w for w in result["warnings"])
+    assert result["warnings"] == []
+    assert result["failedAssertions"] == []
     scrape = result["config"].get("services", {})
     assert scrape == {}  # no wiring unless asked
+
+
+def test_opting_out_of_webhook_auth_is_loopback_only() -> None:
+    off = {"enable": True, "settings": {"webhook_auth": False}, "alertmanager": {"enable": True}}
+    result = eval_module(off, other=ALERTMANAGER_ON)
+    assert result["failedAssertions"] == []
+    assert rendered_config(result).webhook_auth is False
+    assert "alertmanager" not in result["config"]["systemd"]["services"]
+    receiver = result["config"]["services"]["prometheus"]["alertmanager"]["configuration"]
+    assert "http_config" not in receiver["receivers"][0]["webhook_configs"][0]
+    wide = eval_module({**off, "listenAddress": "0.0.0.0"}, other=ALERTMANAGER_ON)
+    assert any("webhook_auth = false" in m for m in wide["failedAssertions"])
 
 
 @pytest.mark.parametrize("service", ["prometheus", "alertmanager", "grafana"])
@@ -469,10 +519,15 @@ def test_prometheus_wiring_passes_promtool(tmp_path: Path) -> None:
 
 
 @pytest.mark.stack
+@pytest.mark.parametrize("token_file", [None, "/run/secrets/t"], ids=["generated", "own-token"])
 @pytest.mark.parametrize("own_config", [False, True], ids=["default", "own-configuration"])
-def test_alertmanager_wiring_passes_amtool(tmp_path: Path, own_config: bool) -> None:
+def test_alertmanager_wiring_passes_amtool(
+    tmp_path: Path, own_config: bool, token_file: str | None
+) -> None:
     amtool = need("amtool")
-    base = {"enable": True, "webhookTokenFile": "/run/secrets/t", "alertmanager": {"enable": True}}
+    base: dict[str, Any] = {"enable": True, "alertmanager": {"enable": True}}
+    if token_file is not None:
+        base["webhookTokenFile"] = token_file
     if not own_config:
         result = eval_module(base)
         configuration = result["config"]["services"]["prometheus"]["alertmanager"]["configuration"]
@@ -559,10 +614,33 @@ def units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     paths[SERVICE].write_text(render_unit(services[SERVICE]))
     paths[PRIVILEGED].write_text(render_unit(services[f"{PRIVILEGED}@"]))
+    # the default, no webhookTokenFile: the daemon without LoadCredential=, and what the
+    # module adds to Alertmanager's unit (ordering, the generated token's credential)
+    # over a stand-in for the unit NixOS renders for it
+    default = eval_module(
+        {**SEED_EXAMPLE, "alertmanager": {"enable": True}},
+        other=ALERTMANAGER_ON,
+        pkg_path=str(root / "pkg"),
+    )["config"]["systemd"]["services"]
+    generated = root / "generated"
+    generated.mkdir()
+    paths["default"] = generated / f"{SERVICE}.service"
+    paths["default"].write_text(render_unit(default[SERVICE]))
+    paths["alertmanager"] = generated / "alertmanager.service"
+    paths["alertmanager"].write_text(render_unit(alertmanager_unit(default["alertmanager"], exe)))
     return paths
 
 
-@pytest.mark.parametrize("unit", [SERVICE, PRIVILEGED])
+def alertmanager_unit(added: dict[str, Any], exe: Path) -> dict[str, Any]:
+    """What the module adds to Alertmanager, over a stand-in for NixOS's own unit."""
+    return {
+        **added,
+        "description": "Alertmanager (a stand-in for the unit NixOS renders)",
+        "serviceConfig": {"ExecStart": str(exe), **added["serviceConfig"]},
+    }
+
+
+@pytest.mark.parametrize("unit", [SERVICE, PRIVILEGED, "default", "alertmanager"])
 def test_units_pass_systemd_analyze_verify(units: dict[str, Path], unit: str) -> None:
     done = systemd_analyze("verify", "--man=no", str(units[unit]))
     assert done.returncode == 0, done.stderr
@@ -907,3 +985,47 @@ def test_daemon_restarts_a_failed_unit_through_polkit(lab: ModuleLab) -> None:
         assert wait_until(restarted, timeout=120), lab.daemon_log()
         actions = lab.systemd.run("cat", f"/var/lib/{SERVICE}/actions.jsonl", check=False)
         assert "lab-app.service" in actions.stdout, lab.daemon_log()
+
+
+@pytest.mark.systemd
+def test_alertmanager_gets_the_token_the_daemon_generated(lab: ModuleLab) -> None:
+    """A first boot with no webhookTokenFile: starting Alertmanager pulls in the daemon
+    (Wants=), waits for its READY=1 (After=), by which time the daemon, as its own user,
+    has written a 0600 token; systemd copies that file into Alertmanager's credentials."""
+    result = eval_module({**SEED_EXAMPLE, "alertmanager": {"enable": True}}, other=ALERTMANAGER_ON)
+    units = result["config"]["systemd"]["services"]
+    # a stand-in that keeps what Alertmanager would read as credentials_file
+    saw = "/run/alertmanager-saw-token"
+    shell = f'cat "$$CREDENTIALS_DIRECTORY/macha-webhook-token" > {saw}'  # $$: for sh
+    stand_in = alertmanager_unit(units["alertmanager"], Path("/bin/sh"))
+    stand_in["serviceConfig"] = {
+        **stand_in["serviceConfig"],
+        "Type": "oneshot",
+        "RemainAfterExit": True,
+        "ExecStart": f"/bin/sh -c '{shell}'",
+    }
+    lab.systemd.write_unit("alertmanager.service", render_unit(stand_in))
+    # systemd hands credentials over by moving a mount out of the service's namespace: a
+    # booted host's / is shared (systemd makes it so outside containers), the lab's is not
+    lab.systemd.run("mount", "--make-rshared", "/")
+    token = f"/var/lib/{SERVICE}/webhook.token"
+    lab.systemd.run("rm", "-f", token, saw)
+    daemon = f"{SERVICE}.service"
+    try:
+        done = lab.systemd.run(
+            "systemctl", "start", "alertmanager.service", check=False, timeout=120
+        )
+        assert done.returncode == 0, done.stderr + lab.systemd.journal("alertmanager.service")
+        assert lab.systemd.unit_state(daemon)[0] == "active", lab.daemon_log()
+        owner_mode = lab.systemd.run("stat", "-c", "%U %a", token).stdout.split()
+        assert owner_mode == [SERVICE, "600"]
+        generated = lab.systemd.run("cat", token).stdout
+        assert len(generated.strip()) >= 43
+        assert lab.systemd.run("cat", saw).stdout == generated
+        # the daemon says where its token is, never what it is
+        assert token in lab.daemon_log()
+        assert generated.strip() not in lab.daemon_log()
+    finally:
+        lab.systemd.run("systemctl", "stop", "alertmanager.service", daemon, check=False)
+        lab.systemd.wait_for_state(daemon, ("inactive", "failed"), timeout=60)
+        lab.systemd.run("rm", "-f", saw)

@@ -15,12 +15,9 @@ from macha_obs.incidents import IncidentStore
 from macha_obs.models import (
     Alert,
     AlertGroup,
-    Finding,
-    FindingKind,
-    Incident,
-    UnitState,
+    Outcome,
 )
-from macha_obs.orchestrator import Orchestrator, already_recovered
+from macha_obs.orchestrator import Orchestrator
 from macha_obs.remediate import Remediator
 from macha_obs.store import Store
 from tests.labsd import LabSystemd
@@ -37,28 +34,6 @@ def alert(unit: str, name: str = "MachaUnitFailed") -> Alert:
             "fingerprint": f"fp-{unit}-{name}",
         }
     )
-
-
-def active(unit: str) -> UnitState:
-    return UnitState(name=unit, load_state="loaded", active_state="active", sub_state="running")
-
-
-def test_already_recovered_only_when_failure_is_the_only_reason() -> None:
-    unit = "web.service"
-    failed = Finding(kind=FindingKind.UNIT_FAILED, subject=unit, unit=unit, summary="failed")
-    burst = Finding(kind=FindingKind.JOURNAL_ERROR_BURST, subject=unit, unit=unit, summary="e")
-    by_alert = Incident(id="i", source="alert", alerts=[alert(unit)])
-    assert already_recovered(by_alert, active(unit))
-    assert already_recovered(Incident(id="i", source="finding", findings=[failed]), active(unit))
-    # another reason about the unit keeps the proposal
-    mixed = Incident(id="i", source="finding", findings=[failed, burst])
-    assert not already_recovered(mixed, active(unit))
-    custom = Incident(id="i", source="alert", alerts=[alert(unit, "SlowResponses")])
-    assert not already_recovered(custom, active(unit))
-    # still failed, or nothing said about the unit: not recovered
-    still = UnitState(name=unit, active_state="failed", sub_state="failed")
-    assert not already_recovered(by_alert, still)
-    assert not already_recovered(Incident(id="i", source="alert"), active(unit))
 
 
 @pytest.fixture
@@ -108,13 +83,14 @@ def test_a_late_alert_about_a_unit_that_is_active_again_restarts_nothing(
 
     report = loop.run_cycle("alert")
 
-    assert report.handled == []
+    [(_, _, handled)] = report.handled
+    assert handled.verdict.outcome is Outcome.REFUSE
     assert loop.store.list_actions() == []
     same = systemd_container.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout
     assert same == pid  # not restarted
-    skipped = [json.loads(x) for x in loop.store.decisions_log.read_text().splitlines()]
-    assert [s["reason"] for s in skipped if s.get("event") == "skipped"] == [
-        f"{unit} is active again; nothing to fix"
+    lines = [json.loads(x) for x in loop.store.decisions_log.read_text().splitlines()]
+    assert [s["reason"] for s in lines if s.get("event") == "verdict"] == [
+        f"the problem is no longer there: {unit} is active and no alert about it is firing"
     ]
 
 

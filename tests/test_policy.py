@@ -14,9 +14,11 @@ import pytest
 
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.models import (
+    UNIT_ACTIONS,
     Action,
     ConfigChange,
     DiskUsage,
+    FindingKind,
     Investigate,
     JournalVacuum,
     NixGc,
@@ -27,6 +29,7 @@ from macha_obs.models import (
     RestartUnit,
     Risk,
     StartUnit,
+    Verdict,
 )
 from macha_obs.policy import (
     BreakerState,
@@ -34,9 +37,10 @@ from macha_obs.policy import (
     PolicyContext,
     breaker_state,
     effective_autonomy,
-    judge,
     risk_of,
 )
+from macha_obs.policy import judge as policy_judge
+from macha_obs.scope import Confirmation, Scope
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -66,6 +70,26 @@ MATRIX: dict[tuple[AutonomyLevel, Risk], Outcome] = {
     (AutonomyLevel.AUTO_FULL, Risk.HIGH): Outcome.QUEUE,
     (AutonomyLevel.AUTO_FULL, Risk.FORBIDDEN): Outcome.REFUSE,
 }
+
+
+def in_scope(action: Action) -> Scope:
+    """Evidence that names the action's unit and says space is short."""
+    units = frozenset({action.unit}) if isinstance(action, UNIT_ACTIONS) else frozenset()
+    return Scope(units=units, kinds=frozenset({FindingKind.DISK_FILLING}))
+
+
+def judge(
+    action: Action,
+    context: PolicyContext,
+    *,
+    approved: bool = False,
+    problem_present: bool | None = True,
+) -> Verdict:
+    """The policy's judge with the scope lock satisfied: the incident names the unit and
+    systemd confirms the problem (or, with problem_present=False, says it is gone). The
+    scope lock itself is tested in tests/test_scope.py."""
+    problem = Confirmation(problem_present, "systemd says so")
+    return policy_judge(action, context, approved=approved, scope=in_scope(action), problem=problem)
 
 
 def ctx(
@@ -128,8 +152,10 @@ def test_invariant_4_nothing_refused_for_autonomy_is_dropped(
         (StartUnit(unit="ollama.service"), Risk.LOW),
         (ResetFailed(unit="backup.service"), Risk.LOW),
         (RestartUnit(unit="backup.timer"), Risk.LOW),
-        (RestartUnit(unit="multi-user.target"), Risk.MEDIUM),
-        (RestartUnit(unit="home.mount"), Risk.MEDIUM),
+        (RestartUnit(unit="multi-user.target"), Risk.FORBIDDEN),
+        (RestartUnit(unit="backup.target"), Risk.FORBIDDEN),
+        (RestartUnit(unit="home.mount"), Risk.HIGH),
+        (StartUnit(unit="swapfile.swap"), Risk.HIGH),
         (RestartUnit(unit="user.slice"), Risk.FORBIDDEN),
         (Investigate(diagnostic=DiskUsage()), Risk.LOW),
         (JournalVacuum(max_size_mb=200), Risk.LOW),

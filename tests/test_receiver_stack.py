@@ -18,16 +18,38 @@ import requests
 from prometheus_client import CollectorRegistry, Gauge
 
 from macha_obs.agent.analyze import Analyzer
-from macha_obs.config import AnalysisMode
+from macha_obs.config import AnalysisMode, Config
 from macha_obs.incidents import IncidentStore, IngestResult, analyze_pending
 from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.store import Store
+from macha_obs.webhook_token import token_path
+from tests.eyes_support import PROJECT
 from tests.stack import Alertmanager, Prometheus, poll
 from tests.test_agent import ScriptedChat, answer
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("amtool")]
 TOKEN = "am-webhook-token"
+
+
+def am_config(url: str, token_file: Path, group_wait: str = "0s") -> str:
+    return f"""
+route:
+  receiver: macha
+  group_by: [alertname]
+  group_wait: {group_wait}
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: macha
+    webhook_configs:
+      - url: {url}/alerts
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: {token_file}
+"""
 
 
 @dataclass
@@ -40,24 +62,7 @@ class Sidecar:
     token_file: Path
 
     def am_config(self, token_file: Path | None = None, group_wait: str = "0s") -> str:
-        creds = token_file or self.token_file
-        return f"""
-route:
-  receiver: macha
-  group_by: [alertname]
-  group_wait: {group_wait}
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: macha
-    webhook_configs:
-      - url: {self.url}/alerts
-        send_resolved: true
-        http_config:
-          authorization:
-            type: Bearer
-            credentials_file: {creds}
-"""
+        return am_config(self.url, token_file or self.token_file, group_wait)
 
     def deliveries(self, result: str) -> int:
         return self.receiver.stats.snapshot()["deliveries"][result]
@@ -151,6 +156,72 @@ def test_wrong_or_missing_token_is_refused(
     assert sidecar.incidents.inbox_count() == 0
     direct = requests.post(f"{sidecar.url}/alerts", data=b"{}", timeout=5)
     assert direct.status_code == 401
+
+
+def test_alertmanager_sends_the_generated_token(
+    make_config: Callable[..., Config],
+    store: Store,
+    alertmanager_factory: Callable[[str], Alertmanager],
+) -> None:
+    """The default: no token configured, so the receiver generates one in the state dir,
+    and Alertmanager with `credentials_file` pointing at that file gets through."""
+    cfg = make_config()
+    assert cfg.webhook_token_file is None
+    assert cfg.webhook_auth
+    receiver = ReceiverApp.from_config(cfg, store)
+    token_file = token_path(cfg.state_dir)
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    server, thread = start_server(
+        "127.0.0.1", 0, make_app(CollectorRegistry(), alerts_app=receiver)
+    )
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert requests.post(f"{url}/alerts", data=b"{}", timeout=5).status_code == 401
+        am = alertmanager_factory(am_config(url, token_file))
+        amtool(am, "alertname=UnitFailed", "unit=nginx.service", "instance=testhost:9100")
+        incidents = IncidentStore(store)
+        assert poll(lambda: bool(incidents.open_incidents()), 15), am.log_tail()
+    finally:
+        shutdown(server, thread)
+    [state] = incidents.open_incidents()
+    assert state.incident.units == ["nginx.service"]
+    deliveries = receiver.stats.snapshot()["deliveries"]
+    assert deliveries["accepted"] == 1
+    assert deliveries["unauthorized"] == 1  # the direct POST above, never Alertmanager
+
+
+def test_the_shipped_alertmanager_config_sends_the_token(
+    make_config: Callable[..., Config],
+    store: Store,
+    alertmanager_factory: Callable[[str], Alertmanager],
+) -> None:
+    """exporters/alertmanager.yml as shipped, but for the URL, group_wait and the copy of
+    the token (what LoadCredential= hands Alertmanager): its auth block gets through."""
+    cfg = make_config()
+    receiver = ReceiverApp.from_config(cfg, store)
+    copy = cfg.state_dir.parent / "alertmanager-credentials" / "macha-webhook-token"
+    copy.parent.mkdir()
+    copy.write_bytes(token_path(cfg.state_dir).read_bytes())
+    shipped = (PROJECT / "exporters" / "alertmanager.yml").read_text()
+    credentials = "/run/credentials/prometheus-alertmanager.service/macha-webhook-token"
+    assert f"credentials_file: {credentials}\n" in shipped
+    server, thread = start_server(
+        "127.0.0.1", 0, make_app(CollectorRegistry(), alerts_app=receiver)
+    )
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        config = (
+            shipped.replace("http://127.0.0.1:9847", url)
+            .replace(credentials, str(copy))
+            .replace("group_wait: 10s", "group_wait: 0s")
+        )
+        am = alertmanager_factory(config)
+        amtool(am, "alertname=UnitFailed", "unit=nginx.service", "instance=testhost:9100")
+        incidents = IncidentStore(store)
+        assert poll(lambda: bool(incidents.open_incidents()), 15), am.log_tail()
+    finally:
+        shutdown(server, thread)
+    assert receiver.stats.snapshot()["deliveries"]["unauthorized"] == 0
 
 
 def test_prometheus_rule_fires_and_resolves_through_alertmanager(

@@ -14,17 +14,21 @@ import pytest
 from macha_obs import config as config_mod
 from macha_obs.cli import build_executor
 from macha_obs.config import Config
+from macha_obs.incidents import IncidentStore
 from macha_obs.models import (
     ActionStatus,
     ApprovalStatus,
     ConfigChange,
+    Finding,
+    FindingKind,
     Outcome,
     Proposal,
     RestartUnit,
     Risk,
     StartUnit,
 )
-from macha_obs.remediate import Remediator
+from macha_obs.remediate import Handled, Remediator
+from macha_obs.scope import Scope
 from macha_obs.store import Store
 from tests.labsd import LabSystemd
 
@@ -59,7 +63,7 @@ def remediator_for(lab_config: Callable[..., Config]) -> Iterator[Callable[..., 
     def make(**overrides: object) -> Remediator:
         cfg = lab_config(**overrides)
         store = Store(cfg.state_dir)
-        rem = Remediator(cfg, store, build_executor(cfg))
+        rem = Remediator(cfg, store, build_executor(cfg), scope_of=IncidentStore(store).scope_of)
         made.append((store, rem))
         return rem
 
@@ -67,6 +71,19 @@ def remediator_for(lab_config: Callable[..., Config]) -> Iterator[Callable[..., 
     for store, rem in made:
         rem.executor.systemd.bus.close()  # type: ignore[attr-defined]
         store.close()
+
+
+def incident_naming(rem: Remediator, unit: str) -> str:
+    """A finding incident whose evidence names `unit` (the scope lock needs one)."""
+    failed = Finding(kind=FindingKind.UNIT_FAILED, subject=unit, unit=unit, summary="failed")
+    incident_id, _ = IncidentStore(rem.store).open_for_findings(unit, [failed])
+    return incident_id
+
+
+def handle(rem: Remediator, action: RestartUnit | StartUnit, **proposal: object) -> Handled:
+    incident_id = incident_naming(rem, action.unit)
+    scope = IncidentStore(rem.store).scope_of([incident_id])
+    return rem.handle(incident_id, Proposal(action=action, **proposal), scope)
 
 
 def break_unit(lab: LabSystemd, unit_factory: UnitFactory, name: str) -> str:
@@ -85,7 +102,7 @@ def test_auto_safe_restarts_and_verifies(
 ) -> None:
     unit = break_unit(systemd_container, unit_factory, "t-auto")
     rem = remediator_for(autonomy_level="auto-safe")
-    handled = rem.handle("inc-auto", Proposal(action=RestartUnit(unit=unit), reason="failed"))
+    handled = handle(rem, RestartUnit(unit=unit), reason="failed")
     assert handled.verdict.outcome is Outcome.EXECUTE
     assert handled.result is not None
     assert handled.result.verified
@@ -103,14 +120,15 @@ def test_invariant_10_every_verdict_and_action_is_audited_with_incident(
 ) -> None:
     unit = break_unit(systemd_container, unit_factory, "t-audit")
     rem = remediator_for(autonomy_level="auto-safe")
-    rem.handle("inc-audit", Proposal(action=RestartUnit(unit=unit), reason="r"))
+    handle(rem, RestartUnit(unit=unit), reason="r")
+    incident_id = incident_naming(rem, unit)
     decisions = [json.loads(x) for x in rem.store.decisions_log.read_text().splitlines()]
     actions = [json.loads(x) for x in rem.store.actions_log.read_text().splitlines()]
     assert [d["event"] for d in decisions] == ["verdict"]
-    assert decisions[0]["incident_id"] == "inc-audit"
+    assert decisions[0]["incident_id"] == incident_id
     assert decisions[0]["outcome"] == "execute"
     assert [a["event"] for a in actions] == ["intent", "outcome"]
-    assert {a["incident_id"] for a in actions} == {"inc-audit"}
+    assert {a["incident_id"] for a in actions} == {incident_id}
     # the verdict was on disk before the intent, the intent before the outcome
     assert decisions[0]["ts"] <= actions[0]["ts"] <= actions[1]["ts"]
 
@@ -123,9 +141,7 @@ def test_suggest_queues_then_cli_approval_executes_once(
 ) -> None:
     unit = break_unit(systemd_container, unit_factory, "t-approve")
     rem = remediator_for(autonomy_level="suggest")
-    handled = rem.handle(
-        "inc-q", Proposal(action=RestartUnit(unit=unit), reason="failed", evidence=["exit 3"])
-    )
+    handled = handle(rem, RestartUnit(unit=unit), reason="failed", evidence=["exit 3"])
     assert handled.verdict.outcome is Outcome.QUEUE
     assert handled.approval is not None
     assert handled.approval.id == 0
@@ -166,9 +182,9 @@ def test_suggest_queues_then_cli_approval_executes_once(
 def test_invariant_5_approval_of_a_fixed_problem_does_nothing(
     systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
 ) -> None:
-    unit = unit_factory("t-gone.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    unit = break_unit(systemd_container, unit_factory, "t-gone")
     rem = remediator_for(autonomy_level="suggest")
-    queued = rem.handle("inc-gone", Proposal(action=StartUnit(unit=unit)))
+    queued = handle(rem, StartUnit(unit=unit))
     assert queued.approval is not None
     # a human (or systemd) fixed it meanwhile
     with systemd_container.dbus() as bus:
@@ -180,6 +196,7 @@ def test_invariant_5_approval_of_a_fixed_problem_does_nothing(
     assert handled.verdict.outcome is Outcome.REFUSE
     assert handled.approval is not None
     assert handled.approval.status is ApprovalStatus.CANCELLED
+    assert f"{unit} is active and no alert about it is firing" in handled.approval.note
     assert rem.store.list_actions() == []
 
 
@@ -197,10 +214,11 @@ def test_invariant_5_approval_of_protected_unit_is_refused(remediator_for) -> No
 
 def test_observe_records_and_keeps_approvals_pending(remediator_for) -> None:
     rem = remediator_for(autonomy_level="observe")
-    handled = rem.handle("inc", Proposal(action=RestartUnit(unit="x.service")))
+    handled = handle(rem, RestartUnit(unit="x.service"))
     assert handled.verdict.outcome is Outcome.RECORD
     assert rem.store.list_approvals() == []
-    rem.store.enqueue("inc", RestartUnit(unit="x.service"), risk=Risk.LOW, reason="r", ttl=60)
+    incident_id = incident_naming(rem, "x.service")
+    rem.store.enqueue(incident_id, RestartUnit(unit="x.service"), risk=Risk.LOW, reason="r", ttl=60)
     approved = rem.approve(0, "alice")
     assert approved.verdict.outcome is Outcome.RECORD
     assert approved.approval is not None
@@ -211,7 +229,7 @@ def test_observe_records_and_keeps_approvals_pending(remediator_for) -> None:
 def test_config_change_is_acknowledged_never_executed(remediator_for) -> None:
     rem = remediator_for(autonomy_level="auto-full")
     change = ConfigChange(path="/etc/nixos/configuration.nix", diff="+x", summary="enable x")
-    handled = rem.handle("inc", Proposal(action=change))
+    handled = rem.handle("inc", Proposal(action=change), Scope())
     assert handled.verdict.outcome is Outcome.QUEUE
     done = rem.approve(handled.approval.id, "alice")
     assert done.approval is not None
@@ -223,15 +241,17 @@ def test_invariant_7_failed_verifications_open_the_breaker(
     systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
 ) -> None:
     unit = unit_factory("t-broken.service", "[Service]\nExecStart=/bin/false\n")
+    systemd_container.run("systemctl", "start", unit, check=False)
+    systemd_container.wait_for_state(unit, "failed")
     rem = remediator_for(autonomy_level="auto-safe", breaker_threshold=2)
     for _ in range(2):
-        handled = rem.handle("inc-b", Proposal(action=RestartUnit(unit=unit)))
+        handled = handle(rem, RestartUnit(unit=unit))
         assert handled.verdict.outcome is Outcome.EXECUTE
         assert handled.result is not None
         assert not handled.result.verified
     assert rem.breaker().open
     # now the host is back to suggest: the third attempt is queued, not executed
-    third = rem.handle("inc-b", Proposal(action=RestartUnit(unit=unit)))
+    third = handle(rem, RestartUnit(unit=unit))
     assert third.verdict.outcome is Outcome.QUEUE
     assert "breaker open" in third.verdict.reason
     # a restart of the process (a new Remediator on the same state) keeps it open

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from macha_obs.agent.runbooks import classify_alert, runbook_decision, runbook_proposals
+from macha_obs.agent.runbooks import runbook_decision, runbook_proposals
 from macha_obs.models import (
     Alert,
     Assessment,
@@ -20,6 +20,7 @@ from macha_obs.models import (
     RestartUnit,
     TopProcesses,
 )
+from macha_obs.scope import classify_alert
 from tests.receiver_support import alert, resolved
 
 
@@ -63,9 +64,24 @@ def test_unit_failed_restarts_the_unit() -> None:
     assert d.source is DecisionSource.RUNBOOKS
 
 
-def test_start_limit_hit_resets_failed() -> None:
+def test_start_limit_hit_investigates_and_proposes_the_reset() -> None:
+    """systemd gave up on purpose: look first; the reset is proposed (and the policy
+    queues it for a human unless auto_reset_start_limit is set)."""
     a = alert("UnitFailed", unit="nginx.service", result="start-limit-hit")
-    assert [p.action for p in runbook_proposals(inc(a))[0]] == [ResetFailed(unit="nginx.service")]
+    assert [p.action for p in runbook_proposals(inc(a))[0]] == [
+        Investigate(diagnostic=JournalTail(unit="nginx.service")),
+        ResetFailed(unit="nginx.service"),
+    ]
+
+
+def test_start_limit_hit_seen_in_systemds_state() -> None:
+    """The alert may not say it; systemd's result on the unit does."""
+    a = alert("UnitFailed", unit="nginx.service")
+    status = {"nginx.service": "failed/failed (load loaded, result start-limit-hit, restarts 5)"}
+    assert ResetFailed(unit="nginx.service") in [
+        p.action for p in runbook_proposals(inc(a), status)[0]
+    ]
+    assert RestartUnit(unit="nginx.service") in [p.action for p in runbook_proposals(inc(a))[0]]
 
 
 def test_disk_filling_vacuums_and_collects() -> None:

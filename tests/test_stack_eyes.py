@@ -26,6 +26,7 @@ from macha_obs.collect.resources import ResourcesCollector
 from macha_obs.collect.systemd import SystemdCollector
 from macha_obs.exporter import build_registry
 from macha_obs.server import make_app, shutdown, start_server
+from macha_obs.webhook_token import ensure_token, load_token
 from tests.eyes_support import PROJECT, make_nixos_tree
 from tests.labsd import LabSystemd, wait_until
 from tests.stack import Alertmanager, Prometheus
@@ -42,14 +43,22 @@ HOST = "testhost"
 
 
 class WebhookSink:
-    """Stands in for the receiver at POST /alerts: keeps every payload Alertmanager sends."""
+    """Stands in for the receiver at POST /alerts: keeps every payload Alertmanager sends
+    with the bearer token, and refuses (401) the rest, as the receiver does."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
+        self.token = token
         self.payloads: list[dict[str, Any]] = []
+        self.refused = 0
         self.arrived = threading.Condition()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if environ.get("HTTP_AUTHORIZATION") != f"Bearer {self.token}":
+            with self.arrived:
+                self.refused += 1
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"missing or wrong bearer token\n"]
         with self.arrived:
             self.payloads.append(json.loads(body))
             self.arrived.notify_all()
@@ -89,7 +98,9 @@ scrape_configs:
 """
 
 
-def alertmanager_config(sidecar_port: int) -> str:
+def alertmanager_config(sidecar_port: int, token_file: Path) -> str:
+    """Alertmanager → the sidecar's webhook, sending the token in `token_file` (for the
+    daemon: `Daemon.token_file`, the token it generated in its state dir)."""
     return f"""\
 route:
   receiver: macha
@@ -102,6 +113,10 @@ receivers:
     webhook_configs:
       - url: http://127.0.0.1:{sidecar_port}/alerts
         send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: {token_file}
 """
 
 
@@ -109,6 +124,7 @@ receivers:
 class Sidecar:
     port: int
     sink: WebhookSink
+    token_file: Path
     network: NetworkCollector
     lab: LabSystemd
     workdir: Path
@@ -132,13 +148,14 @@ def sidecar(systemd_container: LabSystemd, tmp_path: Path) -> Iterator[Sidecar]:
         NixosCollector(root=nixos_root),
     ]
     loop = CollectionLoop(collectors, hostname=HOST, interval=0.5, state_dir=tmp_path / "state")
-    sink = WebhookSink()
+    token_file = ensure_token(tmp_path / "state")
+    sink = WebhookSink(load_token(token_file))
     app = make_app(build_registry(loop.latest), alerts_app=sink, ready=loop.ready)
     server, thread = start_server("127.0.0.1", 0, app)
     loop.start()
     try:
         assert wait_until(loop.ready, timeout=30)
-        yield Sidecar(server.server_port, sink, network, systemd_container, tmp_path)
+        yield Sidecar(server.server_port, sink, token_file, network, systemd_container, tmp_path)
     finally:
         loop.stop(timeout=60)
         shutdown(server, thread)
@@ -158,7 +175,7 @@ def test_sidecar_in_a_real_stack(
     )
     lab.run("systemctl", "start", noisy, check=False)
 
-    alertmanager = alertmanager_factory(alertmanager_config(port))
+    alertmanager = alertmanager_factory(alertmanager_config(port, sidecar.token_file))
     sidecar.network.tcp_targets = [f"127.0.0.1:{alertmanager.port}"]
     prometheus = prometheus_factory(
         prometheus_config(port, alertmanager.port), fast_rules(sidecar.workdir)
@@ -187,6 +204,7 @@ def test_sidecar_in_a_real_stack(
 
     with sink.arrived:  # an RLock: delivered() may take it again
         assert sink.arrived.wait_for(lambda: bool(delivered()), timeout=60), sink.payloads
+    assert sink.refused == 0
     alert = delivered()[0]
     assert alert["labels"]["instance"] == HOST
     assert alert["labels"]["severity"] == "critical"

@@ -111,7 +111,7 @@ def test_sidecar_dashboard_and_alerts_on_the_real_daemon(
     alertmanager_factory: Callable[[str], Alertmanager],
 ) -> None:
     lab = systemd_container
-    alertmanager = alertmanager_factory(alertmanager_config(daemon.port))
+    alertmanager = alertmanager_factory(alertmanager_config(daemon.port, daemon.token_file))
     rules = daemon.state_dir.parent / "rules"
     rules.mkdir()
     prometheus = prometheus_factory(

@@ -57,7 +57,75 @@ def test_identical_pending_proposal_is_not_duplicated(store: Store) -> None:
     b = enqueue(store)
     assert a.id == b.id
     assert store.pending_count() == 1
-    assert enqueue(store, incident="inc-2").id != a.id
+
+
+def test_queue_stability_another_incident_attaches_to_the_pending_item(store: Store) -> None:
+    """The D-Bus event, then the alert, then cycles: one item, one id, all the evidence."""
+    a = enqueue(store)
+    later = store.enqueue(
+        "inc-2",
+        RestartUnit(unit="nginx.service"),
+        risk=Risk.LOW,
+        reason="again",
+        evidence=["alert MachaUnitFailed"],
+        ttl=60,
+    )
+    assert later.id == a.id
+    assert later.incident_ids == ["inc-1", "inc-2"]
+    assert later.evidence == ["e", "alert MachaUnitFailed"]
+    assert later.reason == "why"  # what the person read first stays
+    assert store.pending_count() == 1
+    # another action is another item
+    assert enqueue(store, unit="other.service").id != a.id
+
+
+def test_attached_evidence_is_bounded(store: Store) -> None:
+    for i in range(30):
+        store.enqueue(
+            f"inc-{i}",
+            RestartUnit(unit="nginx.service"),
+            risk=Risk.LOW,
+            reason="r",
+            evidence=[f"line {i}"],
+            ttl=60,
+        )
+    [item] = store.list_approvals()
+    assert len(item.evidence) == 10
+    assert item.evidence[0] == "line 0"
+    assert item.evidence[-1] == "line 29"
+
+
+def test_older_databases_fold_duplicate_pending_items(tmp_path: Path) -> None:
+    """A state.db from before: one pending item per (incident, action) and no
+    incident_ids column. Opening it keeps the oldest item and cancels the copies."""
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(
+        "CREATE TABLE approvals (id INTEGER PRIMARY KEY, incident_id TEXT NOT NULL,"
+        " action TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL, risk TEXT NOT NULL,"
+        " reason TEXT NOT NULL, evidence TEXT NOT NULL DEFAULT '[]', status TEXT NOT NULL,"
+        " created_at REAL NOT NULL, expires_at REAL NOT NULL, decided_at REAL,"
+        " decided_by TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '', action_id INTEGER);"
+        "CREATE UNIQUE INDEX approvals_pending_once ON approvals(incident_id, action)"
+        " WHERE status = 'pending';"
+    )
+    action = RestartUnit(unit="nginx.service").model_dump_json()
+    for i, incident in enumerate(["fd-1", "am-1"]):
+        db.execute(
+            "INSERT INTO approvals(id, incident_id, action, kind, target, risk, reason, status,"
+            " created_at, expires_at) VALUES (?,?,?,'restart_unit','nginx.service','low','r',"
+            " 'pending', 0, 9e9)",
+            (i, incident, action),
+        )
+    db.commit()
+    db.close()
+    with Store(tmp_path) as store:
+        items = store.list_approvals()
+        assert [(a.id, a.status) for a in items] == [
+            (0, ApprovalStatus.PENDING),
+            (1, ApprovalStatus.CANCELLED),
+        ]
+        assert items[0].incident_ids == ["fd-1"]
+        assert items[1].note == "merged into approval 0"
 
 
 def test_claim_once(store: Store) -> None:
@@ -82,11 +150,15 @@ def test_expiry_after_ttl(tmp_path: Path) -> None:
         assert store.get_approval(1).status is ApprovalStatus.EXPIRED  # type: ignore[union-attr]
 
 
-def test_cancel_for_resolved_incident(store: Store) -> None:
+def test_cancel_only_a_pending_item_with_its_reason(store: Store) -> None:
     enqueue(store, "a.service", incident="x")
     enqueue(store, "b.service", incident="y")
-    assert store.cancel_approvals_for_incident("x", "alert resolved") == [0]
-    assert store.get_approval(0).status is ApprovalStatus.CANCELLED  # type: ignore[union-attr]
+    assert store.cancel_approval(0, "the problem is gone: a.service is active")
+    assert not store.cancel_approval(0, "twice")
+    first = store.get_approval(0)
+    assert first is not None
+    assert first.status is ApprovalStatus.CANCELLED
+    assert first.note == "the problem is gone: a.service is active"
     assert store.get_approval(1).status is ApprovalStatus.PENDING  # type: ignore[union-attr]
 
 
@@ -183,8 +255,13 @@ def _remediator(state_dir: str, runner: Callable[..., Completed]):
         }
     )
     executor = HostExecutor(None, None, JournalExecutor(runner), None)  # type: ignore[arg-type]
+    from macha_obs.models import FindingKind
+    from macha_obs.scope import Scope
+
     store = Store(Path(state_dir))
-    return Remediator(cfg, store, executor), store
+    # the incidents these items came from were about a filling disk (the scope lock)
+    disk = Scope(kinds=frozenset({FindingKind.DISK_FILLING}))
+    return Remediator(cfg, store, executor, scope_of=lambda _ids: disk), store
 
 
 def _approver(state_dir: str, counter: str, rounds: int, barrier, results) -> None:

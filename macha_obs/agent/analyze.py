@@ -129,9 +129,9 @@ class Analyzer:
     def _decide(self, incident: Incident, ctx: PromptContext) -> tuple[Decision, _Run, list[str]]:
         run = _Run()
         if self.mode is AnalysisMode.RUNBOOKS_ONLY or self.client is None:
-            return runbook_decision(incident), run, []
+            return runbook_decision(incident, unit_status=ctx.unit_status), run, []
         if self.mode is AnalysisMode.RUNBOOKS_FIRST:
-            fast = runbook_decision(incident)
+            fast = runbook_decision(incident, unit_status=ctx.unit_status)
             if fast.assessment is not Assessment.UNKNOWN and fast.proposals:
                 return fast, run, []
         prompt = build_prompt(ctx)
@@ -142,7 +142,9 @@ class Analyzer:
         except (LlmError, OutputInvalid) as exc:
             log.warning("analysis of %s fell back to runbooks: %s", incident.id, exc)
             error = f"{type(exc).__name__}: {exc}"
-            decision = runbook_decision(incident, error=error, raw_output_hash=run.raw_hash)
+            decision = runbook_decision(
+                incident, error=error, raw_output_hash=run.raw_hash, unit_status=ctx.unit_status
+            )
         meta = {
             "backend": client.backend,
             "model": client.model,
@@ -154,7 +156,9 @@ class Analyzer:
         if decision.source is DecisionSource.RUNBOOKS:
             meta["backend"] = f"runbooks (after {client.backend})"
         else:
-            added = unit_fixes_missing(decision, runbook_decision(incident))
+            added = unit_fixes_missing(
+                decision, runbook_decision(incident, unit_status=ctx.unit_status)
+            )
             if added:
                 # A well-formed answer that leaves a failed unit alone is no reason to
                 # leave it failed: the runbooks' fix joins (and the policy still judges).

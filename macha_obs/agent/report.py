@@ -25,7 +25,8 @@ from macha_obs.models import (
     describe_action,
 )
 
-Judge = Callable[[Action], Verdict]
+# The policy's verdict on one proposed action, given the incident whose evidence scopes it.
+Judge = Callable[[Action, Incident], Verdict]
 
 
 class PayloadError(ValueError):
@@ -87,7 +88,7 @@ def analyze_payload(
             lines[unit] = journal_source(unit)
     status = {u: status_source(u) for u in incident.units} if status_source else {}
     decision = analyzer.analyze(incident, unit_status=status, journals=lines)
-    judged = [Judged(p, judge(p.action)) for p in decision.proposals]
+    judged = [Judged(p, judge(p.action, incident)) for p in decision.proposals]
     return AnalysisReport(incident, decision, judged)
 
 

@@ -7,12 +7,10 @@ still judges each one. Pure.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from macha_obs.models import (
     Action,
-    Alert,
     Assessment,
     Decision,
     DecisionSource,
@@ -31,34 +29,12 @@ from macha_obs.models import (
     TopProcesses,
     UnitStatus,
 )
+from macha_obs.scope import classify_alert
 
-# Alert names → the finding kind they report. Order matters: the first match wins
-# ("InodesFilling" is about inodes, not disk space). A `macha_finding` label overrides.
-_ALERT_PATTERNS: tuple[tuple[FindingKind, re.Pattern[str]], ...] = tuple(
-    (kind, re.compile(pattern, re.I))
-    for kind, pattern in (
-        (FindingKind.INODES_LOW, r"inode|out.?of.?files"),
-        (FindingKind.UNIT_FLAPPING, r"flap|restart.?loop|crash.?loop|too.?many.?restarts"),
-        (FindingKind.UNIT_FAILED, r"unit.?fail|fail.*unit|service.?(failed|down)|systemd.*fail"),
-        (FindingKind.DISK_FILLING, r"disk|filesystem|space|storage"),
-        (FindingKind.MEMORY_PRESSURE, r"memory|oom|swap"),
-        (FindingKind.JOURNAL_ERROR_BURST, r"journal|log.?errors?|error.?burst"),
-        (FindingKind.DNS_FAILING, r"dns|resolv"),
-        (FindingKind.TARGET_UNREACHABLE, r"unreachable|probe.?fail|target.?down|endpoint.?down"),
-        (FindingKind.UNEXPECTED_REBOOT, r"reboot"),
-    )
-)
+# An alert rule's label that asks for a restart of the unit it names (a running unit
+# that misbehaves: latency, a health probe). The only action an alert can ask for.
+RESTART_LABEL = "macha_action"
 _CRITICAL_KINDS = {FindingKind.UNIT_FAILED, FindingKind.DISK_FILLING, FindingKind.INODES_LOW}
-
-
-def classify_alert(alert: Alert) -> FindingKind | None:
-    explicit = alert.labels.get("macha_finding", "")
-    if explicit in FindingKind._value2member_map_:
-        return FindingKind(explicit)
-    for kind, pattern in _ALERT_PATTERNS:
-        if pattern.search(alert.alertname):
-            return kind
-    return None
 
 
 def _start_limit_hit(texts: Iterable[str]) -> bool:
@@ -69,7 +45,15 @@ def _actions(kind: FindingKind, unit: str | None, start_limit: bool) -> list[tup
     """The runbook for one kind of problem: (action, why)."""
     match kind:
         case FindingKind.UNIT_FAILED if unit and start_limit:
-            return [(ResetFailed(unit=unit), f"{unit} hit its start limit: reset it, then start")]
+            # systemd stopped trying on purpose: look first; the reset waits for a human
+            # unless the operator opted in (policy: auto_reset_start_limit)
+            return [
+                (
+                    Investigate(diagnostic=JournalTail(unit=unit)),
+                    f"{unit} hit its start limit: why does it keep failing",
+                ),
+                (ResetFailed(unit=unit), f"{unit} hit its start limit: reset it, then start"),
+            ]
         case FindingKind.UNIT_FAILED if unit:
             return [(RestartUnit(unit=unit), f"{unit} failed: restart it")]
         case FindingKind.UNIT_FLAPPING if unit:
@@ -103,8 +87,13 @@ def _actions(kind: FindingKind, unit: str | None, start_limit: bool) -> list[tup
     return [(Investigate(diagnostic=FailedUnits()), f"{kind.value} without a unit name")]
 
 
-def runbook_proposals(incident: Incident) -> tuple[list[Proposal], list[FindingKind]]:
-    """Proposals for the firing alerts and the findings, deduplicated, at most five."""
+def runbook_proposals(
+    incident: Incident, unit_status: Mapping[str, str] | None = None
+) -> tuple[list[Proposal], list[FindingKind]]:
+    """Proposals for the firing alerts and the findings, deduplicated, at most five.
+
+    `unit_status` is systemd's word on each unit (e.g. its result `start-limit-hit`)."""
+    status = unit_status or {}
     seen: dict[str, Proposal] = {}
     kinds: list[FindingKind] = []
 
@@ -116,20 +105,37 @@ def runbook_proposals(incident: Incident) -> tuple[list[Proposal], list[FindingK
                 seen[key] = Proposal(action=action, reason=why, evidence=[evidence[:200]])
 
     for alert in incident.alerts:
+        if alert.firing and alert.unit and alert.labels.get(RESTART_LABEL) == "restart_unit":
+            # prometheus-am-executor's case: the operator's rule asks for a restart of a
+            # running unit that misbehaves; the policy confirms it by the alert firing
+            action = RestartUnit(unit=alert.unit)
+            why = f"the rule of {alert.alertname} asks for a restart ({RESTART_LABEL})"
+            seen.setdefault(
+                action.model_dump_json(),
+                Proposal(action=action, reason=why, evidence=[f"alert {alert.alertname}"]),
+            )
         kind = classify_alert(alert) if alert.firing else None
         if kind is not None:
             texts = [*alert.labels.values(), *alert.annotations.values()]
+            texts.append(status.get(alert.unit or "", ""))
             add(kind, alert.unit, f"alert {alert.alertname}", _start_limit_hit(texts))
     for finding in incident.findings:
         texts = [finding.summary, *(str(v) for v in finding.details.values())]
+        texts.append(status.get(finding.unit or "", ""))
         add(finding.kind, finding.unit, f"finding {finding.key}", _start_limit_hit(texts))
     return list(seen.values())[:5], kinds
 
 
-def runbook_decision(incident: Incident, *, error: str = "", raw_output_hash: str = "") -> Decision:
+def runbook_decision(
+    incident: Incident,
+    *,
+    error: str = "",
+    raw_output_hash: str = "",
+    unit_status: Mapping[str, str] | None = None,
+) -> Decision:
     """The runbooks' decision. With `error` (the model failed) the assessment stays
     "unknown" whatever the runbooks propose (DESIGN.md invariant 8)."""
-    proposals, kinds = runbook_proposals(incident)
+    proposals, kinds = runbook_proposals(incident, unit_status)
     if error or not kinds:
         assessment = Assessment.UNKNOWN
     elif _CRITICAL_KINDS & set(kinds):

@@ -34,7 +34,8 @@ def approval_dict(a: Approval) -> dict[str, Any]:
     return a.model_dump(mode="json") | {"label": describe_action(a.action)}
 
 
-def _print_table(items: list[Approval]) -> None:
+def _print_table(items: list[Approval], *, notes: bool = False) -> None:
+    """The queue; with `notes` (list --all) why each decided item ended as it did."""
     if not items:
         click.echo("no approvals")
         return
@@ -44,12 +45,21 @@ def _print_table(items: list[Approval]) -> None:
             a.status.value,
             a.risk.value,
             describe_action(a.action),
-            a.incident_id,
+            a.incident_id + (f" (+{len(a.incident_ids) - 1})" if len(a.incident_ids) > 1 else ""),
             a.expires_at.strftime("%Y-%m-%d %H:%M"),
+            *([a.note or "-"] if notes else []),
         )
         for a in items
     ]
-    header = ("ID", "STATUS", "RISK", "ACTION", "INCIDENT", "EXPIRES (UTC)")
+    header = (
+        "ID",
+        "STATUS",
+        "RISK",
+        "ACTION",
+        "INCIDENT",
+        "EXPIRES (UTC)",
+        *(["NOTE"] if notes else []),
+    )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -76,7 +86,7 @@ def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     if as_json:
         click.echo(json.dumps([approval_dict(a) for a in items], indent=2))
     else:
-        _print_table(items)
+        _print_table(items, notes=show_all)
 
 
 @approve_main.command("show")
@@ -94,7 +104,7 @@ def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
         click.echo(json.dumps(approval_dict(approval), indent=2))
         return
     click.echo(f"approval {approval.id}: {describe_action(approval.action)}  [{approval.status}]")
-    click.echo(f"  incident:  {approval.incident_id}")
+    click.echo(f"  incident:  {', '.join(approval.incident_ids) or approval.incident_id}")
     click.echo(f"  risk:      {approval.risk}")
     click.echo(
         f"  queued:    {approval.created_at:%Y-%m-%d %H:%M:%S} UTC, "

@@ -39,21 +39,28 @@ from macha_obs.config import AnalysisMode
 from macha_obs.daemon import AlreadyRunning, StateLock
 from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
-from macha_obs.execute.errors import RunnerError
+from macha_obs.execute.errors import ExecutorError, RunnerError
 from macha_obs.execute.journal import vacuum_argv
 from macha_obs.execute.nix import nix_argv
 from macha_obs.execute.privileged import parse_instance
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.models import (
+    UNIT_ACTIONS,
+    Action,
     ApprovalStatus,
+    Incident,
     JournalTail,
     JournalVacuum,
+    UnitState,
     UnitStatus,
+    Verdict,
     describe_action,
 )
 from macha_obs.orchestrator import LAST_CYCLE_KEY
+from macha_obs.pause import PauseBook
 from macha_obs.policy import PolicyContext, effective_autonomy, judge
 from macha_obs.remediate import Remediator, context_of
+from macha_obs.scope import Scope, confirm
 from macha_obs.store import Store
 
 # ---------------------------------------------------------------- macha-obs
@@ -165,6 +172,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         breaker = Remediator(cfg, store, executor).breaker()
         pending = store.list_approvals({ApprovalStatus.PENDING})
         last = json.loads(store.get_meta(LAST_CYCLE_KEY) or "null")
+        pause = PauseBook(store).current(store.clock())
         executor.close()
     lock = StateLock(cfg.state_dir)
     try:
@@ -180,6 +188,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
             "effective": effective_autonomy(cfg, breaker).value,
         },
         "breaker": {"open": breaker.open, "failures": breaker.failures, "reason": breaker.reason},
+        "pause": None
+        if pause is None
+        else {
+            "since": pause.since.isoformat(),
+            "until": pause.until.isoformat() if pause.until else None,
+            "reason": pause.reason,
+            "by": pause.by,
+        },
         "approvals_pending": [approval_dict(a) for a in pending],
         "last_cycle": last,
     }
@@ -194,6 +210,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         f"breaker:   {'OPEN: ' + breaker.reason if breaker.open else 'closed'} "
         f"({breaker.failures} recent failed verifications)"
     )
+    click.echo(f"paused:    {pause.describe() if pause else 'no'}")
     click.echo(f"queue:     {len(pending)} pending")
     for a in pending:
         click.echo(f"  {a.id}: {describe_action(a.action)} ({a.risk.value}) {a.incident_id}")
@@ -255,6 +272,19 @@ def analyze(
 
     # The ledger's rate limits and breaker when a state dir exists; never create one here.
     policy = PolicyContext(config=cfg, now=datetime.now(UTC))
+
+    def verdict(action: Action, incident: Incident) -> Verdict:
+        """The daemon's judgement, scope lock included, from systemd's state now."""
+        scope = Scope.of([incident])
+        problem = None
+        if isinstance(action, UNIT_ACTIONS):
+            try:
+                state: UnitState | None = bus.unit_state(action.unit)
+            except ExecutorError:
+                state = None
+            problem = confirm(action.unit, state, scope)
+        return judge(action, policy, scope=scope, problem=problem)
+
     if (cfg.state_dir / "state.db").exists():
         with Store(cfg.state_dir) as store:
             policy = context_of(cfg, store, datetime.now(UTC))
@@ -265,7 +295,7 @@ def analyze(
         report = analyze_payload(
             file.read(),
             analyzer=analyzer,
-            judge=lambda action: judge(action, policy),
+            judge=verdict,
             journals=supplied,
             journal_source=journal_source,
             status_source=status_source,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import click
 
@@ -22,11 +24,12 @@ from macha_obs.cli.wiring import (
     assemble,
     persistent_state,
 )
-from macha_obs.config import AutonomyLevel
+from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
 from macha_obs.execute.dbus_events import UnitWatcher
 from macha_obs.exporter import build_registry
 from macha_obs.models import (
+    ApprovalStatus,
     describe_action,
 )
 from macha_obs.orchestrator import CycleReport
@@ -154,15 +157,20 @@ def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
 def check(ctx: click.Context) -> None:
     """Run one full cycle now and print what was found, decided and done."""
     cfg = ctx_config(ctx)
-    store = open_store(cfg)
     lock = StateLock(cfg.state_dir)
     try:
         lock.acquire()
-        acted = True
     except AlreadyRunning:
-        # the daemon owns the host: look, decide, record, but never act beside it
-        cfg = cfg.model_copy(update={"autonomy_level": AutonomyLevel.OBSERVE})
-        acted = False
+        _check_beside_daemon(cfg)
+        return
+    try:
+        _one_cycle(cfg, acted=True)
+    finally:
+        lock.release()
+
+
+def _one_cycle(cfg: Config, *, acted: bool) -> None:
+    store = open_store(cfg)
     side = assemble(cfg, store)
     try:
         side.loop.run_once()
@@ -171,7 +179,20 @@ def check(ctx: click.Context) -> None:
     finally:
         side.close()
         store.close()
-        lock.release()
+
+
+def _check_beside_daemon(cfg: Config) -> None:
+    """The daemon owns the host and the state dir: look and decide in a scratch state
+    dir, in observe mode, and only read the daemon's queue. Nothing of the daemon's is
+    consumed (incidents, revisions, the journal cursor, approvals)."""
+    with tempfile.TemporaryDirectory(prefix="macha-check-") as scratch:
+        scratch_cfg = cfg.model_copy(
+            update={"autonomy_level": AutonomyLevel.OBSERVE, "state_dir": Path(scratch)}
+        )
+        _one_cycle(scratch_cfg, acted=False)
+    with open_store(cfg) as daemon_store:
+        pending = daemon_store.list_approvals({ApprovalStatus.PENDING})
+    click.echo(f"the daemon's queue: {len(pending)} pending (macha-approve list)")
 
 
 def check_main() -> None:

@@ -20,6 +20,7 @@ from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.incidents import IncidentStore
 from macha_obs.orchestrator import Orchestrator
+from macha_obs.pause import PauseBook
 from macha_obs.policy import effective_autonomy
 from macha_obs.remediate import Remediator
 from macha_obs.selfmetrics import LoopStats, PersistentState
@@ -43,7 +44,7 @@ def build_executor(cfg: Config) -> HostExecutor:
 
 
 def remediator(cfg: Config, store: Store) -> Remediator:
-    return Remediator(cfg, store, build_executor(cfg))
+    return Remediator(cfg, store, build_executor(cfg), scope_of=IncidentStore(store).scope_of)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
     llm_metrics = LlmMetrics()
     incidents = IncidentStore(store)
     analyzer = build_analyzer(cfg, executor.diagnostics, llm_metrics, store.audit_decision)
-    remediator = Remediator(cfg, store, executor)
+    remediator = Remediator(cfg, store, executor, scope_of=incidents.scope_of)
     stats = LoopStats()
     loop = CollectionLoop(
         build_collectors(cfg, store),
@@ -121,9 +122,12 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
 
 def persistent_state(cfg: Config, store: Store, remediator: Remediator) -> PersistentState:
     breaker = remediator.breaker()
+    pause = PauseBook(store).current(store.clock())
     return PersistentState(
         approvals_pending=store.pending_count(),
         breaker_open=breaker.open,
         configured=cfg.autonomy_level,
         effective=effective_autonomy(cfg, breaker),
+        paused=pause is not None,
+        pause_until=pause.until.timestamp() if pause and pause.until else None,
     )

@@ -76,6 +76,14 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _job_id(job: Any) -> int:
+    """The Job property is (id, path); id 0 means no job."""
+    try:
+        return int(job[0]) if job else 0
+    except (TypeError, ValueError, IndexError):
+        return 0
+
+
 def _body(reply: Any) -> Any:
     body = reply.body
     return body[0] if isinstance(body, tuple) and len(body) == 1 else body
@@ -151,6 +159,8 @@ class PystemdBus:
                 n_restarts=int(service.get(b"NRestarts", 0) or 0),
                 main_pid=int(service.get(b"MainPID", 0) or 0),
                 state_change_usec=int(props.get(b"StateChangeTimestamp", 0) or 0),
+                job_id=_job_id(props.get(b"Job")),
+                names=tuple(_text(n) for n in props.get(b"Names", []) or []),
             )
 
         return self._on_bus(call)
@@ -171,8 +181,7 @@ class PystemdBus:
         def call(bus: Any) -> bool:
             path = self._unit_path(bus, unit)
             reply = bus.call_method(_DEST, path, _PROPS, b"Get", [(_S, _UNIT), (_S, b"Job")])
-            job = _body(reply)
-            return bool(job and int(job[0]) != 0)
+            return _job_id(_body(reply)) != 0
 
         return self._on_bus(call)
 

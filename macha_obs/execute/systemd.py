@@ -5,8 +5,12 @@ process and no new restarts, after a settle time: a Type=simple service whose bi
 exits at once looks active for a moment and must not be reported as healed.
 
 Starting or restarting a unit that is `failed` resets its failed state first: after
-systemd gave up (its start limit), a plain start is refused until reset-failed, and
-resetting a unit we are about to start anyway changes nothing else.
+systemd gave up (its start limit), a plain start is refused until reset-failed. Whether
+that may happen without a human is the policy's call (`auto_reset_start_limit`).
+
+Just before any call that changes the unit, the executor refuses on its own (defense in
+depth under the policy): a protected name or alias, or a job on the unit that is not
+ours (a person is changing it).
 """
 
 from __future__ import annotations
@@ -85,6 +89,18 @@ class SystemdExecutor:
             first, n = self._call(lambda: self.bus.unit_state(action.unit))
             before = first
             attempts += n
+            # The name asked for may be an alias: every name systemd knows it by counts.
+            aliases = [name for name in first.names if self.is_protected(name)]
+            if aliases:
+                raise RefusedError(
+                    f"{action.unit} is also {', '.join(aliases)}, which is protected; "
+                    "nothing submitted"
+                )
+            if first.job_id:
+                raise RefusedError(
+                    f"systemd is running job {first.job_id} on {action.unit} that the "
+                    "sidecar did not submit; left alone until it settles"
+                )
             if first.load_state not in ("loaded", ""):
                 return ExecutionResult(
                     ok=False,

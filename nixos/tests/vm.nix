@@ -59,6 +59,14 @@ in
         machine.succeed("test -d /var/lib/macha-autonomous")
         print(machine.succeed("systemd-analyze security macha-autonomous.service | tail -1"))
 
+    with subtest("the webhook takes alerts only with the token the daemon generated"):
+        machine.succeed(
+            "stat -c '%a %U' /var/lib/macha-autonomous/webhook.token | grep -qx '600 macha-autonomous'"
+        )
+        post = "curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' http://127.0.0.1:9847/alerts"
+        assert machine.succeed(post).strip() == "401"
+        machine.succeed("macha-obs webhook-token | grep -qx /var/lib/macha-autonomous/webhook.token")
+
     with subtest("polkit: non-protected units and the verbs it uses, nothing more"):
         machine.succeed("${busctl "RestartUnit" "broken.service"}")
         machine.fail("${busctl "StopUnit" "broken.service"}")
