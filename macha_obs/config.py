@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -73,7 +74,10 @@ class AnalysisMode(StrEnum):
 class Config(BaseModel):
     """Everything the sidecar can be told. Field names are the TOML keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # Every number has a bound a person could mean; inf and nan are never meant.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False
+    )
 
     # autonomy and loop
     autonomy_level: AutonomyLevel = AutonomyLevel.SUGGEST
@@ -88,6 +92,13 @@ class Config(BaseModel):
     openai_url: str = "http://127.0.0.1:8080"
     # llama.cpp's server answers OpenAI's json_schema form with a 500: "json_object" there.
     openai_response_format: Literal["json_schema", "json_object"] = "json_schema"
+    # The model's endpoint is trusted only when it is what the user configured: a key
+    # file for OpenAI-compatible servers (sent as a bearer token) ...
+    openai_api_key_file: Path | None = None
+    # ... and, for an endpoint on this host's loopback, the user that must own the
+    # listening socket ("" skips the check; the NixOS module sets Ollama's user). A
+    # local user who binds the port while the model is down gets no prompt.
+    llm_endpoint_user: str = Field("", max_length=64, pattern=r"^([a-z_][a-z0-9_-]*\$?)?$")
     llm_timeout: float = Field(120.0, gt=0, le=3600)
     llm_keep_alive: str = "30m"
     llm_max_steps: int = Field(3, ge=1, le=10)
@@ -119,8 +130,12 @@ class Config(BaseModel):
     max_actions_per_target_per_hour: int = Field(3, ge=0, le=1000)
     max_actions_per_hour: int = Field(10, ge=0, le=10000)
     breaker_threshold: int = Field(3, ge=1, le=100, description="failed verifications to open")
-    breaker_window: float = Field(3600.0, ge=60, description="seconds over which failures count")
-    approval_ttl: float = Field(86400.0, ge=60, description="seconds a pending approval lives")
+    breaker_window: float = Field(
+        3600.0, ge=60, le=30 * 86400, description="seconds over which failures count"
+    )
+    approval_ttl: float = Field(
+        86400.0, ge=60, le=30 * 86400, description="seconds a pending approval lives"
+    )
     verify_timeout: float = Field(30.0, gt=0, le=600)
     verify_settle: float = Field(2.0, ge=0, le=120)
     # An alert-driven fix is verified again by its alert resolving within this window.
@@ -145,8 +160,8 @@ class Config(BaseModel):
     disk_fill_threshold: float = Field(0.90, gt=0, le=1)
     inode_threshold: float = Field(0.90, gt=0, le=1)
     memory_pressure_threshold: float = Field(0.90, gt=0, le=1)
-    journal_error_burst: int = Field(20, ge=1)
-    flapping_restarts: int = Field(3, ge=1)
+    journal_error_burst: int = Field(20, ge=1, le=1_000_000)
+    flapping_restarts: int = Field(3, ge=1, le=10_000)
 
     @field_validator("protected_units", mode="before")
     @classmethod
@@ -203,7 +218,8 @@ class Config(BaseModel):
 def split_host_port(address: str) -> tuple[str, int]:
     """'127.0.0.1:9847' or '[::1]:9847' → (host, port); ValueError otherwise."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٨٠"
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port_text):
         raise ValueError("needs HOST:PORT, e.g. 127.0.0.1:9847")
     port = int(port_text)
     if not 0 <= port <= 65535:

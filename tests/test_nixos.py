@@ -84,6 +84,8 @@ MODULE_FIELDS = {"listen_address", "state_dir", "privileged_unit"}
 # Fields with no option of their own: set them through `settings`. A field added to
 # config.py must appear here or get an option (and a row in docs/nixos.md).
 SETTINGS_ONLY = {
+    "openai_api_key_file",
+    "llm_endpoint_user",
     "auto_reset_start_limit",
     "llm_enabled",
     "llm_backend",
