@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from macha_obs.group_commit import GroupCommitter
-from macha_obs.models import Alert, AlertGroup, Finding, FindingKind, Incident
+from macha_obs.models import Action, Alert, AlertGroup, Finding, FindingKind, Incident, Risk
 from macha_obs.scope import Scope
 from macha_obs.store import Store
 
@@ -53,6 +53,16 @@ class IngestResult:
     @property
     def changed(self) -> bool:
         return self.incident_id is not None and self.new_alerts > 0
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One proposal an analysis queues for a human."""
+
+    action: Action
+    risk: Risk
+    reason: str
+    evidence: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,6 @@ class IncidentStore:
         alerts: Sequence[Alert],
         now: float,
     ) -> IngestResult:
-        cur.execute(
-            "INSERT INTO inbox(received_at, group_key, body) VALUES (?,?,?)",
-            (now, group.group_key, body),
-        )
-        inbox_id = int(cur.lastrowid or 0)
         fresh: list[tuple[str, Alert]] = []
         for alert in alerts:
             fp = alert_fingerprint(alert)
@@ -104,27 +109,38 @@ class IncidentStore:
                 " VALUES (?,?,?,?)",
                 (fp, alert.starts_at.isoformat(), alert.status, now),
             )
-            if cur.rowcount:
+            # Seen before, but changed since (a resolve, forged or early, then the
+            # still-firing alert re-sent; then the real resolve): no duplicate.
+            if cur.rowcount or _latest_status(cur, group.group_key, fp) not in (
+                None,
+                alert.status,
+            ):
                 fresh.append((fp, alert))
-        dupes = len(alerts) - len(fresh)
-        cur.execute("UPDATE inbox SET new_alerts = ? WHERE id = ?", (len(fresh), inbox_id))
-        if not fresh:
-            return IngestResult(inbox_id, None, 0, dupes)
+        if not fresh:  # acknowledged, not stored again
+            return IngestResult(0, None, 0, len(alerts))
+        cur.execute(
+            "INSERT INTO inbox(received_at, group_key, body, new_alerts) VALUES (?,?,?,?)",
+            (now, group.group_key, body, len(fresh)),
+        )
+        inbox_id = int(cur.lastrowid or 0)
         incident_id = self._open_incident(cur, "alert", group.group_key, now, fresh)
         if incident_id is None:  # only resolutions for an incident we never opened
-            return IngestResult(inbox_id, None, 0, dupes)
-        for fp, alert in fresh:
-            self._apply_alert(cur, incident_id, fp, alert, now)
+            return IngestResult(inbox_id, None, 0, len(alerts))
+        applied = sum(self._apply_alert(cur, incident_id, fp, a, now) for fp, a in fresh)
+        if not applied:
+            return IngestResult(inbox_id, incident_id, 0, len(alerts))
         cur.execute(
             "UPDATE incidents SET revision = revision + 1, updated_at = ? WHERE id = ?",
             (now, incident_id),
         )
         firing = _count_firing(cur, incident_id)
-        if firing == 0:
-            # Closes the incident; its queued items stay until the orchestrator confirms
-            # the problem is gone (a resolve is a hint to look, never proof by itself).
+        closed = firing == 0 and not _names_units(cur, incident_id)
+        if closed:
+            # Nothing systemd could contradict. An incident about units stays open until
+            # the orchestrator has systemd confirm the problem is gone (a resolve is a
+            # hint to look, never proof by itself); queued items stay until then too.
             _resolve(cur, incident_id, now)
-        return IngestResult(inbox_id, incident_id, len(fresh), dupes, firing, firing == 0)
+        return IngestResult(inbox_id, incident_id, applied, len(alerts) - applied, firing, closed)
 
     def _open_incident(
         self,
@@ -154,22 +170,22 @@ class IncidentStore:
     @staticmethod
     def _apply_alert(
         cur: sqlite3.Cursor, incident_id: str, fp: str, alert: Alert, now: float
-    ) -> None:
+    ) -> bool:
+        """Record one alert state; False when it changes nothing. A `resolved` counts
+        only for an alert whose own fingerprint is firing in this incident."""
         row = cur.execute(
-            "SELECT status, alert FROM incident_alerts WHERE incident_id = ? AND fingerprint = ?",
+            "SELECT status FROM incident_alerts WHERE incident_id = ? AND fingerprint = ?",
             (incident_id, fp),
         ).fetchone()
-        if row is not None and row["status"] == RESOLVED and alert.firing:
-            # a firing copy that arrives after its resolution (HA peers race) is stale
-            stored = Alert.model_validate_json(row["alert"])
-            if _aware(stored.starts_at) >= _aware(alert.starts_at):
-                return
+        if not alert.firing and (row is None or row["status"] != "firing"):
+            return False
         cur.execute(
             "INSERT INTO incident_alerts(incident_id, fingerprint, status, alert, updated_at)"
             " VALUES (?,?,?,?,?) ON CONFLICT(incident_id, fingerprint) DO UPDATE SET"
             " status = excluded.status, alert = excluded.alert, updated_at = excluded.updated_at",
             (incident_id, fp, alert.status, alert.model_dump_json(by_alias=True), now),
         )
+        return True
 
     # ------------------------------------------------------------ findings
 
@@ -276,6 +292,39 @@ class IncidentStore:
         )
         return [str(r["id"]) for r in rows]
 
+    def settle_analysis(
+        self, incident_id: str, revision: int, queued: Sequence[Queued], ttl: float
+    ) -> list[int]:
+        """Queue an analysis' proposals for a human and mark the incident analysed, in one
+        transaction: a crash at any instant leaves either both or neither. The ids."""
+        with self.store.transaction() as cur:
+            ids = [
+                self.store.enqueue_in(
+                    cur,
+                    incident_id,
+                    q.action,
+                    risk=q.risk,
+                    reason=q.reason,
+                    evidence=list(q.evidence),
+                    ttl=ttl,
+                )
+                for q in queued
+            ]
+            cur.execute(
+                "UPDATE incidents SET analyzed_revision = MAX(analyzed_revision, ?) WHERE id = ?",
+                (revision, incident_id),
+            )
+        return ids
+
+    def open_but_quiet(self) -> list[IncidentState]:
+        """Open alert incidents none of whose alerts fire any more: about units, waiting
+        for systemd to confirm the problem is gone before they close."""
+        return [
+            s
+            for s in self.open_incidents()
+            if s.incident.source == "alert" and not any(a.firing for a in s.incident.alerts)
+        ]
+
     def mark_analyzed(self, incident_id: str, revision: int) -> None:
         with self.store.transaction() as cur:
             cur.execute(
@@ -295,9 +344,21 @@ class IncidentStore:
         return removed
 
 
-def _aware(value: datetime) -> datetime:
-    """Alertmanager always sends an offset; a sender that did not meant UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def _latest_status(cur: sqlite3.Cursor, group_key: str, fp: str) -> str | None:
+    """The fingerprint's latest state in this group's incidents, if it has one."""
+    row = cur.execute(
+        "SELECT a.status FROM incident_alerts a JOIN incidents i ON i.id = a.incident_id"
+        " WHERE i.group_key = ? AND a.fingerprint = ? ORDER BY a.updated_at DESC LIMIT 1",
+        (group_key, fp),
+    ).fetchone()
+    return None if row is None else str(row["status"])
+
+
+def _names_units(cur: sqlite3.Cursor, incident_id: str) -> bool:
+    rows = cur.execute(
+        "SELECT alert FROM incident_alerts WHERE incident_id = ?", (incident_id,)
+    ).fetchall()
+    return any(Alert.model_validate_json(r["alert"]).unit for r in rows)
 
 
 def _count_firing(cur: sqlite3.Cursor, incident_id: str) -> int:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from macha_obs.config import Config
 from macha_obs.execute.dbus_events import UnitEvent
-from macha_obs.incidents import OPEN, IncidentStore, sync_findings
+from macha_obs.incidents import OPEN, IncidentStore, Queued, sync_findings
 from macha_obs.models import (
     FINDING_SOURCE,
     UNIT_ACTIONS,
@@ -37,10 +37,11 @@ from macha_obs.models import (
     Severity,
     Snapshot,
     UnitState,
+    Verdict,
     describe_action,
 )
 from macha_obs.pause import PauseBook
-from macha_obs.remediate import Handled, Remediator
+from macha_obs.remediate import Handled, Remediator, queue_reason
 from macha_obs.scope import Scope, confirm, systemd_busy
 from macha_obs.selfmetrics import LoopStats
 from macha_obs.store import Store
@@ -206,6 +207,7 @@ class Orchestrator:
             if self.pauses.expire() is not None:
                 # what was only recorded while paused is decided anew from the host now
                 self.incidents.reopen_all()
+            self._close_confirmed()
             self._settle_verifications(report)
             for incident_id in self.incidents.pending_analysis():
                 if self._stop.is_set():
@@ -239,10 +241,12 @@ class Orchestrator:
             unit_status={u: _describe(s) for u, s in statuses.items()},
             journals=self._journals(incident.units),
         )
-        self.incidents.mark_analyzed(incident.id, state.revision)
         report.analysed.append((incident, decision))
         self.stats.count_decision(decision)
         scope = Scope.of([incident])
+        # 1. judge every proposal (the policy applies the scope lock: a unit the evidence
+        #    does not name, or whose problem is no longer confirmed, is refused)
+        judged: list[tuple[Proposal, Verdict]] = []
         for proposal in decision.proposals:
             unit_state = statuses.get(getattr(proposal.action, "unit", ""))
             if (
@@ -252,9 +256,27 @@ class Orchestrator:
             ):
                 report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
                 continue
-            # The policy applies the scope lock: a unit the evidence does not name, or
-            # whose problem systemd (or a firing alert) no longer confirms, is refused.
-            handled = self.remediator.handle(incident.id, proposal, scope)
+            judged.append((proposal, self.remediator.decide(incident.id, proposal, scope)))
+        # 2. queue what waits for a human and mark the incident analysed, in one
+        #    transaction: a crash leaves both or neither
+        queued = [(p, v) for p, v in judged if v.outcome is Outcome.QUEUE]
+        ids = self.incidents.settle_analysis(
+            incident.id,
+            state.revision,
+            [Queued(p.action, v.risk, queue_reason(v, p), tuple(p.evidence)) for p, v in queued],
+            self.config.approval_ttl,
+        )
+        approvals = dict(zip((id(p) for p, _ in queued), ids, strict=True))
+        # 3. carry out what the policy lets run, each judged once more just before
+        for proposal, verdict in judged:
+            if verdict.outcome is Outcome.EXECUTE:
+                handled = self.remediator.carry_out(incident.id, proposal, scope)
+            elif id(proposal) in approvals:
+                handled = Handled(
+                    verdict, approval=self.store.get_approval(approvals[id(proposal)])
+                )
+            else:
+                handled = Handled(verdict)
             report.handled.append((incident.id, proposal, handled))
             self.stats.count_handled(proposal.action, handled.verdict, handled.result)
             self._follow_up(incident, proposal, handled, report)
@@ -323,6 +345,29 @@ class Orchestrator:
                 "reason": detail,
             }
         )
+
+    def _close_confirmed(self) -> None:
+        """An alert incident about units whose alerts all resolved closes once systemd
+        confirms none of its units is failed (or being changed); otherwise it stays
+        open, and its findings keep it handled."""
+        for state in self.incidents.open_but_quiet():
+            seen = {u: self.remediator.unit_state(u) for u in state.incident.units}
+            waiting = [
+                u
+                for u, s in seen.items()
+                if s is None or s.active_state == "failed" or systemd_busy(s)
+            ]
+            if waiting:
+                continue
+            self.incidents.resolve(state.incident.id)
+            self.store.audit_decision(
+                {
+                    "event": "closed",
+                    "incident_id": state.incident.id,
+                    "reason": "its alerts resolved and systemd confirms "
+                    + ", ".join(f"{u} is {s.active_state}" for u, s in seen.items() if s),
+                }
+            )
 
     def _reconcile_queue(self, report: CycleReport) -> None:
         """Cancel a pending item only when its problem is confirmed gone, by the test the

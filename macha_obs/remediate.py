@@ -72,6 +72,11 @@ class Handled:
         return f"{self.verdict.outcome}: {self.verdict.reason}"
 
 
+def queue_reason(verdict: Verdict, proposal: Proposal) -> str:
+    """What a person reads first about a queued item: the policy's reason and the why."""
+    return f"{verdict.reason}. Proposed because: {proposal.reason or '-'}"
+
+
 def breaker_of(config: Config, store: Store, now: datetime) -> BreakerState:
     """The breaker as the ledger has it: persisted open, or due to open now."""
     opened_at, reason = store.breaker_opened()
@@ -143,21 +148,37 @@ class Remediator:
 
     # ------------------------------------------------------------ proposals
 
-    def handle(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
-        """Judge a fresh proposal against the incident's scope and carry out the verdict."""
+    def decide(self, incident_id: str, proposal: Proposal, scope: Scope) -> Verdict:
+        """Judge a fresh proposal against the incident's scope; the verdict is audited."""
         action = proposal.action
         verdict = judge(action, self.context(), scope=scope, problem=self.confirm(action, scope))
         self._audit_verdict(incident_id, action, verdict, proposal.reason)
+        return verdict
+
+    def carry_out(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
+        """Execute a proposal judged EXECUTE, after judging it once more just now: the
+        problem is confirmed again right before the side effect (invariant 12)."""
+        action = proposal.action
+        verdict = judge(action, self.context(), scope=scope, problem=self.confirm(action, scope))
+        if verdict.outcome is not Outcome.EXECUTE:
+            self._audit_verdict(incident_id, action, verdict, "re-judged before executing")
+            return Handled(verdict)
+        action_id, result = self._execute(incident_id, action, None)
+        return Handled(verdict, action_id=action_id, result=result)
+
+    def handle(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
+        """Judge a fresh proposal and carry out the verdict."""
+        verdict = self.decide(incident_id, proposal, scope)
         match verdict.outcome:
             case Outcome.EXECUTE:
-                action_id, result = self._execute(incident_id, action, None)
+                action_id, result = self._execute(incident_id, proposal.action, None)
                 return Handled(verdict, action_id=action_id, result=result)
             case Outcome.QUEUE:
                 approval = self.store.enqueue(
                     incident_id,
-                    action,
+                    proposal.action,
                     risk=verdict.risk,
-                    reason=f"{verdict.reason}. Proposed because: {proposal.reason or '-'}",
+                    reason=queue_reason(verdict, proposal),
                     evidence=list(proposal.evidence),
                     ttl=self.config.approval_ttl,
                 )
@@ -167,14 +188,19 @@ class Remediator:
     # ------------------------------------------------------------ approvals
 
     def approve(self, approval_id: int, by: str) -> Handled:
-        """Carry out a human's approval, once, if the policy still allows it now."""
-        approval = self.store.claim_approval(approval_id, by)  # only one caller gets past
+        """Carry out a human's approval, once, if the policy still allows it now.
+
+        The item stays pending until the moment something happens to it: claiming it
+        and writing the intent are one transaction, and every other outcome settles it
+        in one step, so an interruption at any instant leaves it approvable or done.
+        """
+        approval = self.store.pending_approval(approval_id)
         action = approval.action
         if isinstance(action, ConfigChange):
-            settled = self.store.settle_approval(
-                approval_id, ApprovalStatus.ACKNOWLEDGED, "read by a human; nothing executed"
-            )
             verdict = judge(action, self.context())
+            settled = self.store.decide_approval(
+                approval_id, ApprovalStatus.ACKNOWLEDGED, "read by a human; nothing executed", by=by
+            )
             self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
             return Handled(verdict, approval=settled)
         scope = self.scope_of(approval.incident_ids) if self.scope_of else None
@@ -185,14 +211,14 @@ class Remediator:
             # Refusals that can pass (observe mode, a pause, a rate limit, a state that
             # cannot be read now) keep the item pending so nothing a human asked for is
             # lost; permanent ones settle it.
-            status = ApprovalStatus.REFUSED
             if verdict.outcome is Outcome.RECORD or verdict.rate_limited:
-                status = ApprovalStatus.PENDING
-            elif problem is not None and problem.present is False:
+                return Handled(verdict, approval=self.store.get_approval(approval_id))
+            status = ApprovalStatus.REFUSED
+            if problem is not None and problem.present is False:
                 status = ApprovalStatus.CANCELLED
-            settled = self.store.settle_approval(approval_id, status, verdict.reason)
+            settled = self.store.decide_approval(approval_id, status, verdict.reason, by=by)
             return Handled(verdict, approval=settled)
-        action_id, result = self._execute(approval.incident_id, action, approval_id)
+        action_id, result = self._execute(approval.incident_id, action, approval_id, by=by)
         status = ApprovalStatus.EXECUTED if result.verified else ApprovalStatus.FAILED
         settled = self.store.settle_approval(
             approval_id, status, result.detail, action_id=action_id
@@ -215,12 +241,16 @@ class Remediator:
     # ------------------------------------------------------------ execution
 
     def _execute(
-        self, incident_id: str, action: Action, approval_id: int | None
+        self, incident_id: str, action: Action, approval_id: int | None, *, by: str | None = None
     ) -> tuple[int, ExecutionResult]:
-        action_id = self.store.record_intent(incident_id, action, approval_id=approval_id)
+        action_id = self.store.record_intent(incident_id, action, approval_id=approval_id, by=by)
         self.in_flight = action_id
         try:
             result = self.executor.run(action)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C or SIGTERM in the CLI mid-action: say so, never leave an open intent
+            self.interrupt_in_flight("interrupted (SIGINT/SIGTERM) while the action ran")
+            raise
         except RefusedError as exc:  # the executor's own guard, before any side effect
             result = ExecutionResult(ok=False, detail=f"refused: {exc}")
             self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
@@ -240,11 +270,18 @@ class Remediator:
         return action_id, result
 
     def interrupt_in_flight(self, reason: str) -> int | None:
-        """At shutdown: the action still running is recorded as interrupted (not re-run)."""
+        """At shutdown: the action still running is recorded as interrupted (not re-run),
+        and so is the approval it carries out."""
         action_id = self.in_flight
         if action_id is not None:
+            self.in_flight = None
             result = ExecutionResult(ok=False, detail=reason)
             self.store.record_outcome(action_id, ActionStatus.INTERRUPTED, result)
+            record = self.store.get_action(action_id)
+            if record is not None and record.approval_id is not None:
+                self.store.settle_approval(
+                    record.approval_id, ApprovalStatus.INTERRUPTED, reason, action_id=action_id
+                )
         return action_id
 
     def _count_verification(self, action_id: int, ok: bool) -> None:

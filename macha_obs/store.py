@@ -156,6 +156,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS approvals_pending_action
 """
 EVIDENCE_KEPT = 10
 
+# What an approval becomes when the action carrying it out ends so.
+_APPROVAL_AFTER = {
+    ActionStatus.SUCCEEDED: ApprovalStatus.EXECUTED,
+    ActionStatus.FAILED: ApprovalStatus.FAILED,
+    ActionStatus.REFUSED: ApprovalStatus.REFUSED,
+    ActionStatus.INTERRUPTED: ApprovalStatus.INTERRUPTED,
+    ActionStatus.INTENT: ApprovalStatus.APPROVED,
+}
+
 _TERMINAL_APPROVAL = {
     ApprovalStatus.EXECUTED,
     ApprovalStatus.FAILED,
@@ -334,9 +343,14 @@ class Store:
         """Append one JSON line and fsync it before returning (invariant 10)."""
         line = json.dumps({"ts": _ts(self.clock()).isoformat(), **record}, default=str)  # type: ignore[union-attr]
         data = (line.replace("\n", " ") + "\n").encode()
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # whole lines, even from several processes
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # a crash tore the last line: start on a fresh one, so this record
+                # stays whole and readable
+                data = b"\n" + data
             os.write(fd, data)
             os.fsync(fd)
         finally:
@@ -363,51 +377,66 @@ class Store:
         """Queue `action` for a human. When the same action is already pending (from this
         incident or another) that item is returned, with this incident and its evidence
         attached: the id a person is reading never changes while the problem persists."""
+        with self._tx() as cur:
+            approval_id = self.enqueue_in(
+                cur, incident_id, action, risk=risk, reason=reason, evidence=evidence, ttl=ttl
+            )
+        return self._must_get_approval(approval_id)
+
+    def enqueue_in(
+        self,
+        cur: sqlite3.Cursor,
+        incident_id: str,
+        action: Action,
+        *,
+        risk: Risk,
+        reason: str,
+        evidence: list[str] | None = None,
+        ttl: float,
+    ) -> int:
+        """`enqueue` inside the caller's transaction (the incident store marks an
+        incident analysed in the same one); the item's id."""
         now = self.clock()
         encoded = action_json(action)
         evidence = list(evidence or [])
-        with self._tx() as cur:
-            row = cur.execute(
-                "SELECT id, evidence, incident_ids FROM approvals WHERE action = ? AND status = ?",
-                (encoded, ApprovalStatus.PENDING.value),
-            ).fetchone()
-            if row is None:
-                next_id = cur.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM approvals").fetchone()[
-                    0
-                ]
-                cur.execute(
-                    "INSERT INTO approvals(id, incident_id, action, kind, target, risk, reason,"
-                    " evidence, status, created_at, expires_at, incident_ids)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        next_id,
-                        incident_id,
-                        encoded,
-                        action.kind,
-                        action.target,
-                        risk.value,
-                        reason,
-                        json.dumps(evidence[:EVIDENCE_KEPT]),
-                        ApprovalStatus.PENDING.value,
-                        now,
-                        now + ttl,
-                        json.dumps([incident_id]),
-                    ),
-                )
-                approval_id = int(next_id)
-            else:
-                approval_id = int(row["id"])
-                kept = json.loads(row["evidence"])
-                merged = list(dict.fromkeys([*kept, *evidence]))
-                # the first lines (why it was queued) stay; the newest fill the rest
-                merged = merged[:1] + merged[1:][-(EVIDENCE_KEPT - 1) :]
-                ids = json.loads(row["incident_ids"]) or []
-                ids = list(dict.fromkeys([*ids, incident_id]))
-                cur.execute(
-                    "UPDATE approvals SET evidence = ?, incident_ids = ? WHERE id = ?",
-                    (json.dumps(merged), json.dumps(ids), approval_id),
-                )
-        return self._must_get_approval(approval_id)
+        row = cur.execute(
+            "SELECT id, evidence, incident_ids FROM approvals WHERE action = ? AND status = ?",
+            (encoded, ApprovalStatus.PENDING.value),
+        ).fetchone()
+        if row is None:
+            next_id = int(
+                cur.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM approvals").fetchone()[0]
+            )
+            cur.execute(
+                "INSERT INTO approvals(id, incident_id, action, kind, target, risk, reason,"
+                " evidence, status, created_at, expires_at, incident_ids)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    next_id,
+                    incident_id,
+                    encoded,
+                    action.kind,
+                    action.target,
+                    risk.value,
+                    reason,
+                    json.dumps(evidence[:EVIDENCE_KEPT]),
+                    ApprovalStatus.PENDING.value,
+                    now,
+                    now + ttl,
+                    json.dumps([incident_id]),
+                ),
+            )
+            return next_id
+        kept = json.loads(row["evidence"])
+        merged = list(dict.fromkeys([*kept, *evidence]))
+        # the first lines (why it was queued) stay; the newest fill the rest
+        merged = merged[:1] + merged[1:][-(EVIDENCE_KEPT - 1) :]
+        ids = list(dict.fromkeys([*(json.loads(row["incident_ids"]) or []), incident_id]))
+        cur.execute(
+            "UPDATE approvals SET evidence = ?, incident_ids = ? WHERE id = ?",
+            (json.dumps(merged), json.dumps(ids), row["id"]),
+        )
+        return int(row["id"])
 
     def cancel_approval(self, approval_id: int, reason: str) -> bool:
         """A pending item whose problem is confirmed gone is cancelled, with why."""
@@ -445,6 +474,44 @@ class Store:
             "SELECT COUNT(*) AS n FROM approvals WHERE status = ?", (ApprovalStatus.PENDING.value,)
         )
         return int(rows[0]["n"])
+
+    def pending_approval(self, approval_id: int) -> Approval:
+        """The item, if it is still pending (one past its TTL expires here); else raise."""
+        now = self.clock()
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT status, expires_at FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+            if row is None:
+                raise ApprovalError(f"no approval with id {approval_id}")
+            status = ApprovalStatus(row["status"])
+            if status is ApprovalStatus.PENDING and row["expires_at"] <= now:
+                cur.execute(
+                    "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
+                    (ApprovalStatus.EXPIRED.value, now, "expired before approval", approval_id),
+                )
+                status = ApprovalStatus.EXPIRED
+        # raised after the commit, so an expiry found here is kept
+        if status is not ApprovalStatus.PENDING:
+            raise ApprovalError(f"approval {approval_id} is {status.value}, not pending")
+        return self._must_get_approval(approval_id)
+
+    def decide_approval(
+        self, approval_id: int, status: ApprovalStatus, note: str, *, by: str
+    ) -> Approval:
+        """A pending item settled without running anything (refused, cancelled,
+        acknowledged), in one step: only one caller can decide it."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE approvals SET status = ?, note = ?, decided_at = ?, decided_by = ?"
+                " WHERE id = ? AND status = ?",
+                (status.value, note, self.clock(), by, approval_id, ApprovalStatus.PENDING.value),
+            )
+            won = cur.rowcount > 0
+        if not won:
+            current = self._must_get_approval(approval_id)
+            raise ApprovalError(f"approval {approval_id} is {current.status.value}, not pending")
+        return self._must_get_approval(approval_id)
 
     def claim_approval(self, approval_id: int, by: str) -> Approval:
         """Move a pending approval to `approved` for this caller; only one caller ever wins."""
@@ -543,16 +610,38 @@ class Store:
     # ------------------------------------------------------------ the action ledger
 
     def record_intent(
-        self, incident_id: str, action: Action, *, approval_id: int | None = None
+        self,
+        incident_id: str,
+        action: Action,
+        *,
+        approval_id: int | None = None,
+        by: str | None = None,
     ) -> int:
         """Write the intent row (fsynced) and its audit line before any side effect.
 
-        For an approval, a second intent violates the unique index: that is the
-        "approving twice executes once" guarantee, enforced by the database.
+        For an approval, `by` claims it in the same transaction: pending → approved and
+        the intent together, so no instant leaves an item claimed with nothing to show
+        for it. A second intent violates the unique index: that is the "approving
+        twice executes once" guarantee, enforced by the database.
         """
         now = self.clock()
         try:
             with self._tx() as cur:
+                if approval_id is not None and by is not None:
+                    cur.execute(
+                        "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?"
+                        " WHERE id = ? AND status = ? AND expires_at > ?",
+                        (
+                            ApprovalStatus.APPROVED.value,
+                            now,
+                            by,
+                            approval_id,
+                            ApprovalStatus.PENDING.value,
+                            now,
+                        ),
+                    )
+                    if cur.rowcount == 0:
+                        raise ApprovalError(f"approval {approval_id} is no longer pending")
                 cur.execute(
                     "INSERT INTO actions(incident_id, approval_id, action, kind, target, status,"
                     " started_at, owner) VALUES (?,?,?,?,?,?,?,?)",
@@ -593,6 +682,17 @@ class Store:
                 "UPDATE actions SET status = ?, finished_at = ?, result = ? WHERE id = ?",
                 (status.value, self.clock(), encoded, action_id),
             )
+            if row is not None and row["approval_id"] is not None:
+                # the approval it carries out is settled with it, in the same transaction
+                cur.execute(
+                    "UPDATE approvals SET status = ?, note = ?, action_id = ? WHERE id = ?",
+                    (
+                        _APPROVAL_AFTER[status].value,
+                        result.detail if result is not None else "",
+                        action_id,
+                        row["approval_id"],
+                    ),
+                )
         self.audit_action(
             {
                 "event": "outcome",
@@ -634,6 +734,27 @@ class Store:
                             row["approval_id"],
                         ),
                     )
+            # An item claimed by an older release that died before writing its intent
+            # (claim and intent are one transaction now): back in the queue.
+            cur.execute(
+                "UPDATE approvals SET status = ?, note = ? WHERE status = ? AND NOT EXISTS"
+                " (SELECT 1 FROM actions WHERE actions.approval_id = approvals.id)",
+                (
+                    ApprovalStatus.PENDING.value,
+                    "claimed by a process that died before acting; back in the queue",
+                    ApprovalStatus.APPROVED.value,
+                ),
+            )
+            # ... or one whose action ended before its approval was settled
+            for after_action, after_approval in _APPROVAL_AFTER.items():
+                if after_action is ActionStatus.INTENT:
+                    continue
+                cur.execute(
+                    "UPDATE approvals SET status = ? WHERE status = ? AND EXISTS (SELECT 1"
+                    " FROM actions WHERE actions.approval_id = approvals.id AND"
+                    " actions.status = ?)",
+                    (after_approval.value, ApprovalStatus.APPROVED.value, after_action.value),
+                )
         records = [r for r in (self.get_action(i) for i in interrupted) if r is not None]
         for rec in records:
             self.audit_action(

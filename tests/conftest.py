@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.stack_fixtures",
     "tests.llm_fixtures",
     "tests.daemon_support",
+    "tests.sidecar_support",
 ]
 
 

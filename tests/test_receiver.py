@@ -98,23 +98,70 @@ def test_a_new_alert_in_the_group_is_one_change(url: str, incidents: IncidentSto
     assert incidents.pending_analysis() == []
 
 
-def test_resolution_closes_the_incident_and_cancels_nothing_by_itself(url, store: Store, incidents):
+def test_resolution_of_a_unit_alert_closes_nothing_by_itself(url, store: Store, incidents):
+    """Issue 15: a resolve is a hint to look. For an alert about a unit the incident stays
+    open (the orchestrator closes it once systemd confirms) and its items stay queued;
+    the still-firing alert re-sent after it re-opens, never "duplicate"."""
     a = alert(unit="nginx.service")
     incident_id = post(url, payload(a)).json()["incident"]
     store.enqueue(incident_id, RestartUnit(unit="nginx.service"), risk=Risk.LOW, reason="r", ttl=60)
     body = post(url, payload(resolved(a))).json()
-    assert body["resolved"] is True
+    assert body["resolved"] is False
     state = incidents.get(incident_id)
     assert state is not None
-    assert state.status == "resolved"
-    # a resolve is a hint to look: the orchestrator cancels the item only once systemd
-    # confirms the problem is gone (tests/test_safety_edges.py)
-    assert [a.status for a in store.list_approvals()] == [ApprovalStatus.PENDING]
-    # a late firing copy from the other HA peer does not reopen it
-    assert post(url, payload(a)).json()["status"] == "duplicate"
+    assert state.status == "open"
+    assert [x.status for x in state.incident.alerts] == ["resolved"]
+    assert [x.status for x in store.list_approvals()] == [ApprovalStatus.PENDING]
+    again = post(url, payload(a)).json()
+    assert again["status"] == "accepted"
+    state = incidents.get(incident_id)
+    assert state is not None
+    assert [x.status for x in state.incident.alerts] == ["firing"]
+
+
+def test_resolution_of_an_alert_about_no_unit_closes_the_incident(url, incidents) -> None:
+    a = alert("DiskFilling", mountpoint="/")
+    incident_id = post(url, payload(a, group_key="disk")).json()["incident"]
+    body = post(url, payload(resolved(a), group_key="disk")).json()
+    assert body["resolved"] is True
+    assert incidents.get(incident_id).status == "resolved"
     # the same alert firing again later is a new incident
-    again = post(url, payload(alert(unit="nginx.service", starts="2026-11-25T11:00:00Z")))
+    later = alert("DiskFilling", mountpoint="/", starts="2026-11-25T11:00:00Z")
+    again = post(url, payload(later, group_key="disk"))
     assert again.json()["incident"] not in (None, incident_id)
+
+
+def test_a_resolve_counts_only_for_its_own_firing_alert(incidents: IncidentStore) -> None:
+    """A resolve for a fingerprint that never fired here changes nothing."""
+    from macha_obs.models import AlertGroup
+
+    a = alert(unit="a.service")
+    b = alert(unit="b.service", starts="2026-11-25T10:00:00")  # a sender without an offset
+
+    def ingest(*alerts: dict) -> IngestResult:
+        group = AlertGroup.model_validate(payload(*alerts))
+        return incidents.ingest(group, "{}", group.alerts)
+
+    first = ingest(a)
+    forged = ingest(resolved(a), resolved(b))
+    assert (forged.new_alerts, forged.duplicates) == (1, 1)  # a's resolve applies; b's not
+    state = incidents.get(first.incident_id or "")
+    assert state is not None
+    assert [x.labels["unit"] for x in state.incident.alerts] == ["a.service"]
+    late = ingest(b)
+    assert late.new_alerts == 1
+    assert late.firing == 1  # b fires; a stays resolved
+
+
+def test_duplicates_are_acknowledged_without_being_stored_again(
+    incidents: IncidentStore,
+) -> None:
+    from macha_obs.models import AlertGroup
+
+    group = AlertGroup.model_validate(payload(alert(unit="a.service")))
+    for _ in range(5):
+        incidents.ingest(group, "{}", group.alerts)
+    assert incidents.inbox_count() == 1
 
 
 def test_resolved_only_alerts_open_nothing(url: str, app: ReceiverApp, incidents) -> None:
@@ -319,24 +366,3 @@ def test_assign_findings_is_pure() -> None:
     )
     assert [f.subject for f in joined["i"]] == ["a"]
     assert list(alone) == ["dns_failing:x"]
-
-
-def test_late_firing_copy_does_not_undo_a_resolution(incidents: IncidentStore) -> None:
-    """HA peers race: B's resolution can arrive before the peer's firing copy of B."""
-    from macha_obs.models import AlertGroup
-
-    a = alert(unit="a.service")
-    b = alert(unit="b.service", starts="2026-11-25T10:00:00")  # a sender without an offset
-
-    def ingest(*alerts: dict) -> IngestResult:
-        group = AlertGroup.model_validate(payload(*alerts))
-        return incidents.ingest(group, "{}", group.alerts)
-
-    first = ingest(a)
-    ingest(resolved(b))
-    late = ingest(b)
-    assert late.new_alerts == 1
-    assert late.firing == 1  # only a; b stays resolved
-    state = incidents.get(first.incident_id or "")
-    assert state is not None
-    assert sorted(x.status for x in state.incident.alerts) == ["firing", "resolved"]

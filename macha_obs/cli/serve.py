@@ -57,6 +57,11 @@ def serve(ctx: click.Context) -> None:
             describe_action(record.action),
         )
     side = assemble(cfg, store)
+    # A crash may have come between a decision and its action: every open incident is
+    # decided again from the host as it is now (what was done is not redone blindly).
+    reopened = side.incidents.reopen_all()
+    if reopened:
+        log.info("%d open incident(s) will be looked at again", reopened)
     try:
         receiver = ReceiverApp.from_config(
             cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
