@@ -1,8 +1,12 @@
 """The Alertmanager webhook (`POST /alerts`), as a WSGI callable.
 
-Order matters: authenticate, bound the body, validate, drop other hosts' alerts, then
-store durably (one committed transaction) and only then answer 2xx. Alertmanager retries
-anything else, so a 5xx is reserved for "could not store" and never for a bad body.
+Order matters: authenticate, bound the body, validate, bound the payload, drop other
+hosts' alerts, then store durably (one committed transaction) and only then answer 2xx.
+Alertmanager retries a 5xx for ever and drops a 4xx, so a 5xx is reserved for "could not
+store" and every malformed body is a 4xx: a Content-Length that is not ASCII digits, a
+chunked body, a body cut short, invalid UTF-8 or JSON, a string no UTF-8 can encode (a
+lone surrogate escape such as "\\ud800"), too many alerts or labels, an over-long label.
+NUL characters are data like any other (SQLite stores them; unit names reject them).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -40,6 +45,12 @@ DELIVERY_RESULTS = (
     "store_error",
 )
 HUMAN_AUDIENCE = "human"
+# Per-notification bounds, so one huge notification cannot hold up the next one. Far
+# above what Alertmanager sends (set `max_alerts` on its webhook config to stay under).
+MAX_ALERTS = 1000
+MAX_LABELS = 128  # per alert, and per label set of the notification
+MAX_LABEL_CHARS = 2048  # per label name or value
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")  # ASCII digits only: "²".isdigit() is True
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 
@@ -101,7 +112,7 @@ def _strip_port(value: str) -> str:
     if value.startswith("["):  # [::1]:9100
         return value[1:].partition("]")[0]
     host, sep, port = value.rpartition(":")
-    if sep and port.isdigit() and ":" not in host:
+    if sep and port.isascii() and port.isdigit() and ":" not in host:
         return host
     return value
 
@@ -118,10 +129,16 @@ class ReceiverApp:
         hosts: HostMatcher | None = None,
         on_incident: OnIncident | None = None,
         stats: ReceiverStats | None = None,
+        max_alerts: int = MAX_ALERTS,
+        max_labels: int = MAX_LABELS,
+        max_label_chars: int = MAX_LABEL_CHARS,
     ) -> None:
         self.incidents = incidents
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self.max_alerts = max_alerts
+        self.max_labels = max_labels
+        self.max_label_chars = max_label_chars
         self.hosts = hosts
         self.on_incident = on_incident
         self.stats = stats or ReceiverStats()
@@ -165,14 +182,49 @@ class ReceiverApp:
             return problem
         try:
             text = raw.decode("utf-8")
-            group = AlertGroup.model_validate(json.loads(text))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            data = json.loads(text)
+            # valid JSON may still hold strings no UTF-8 can encode ("\ud800"): they
+            # would fail in the store (a 5xx, retried for ever), so refuse them here
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            self.stats.count("invalid")
+            return "400 Bad Request", {"error": "a string holds a lone surrogate escape"}, []
+        except (ValueError, RecursionError) as exc:  # incl. JSON and UTF-8 errors
             self.stats.count("invalid")
             return "400 Bad Request", {"error": f"invalid JSON: {exc}"}, []
+        alerts = data.get("alerts") if isinstance(data, dict) else None
+        if isinstance(alerts, list) and len(alerts) > self.max_alerts:
+            self.stats.count("too_large")
+            message = (
+                f"{len(alerts)} alerts exceed {self.max_alerts} per notification;"
+                " set max_alerts on the webhook config"
+            )
+            return "413 Content Too Large", {"error": message}, []
+        try:
+            group = AlertGroup.model_validate(data)
         except ValidationError as exc:
             self.stats.count("invalid")
             return "400 Bad Request", {"error": _schema_message(exc)}, []
+        too_big = self._oversized_labels(group)
+        if too_big is not None:
+            self.stats.count("invalid")
+            return "400 Bad Request", {"error": too_big}, []
         return self._ingest(group, text)
+
+    def _oversized_labels(self, group: AlertGroup) -> str | None:
+        """Why the notification's label sets are out of bounds, or None."""
+        label_sets = [
+            *((f"alerts.{i}.labels", a.labels) for i, a in enumerate(group.alerts)),
+            ("groupLabels", group.group_labels),
+            ("commonLabels", group.common_labels),
+        ]
+        for where, labels in label_sets:
+            if len(labels) > self.max_labels:
+                return f"{where}: {len(labels)} labels exceed {self.max_labels}"
+            for name, value in labels.items():
+                if max(len(name), len(value)) > self.max_label_chars:
+                    return f"{where}: a label over {self.max_label_chars} characters"
+        return None
 
     def _authorized(self, header: str) -> bool:
         if self.token is None:
@@ -185,10 +237,21 @@ class ReceiverApp:
     def _read_body(
         self, environ: dict[str, Any]
     ) -> tuple[bytes, tuple[str, dict[str, Any], list[tuple[str, str]]] | None]:
-        length_text = environ.get("CONTENT_LENGTH") or ""
-        if not length_text.isdigit():
+        if environ.get("HTTP_TRANSFER_ENCODING"):  # Alertmanager always sends a length
+            self.stats.count("invalid")
+            message = "chunked or encoded bodies are not accepted: send Content-Length"
+            return b"", ("411 Length Required", {"error": message}, [])
+        length_text = (environ.get("CONTENT_LENGTH") or "").strip(" \t")
+        if not length_text:
             self.stats.count("invalid")
             return b"", ("411 Length Required", {"error": "Content-Length is required"}, [])
+        if not _CONTENT_LENGTH.fullmatch(length_text):
+            too_long = length_text.isascii() and length_text.isdigit()
+            self.stats.count("too_large" if too_long else "invalid")
+            if too_long:
+                return b"", ("413 Content Too Large", {"error": "Content-Length too large"}, [])
+            message = "Content-Length must be ASCII digits"
+            return b"", ("400 Bad Request", {"error": message}, [])
         length = int(length_text)
         if length > self.max_body_bytes:
             self.stats.count("too_large")
@@ -197,7 +260,10 @@ class ReceiverApp:
                 {"error": f"body of {length} bytes exceeds {self.max_body_bytes}"},
                 [],
             )
-        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            raw = environ["wsgi.input"].read(length) if length else b""
+        except OSError:  # a server that times the body out by raising: cut short
+            raw = b""
         if len(raw) != length:
             self.stats.count("invalid")
             return b"", ("400 Bad Request", {"error": "body shorter than Content-Length"}, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,3 +367,144 @@ def test_assign_findings_is_pure() -> None:
     )
     assert [f.subject for f in joined["i"]] == ["a"]
     assert list(alone) == ["dns_failing:x"]
+
+
+# ---------------------------------------------------------------- malformed bodies are 4xx
+
+
+def call(app: ReceiverApp, body: bytes, **environ: object) -> tuple[int, dict]:
+    """The webhook as a plain WSGI callable: framing headers exactly as a server passes them."""
+    base: dict[str, object] = {
+        "REQUEST_METHOD": "POST",
+        "HTTP_AUTHORIZATION": f"Bearer {TOKEN}",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    started: list[str] = []
+    out = app({**base, **environ}, lambda status, headers: started.append(status))
+    return int(started[0].split()[0]), json.loads(b"".join(out))
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [
+        ("²", 400),  # "²".isdigit() is True, and int("²") raised: a 500 before
+        ("٣", 400),
+        ("-1", 400),
+        ("1e3", 400),
+        ("+5", 400),
+        ("5, 5", 400),
+        ("", 411),
+        ("9" * 20, 413),
+        ("1" * 5000, 413),  # int() refuses over 4300 digits: a 500 before
+    ],
+)
+def test_content_length_is_ascii_digits(app: ReceiverApp, length: str, status: int) -> None:
+    code, answer = call(app, json.dumps(payload(alert())).encode(), CONTENT_LENGTH=length)
+    assert code == status, answer
+    assert app.stats.snapshot()["deliveries"]["accepted"] == 0
+
+
+def test_content_length_may_carry_whitespace(app: ReceiverApp) -> None:
+    body = json.dumps(payload(alert(unit="a.service"))).encode()
+    assert call(app, body, CONTENT_LENGTH=f" {len(body)} ")[0] == 200
+
+
+def test_chunked_bodies_are_411(app: ReceiverApp, incidents: IncidentStore) -> None:
+    code, answer = call(app, b"0\r\n\r\n", CONTENT_LENGTH="", HTTP_TRANSFER_ENCODING="chunked")
+    assert code == 411
+    assert "Content-Length" in answer["error"]
+    assert incidents.inbox_count() == 0
+
+
+def test_a_body_that_times_out_is_400(app: ReceiverApp) -> None:
+    class Stalled(io.RawIOBase):
+        def read(self, size: int = -1) -> bytes:
+            raise TimeoutError("timed out")
+
+    code, answer = call(app, b"", CONTENT_LENGTH="100", **{"wsgi.input": Stalled()})
+    assert code == 400
+    assert "shorter" in answer["error"]
+
+
+def _with(group_key: str = "g", **labels: str) -> dict:
+    return payload(alert(unit="a.service", **labels), group_key=group_key)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _with("\ud800"),  # once a 503 from SQLite, which Alertmanager retries for ever
+        _with(note="a\udfffb"),
+        {**_with(), "commonAnnotations": {"x": "\udc00"}},
+        {**_with(), "an ignored field": ["\ud83d"]},
+    ],
+    ids=["groupKey", "label", "annotation", "ignored field"],
+)
+def test_lone_surrogates_anywhere_are_400_and_nothing_is_stored(
+    url: str, app: ReceiverApp, incidents: IncidentStore, body: dict
+) -> None:
+    data = json.dumps(body).encode()  # ensure_ascii: "\ud800" escapes, valid JSON
+    assert b"\\ud" in data
+    resp = post(url, data)
+    assert resp.status_code == 400, resp.text
+    assert "surrogate" in resp.json()["error"]
+    assert incidents.inbox_count() == 0
+    assert app.stats.snapshot()["deliveries"]["invalid"] == 1
+
+
+def test_a_surrogate_pair_is_a_character_like_any_other(url: str) -> None:
+    resp = post(url, json.dumps(_with("\U0001f600", note="\U0001f600")).encode())
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "accepted"
+
+
+def test_nul_in_label_values_is_data_stored_as_sent(url: str, incidents: IncidentStore) -> None:
+    """Decided: NUL is accepted (SQLite stores it; a unit name with one is no unit)."""
+    resp = post(url, payload(alert(unit="a\x00.service", note="x\x00y")))
+    assert resp.status_code == 200, resp.text
+    state = incidents.get(resp.json()["incident"])
+    assert state is not None
+    assert state.incident.alerts[0].labels["note"] == "x\x00y"
+    assert state.incident.units == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"version": 1' + b"1" * 5000 + b"}", b"[" * 3000, b'{"a": "\xed\xa0\x80"}'],
+    ids=["a 5000-digit number", "nested 3000 deep", "a surrogate in UTF-8"],
+)
+def test_json_no_parser_takes_is_400(incidents: IncidentStore, body: bytes) -> None:
+    code, answer = call(ReceiverApp(incidents, token=TOKEN), body)  # the default 1 MiB bound
+    assert code == 400, answer
+    assert "invalid JSON" in answer["error"]
+
+
+def test_per_payload_bounds(incidents: IncidentStore) -> None:
+    app = ReceiverApp(incidents, token=TOKEN, max_alerts=3, max_labels=6, max_label_chars=50)
+    many = payload(*[alert(unit=f"u{i}.service") for i in range(4)])
+    code, answer = call(app, json.dumps(many).encode())
+    assert code == 413
+    assert answer["error"] == (
+        "4 alerts exceed 3 per notification; set max_alerts on the webhook config"
+    )
+    labels = {f"l{i}": "v" for i in range(5)}  # with alertname and severity: 7
+    code, answer = call(app, json.dumps(payload(alert(**labels))).encode())
+    assert (code, answer["error"]) == (400, "alerts.0.labels: 7 labels exceed 6")
+    code, answer = call(app, json.dumps(payload(alert(note="x" * 51))).encode())
+    assert (code, answer["error"]) == (400, "alerts.0.labels: a label over 50 characters")
+    code, answer = call(
+        app, json.dumps({**payload(alert()), "groupLabels": labels | {"a": "b", "c": "d"}}).encode()
+    )
+    assert (code, answer["error"]) == (400, "groupLabels: 7 labels exceed 6")
+    assert incidents.inbox_count() == 0
+    ok = payload(*[alert(unit=f"u{i}.service", note="x" * 50) for i in range(3)])
+    assert call(app, json.dumps(ok).encode())[0] == 200
+    stats = app.stats.snapshot()["deliveries"]
+    assert (stats["too_large"], stats["invalid"], stats["accepted"]) == (1, 3, 1)
+
+
+def test_default_bounds_sit_above_what_alertmanager_sends() -> None:
+    from macha_obs import receiver
+
+    assert (receiver.MAX_ALERTS, receiver.MAX_LABELS, receiver.MAX_LABEL_CHARS) == (1000, 128, 2048)

@@ -12,7 +12,15 @@ import psutil
 import pytest
 
 from macha_obs.exporter import build_registry
-from macha_obs.server import make_app, shutdown, start_server
+from macha_obs.server import (
+    Framing,
+    Refusal,
+    frame,
+    make_app,
+    parse_content_length,
+    shutdown,
+    start_server,
+)
 from tests.eyes_support import fixture_snapshot
 from tests.labsd import wait_until
 from tests.real import unavailable
@@ -102,7 +110,7 @@ def test_repeated_scrapes_leak_no_fds_and_rss_stays_flat(served: tuple[int, list
     fds, rss = _open_fds(), process.memory_info().rss
     for _ in range(200):
         assert request(port, "GET", "/metrics")[0] == 200
-    # the last request's server thread may still be closing its socket: a bounded wait
+    # the listener may still be draining the last connection before closing: a bounded wait
     assert wait_until(lambda: _open_fds() <= fds, timeout=10), (_open_fds(), fds)
     grown = process.memory_info().rss - rss
     assert grown < 2 * 1024 * 1024, f"RSS grew by {grown} bytes over 200 scrapes"
@@ -124,3 +132,56 @@ def test_metrics_gzip_head_options(served: tuple[int, list[bool]]) -> None:
     status, body = request(port, "HEAD", "/metrics")
     assert (status, body) == (200, b"")
     assert request(port, "OPTIONS", "/metrics") == (200, b"")
+
+
+# ---------------------------------------------------------------- framing, on literals
+
+HEAD = b"POST /alerts HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (HEAD, None),  # the head goes on
+        (HEAD + b"\r\n", Framing(len(HEAD) + 2, 0)),
+        (HEAD + b"Content-Length: 5\r\n\r\nhello", Framing(len(HEAD) + 21, 5)),
+        (b"GET / HTTP/1.0\nContent-Length:  7 \n\n", Framing(36, 7)),  # bare LF, OWS
+        (HEAD + b"Content-Length: 5\r\ncontent-length: 5\r\n\r\n", Framing(len(HEAD) + 40, 5)),
+        (HEAD + b"Content-Length: \xb2\r\n\r\n", 400),  # "²" in latin-1: isdigit() is True
+        (HEAD + b"Content-Length: \xc2\xb2\r\n\r\n", 400),
+        (HEAD + b"Content-Length: -1\r\n\r\n", 400),
+        (HEAD + b"Content-Length: 1e3\r\n\r\n", 400),
+        (HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (HEAD + b"Content-Length: " + b"9" * 16 + b"\r\n\r\n", 413),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n", 411),
+        (HEAD + b"X: " + b"a" * 100 + b"\r\n", 431),  # over the 64-byte limit below
+        (b"GET /" + b"a" * 100, 414),
+    ],
+)
+def test_frame(data: bytes, expected: Framing | int | None) -> None:
+    framed = frame(data, head_limit=64 if len(data) > 100 else 1024)
+    if isinstance(expected, int):
+        assert isinstance(framed, Refusal)
+        assert framed.status == expected
+    else:
+        assert framed == expected
+
+
+def test_frame_resumes_where_it_left_off() -> None:
+    data = HEAD + b"Content-Length: 2\r\n\r\nok"
+    scanned, framed = 0, None
+    for end in range(1, len(data) + 1):  # a byte at a time, the line end split anywhere
+        framed = frame(data[:end], 1024, scanned)
+        scanned = end
+        if framed is not None:
+            break
+    assert framed == Framing(len(data) - 2, 2)
+
+
+def test_parse_content_length() -> None:
+    assert parse_content_length(None) is None
+    assert parse_content_length(" 12\t") == 12
+    assert parse_content_length("0") == 0
+    refused = parse_content_length("٣")
+    assert isinstance(refused, Refusal)
+    assert refused.status == 400
