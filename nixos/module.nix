@@ -432,6 +432,13 @@ in
         host = "127.0.0.1";
         loadModels = [ cfg.model ];
       };
+      # Prompts go only to a socket Ollama's user owns: a local user who binds the port
+      # while Ollama is down gets nothing. services.ollama runs as DynamicUser "ollama"
+      # (or services.ollama.user): the uid changes, the name resolves while it runs, and
+      # the daemon compares names. Set settings.llm_endpoint_user = "" to turn it off.
+      services.macha-autonomous.settings.llm_endpoint_user = mkDefault (
+        if (config.services.ollama.user or null) != null then config.services.ollama.user else "ollama"
+      );
       systemd.services.${names.service} = {
         wants = [ "ollama.service" ];
         after = [ "ollama.service" ];

@@ -1,6 +1,8 @@
 """Chat clients for Ollama (`/api/chat`) and OpenAI-compatible servers, with JSON-schema
 constrained output, bounded timeouts and retries only where a retry can help (connection
-errors and 5xx; see llm_errors.py for the exception tree).
+errors and 5xx; see llm_errors.py for the exception tree). The endpoint is trusted only
+as configured (endpoint.py): its socket's owner, and an API key for OpenAI-compatible
+servers.
 """
 
 from __future__ import annotations
@@ -10,13 +12,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import requests
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from macha_obs.agent.endpoint import (
+    ApiKeyFileUnsafe,
+    EndpointGuard,
+    EndpointUntrusted,
+    guard_session,
+    load_api_key,
+)
+from macha_obs.agent.llm_errors import ERROR_KINDS as _TRANSPORT_KINDS
 from macha_obs.agent.llm_errors import (
-    ERROR_KINDS,
     LlmError,
     LlmProtocolError,
     LlmServerError,
@@ -28,10 +38,14 @@ from macha_obs.agent.llm_errors import (
 from macha_obs.config import Config
 
 Message = Mapping[str, str]
+# every outcome a chat can end in besides "ok", a fixed label set for the exporter
+ERROR_KINDS = (*_TRANSPORT_KINDS, EndpointUntrusted.kind)
 __all__ = [
     "ERROR_KINDS",
+    "ApiKeyFileUnsafe",
     "ChatClient",
     "ChatReply",
+    "EndpointUntrusted",
     "LlmError",
     "LlmMetrics",
     "LlmProtocolError",
@@ -137,10 +151,16 @@ class _HttpChat:
         )
         return retrying(self._request_once, method, path, body)
 
+    def _headers(self) -> dict[str, str]:
+        return {}
+
     def _request_once(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
         url = self.base_url + path
+        headers = self._headers()
         try:
-            resp = self.session.request(method, url, json=body, timeout=self.timeout)
+            resp = self.session.request(
+                method, url, json=body, timeout=self.timeout, headers=headers or None
+            )
         except requests.ReadTimeout as exc:
             raise LlmTimeout(f"{url}: no answer within {self.timeout[1]:g}s") from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -238,7 +258,8 @@ class OpenAIChat(_HttpChat):
 
     `response_format="json_schema"` is OpenAI's standard form; `"json_object"` sends
     `{"type": "json_object", "schema": S}`, which llama-cpp-python's server needs (it
-    answers the standard form with HTTP 500).
+    answers the standard form with HTTP 500). With `api_key_file`, the key is read from it
+    at each request and sent as a bearer token (ApiKeyFileUnsafe when the file is unsafe).
     """
 
     backend = "openai"
@@ -249,10 +270,17 @@ class OpenAIChat(_HttpChat):
         model: str,
         *,
         response_format: Literal["json_schema", "json_object"] = "json_schema",
+        api_key_file: Path | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(base_url, model, **kw)
         self.response_format = response_format
+        self.api_key_file = api_key_file
+
+    def _headers(self) -> dict[str, str]:
+        if self.api_key_file is None:
+            return {}
+        return {"Authorization": f"Bearer {load_api_key(self.api_key_file)}"}
 
     def check(self) -> None:
         data = self._request("GET", "/v1/models")
@@ -320,7 +348,14 @@ def client_from_config(
     metrics: LlmMetrics | None = None,
     openai_response_format: Literal["json_schema", "json_object"] = "json_schema",
 ) -> ChatClient:
-    """The configured client; `openai_response_format="json_object"` for llama.cpp."""
+    """The configured client; `openai_response_format="json_object"` for llama.cpp.
+
+    With `llm_endpoint_user`, every connection the client opens is checked first (on
+    `session` too, when one is given): the server's socket must belong to that user.
+    """
+    session = session or requests.Session()
+    if config.llm_endpoint_user:
+        guard_session(session, EndpointGuard(config.llm_endpoint_user))
     common: dict[str, Any] = {
         "session": session,
         "read_timeout": config.llm_timeout,
@@ -331,5 +366,9 @@ def client_from_config(
             config.ollama_url, config.model, keep_alive=config.llm_keep_alive, **common
         )
     return OpenAIChat(
-        config.openai_url, config.model, response_format=openai_response_format, **common
+        config.openai_url,
+        config.model,
+        response_format=openai_response_format,
+        api_key_file=config.openai_api_key_file,
+        **common,
     )

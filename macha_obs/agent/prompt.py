@@ -18,10 +18,31 @@ from functools import cache
 from importlib import resources
 from string import Template
 
+from macha_obs.agent.redact import redact, redact_lines
 from macha_obs.models import Incident
+
+__all__ = [
+    "ACTION_CATALOGUE",
+    "TOKEN_BUDGET",
+    "TOOL_CATALOGUE",
+    "Prompt",
+    "PromptContext",
+    "build_prompt",
+    "clean_line",
+    "clean_lines",
+    "estimate_tokens",
+    "fence",
+    "redact",
+    "suspicious",
+    "system_message",
+    "template",
+]
 
 TOKEN_BUDGET = 3000
 LINE_MAX = 240
+# Lines read before the oldest one kept, so a key block whose BEGIN line is just out of
+# the window is still recognised as one (a PGP private key with subkeys runs ~100 lines).
+BLOCK_LOOKBACK = 400
 
 ACTION_CATALOGUE: dict[str, str] = {
     "restart_unit": "unit — restart a failed or misbehaving service",
@@ -43,21 +64,6 @@ TOOL_CATALOGUE: dict[str, str] = {
     "failed_units": "(no fields) — units in the failed state",
 }
 
-_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S),
-     "[REDACTED PRIVATE KEY]"),
-    (re.compile(r"(?i)\b(authorization|proxy-authorization)(\s*[:=]\s*)\S+(\s+\S+)?"),
-     r"\1\2[REDACTED]"),
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [REDACTED]"),
-    (re.compile(r"(?i)(://)[^/\s:@]+:[^/\s@]+@"), r"\1[REDACTED]@"),
-    (re.compile(
-        r"(?i)\b([\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|"
-        r"private[_-]?key|credentials?)[\w.-]*)(\"?\s*[:=]\s*\"?|\s+is\s+)([^\s\"',;&]+)"),
-     r"\1\2[REDACTED]"),
-    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}"
-                r"|sk-[A-Za-z0-9_-]{20,}|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,})"),
-     "[REDACTED]"),
-)  # fmt: skip
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FENCE_WORD = re.compile(r"(?i)untrusted-data")
 
@@ -72,17 +78,23 @@ _SUSPICIOUS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-def redact(text: str) -> str:
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
+def _defuse(line: str) -> str:
+    return _FENCE_WORD.sub("untrusted_data", _CONTROL.sub(" ", line)).rstrip()
+
+
+def _bound(line: str) -> str:
+    return line if len(line) <= LINE_MAX else line[: LINE_MAX - 1] + "…"
 
 
 def clean_line(line: str) -> str:
     """One untrusted line: secrets redacted, control characters and fence words defused."""
-    line = _FENCE_WORD.sub("untrusted_data", _CONTROL.sub(" ", line))
-    line = redact(line.rstrip())
-    return line if len(line) <= LINE_MAX else line[: LINE_MAX - 1] + "…"
+    return _bound(redact(_defuse(line)))
+
+
+def clean_lines(lines: Sequence[str]) -> list[str]:
+    """The lines of one log, cleaned like `clean_line`; a key block spread over several
+    lines is dropped whole (redact.redact_lines)."""
+    return [_bound(x) for x in redact_lines([_defuse(x) for x in lines])]
 
 
 def suspicious(text: str) -> list[str]:
@@ -171,8 +183,9 @@ def build_prompt(ctx: PromptContext) -> Prompt:
     finding_lines = [clean_line(f"{f.kind.value} {f.subject}: {f.summary}") for f in inc.findings]
     status_lines = [clean_line(f"{u}: {s}") for u, s in ctx.unit_status.items()]
     # every line costs at least two tokens: older lines than these could never fit
+    keep = ctx.budget // 2
     journals = {
-        u: [clean_line(x) for x in list(lines)[-(ctx.budget // 2) :]]
+        u: clean_lines(list(lines)[-(keep + BLOCK_LOOKBACK) :])[-keep:] if keep else []
         for u, lines in ctx.journals.items()
     }
     flags = _flags("alerts", alert_lines) + _flags("findings", finding_lines)
