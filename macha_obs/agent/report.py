@@ -24,6 +24,7 @@ from macha_obs.models import (
     canonical_unit_name,
     describe_action,
 )
+from macha_obs.terminal import inert
 
 # The policy's verdict on one proposed action, given the incident whose evidence scopes it.
 Judge = Callable[[Action, Incident], Verdict]
@@ -93,32 +94,33 @@ def analyze_payload(
 
 
 def render_text(report: AnalysisReport) -> str:
+    """For a person: every field from the payload or the model on its own line, inert."""
     inc = report.incident
     firing = sum(1 for a in inc.alerts if a.firing)
-    out = [f"incident {inc.id}: {len(inc.alerts)} alert(s), {firing} firing"]
+    out = [f"incident {inert(inc.id)}: {len(inc.alerts)} alert(s), {firing} firing"]
     if report.decision is None:
-        return "\n".join([*out, report.note])
+        return "\n".join([*out, inert(report.note)])
     d = report.decision
     out += [
         f"assessment: {d.assessment.value} (severity {d.severity.value}, "
-        f"confidence {d.confidence:.2f}, by {d.backend or d.source.value}"
-        + (f" {d.model}" if d.model else "")
+        f"confidence {d.confidence:.2f}, by {inert(d.backend or d.source.value)}"
+        + (f" {inert(d.model)}" if d.model else "")
         + ")",
-        f"summary: {d.summary}",
+        f"summary: {inert(d.summary)}",
     ]
     if d.root_cause:
-        out.append(f"root cause: {d.root_cause}")
+        out.append(f"root cause: {inert(d.root_cause)}")
     if d.error:
-        out.append(f"analysis error: {d.error}")
+        out.append(f"analysis error: {inert(d.error)}")
     if not report.judged:
         out.append("no proposals")
     for n, j in enumerate(report.judged, 1):
         v = j.verdict
         out.append(
-            f"{n}. {describe_action(j.proposal.action)} → {v.outcome.value} ({v.risk.value})"
+            f"{n}. {inert(describe_action(j.proposal.action))} → {v.outcome.value} ({v.risk.value})"
         )
-        out.append(f"   why: {j.proposal.reason}")
-        out.append(f"   policy: {v.reason}")
+        out.append(f"   why: {inert(j.proposal.reason)}")
+        out.append(f"   policy: {inert(v.reason)}")
     out.append("nothing was executed")
     return "\n".join(out)
 
@@ -138,4 +140,6 @@ def render_json(report: AnalysisReport) -> str:
         "note": report.note,
         "executed": [],
     }
-    return json.dumps(data, indent=2)
+    # ensure_ascii (the default, said out loud): control and bidi characters from the
+    # payload or the model stay \u escapes, so even a `cat` of the output is inert
+    return json.dumps(data, indent=2, ensure_ascii=True)

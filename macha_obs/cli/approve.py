@@ -11,6 +11,7 @@ import click
 
 from macha_obs.cli.common import (
     EXIT_FAILED,
+    Group,
     config_options,
     ctx_config,
     keep_options,
@@ -26,8 +27,29 @@ from macha_obs.models import (
     describe_action,
 )
 from macha_obs.store import ApprovalError
+from macha_obs.terminal import inert
 
 # ---------------------------------------------------------------- macha-approve
+
+# SQLite's INTEGER is 64-bit signed: no approval can have a larger id (and asking for one
+# raises OverflowError)
+MAX_APPROVAL_ID = 2**63 - 1
+
+
+def _approval_id(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    """An approval id in ASCII digits. Anything else (`0x10`, `-1`, an Arabic-Indic digit)
+    is a usage error (exit 2), never another approval than the one meant: int() alone
+    would read U+0661 as 1."""
+    if not (value.isascii() and value.isdigit()):
+        raise click.BadParameter(f"'{inert(value)}' is not an approval id (ASCII digits, like 0)")
+    return int(value)
+
+
+def _existing_id(approval_id: int) -> int:
+    """`approval_id` when one could exist; else the message a missing id gets (exit 1)."""
+    if approval_id > MAX_APPROVAL_ID:
+        raise click.ClickException(f"no approval with id {approval_id}")
+    return approval_id
 
 
 def approval_dict(a: Approval) -> dict[str, Any]:
@@ -44,10 +66,11 @@ def _print_table(items: list[Approval], *, notes: bool = False) -> None:
             str(a.id),
             a.status.value,
             a.risk.value,
-            describe_action(a.action),
-            a.incident_id + (f" (+{len(a.incident_ids) - 1})" if len(a.incident_ids) > 1 else ""),
+            inert(describe_action(a.action)),
+            inert(a.incident_id)
+            + (f" (+{len(a.incident_ids) - 1})" if len(a.incident_ids) > 1 else ""),
             a.expires_at.strftime("%Y-%m-%d %H:%M"),
-            *([a.note or "-"] if notes else []),
+            *([inert(a.note) or "-"] if notes else []),
         )
         for a in items
     ]
@@ -65,7 +88,7 @@ def _print_table(items: list[Approval], *, notes: bool = False) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @config_options
 @click.pass_context
 def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
@@ -84,52 +107,56 @@ def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
         store.expire_approvals()
         items = store.list_approvals(None if show_all else {ApprovalStatus.PENDING})
     if as_json:
-        click.echo(json.dumps([approval_dict(a) for a in items], indent=2))
+        click.echo(json.dumps([approval_dict(a) for a in items], indent=2, ensure_ascii=True))
     else:
         _print_table(items, notes=show_all)
 
 
 @approve_main.command("show")
-@click.argument("approval_id", type=int)
+@click.argument("approval_id", callback=_approval_id)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
     """One item with its evidence and the reason it was queued."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        approval = store.get_approval(approval_id)
+        approval = store.get_approval(_existing_id(approval_id))
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
     if as_json:
-        click.echo(json.dumps(approval_dict(approval), indent=2))
+        click.echo(json.dumps(approval_dict(approval), indent=2, ensure_ascii=True))
         return
-    click.echo(f"approval {approval.id}: {describe_action(approval.action)}  [{approval.status}]")
-    click.echo(f"  incident:  {', '.join(approval.incident_ids) or approval.incident_id}")
+    # every field from an alert, a model or a person on its own line, made inert
+    label = inert(describe_action(approval.action))
+    click.echo(f"approval {approval.id}: {label}  [{approval.status}]")
+    incidents = ", ".join(inert(i) for i in approval.incident_ids) or inert(approval.incident_id)
+    click.echo(f"  incident:  {incidents}")
     click.echo(f"  risk:      {approval.risk}")
     click.echo(
         f"  queued:    {approval.created_at:%Y-%m-%d %H:%M:%S} UTC, "
         f"expires {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC"
     )
-    click.echo(f"  why:       {approval.reason}")
+    click.echo(f"  why:       {inert(approval.reason)}")
     for line in approval.evidence:
-        click.echo(f"  evidence:  {line}")
-    click.echo(f"  action:    {approval.action.model_dump_json()}")
+        click.echo(f"  evidence:  {inert(line)}")
+    action = json.dumps(approval.action.model_dump(mode="json"), separators=(",", ":"))
+    click.echo(f"  action:    {action}")
     if approval.decided_by or approval.note:
-        click.echo(f"  decided:   by {approval.decided_by or '-'}: {approval.note}")
+        click.echo(f"  decided:   by {inert(approval.decided_by) or '-'}: {inert(approval.note)}")
 
 
 @approve_main.command("approve")
-@click.argument("approval_id", type=int)
+@click.argument("approval_id", callback=_approval_id)
 @click.pass_context
 def approve_approve(ctx: click.Context, approval_id: int) -> None:
     """Carry out an item now, if the policy still allows it."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
         try:
-            handled = remediator(cfg, store).approve(approval_id, who())
+            handled = remediator(cfg, store).approve(_existing_id(approval_id), who())
         except ApprovalError as exc:
-            raise click.ClickException(str(exc)) from exc
-    click.echo(f"approval {approval_id}: {handled.summary}")
+            raise click.ClickException(inert(exc)) from exc
+    click.echo(f"approval {approval_id}: {inert(handled.summary)}")
     if handled.approval is None or handled.approval.status is not ApprovalStatus.EXECUTED:
         if handled.approval and handled.approval.status is ApprovalStatus.ACKNOWLEDGED:
             return
@@ -137,14 +164,14 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
 
 
 @approve_main.command("reject")
-@click.argument("approval_id", type=int)
+@click.argument("approval_id", callback=_approval_id)
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @click.pass_context
 def approve_reject(ctx: click.Context, approval_id: int, reason: str) -> None:
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
         try:
-            remediator(cfg, store).reject(approval_id, who(), reason)
+            remediator(cfg, store).reject(_existing_id(approval_id), who(), reason)
         except ApprovalError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(inert(exc)) from exc
     click.echo(f"approval {approval_id}: rejected")

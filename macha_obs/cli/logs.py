@@ -1,56 +1,155 @@
-"""`macha-logs`: the sidecar's journal, the audit logs, and orchestrator.log."""
+"""`macha-logs`: the sidecar's journal, the audit logs, and orchestrator.log.
+
+The files quote alert, journal and model text, so what reaches the terminal is made inert:
+text mode escapes every field it shows, and --json prints each record as ASCII JSON.
+A log that does not exist yet is an empty log (exit 0), not an error.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from macha_obs.cli.common import (
+    EXIT_FAILED,
     config_options,
     load_config,
 )
+from macha_obs.terminal import inert
 
 # ---------------------------------------------------------------- macha-logs
 
 LOG_KINDS = ("service", "decisions", "actions", "orchestrator")
+FILES = {
+    "decisions": "decisions.jsonl",
+    "actions": "actions.jsonl",
+    "orchestrator": "orchestrator.log",
+}
+_POLL_SECONDS = 0.5
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:  # a torn or foreign line
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _format_audit(line: str) -> str:
     """One JSONL audit record as a line a person reads."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        return line.rstrip("\n")
-    if not isinstance(rec, dict):
-        return line.rstrip("\n")
-    head = f"{rec.pop('ts', '-')} {rec.pop('event', '-'):<12}"
+    rec = _record(line)
+    if rec is None:
+        return inert(line.rstrip("\n"))
+    head = f"{inert(rec.pop('ts', '-'))} {inert(rec.pop('event', '-')):<12}"
     incident = rec.pop("incident_id", None)
-    bits = [f"incident={incident}"] if incident else []
+    bits = [f"incident={inert(incident)}"] if incident else []
     for key in ("label", "outcome", "risk", "status", "reason", "assessment", "summary"):
         if rec.get(key) not in (None, ""):
-            bits.append(f"{key}={rec[key]}")
+            bits.append(f"{key}={inert(rec[key])}")
     if "action" in rec and "label" not in rec and isinstance(rec["action"], dict):
-        bits.append(f"action={rec['action'].get('kind')} {rec['action'].get('unit', '')}".rstrip())
+        action = f"{rec['action'].get('kind')} {rec['action'].get('unit', '')}".rstrip()
+        bits.append(f"action={inert(action)}")
     return f"{head} {' '.join(bits)}"
 
 
-def _follow(path: Path, lines: int, render: Callable[[str], str]) -> None:
-    import time
+def _format_log(line: str) -> str:
+    """One orchestrator.log record (daemon.JsonLinesFormatter) as a line a person reads."""
+    rec = _record(line)
+    if rec is None or "message" not in rec:
+        return inert(line.rstrip("\n"))
+    text = (
+        f"{inert(rec.get('ts', '-'))} {inert(rec.get('level', '-')):<7} "
+        f"{inert(rec.get('logger', '-'))}: {inert(rec['message'])}"
+    )
+    if rec.get("exception"):
+        text += f" | {inert(rec['exception'])}"
+    return text
 
-    with path.open() as fh:
-        for line in fh.readlines()[-lines:]:
-            click.echo(render(line))
-        while True:
-            line = fh.readline()
-            if line:
+
+def _as_json(line: str) -> str:
+    """The record as it is when it is plain ASCII JSON already (what the sidecar writes);
+    else re-encoded as ASCII JSON, or, not being JSON at all, escaped."""
+    raw = line.rstrip("\n")
+    if raw.isascii() and raw.isprintable():
+        return raw
+    try:
+        return json.dumps(json.loads(raw), ensure_ascii=True)
+    except ValueError:
+        return inert(raw)
+
+
+def _open(path: Path) -> IO[str]:
+    """The log, never through a symlink nor from a FIFO someone planted in the state dir."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "a symlink, refused" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise click.ClickException(f"cannot read {inert(path)}: {inert(why)}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise click.ClickException(f"cannot read {inert(path)}: not a regular file")
+    # only \n ends a record: a \r inside one is data, shown escaped, not a new line
+    return os.fdopen(fd, errors="replace", newline="\n")
+
+
+def _last_lines(fh: IO[str], last: int) -> list[str]:
+    try:
+        return fh.readlines()[-last:]
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read {inert(fh.name)}: {inert(exc.strerror or exc)}"
+        ) from exc
+
+
+def _follow(path: Path, last: int, render: Callable[[str], str]) -> None:
+    """The last lines, then every new one, until Ctrl-C; waits for a file not there yet."""
+    try:
+        while not os.path.lexists(path):
+            time.sleep(_POLL_SECONDS)
+        with _open(path) as fh:
+            for line in _last_lines(fh, last):
                 click.echo(render(line))
-            else:
-                time.sleep(0.5)
+            for line in _new_lines(fh):
+                click.echo(render(line))
+    except KeyboardInterrupt:  # the way to stop following: not a failure
+        return
+
+
+def _new_lines(fh: IO[str]) -> Iterator[str]:
+    pending = ""
+    while True:
+        chunk = fh.readline()
+        if not chunk:
+            time.sleep(_POLL_SECONDS)
+            continue
+        pending += chunk
+        if pending.endswith("\n"):  # a line still being written waits for its end
+            yield pending
+            pending = ""
+
+
+def _journal(lines: int, as_json: bool, follow: bool) -> int:
+    argv = ["journalctl", "--no-pager", "-u", "macha-autonomous.service", "-n", str(lines)]
+    argv += ["-o", "json"] if as_json else []
+    argv += ["-f"] if follow else []
+    try:
+        returncode = subprocess.call(argv)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run journalctl: {exc}") from exc
+    except KeyboardInterrupt:
+        return 0
+    return 0 if returncode == 0 else EXIT_FAILED
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,31 +164,21 @@ def logs_main(
     """Read the sidecar's logs: its journal, the audit logs, or orchestrator.log."""
     cfg = load_config(config_path, **flags)
     if kind == "service":
-        import subprocess
-
-        argv = ["journalctl", "--no-pager", "-u", "macha-autonomous.service", "-n", str(lines)]
-        argv += ["-o", "json"] if as_json else []
-        argv += ["-f"] if follow else []
-        sys.exit(subprocess.call(argv))
-    path = (
-        cfg.state_dir
-        / {
-            "decisions": "decisions.jsonl",
-            "actions": "actions.jsonl",
-            "orchestrator": "orchestrator.log",
-        }[kind]
-    )
-    if not path.exists():
-        raise click.ClickException(f"{path} does not exist yet (nothing logged)")
+        sys.exit(_journal(lines, as_json, follow))
+    path = cfg.state_dir / FILES[kind]
 
     def render(line: str) -> str:
-        if as_json or kind == "orchestrator":
-            return line.rstrip("\n")
-        return _format_audit(line)
+        if as_json:
+            return _as_json(line)
+        return _format_log(line) if kind == "orchestrator" else _format_audit(line)
 
     if follow:
         _follow(path, lines, render)
         return
-    with path.open() as fh:
-        for line in fh.readlines()[-lines:]:
-            click.echo(render(line))
+    if not os.path.lexists(path):
+        click.echo(f"nothing logged yet ({inert(path)} does not exist)", err=True)
+        return
+    with _open(path) as fh:
+        shown = _last_lines(fh, lines)
+    for line in shown:
+        click.echo(render(line))

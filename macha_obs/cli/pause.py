@@ -16,6 +16,7 @@ from macha_obs.cli.common import ctx_config, open_store, who
 from macha_obs.cli.main import main
 from macha_obs.incidents import IncidentStore
 from macha_obs.pause import PauseBook
+from macha_obs.terminal import inert
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # each unit at most once, largest first, like Go's and Prometheus's durations: 1d2h30m15s
@@ -87,8 +88,8 @@ def pause(ctx: click.Context, duration: int | None, reason: str) -> None:
         until = None if duration is None else now + duration
         paused = book.pause(until=until, reason=reason.strip(), by=who())
     if earlier is not None:
-        click.echo(f"replaces the earlier pause ({earlier.describe()})")
-    click.echo(paused.describe())
+        click.echo(f"replaces the earlier pause ({inert(earlier.describe())})")
+    click.echo(inert(paused.describe()))
     click.echo(
         "nothing executes meanwhile: findings are still analysed, proposals recorded or queued"
     )
