@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from macha_obs import statedir
+
 LOCK_NAME = "daemon.lock"
 
 # logging level -> syslog priority, for journald
@@ -45,12 +47,14 @@ class StateLock:
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
-        fh = self.path.open("a+")
+        # never through a planted symlink: a root CLI must not truncate what it points at
+        fd = statedir.open_file(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = fh.read(32).strip() or "unknown"
             fh.close()
             raise AlreadyRunning(
                 f"another macha-obs (pid {holder}) is running on {self.path.parent}"
@@ -161,10 +165,11 @@ def setup_logging(log_file: Path, *, journald: bool, level: int = logging.INFO) 
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
-    # The log quotes alert and journal text: not for other users' eyes.
-    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640))
+    # The log quotes alert and journal text: not for other users' eyes, and never
+    # written through a planted symlink.
+    fd = statedir.open_file(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     with contextlib.suppress(OSError):
-        os.chmod(log_file, 0o640)
-    mirror = logging.FileHandler(log_file, encoding="utf-8")
+        os.fchmod(fd, 0o640)
+    mirror = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
     mirror.setFormatter(JsonLinesFormatter())
     root.addHandler(mirror)

@@ -192,9 +192,15 @@ class Orchestrator:
             triggers, self._triggers = self._triggers, []
             try:
                 self.run_cycle("+".join(sorted(set(triggers))) or "timer")
-            except Exception:  # a bug in one cycle must not end the loop
+            except Exception as exc:  # a bug in one cycle must not end the loop
                 log.exception("cycle failed")
-                self.stats.cycle_errors += 1
+                with self.stats.lock:
+                    self.stats.cycle_errors += 1
+                    self.stats.failing_cycles += 1
+                    self.stats.last_cycle_error = f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                with self.stats.lock:
+                    self.stats.failing_cycles = 0
             self.alive_at = self.monotonic()
 
     # ------------------------------------------------------------ one cycle

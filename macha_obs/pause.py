@@ -32,8 +32,10 @@ class PauseBook:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        with store.transaction() as cur:
-            cur.execute(_SCHEMA)
+        # a read first: scrapes build one of these, and must not write (read-only dirs)
+        if not store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pause'"):
+            with store.transaction() as cur:
+                cur.execute(_SCHEMA)
 
     def get(self) -> Pause | None:
         """The pause as recorded, whether or not its time has run out (see `expire`)."""

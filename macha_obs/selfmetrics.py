@@ -8,9 +8,10 @@ fixed enumerations.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,6 +19,12 @@ from prometheus_client.registry import Collector
 
 from macha_obs.config import AutonomyLevel
 from macha_obs.models import Action, Decision, ExecutionResult, Verdict
+
+log = logging.getLogger(__name__)
+
+
+# What can keep the sidecar from its job (macha_obs/health.py decides each one).
+HEALTH_PROBLEMS = ("no_snapshot", "store", "cycles_failing")
 
 
 @dataclass
@@ -30,6 +37,8 @@ class LoopStats:
     rate_limited: int = 0
     escalations: int = 0
     cycle_errors: int = 0
+    failing_cycles: int = 0  # in a row, since the last cycle that completed
+    last_cycle_error: str = ""
     cycles: int = 0
     last_cycle_timestamp: float = 0.0
     last_cycle_duration: float = 0.0
@@ -70,9 +79,16 @@ class PersistentState:
 
 
 class SelfCollector(Collector):
-    def __init__(self, stats: LoopStats, state: Callable[[], PersistentState]) -> None:
+    def __init__(
+        self,
+        stats: LoopStats,
+        state: Callable[[], PersistentState],
+        health: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        """`health` gives the problems that make the sidecar not ready (health.py)."""
         self.stats = stats
         self.state = state
+        self.health = health
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -124,7 +140,27 @@ class SelfCollector(Collector):
         yield GaugeMetricFamily(
             "macha_last_cycle_duration_seconds", "how long the last cycle took", value=duration
         )
-        state = self.state()
+        if self.health is not None:
+            problems = self.health()
+            yield GaugeMetricFamily(
+                "macha_ready",
+                "1 when the sidecar can do its job (what /readyz says)",
+                value=0.0 if problems else 1.0,
+            )
+            # a fixed set of problems: 3 series
+            problem = GaugeMetricFamily(
+                "macha_health_problem",
+                "1 while this problem keeps the sidecar from its job (/readyz says why)",
+                labels=["problem"],
+            )
+            for name in HEALTH_PROBLEMS:
+                problem.add_metric([name], 1.0 if name in problems else 0.0)
+            yield problem
+        try:
+            state = self.state()
+        except Exception:  # an unreadable ledger is /readyz's news; /metrics still answers
+            log.warning("cannot read the ledger for the self-metrics", exc_info=True)
+            return
         yield GaugeMetricFamily(
             "macha_approvals_pending", "actions waiting for a human", value=state.approvals_pending
         )

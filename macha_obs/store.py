@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from macha_obs import statedir
 from macha_obs.models import (
     Action,
     ActionRecord,
@@ -228,11 +229,17 @@ class Store:
         self.state_dir = Path(state_dir)
         self.clock = clock
         try:
+            statedir.check_dir(self.state_dir)
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            statedir.check_dir(self.state_dir)
+            _private(self.state_dir / DB_NAME)
+            for suffix in ("", "-wal", "-shm"):  # SQLite opens these by name
+                statedir.refuse_symlink(self.state_dir / (DB_NAME + suffix))
+        except statedir.StateDirError as exc:
+            raise StoreError(str(exc)) from exc
         except OSError as exc:
-            raise StoreError(f"cannot create state dir {self.state_dir}: {exc.strerror}") from exc
+            raise StoreError(f"cannot use state dir {self.state_dir}: {exc.strerror}") from exc
         self._lock = threading.RLock()
-        _private(self.state_dir / DB_NAME)
         try:
             self._db = sqlite3.connect(
                 self.state_dir / DB_NAME,
@@ -250,6 +257,11 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.state_dir / DB_NAME}: {exc}") from exc
         self.owner = process_owner()
+        # what the database file was when opened: replaced, truncated or deleted under
+        # us, the daemon would write into a file nobody else reads (see `problem`)
+        opened = os.stat(self.state_dir / DB_NAME)
+        self._identity = (opened.st_dev, opened.st_ino)
+        self.write_error: str | None = None
 
     def _migrate(self) -> None:
         with self._tx() as cur:
@@ -293,13 +305,69 @@ class Store:
     def _tx(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self.write_error = str(exc)
+                raise
             try:
                 yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
+            except BaseException as exc:
+                # a constraint (an approval carried out twice) is the ledger working
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                    exc, sqlite3.IntegrityError
+                ):
+                    self.write_error = str(exc)
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
+            try:
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.write_error = str(exc)
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            self.write_error = None
+
+    def problem(self) -> str | None:
+        """Why this handle no longer holds the state dir's ledger, or None. Checked by
+        identity, not just by name: a file replaced, truncated or deleted under a
+        running daemon is the silent state loss /readyz must report."""
+        path = self.state_dir / DB_NAME
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return f"{path} was deleted while the daemon ran"
+        except OSError as exc:
+            return f"{path}: {exc.strerror}"
+        if (now.st_dev, now.st_ino) != self._identity:
+            return f"{path} was replaced while the daemon ran"
+        if now.st_size == 0:
+            return f"{path} was truncated to zero bytes while the daemon ran"
+        if self.write_error is not None:
+            return f"{path} cannot be written: {self.write_error}"
+        return None
+
+    def has_history(self) -> bool:
+        """The database holds any row at all: every audit record is written with one."""
+        tables = [
+            r["name"]
+            for r in self._query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not str(r["name"]).startswith("sqlite_")
+        ]
+        return any(
+            self._query(f'SELECT EXISTS(SELECT 1 FROM "{t}") AS any')[0]["any"]  # noqa: S608
+            for t in tables
+        )
+
+    def audit_records(self) -> int:
+        """How many records the audit logs hold (lines, without reading them whole)."""
+        total = 0
+        for log in (self.decisions_log, self.actions_log):
+            with contextlib.suppress(FileNotFoundError), log.open("rb") as fh:
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
+        return total
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """A read for modules that keep their own tables here."""
@@ -343,7 +411,7 @@ class Store:
         """Append one JSON line and fsync it before returning (invariant 10)."""
         line = json.dumps({"ts": _ts(self.clock()).isoformat(), **record}, default=str)  # type: ignore[union-attr]
         data = (line.replace("\n", " ") + "\n").encode()
-        fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        fd = statedir.open_file(log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # whole lines, even from several processes
             size = os.fstat(fd).st_size

@@ -184,7 +184,7 @@ def test_one_daemon_per_state_dir(
         timeout=30,
         check=False,
     )
-    assert second.returncode == 1
+    assert second.returncode == 2  # a startup refusal: usage
     assert "another macha-obs" in second.stderr
     assert "is running on" in second.stderr
 
@@ -230,7 +230,7 @@ def test_invariant_13_opting_out_beyond_loopback_refuses_to_start(tmp_path: Path
     done = subprocess.run(
         [MACHA_OBS, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # a startup refusal
     assert "webhook_auth = false" in done.stderr
     assert "beyond loopback" in done.stderr
     assert not (tmp_path / "state" / "webhook.token").exists()

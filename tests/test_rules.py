@@ -37,6 +37,7 @@ HUMAN_ALERTS = (
     "MachaRemediationFailed",
     "MachaCircuitOpen",
     "MachaLLMUnavailable",
+    "MachaNotReady",
     "MachaLoopStalled",
 )
 
@@ -146,6 +147,7 @@ def test_the_sidecars_own_alerts_are_for_people() -> None:
         "MachaRemediationFailed",
         "MachaCircuitOpen",
         "MachaLLMUnavailable",
+        "MachaNotReady",
         "MachaLoopStalled",
     }
     seen = set()

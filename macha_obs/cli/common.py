@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from macha_obs import config as config_mod
+from macha_obs import statedir
 from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
 from macha_obs.store import Store, StoreError
+from macha_obs.terminal import inert
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("macha_obs")
@@ -30,7 +32,7 @@ def open_store(cfg: Config) -> Store:
     try:
         return Store(cfg.state_dir)
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(inert(exc)) from exc
 
 
 def config_options(fn: F) -> F:
@@ -55,15 +57,36 @@ def config_options(fn: F) -> F:
     return fn
 
 
+class Group(click.Group):
+    """A command group whose untrusted-state refusals end as a message and exit 1,
+    never a traceback, wherever in a command they are raised."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (statedir.StateDirError, StoreError) as exc:
+            raise click.ClickException(inert(str(exc))) from exc
+
+
 def load_config(config_path: Path | None = None, **flags: Any) -> Config:
     try:
         return config_mod.load(config_path, overrides=flags)
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        # a line per field, as the message has them; what a value carries shows escaped
+        shown = "\n".join(inert(line) for line in str(exc).split("\n"))
+        click.echo(f"error: {shown}", err=True)
         sys.exit(EXIT_USAGE)
 
 
+_person: list[str] = []  # who ran the command, noted before a root CLI drops privileges
+
+
 def who() -> str:
+    """The person behind this command, for the audit log (not the user it runs as)."""
+    return _person[0] if _person else _login_name()
+
+
+def _login_name() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -77,8 +100,22 @@ def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, 
     ctx.obj["flags"] = flags
 
 
-def ctx_config(ctx: click.Context) -> Config:
+def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
+    """The config, loaded once. Run as root, a command then becomes the state dir's
+    owner before it touches anything there (`as_owner`; only the privileged oneshot's
+    root side keeps root): whatever the service user planted in its own dir, root's
+    commands can then touch nothing the service user could not."""
     if "config" not in ctx.obj:
         ctx.obj["config"] = load_config(ctx.obj["config_path"], **ctx.obj["flags"])
     cfg: Config = ctx.obj["config"]
+    if as_owner and not ctx.obj.get("dropped"):
+        ctx.obj["dropped"] = True
+        _person[:] = [_login_name()]
+        try:
+            user = statedir.drop_to_owner(cfg.state_dir)
+        except OSError as exc:
+            click.echo(f"error: cannot become the state dir's owner: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        if user is not None:
+            log.debug("running as %s, the owner of %s", user, cfg.state_dir)
     return cfg

@@ -24,6 +24,7 @@ from macha_obs.cli.approve import approval_dict
 from macha_obs.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    Group,
     config_options,
     ctx_config,
     keep_options,
@@ -62,11 +63,12 @@ from macha_obs.policy import PolicyContext, effective_autonomy, judge
 from macha_obs.remediate import Remediator, context_of
 from macha_obs.scope import Scope, confirm
 from macha_obs.store import Store
+from macha_obs.terminal import inert
 
 # ---------------------------------------------------------------- macha-obs
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="macha-obs")
 @config_options
 @click.pass_context
@@ -121,7 +123,8 @@ def autonomy_show(ctx: click.Context) -> None:
     click.echo(f"effective:  {effective_autonomy(cfg, effective.breaker)}")
     state = "OPEN" if breaker.open else "closed"
     click.echo(
-        f"breaker:    {state} ({breaker.failures} recent failed verifications) {breaker.reason}"
+        f"breaker:    {state} ({breaker.failures} recent failed verifications)"
+        f" {inert(breaker.reason)}".rstrip()
     )
 
 
@@ -140,7 +143,7 @@ def autonomy_reset(ctx: click.Context) -> None:
 @click.pass_context
 def privileged(ctx: click.Context, instance: str) -> None:
     """Root side of the privileged oneshot unit: INSTANCE is a typed action, not a command."""
-    cfg = ctx_config(ctx)
+    cfg = ctx_config(ctx, as_owner=False)  # it touches no state file; root is its point
     try:
         action = parse_instance(instance)
     except ValueError as exc:
@@ -171,7 +174,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         executor = build_executor(cfg)
         breaker = Remediator(cfg, store, executor).breaker()
         pending = store.list_approvals({ApprovalStatus.PENDING})
-        last = json.loads(store.get_meta(LAST_CYCLE_KEY) or "null")
+        last = _meta_json(store.get_meta(LAST_CYCLE_KEY))
         pause = PauseBook(store).current(store.clock())
         executor.close()
     lock = StateLock(cfg.state_dir)
@@ -200,32 +203,64 @@ def status(ctx: click.Context, as_json: bool) -> None:
         "last_cycle": last,
     }
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        # ensure_ascii: alert-derived text stays \u escapes, inert even when `cat`-ed
+        click.echo(json.dumps(data, indent=2, ensure_ascii=True))
         return
+    # the text view: every field from an alert, a model or a person made inert
     click.echo(f"daemon:    {'running' if running else 'not running'} ({cfg.state_dir})")
     click.echo(
         f"autonomy:  {data['autonomy']['effective']} (configured {cfg.autonomy_level.value})"
     )
     click.echo(
-        f"breaker:   {'OPEN: ' + breaker.reason if breaker.open else 'closed'} "
+        f"breaker:   {'OPEN: ' + inert(breaker.reason) if breaker.open else 'closed'} "
         f"({breaker.failures} recent failed verifications)"
     )
-    click.echo(f"paused:    {pause.describe() if pause else 'no'}")
+    click.echo(f"paused:    {inert(pause.describe()) if pause else 'no'}")
     click.echo(f"queue:     {len(pending)} pending")
     for a in pending:
-        click.echo(f"  {a.id}: {describe_action(a.action)} ({a.risk.value}) {a.incident_id}")
-    if last:
-        when = datetime.fromtimestamp(last["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(
-            f"last cycle: {when} UTC ({last['trigger']}, {last['duration_seconds']}s), "
+        label = inert(describe_action(a.action))
+        click.echo(f"  {a.id}: {label} ({a.risk.value}) {inert(a.incident_id)}")
+    click.echo(f"last cycle: {_last_cycle(last)}")
+
+
+def _meta_json(raw: str | None) -> Any:
+    """A JSON value the daemon keeps in the store; a damaged one is shown, not a traceback."""
+    try:
+        return json.loads(raw or "null")
+    except ValueError:
+        return {"unreadable": raw}
+
+
+def _last_cycle(last: Any) -> str:
+    """The daemon's record of its last cycle, in a line; what it cannot read, it says."""
+    if not last:
+        return "none yet"
+    try:
+        when = datetime.fromtimestamp(float(last["at"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return (
+            f"{when} UTC ({inert(last['trigger'])}, {inert(last['duration_seconds'])}s), "
             f"{len(last['handled'])} action(s)"
         )
-    else:
-        click.echo("last cycle: none yet")
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return f"unreadable record: {inert(json.dumps(last))[:200]}"
+
+
+def _payload_text(file: IO[bytes], limit: int) -> str:
+    """The payload as the webhook would take it: UTF-8, at most `limit` bytes; else exit 2."""
+    data = file.read(limit + 1)
+    problem = f"larger than webhook_max_body_bytes ({limit})" if len(data) > limit else ""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        problem = problem or f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    if problem:
+        click.echo(f"error: not an Alertmanager v4 payload: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    return text
 
 
 @main.command("analyze")
-@click.argument("file", type=click.File("r"))
+@click.argument("file", type=click.File("rb"))
 @click.option(
     "--journal",
     "journals",
@@ -243,7 +278,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def analyze(
     ctx: click.Context,
-    file: IO[str],
+    file: IO[bytes],
     journals: tuple[str, ...],
     as_json: bool,
     analysis_mode: str | None,
@@ -252,13 +287,14 @@ def analyze(
     the policy's verdict on each proposal. Executes nothing; reads the host only through
     read-only diagnostics."""
     cfg = ctx_config(ctx)
+    payload = _payload_text(file, cfg.webhook_max_body_bytes)
     supplied: dict[str, list[str]] = {}
     for item in journals:
         try:
             unit, path = parse_journal_option(item)
             supplied[unit] = path.read_text(errors="replace").splitlines()
         except (ValueError, OSError) as exc:
-            raise click.BadParameter(str(exc), param_hint="--journal") from exc
+            raise click.BadParameter(inert(exc), param_hint="--journal") from exc
     bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
     diagnostics = Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir)
 
@@ -293,7 +329,7 @@ def analyze(
     analyzer = build_analyzer(cfg, diagnostics, LlmMetrics())
     try:
         report = analyze_payload(
-            file.read(),
+            payload,
             analyzer=analyzer,
             judge=verdict,
             journals=supplied,
@@ -301,7 +337,7 @@ def analyze(
             status_source=status_source,
         )
     except PayloadError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {inert(exc)}", err=True)
         sys.exit(EXIT_USAGE)
     finally:
         bus.close()

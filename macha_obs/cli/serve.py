@@ -8,12 +8,14 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from macha_obs import __version__
 from macha_obs.brainmetrics import BrainCollector
 from macha_obs.cli.common import (
+    EXIT_USAGE,
     ctx_config,
     log,
     open_store,
@@ -28,6 +30,7 @@ from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
 from macha_obs.execute.dbus_events import UnitWatcher
 from macha_obs.exporter import build_registry
+from macha_obs.health import Health
 from macha_obs.models import (
     ApprovalStatus,
     describe_action,
@@ -36,19 +39,39 @@ from macha_obs.orchestrator import CycleReport
 from macha_obs.receiver import ReceiverApp
 from macha_obs.selfmetrics import SelfCollector
 from macha_obs.server import make_app, shutdown, start_server
+from macha_obs.statedir import StateDirError
+from macha_obs.store import Store, StoreError
+from macha_obs.terminal import inert
 
 
-@main.command("serve")
-@click.pass_context
-def serve(ctx: click.Context) -> None:
-    """Run the sidecar: collect, serve /metrics /alerts /healthz /readyz, and heal."""
-    cfg = ctx_config(ctx)
-    store = open_store(cfg)
+def refuse(message: str) -> NoReturn:
+    """A startup refusal: the message, exit 2 (bad configuration or usage)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock]:
+    """The state dir, locked, checked for lost history, logging to it, and recovered."""
+    try:
+        store = Store(cfg.state_dir)
+    except StoreError as exc:
+        refuse(str(exc))
     lock = StateLock(cfg.state_dir)
     try:
         lock.acquire()
-    except AlreadyRunning as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (AlreadyRunning, StateDirError) as exc:
+        refuse(str(exc))
+    if not store.has_history() and (records := store.audit_records()):
+        if not start_fresh:
+            refuse(
+                f"{cfg.state_dir / 'state.db'} holds no history, but the audit logs hold "
+                f"{records} record(s): the database was lost or replaced, and with it the "
+                "queue, the ledger, the rate limits and the breaker. Restore it from a "
+                "backup, or start anew with `macha-obs serve --start-fresh` (the audit "
+                "logs are kept)"
+            )
+        store.set_meta("started_fresh", str(store.clock()))  # history from here on
+        store.audit_action({"event": "started_fresh", "audit_records": records})
     setup_logging(store.orchestrator_log, journald=bool(os.environ.get("JOURNAL_STREAM")))
     for record in store.recover_interrupted():
         log.warning(
@@ -56,6 +79,20 @@ def serve(ctx: click.Context) -> None:
             record.id,
             describe_action(record.action),
         )
+    return store, lock
+
+
+@main.command("serve")
+@click.option(
+    "--start-fresh",
+    is_flag=True,
+    help="Start on an empty state database although the audit logs show history.",
+)
+@click.pass_context
+def serve(ctx: click.Context, start_fresh: bool) -> None:
+    """Run the sidecar: collect, serve /metrics /alerts /healthz /readyz, and heal."""
+    cfg = ctx_config(ctx)
+    store, lock = _open_state(cfg, start_fresh=start_fresh)
     side = assemble(cfg, store)
     # A crash may have come between a decision and its action: every open incident is
     # decided again from the host as it is now (what was done is not redone blindly).
@@ -67,19 +104,24 @@ def serve(ctx: click.Context) -> None:
             cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
         )
     except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
-        raise click.ClickException(f"webhook: {exc}") from exc
+        refuse(f"webhook: {exc}")
+    health = Health(store, side.loop.ready, side.stats)
     registry = build_registry(
         side.loop.latest,
         extra=[
-            SelfCollector(side.stats, lambda: persistent_state(cfg, store, side.remediator)),
+            SelfCollector(
+                side.stats,
+                lambda: persistent_state(cfg, store, side.remediator),
+                health.problems,
+            ),
             BrainCollector(receiver.stats, side.llm_metrics),
         ],
     )
-    app = make_app(registry, alerts_app=receiver, ready=side.loop.ready)
+    app = make_app(registry, alerts_app=receiver, health=health.ready)
     try:
         server, server_thread = start_server(cfg.listen_host, cfg.listen_port, app)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {cfg.listen_address}: {exc}") from exc
+        refuse(f"cannot listen on {cfg.listen_address}: {exc}")
     watcher = (
         UnitWatcher(
             cfg.systemd_bus_address, side.orchestrator.note_unit_event, debounce=cfg.event_debounce
@@ -121,11 +163,12 @@ def serve(ctx: click.Context) -> None:
 
 
 def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
+    """The cycle for a person; alert, log and model text made inert on the terminal."""
     snap = side.loop.latest()
     findings = snap.findings if snap else []
     click.echo(f"findings: {len(findings)}")
     for f in findings:
-        click.echo(f"  [{f.severity.value}] {f.kind.value}: {f.summary}")
+        click.echo(f"  [{f.severity.value}] {f.kind.value}: {inert(f.summary)}")
     if snap is not None:
         failed = [name for name, run in snap.collectors.items() if not run.success]
         if failed:
@@ -135,22 +178,22 @@ def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
     for incident, decision in report.analysed:
         click.echo(
             f"incident {incident.id}: {decision.assessment.value} by "
-            f"{decision.backend or decision.source.value}: {decision.summary}"
+            f"{inert(decision.backend or decision.source.value)}: {inert(decision.summary)}"
         )
         if decision.error:
-            click.echo(f"  analysis error: {decision.error}")
+            click.echo(f"  analysis error: {inert(decision.error)}")
     for incident_id, proposal, handled in report.handled:
-        click.echo(f"  {describe_action(proposal.action)} ({incident_id})")
-        click.echo(f"    policy: {handled.verdict.outcome.value}: {handled.verdict.reason}")
+        click.echo(f"  {inert(describe_action(proposal.action))} ({inert(incident_id)})")
+        click.echo(f"    policy: {handled.verdict.outcome.value}: {inert(handled.verdict.reason)}")
         if handled.result is not None:
-            click.echo(f"    result: {handled.summary}")
+            click.echo(f"    result: {inert(handled.summary)}")
         elif handled.approval is not None:
             click.echo(
                 f"    queued as approval {handled.approval.id} (macha-approve show "
                 f"{handled.approval.id})"
             )
     for item in report.deferred:
-        click.echo(f"  left to systemd: {item}")
+        click.echo(f"  left to systemd: {inert(item)}")
     for approval_id in report.escalated:
         click.echo(f"  escalated to a human: approval {approval_id}")
     if not acted:
@@ -162,6 +205,7 @@ def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
 def check(ctx: click.Context) -> None:
     """Run one full cycle now and print what was found, decided and done."""
     cfg = ctx_config(ctx)
+    open_store(cfg).close()  # the state dir exists and can be trusted before the lock
     lock = StateLock(cfg.state_dir)
     try:
         lock.acquire()
