@@ -48,6 +48,7 @@ from macha_obs.store import Store
 
 log = logging.getLogger(__name__)
 
+MAX_UNITS_LOOKED_UP = 32
 LAST_CYCLE_KEY = "last_cycle"
 
 
@@ -408,8 +409,18 @@ class Orchestrator:
     # ------------------------------------------------------------ context
 
     def _unit_states(self, units: Sequence[str]) -> dict[str, UnitState]:
+        """systemd's state of an incident's units, for its analysis: at most
+        MAX_UNITS_LOOKED_UP of them, so one huge alert group cannot hold the next
+        incident behind thousands of D-Bus calls (a proposal's own unit is always looked
+        up again when it is judged)."""
         states: dict[str, UnitState] = {}
-        for unit in units:
+        if len(units) > MAX_UNITS_LOOKED_UP:
+            log.warning(
+                "an incident names %d units; looking up the first %d",
+                len(units),
+                MAX_UNITS_LOOKED_UP,
+            )
+        for unit in units[:MAX_UNITS_LOOKED_UP]:
             try:
                 states[unit] = self.remediator.executor.unit_state(unit)
             except Exception as exc:  # unknown state: never counts as busy or healthy

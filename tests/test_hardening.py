@@ -45,6 +45,7 @@ from macha_obs.scope import Scope
 from macha_obs.store import Store
 from tests.daemon_support import MACHA_APPROVE
 from tests.labsd import LabSystemd
+from tests.receiver_support import alert
 from tests.sidecar_support import broken, deliver
 from tests.stack import poll
 
@@ -178,8 +179,12 @@ def test_sigint_at_each_step_of_approve_leaves_the_item_approvable_or_done(
 
 
 @pytest.mark.systemd
-def test_sigint_to_macha_approve_mid_action_records_it_interrupted(
-    systemd_container: LabSystemd, unit_factory: Callable[[str, str], str], tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_macha_approve_mid_action_records_it_interrupted(
+    systemd_container: LabSystemd,
+    unit_factory: Callable[[str, str], str],
+    tmp_path: Path,
+    signum: signal.Signals,
 ) -> None:
     lab = systemd_container
     unit = broken(lab, unit_factory, "hard-sigint")
@@ -207,7 +212,7 @@ def test_sigint_to_macha_approve_mid_action_records_it_interrupted(
         return log.exists() and '"intent"' in log.read_text()
 
     assert poll(intent_written, 30)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)
     assert b"Traceback" not in err, err
     with Store(state) as store:
@@ -281,3 +286,39 @@ def test_the_state_files_are_not_world_readable(tmp_path: Path) -> None:
     for name in ("state.db", "actions.jsonl"):
         mode = (tmp_path / "state" / name).stat().st_mode & 0o777
         assert mode & 0o007 == 0, f"{name} is {mode:o}"
+
+
+class CountingExecutor:
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+
+    def run(self, action: Action) -> ExecutionResult:
+        return ExecutionResult(ok=True, verified=True)
+
+    def unit_state(self, unit: str) -> UnitState:
+        self.looked_up.append(unit)
+        return UnitState(name=unit, load_state="loaded", active_state="failed", sub_state="failed")
+
+
+def test_one_huge_alert_group_cannot_hold_the_next_incident_behind_its_lookups(
+    tmp_path: Path,
+) -> None:
+    from macha_obs.agent.analyze import Analyzer
+    from macha_obs.config import AnalysisMode
+    from macha_obs.models import AlertGroup
+    from macha_obs.orchestrator import MAX_UNITS_LOOKED_UP, Orchestrator
+    from tests.receiver_support import payload
+
+    cfg = config_mod.validate({"state_dir": str(tmp_path), "autonomy_level": "suggest"})
+    executor = CountingExecutor()
+    with Store(tmp_path) as store:
+        incidents = IncidentStore(store)
+        rem = Remediator(cfg, store, executor, scope_of=incidents.scope_of)
+        analyzer = Analyzer(mode=AnalysisMode.RUNBOOKS_ONLY, client=None, hostname="testhost")
+        orch = Orchestrator(cfg, store, incidents, analyzer, rem, snapshot=lambda: None)
+        storm = [alert("UnitFailed", unit=f"u{i}.service") for i in range(1000)]
+        group = AlertGroup.model_validate(payload(*storm, group_key="storm"))
+        incidents.ingest(group, "{}", group.alerts)
+        orch.run_cycle("alert")
+    # the analysis looked up a bounded number; each proposal (at most five) once more
+    assert len(executor.looked_up) <= MAX_UNITS_LOOKED_UP + 2 * 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,11 +58,19 @@ def config_options(fn: F) -> F:
     return fn
 
 
+def _terminated(signum: int, frame: object) -> None:
+    del frame
+    raise SystemExit(128 + signum)
+
+
 class Group(click.Group):
     """A command group whose untrusted-state refusals end as a message and exit 1,
     never a traceback, wherever in a command they are raised."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # SIGTERM unwinds like Ctrl-C: an action in flight is recorded interrupted, and
+        # nothing is left half-done for the next start to find (serve sets its own)
+        signal.signal(signal.SIGTERM, _terminated)
         try:
             return super().invoke(ctx)
         except (statedir.StateDirError, StoreError) as exc:
