@@ -227,16 +227,21 @@ class IncidentStore:
             )
             return cur.rowcount > 0
 
-    def reopen_all(self) -> int:
-        """Every open incident is analysed again (after a pause ends: what was only
-        recorded then is decided anew from the host's state now). How many."""
+    def reopen_all(self, *, keep: Collection[str] = ()) -> int:
+        """Every open incident but those in `keep` is analysed again (after a pause
+        ends, or a restart: what was only recorded, or decided and never acted on, is
+        decided anew from the host's state now). How many."""
         with self.store.transaction() as cur:
-            cur.execute(
-                "UPDATE incidents SET revision = revision + 1, updated_at = ?"
-                " WHERE status = ? AND revision = analyzed_revision",
-                (self.store.clock(), OPEN),
+            rows = cur.execute(
+                "SELECT id FROM incidents WHERE status = ? AND revision = analyzed_revision",
+                (OPEN,),
+            ).fetchall()
+            ids = [r["id"] for r in rows if r["id"] not in keep]
+            cur.executemany(
+                "UPDATE incidents SET revision = revision + 1, updated_at = ? WHERE id = ?",
+                [(self.store.clock(), i) for i in ids],
             )
-            return cur.rowcount
+            return len(ids)
 
     def resolve(self, incident_id: str) -> None:
         """Close an incident. Items queued for it are settled by the orchestrator, which

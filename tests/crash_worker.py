@@ -69,8 +69,8 @@ def main(state_dir: Path, seed: int) -> None:
     rem = Remediator(cfg, store, RecordingExecutor(state_dir / "ran"), scope_of=incidents.scope_of)
     analyzer = Analyzer(mode=AnalysisMode.RUNBOOKS_ONLY, client=None, hostname="testhost")
     orch = Orchestrator(cfg, store, incidents, analyzer, rem, snapshot=lambda: None)
-    store.recover_interrupted()  # as `serve` does on start
-    incidents.reopen_all()
+    interrupted = store.recover_interrupted()  # as `serve` does on start
+    incidents.reopen_all(keep={r.incident_id for r in interrupted})
     rng = random.Random(seed)
     print("ready", flush=True)
     while True:

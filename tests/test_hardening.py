@@ -322,3 +322,23 @@ def test_one_huge_alert_group_cannot_hold_the_next_incident_behind_its_lookups(
         orch.run_cycle("alert")
     # the analysis looked up a bounded number; each proposal (at most five) once more
     assert len(executor.looked_up) <= MAX_UNITS_LOOKED_UP + 2 * 5
+
+
+def test_after_a_crash_an_interrupted_action_is_not_decided_again(tmp_path: Path) -> None:
+    """On start every open incident is looked at again, except one whose action the
+    crash interrupted: that action is recorded, never silently re-run (invariant 6)."""
+    with Store(tmp_path) as store:
+        incidents = IncidentStore(store)
+        cut, _ = incidents.open_for_findings("a.service", [])
+        quiet, _ = incidents.open_for_findings("b.service", [])
+        for incident_id in (cut, quiet):
+            state = incidents.get(incident_id)
+            assert state is not None
+            incidents.mark_analyzed(incident_id, state.revision)
+        action_id = store.record_intent(cut, RestartUnit(unit="a.service"))
+        with store.transaction() as cur:  # its writer died (a pid that cannot exist)
+            cur.execute("UPDATE actions SET owner = '999999999:0.000' WHERE id = ?", (action_id,))
+        interrupted = store.recover_interrupted()
+        assert [r.incident_id for r in interrupted] == [cut]
+        assert incidents.reopen_all(keep={r.incident_id for r in interrupted}) == 1
+        assert incidents.pending_analysis() == [quiet]

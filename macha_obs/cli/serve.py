@@ -50,8 +50,9 @@ def refuse(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock]:
-    """The state dir, locked, checked for lost history, logging to it, and recovered."""
+def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, set[str]]:
+    """The state dir, locked, checked for lost history, logging to it, and recovered;
+    the incidents whose action a crash interrupted."""
     try:
         store = Store(cfg.state_dir)
     except StoreError as exc:
@@ -73,13 +74,14 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock]:
         store.set_meta("started_fresh", str(store.clock()))  # history from here on
         store.audit_action({"event": "started_fresh", "audit_records": records})
     setup_logging(store.orchestrator_log, journald=bool(os.environ.get("JOURNAL_STREAM")))
-    for record in store.recover_interrupted():
+    interrupted = store.recover_interrupted()
+    for record in interrupted:
         log.warning(
             "action %d (%s) was interrupted by a crash; recorded, not re-run",
             record.id,
             describe_action(record.action),
         )
-    return store, lock
+    return store, lock, {r.incident_id for r in interrupted}
 
 
 @main.command("serve")
@@ -92,11 +94,12 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock]:
 def serve(ctx: click.Context, start_fresh: bool) -> None:
     """Run the sidecar: collect, serve /metrics /alerts /healthz /readyz, and heal."""
     cfg = ctx_config(ctx)
-    store, lock = _open_state(cfg, start_fresh=start_fresh)
+    store, lock, interrupted = _open_state(cfg, start_fresh=start_fresh)
     side = assemble(cfg, store)
     # A crash may have come between a decision and its action: every open incident is
-    # decided again from the host as it is now (what was done is not redone blindly).
-    reopened = side.incidents.reopen_all()
+    # decided again from the host as it is now. One whose action the crash interrupted
+    # is not: an interrupted action is recorded, never silently re-run (invariant 6).
+    reopened = side.incidents.reopen_all(keep=interrupted)
     if reopened:
         log.info("%d open incident(s) will be looked at again", reopened)
     try:
