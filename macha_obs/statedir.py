@@ -40,10 +40,10 @@ def check_dir(path: Path) -> None:
         raise StateDirError(f"{path} is a symlink; the state dir must be a real directory")
     if not stat.S_ISDIR(info.st_mode):
         raise StateDirError(f"{path} is not a directory")
-    if info.st_mode & 0o002:
+    if info.st_mode & 0o022:
         raise StateDirError(
-            f"{path} is writable by every user (mode {stat.S_IMODE(info.st_mode):04o}): "
-            f"anyone could swap the sidecar's files; run: chmod o-w {path}"
+            f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}): "
+            f"they could swap the sidecar's files; run: chmod go-w {path}"
         )
     if info.st_uid not in (os.geteuid(), 0):
         raise StateDirError(

@@ -128,6 +128,8 @@ def test_serve_refuses_a_planted_lock_without_touching_its_target(open_tmp: Path
 def _damage(state: Path, how: str) -> None:
     if how == "dir":
         state.chmod(0o777)
+    elif how == "group":
+        state.chmod(0o770)
     elif how == "owner":
         (state / "decisions.jsonl").write_text("")
         os.chown(state / "decisions.jsonl", 12345, 12345)
@@ -141,7 +143,8 @@ def _damage(state: Path, how: str) -> None:
 @pytest.mark.parametrize(
     ("how", "says"),
     [
-        ("dir", "writable by every user"),
+        ("dir", "writable by other users"),
+        ("group", "writable by other users"),
         ("owner", "belongs to uid 12345"),
         ("mode", "writable by others"),
         ("fifo", "not a regular file"),
