@@ -581,30 +581,6 @@ class Store:
             raise ApprovalError(f"approval {approval_id} is {current.status.value}, not pending")
         return self._must_get_approval(approval_id)
 
-    def claim_approval(self, approval_id: int, by: str) -> Approval:
-        """Move a pending approval to `approved` for this caller; only one caller ever wins."""
-        now = self.clock()
-        with self._tx() as cur:
-            row = cur.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-            if row is None:
-                raise ApprovalError(f"no approval with id {approval_id}")
-            status = ApprovalStatus(row["status"])
-            if status is ApprovalStatus.PENDING and row["expires_at"] <= now:
-                cur.execute(
-                    "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?",
-                    (ApprovalStatus.EXPIRED.value, now, "expired before approval", approval_id),
-                )
-                status = ApprovalStatus.EXPIRED
-            if status is ApprovalStatus.PENDING:
-                cur.execute(
-                    "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ? WHERE id = ?",
-                    (ApprovalStatus.APPROVED.value, now, by, approval_id),
-                )
-        # raised after the commit, so an expiry found here is kept
-        if status is not ApprovalStatus.PENDING:
-            raise ApprovalError(f"approval {approval_id} is {status.value}, not pending")
-        return self._must_get_approval(approval_id)
-
     def settle_approval(
         self,
         approval_id: int,

@@ -128,13 +128,18 @@ def test_older_databases_fold_duplicate_pending_items(tmp_path: Path) -> None:
         assert items[1].note == "merged into approval 0"
 
 
-def test_claim_once(store: Store) -> None:
-    enqueue(store)
-    assert store.claim_approval(0, "alice").status is ApprovalStatus.APPROVED
+def test_claim_once_with_its_intent(store: Store) -> None:
+    """Claiming an item and writing its intent are one transaction; only one wins."""
+    item = enqueue(store)
+    store.record_intent("inc-1", item.action, approval_id=0, by="alice")
+    assert store.get_approval(0).status is ApprovalStatus.APPROVED  # type: ignore[union-attr]
+    with pytest.raises(ApprovalError, match="no longer pending"):
+        store.record_intent("inc-1", item.action, approval_id=0, by="bob")
     with pytest.raises(ApprovalError, match="approved, not pending"):
-        store.claim_approval(0, "bob")
+        store.pending_approval(0)
     with pytest.raises(ApprovalError, match="no approval with id 7"):
-        store.claim_approval(7, "bob")
+        store.pending_approval(7)
+    assert len(store.list_actions()) == 1
 
 
 def test_expiry_after_ttl(tmp_path: Path) -> None:
@@ -143,7 +148,7 @@ def test_expiry_after_ttl(tmp_path: Path) -> None:
         enqueue(store, ttl=60)
         now[0] += 61
         with pytest.raises(ApprovalError, match="expired"):
-            store.claim_approval(0, "alice")
+            store.pending_approval(0)
         enqueue(store, "b.service", ttl=60)
         now[0] += 61
         assert store.expire_approvals() == [1]
