@@ -165,7 +165,7 @@ def test_wrong_or_missing_token_is_refused(
     assert direct.status_code == 401
 
 
-def test_alertmanager_sends_the_generated_token(
+def test_invariant_13_alertmanager_sends_the_generated_token(
     make_config: Callable[..., Config],
     store: Store,
     alertmanager_factory: Callable[[str], Alertmanager],
