@@ -5,7 +5,10 @@ then loops forever over the three things the daemon and the CLI do to the ledger
 ingest an alert (printing `ack FINGERPRINT` once `ingest` returned, as the webhook
 answers 2xx), run a cycle (analysis, queueing, the incident marked analysed), and
 approve a pending item (the executor appends to `ran` with fsync, the side effect).
-Suggest mode with runbooks only, so what each incident must queue is known.
+Suggest mode with runbooks only, so what each incident must queue is known. It prints
+`step N` before each of them and inside each side effect (after its intent): the killer
+picks an N, so the kill lands at any of those points, and then anywhere in the work that
+follows it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from tests.receiver_support import alert, payload
 UNITS = 40
 
 
+_steps = [0]
+
+
+def announce() -> None:
+    _steps[0] += 1
+    print(f"step {_steps[0]}", flush=True)
+
+
 class RecordingExecutor:
     """Every unit is failed until restarted; a restart is a fsynced line in `ran`."""
 
@@ -42,6 +53,7 @@ class RecordingExecutor:
         self.ran = ran
 
     def run(self, action: Action) -> ExecutionResult:
+        announce()  # between the intent and the side effect
         fd = os.open(self.ran, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, f"{action.target}\n".encode())
@@ -74,6 +86,7 @@ def main(state_dir: Path, seed: int) -> None:
     rng = random.Random(seed)
     print("ready", flush=True)
     while True:
+        announce()
         op = rng.random()
         if op < 0.5:
             unit = f"crash-{rng.randrange(UNITS)}.service"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,7 +253,11 @@ def test_logs_follow_waits_for_a_new_log_and_stops_on_ctrl_c(
         text=True,
     )
     try:
-        time.sleep(1.5)  # started, and waiting for decisions.jsonl to exist
+        assert follower.stderr is not None
+        # it says when it starts waiting for decisions.jsonl to exist: that line is the event
+        ready, _, _ = select.select([follower.stderr], [], [], 30)
+        assert ready, "macha-logs -f never said it was waiting"
+        assert "waiting for" in follower.stderr.readline()
         assert follower.poll() is None
         with Store(tmp_path / "state") as store:
             store.audit_decision({"event": "verdict", "incident_id": "inc-9", "reason": "r"})

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from macha_obs.models import DecisionSource
 from macha_obs.policy import PolicyContext, judge
 from tests.real import unavailable
 from tests.receiver_support import alert, payload
+from tests.stack import poll
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MODEL = "llama3.1:8b"
@@ -148,20 +148,19 @@ class ModelServer:
 
     def wait_requests(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         """The requests seen, once there are `count` (the reader runs behind the server)."""
-        deadline = time.monotonic() + timeout
-        while len(self.requests()) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll(lambda: len(self.requests()) >= count, timeout, interval=0.02)
         return self.requests()
+
+    def closed(self) -> list[int]:
+        return [e["bytes"] for e in self.events if e["event"] == "closed"]
 
     def wait_closed(self, count: int = 1, timeout: float = 10) -> list[int]:
         """Bytes received by each of the first `count` connections, once they closed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            closed = [e["bytes"] for e in self.events if e["event"] == "closed"]
-            if len(closed) >= count:
-                return closed
-            time.sleep(0.02)
-        pytest.fail(f"the model server saw fewer than {count} connection(s) close: {self.events}")
+        if not poll(lambda: len(self.closed()) >= count, timeout, interval=0.02):
+            pytest.fail(
+                f"the model server saw fewer than {count} connection(s) close: {self.events}"
+            )
+        return self.closed()
 
 
 def _interpreter_for(uid: int) -> str:
@@ -330,21 +329,24 @@ while True:
 def _start_on(port: int) -> Generator[ModelServer, None, None]:
     """nobody binding a given port (the one the model server just left)."""
     argv = [_interpreter_for(NOBODY), "-I", "-S", "-c", SQUAT_PORT, str(port)]
-    deadline = time.monotonic() + 10
-    while True:  # the port may linger a moment after the server's exit
+    started: list[subprocess.Popen[str]] = []
+
+    def bound() -> bool:  # the port may linger a moment after the server's exit
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, text=True, cwd="/", user=NOBODY, group=NOBODY,
             extra_groups=[], stderr=subprocess.DEVNULL,
         )  # fmt: skip
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line:
-            break
+        if proc.stdout.readline():  # the squatter says when it listens
+            started.append(proc)
+            return True
         proc.wait(5)
         proc.stdout.close()
-        if time.monotonic() > deadline:
-            pytest.fail(f"nobody could not bind 127.0.0.1:{port}")
-        time.sleep(0.1)
+        return False
+
+    if not poll(bound, 10):
+        pytest.fail(f"nobody could not bind 127.0.0.1:{port}")
+    proc = started[0]
     server = ModelServer(proc, "127.0.0.1", port)
     reader = threading.Thread(
         target=lambda: server.events.extend(json.loads(x) for x in proc.stdout or ()),

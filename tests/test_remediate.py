@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from macha_obs import config as config_mod
 from macha_obs.cli import build_executor
 from macha_obs.config import Config
 from macha_obs.incidents import IncidentStore
@@ -39,21 +38,6 @@ CRASH_ONCE = (
     "[Service]\nExecStartPre=/bin/sh -c 'test -e /run/{name}.ok || "
     "{{ touch /run/{name}.ok; exit 3; }}'\nExecStart=/bin/sleep infinity\n"
 )
-
-
-@pytest.fixture
-def lab_config(systemd_container: LabSystemd, tmp_path: Path) -> Callable[..., Config]:
-    def make(**overrides: object) -> Config:
-        raw: dict[str, object] = {
-            "state_dir": str(tmp_path / "state"),
-            "systemd_bus_address": systemd_container.bus_address,
-            "verify_settle": 0.5,
-            "verify_timeout": 10,
-        }
-        raw.update(overrides)
-        return config_mod.validate(raw)
-
-    return make
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ def test_older_databases_fold_duplicate_pending_items(tmp_path: Path) -> None:
         assert items[1].note == "merged into approval 0"
 
 
-def test_claim_once_with_its_intent(store: Store) -> None:
+def test_invariant_5_claim_once_with_its_intent(store: Store) -> None:
     """Claiming an item and writing its intent are one transaction; only one wins."""
     item = enqueue(store)
     store.record_intent("inc-1", item.action, approval_id=0, by="alice")

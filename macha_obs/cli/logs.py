@@ -115,6 +115,8 @@ def _last_lines(fh: IO[str], last: int) -> list[str]:
 def _follow(path: Path, last: int, render: Callable[[str], str]) -> None:
     """The last lines, then every new one, until Ctrl-C; waits for a file not there yet."""
     try:
+        if not os.path.lexists(path):
+            click.echo(f"waiting for {inert(path)} to appear", err=True)
         while not os.path.lexists(path):
             time.sleep(_POLL_SECONDS)
         with _open(path) as fh:
