@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from macha_obs.execute.diagnostics import Diagnostics, diagnostic_argv
+from macha_obs.execute.diagnostics import Diagnostics, ProcessRow, diagnostic_argv
 from macha_obs.execute.errors import RunnerError
 from macha_obs.execute.journal import JournalExecutor, vacuum_argv
 from macha_obs.execute.nix import NixExecutor, nix_argv
@@ -92,8 +92,10 @@ def test_diagnostic_argv_are_fixed_commands() -> None:
         "nginx.service",
     ]
     assert diagnostic_argv(DiskUsage())[0] == "df"  # type: ignore[index]
-    assert diagnostic_argv(ListeningSockets()) == ["ss", "-H", "-tuln"]
     assert diagnostic_argv(UnitStatus(unit="a.service")) is None  # answered over D-Bus
+    # read from /proc in-process: no ps or ss, which a NixOS unit's PATH lacks
+    assert diagnostic_argv(TopProcesses()) is None
+    assert diagnostic_argv(ListeningSockets()) is None
 
 
 class StubBus:
@@ -121,8 +123,12 @@ def test_diagnostics_are_read_only_and_truncated() -> None:
     assert "truncated" in out.output
     assert "active=failed" in diags.run(UnitStatus(unit="a.service")).output
     assert diags.run(FailedUnits()).output == "a.service loaded failed failed"
-    procs = Diagnostics(StubBus(), Recorder(0, "\n".join(f"l{i}" for i in range(100))))
-    assert len(procs.run(TopProcesses(count=5)).output.splitlines()) == 6  # header + 5
+    rows = [ProcessRow(i, "u", float(i), 0.1, i, f"p{i}") for i in range(100)]
+    never = Recorder()
+    procs = Diagnostics(StubBus(), never, processes=lambda: rows)
+    top = procs.run(TopProcesses(count=5)).output
+    assert len(top.splitlines()) == 2 * (2 + 5) + 1  # two tables: title, header, 5 rows
+    assert never.calls == []  # no command ran
 
 
 def test_real_runner_runs_argv_without_a_shell(tmp_path: Path) -> None:

@@ -5,9 +5,8 @@ Two checks, both before a prompt leaves the process:
 - `llm_endpoint_user`: every new TCP connection to the model server is checked before a
   byte is written to it. The server's side of that very connection is looked up in this
   host's socket table (/proc/net/tcp and tcp6, whose `uid` column is the owner of the
-  socket, readable without seeing the owner's process: the NixOS unit hides other users'
-  processes with ProtectProc=invisible); when the server is on this host (always so for
-  127.0.0.0/8 and ::1), its owner's user name must be the configured one, or the
+  socket, readable without seeing the owner's process); when the server is on this host
+  (always so for 127.0.0.0/8 and ::1), its owner's user name must be the configured one, or the
   connection is closed unused and `EndpointUntrusted` says who holds the port. Checking
   the connected socket, not the listener beforehand, leaves no window between check and
   use, and a kept-alive connection was checked when it was opened. Names are compared, not
