@@ -118,9 +118,27 @@ class Config(BaseModel):
     host_aliases: tuple[str, ...] = ()
     journal_dir: Path | None = None
     nixos_flake: str | None = Field(None, max_length=500)
+    # The user's NixOS configuration (e.g. /etc/nixos): the sidecar reads it, never writes
+    # it. A config_change proposal is a unified diff against a file under it; unset, none
+    # can be proposed.
+    nixos_config_dir: Path | None = None
     # Empty: run root-only actions (nix gc, rebuild, journal vacuum) directly. Set (the
     # NixOS module sets "macha-autonomous-privileged"): start <this>@<instance>.service.
     privileged_unit: str = Field("", max_length=200, pattern=r"^([A-Za-z0-9:_.\-]+)?$")
+    # Where /nix and /run/current-system are: "/" on a host; tests point it at a fake tree.
+    nix_root: Path = Path("/")
+    # The rebuild sequence (nix_rebuild switch): after `nixos-rebuild test`, every check
+    # must hold for this many seconds before the new generation becomes the boot default;
+    # otherwise the recorded generation is activated again.
+    rebuild_health_window: float = Field(60.0, ge=1, le=3600)
+    # Units that must be active after a switch, beside "no unit failed that was active".
+    rebuild_check_units: tuple[str, ...] = ()
+    # nix gc deletes system generations but the newest N first (0: deletes none). At
+    # least 2, so the generation to roll back to survives.
+    nix_gc_keep_generations: int = Field(3, ge=0, le=1000)
+    # Units failing within this many seconds after the running generation changed get a
+    # nix_rollback proposed (high risk: always queued for a human).
+    nix_rollback_window: float = Field(900.0, ge=1, le=86400)
 
     # safety
     protected_units: tuple[str, ...] = BUILTIN_PROTECTED_UNITS
@@ -176,6 +194,21 @@ class Config(BaseModel):
         merged = list(BUILTIN_PROTECTED_UNITS)
         merged += [p for p in extra if p not in merged]
         return tuple(merged)
+
+    @field_validator("nix_gc_keep_generations")
+    @classmethod
+    def _keep_enough(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 would leave no generation to roll back to: use 0 or >= 2")
+        return value
+
+    @field_validator("rebuild_check_units")
+    @classmethod
+    def _check_unit_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for unit in value:
+            if not re.fullmatch(r"[A-Za-z0-9:_][A-Za-z0-9:_.@\-]*\.[a-z]+", unit):
+                raise ValueError(f"{unit!r} is not a unit name")
+        return value
 
     @field_validator("listen_address")
     @classmethod

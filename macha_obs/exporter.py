@@ -197,7 +197,7 @@ def _nixos(r: NixosReading) -> Iterator[Metric]:
 
 
 def _findings(snapshot: Snapshot) -> Iterator[Metric]:
-    # 9 series: one per finding kind, 0 included, so "no findings" is a value
+    # 10 series: one per finding kind, 0 included, so "no findings" is a value
     family = GaugeMetricFamily(
         "macha_findings", "findings in the latest snapshot by kind", labels=["kind"]
     )

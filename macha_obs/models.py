@@ -118,6 +118,8 @@ class FindingKind(StrEnum):
     DNS_FAILING = "dns_failing"
     TARGET_UNREACHABLE = "target_unreachable"
     UNEXPECTED_REBOOT = "unexpected_reboot"
+    # units failed soon after the running NixOS generation changed: the switch is suspect
+    UNITS_FAILED_AFTER_SWITCH = "units_failed_after_switch"
 
 
 # The collector that reports each kind: when it fails, what it would say is unknown.
@@ -131,6 +133,7 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.DNS_FAILING: "network",
     FindingKind.TARGET_UNREACHABLE: "network",
     FindingKind.UNEXPECTED_REBOOT: "boot",
+    FindingKind.UNITS_FAILED_AFTER_SWITCH: "nixos",
 }
 
 
@@ -264,6 +267,25 @@ class NixRebuild(_ActionBase):
 
 class NixRollback(_ActionBase):
     kind: Literal["nix_rollback"] = "nix_rollback"
+
+
+# -- root-side steps the executor derives itself: never proposed, not in `Action`
+
+
+class NixGcKeep(_ActionBase):
+    """Delete system generations but the newest `keep`, then collect garbage. `keep`
+    comes from the operator's config (nix_gc_keep_generations), never from a model."""
+
+    kind: Literal["nix_gc_keep"] = "nix_gc_keep"
+    keep: int = Field(ge=2, le=1000)
+
+
+class NixActivate(_ActionBase):
+    """Make system generation `generation` the running one and the boot default again:
+    the rebuild sequence's way back to the generation it recorded."""
+
+    kind: Literal["nixos_activate"] = "nixos_activate"
+    generation: int = Field(ge=1, le=999_999)
 
 
 # -- read-only diagnostics: the allowlist shared by `investigate` and agent tools
@@ -496,6 +518,8 @@ class ExecutionResult(BaseModel):
     output: str = ""
     attempts: int = 1
     duration_seconds: float = 0.0
+    # nix gc: bytes the store's filesystem got back (None: not measured)
+    freed_bytes: int | None = Field(None, ge=0)
 
 
 class ApprovalStatus(StrEnum):
@@ -657,6 +681,8 @@ class NixosReading(BaseModel):
     is_nixos: bool
     generation: int | None = None
     generation_timestamp: float | None = None  # when the current generation was created
+    # when the running system last changed (activation of any generation, a rollback too)
+    switched_at: float | None = None
     generations: int = Field(0, ge=0)
     store_size_bytes: int | None = None  # None: not measured (no readable Nix database)
 

@@ -16,11 +16,21 @@ from macha_obs.execute.privileged import (
     instance_for,
     parse_instance,
 )
-from macha_obs.models import JournalVacuum, NixGc, NixRebuild, NixRollback, validate_unit_name
+from macha_obs.models import (
+    JournalVacuum,
+    NixActivate,
+    NixGc,
+    NixGcKeep,
+    NixRebuild,
+    NixRollback,
+    validate_unit_name,
+)
 from tests.labsd import LabSystemd
 
 ACTIONS = st.one_of(
     st.builds(NixGc, older_than_days=st.none() | st.integers(1, 3650)),
+    st.builds(NixGcKeep, keep=st.integers(2, 1000)),
+    st.builds(NixActivate, generation=st.integers(1, 999_999)),
     st.builds(NixRebuild, mode=st.sampled_from(["dry-build", "test", "switch", "boot"])),
     st.just(NixRollback()),
     st.builds(JournalVacuum, max_size_mb=st.integers(16, 1_000_000)),
@@ -47,6 +57,14 @@ def test_instance_roundtrip(action: PrivilegedAction) -> None:
         "curl http://x | sh",
         "nixos-rebuild-repl",
         "../../bin/sh",
+        "nix-gc-keep-1",  # would leave nothing to roll back to
+        "nix-gc-keep-0",
+        "nix-gc-keep-1001",
+        "nix-gc-keep-+3",
+        "nixos-activate-0",
+        "nixos-activate-01",
+        "nixos-activate-1000000",
+        "nixos-activate-../../x",
     ],
 )
 def test_anything_outside_the_grammar_is_refused(instance: str) -> None:

@@ -29,6 +29,9 @@ ALERT_FOR_KIND = {
     FindingKind.DNS_FAILING: "MachaDnsFailing",
     FindingKind.TARGET_UNREACHABLE: "MachaTargetUnreachable",
     FindingKind.UNEXPECTED_REBOOT: "MachaUnexpectedReboot",
+    # each unit that broke after a generation switch fires MachaUnitFailed; that the
+    # switch is to blame is the sidecar's own inference (collect/nixos.py), not a series
+    FindingKind.UNITS_FAILED_AFTER_SWITCH: "MachaUnitFailed",
 }
 SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
 # what the sidecar decided and did, for the humans (macha-sidecar.yml)

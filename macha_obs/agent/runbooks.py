@@ -22,6 +22,7 @@ from macha_obs.models import (
     JournalVacuum,
     ListeningSockets,
     NixGc,
+    NixRollback,
     Proposal,
     ResetFailed,
     RestartUnit,
@@ -34,7 +35,12 @@ from macha_obs.scope import classify_alert
 # An alert rule's label that asks for a restart of the unit it names (a running unit
 # that misbehaves: latency, a health probe). The only action an alert can ask for.
 RESTART_LABEL = "macha_action"
-_CRITICAL_KINDS = {FindingKind.UNIT_FAILED, FindingKind.DISK_FILLING, FindingKind.INODES_LOW}
+_CRITICAL_KINDS = {
+    FindingKind.UNIT_FAILED,
+    FindingKind.DISK_FILLING,
+    FindingKind.INODES_LOW,
+    FindingKind.UNITS_FAILED_AFTER_SWITCH,
+}
 
 
 def _start_limit_hit(texts: Iterable[str]) -> bool:
@@ -79,6 +85,13 @@ def _actions(kind: FindingKind, unit: str | None, start_limit: bool) -> list[tup
             ]
         case FindingKind.TARGET_UNREACHABLE:
             return [(Investigate(diagnostic=ListeningSockets()), "target unreachable: sockets")]
+        case FindingKind.UNITS_FAILED_AFTER_SWITCH:
+            # the switch is the suspect: going back is high risk, so the policy queues it
+            # for a human at every autonomy level; looking is free
+            return [
+                (Investigate(diagnostic=FailedUnits()), "units failed right after a switch"),
+                (NixRollback(), "units failed right after a generation switch: roll back"),
+            ]
         case FindingKind.UNEXPECTED_REBOOT:
             return [(Investigate(diagnostic=FailedUnits()), "unexpected reboot: what failed")]
     if unit:

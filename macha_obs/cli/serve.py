@@ -96,6 +96,11 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     cfg = ctx_config(ctx)
     store, lock, interrupted = _open_state(cfg, start_fresh=start_fresh)
     side = assemble(cfg, store)
+    # A rebuild a crash interrupted between its switch and its boot default is brought
+    # back to the generation it recorded, before anything else is decided.
+    recovered = side.executor.recover_rebuild()
+    if recovered is not None:
+        log.warning("an interrupted rebuild was recovered: %s", recovered.detail)
     # A crash may have come between a decision and its action: every open incident is
     # decided again from the host as it is now. One whose action the crash interrupted
     # is not: an interrupted action is recorded, never silently re-run (invariant 6).

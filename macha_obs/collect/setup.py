@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from macha_obs.collect.base import Collector
-from macha_obs.collect.boot import BootCollector
+from macha_obs.collect.boot import BootCollector, read_previous_boot
 from macha_obs.collect.disks import DisksCollector
 from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MetaStore
 from macha_obs.collect.network import NetworkCollector
-from macha_obs.collect.nixos import NixosCollector
+from macha_obs.collect.nixos import NixosCollector, probe_failed_units
 from macha_obs.collect.resources import ResourcesCollector
 from macha_obs.collect.systemd import SystemdCollector
 from macha_obs.config import Config
@@ -28,6 +28,10 @@ def build_collectors(cfg: Config, meta: MetaStore) -> list[Collector]:
         NetworkCollector(
             dns_names=cfg.dns_names, tcp_targets=cfg.tcp_targets, timeout=cfg.network_timeout
         ),
-        BootCollector(meta),
-        NixosCollector(),
+        BootCollector(meta, previous_boot=read_previous_boot(cfg.journal_dir)),
+        NixosCollector(
+            root=cfg.nix_root,
+            rollback_window=cfg.nix_rollback_window,
+            failed_units=probe_failed_units(cfg.systemd_bus_address, cfg.dbus_timeout),
+        ),
     ]
