@@ -32,6 +32,7 @@ from macha_obs.models import (
     Verdict,
     describe_action,
 )
+from macha_obs.patches import PatchChecker
 from macha_obs.pause import PauseBook
 from macha_obs.policy import (
     RATE_WINDOW,
@@ -77,6 +78,18 @@ def queue_reason(verdict: Verdict, proposal: Proposal) -> str:
     return f"{verdict.reason}. Proposed because: {proposal.reason or '-'}"
 
 
+def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Verdict:
+    """A config_change reaches a person only as a diff that applies to the file it
+    names, inside the configured directory, and leaves it parseable; otherwise the
+    verdict is a refusal naming the check that failed. Other actions pass unchanged."""
+    if not isinstance(action, ConfigChange) or verdict.outcome is Outcome.REFUSE:
+        return verdict
+    refused = patches.refusal(action)
+    if refused is None:
+        return verdict
+    return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {refused}"})
+
+
 def breaker_of(config: Config, store: Store, now: datetime) -> BreakerState:
     """The breaker as the ledger has it: persisted open, or due to open now."""
     opened_at, reason = store.breaker_opened()
@@ -110,13 +123,16 @@ class Remediator:
         *,
         scope_of: ScopeOf | None = None,
         clock: Callable[[], float] = time.time,
+        patches: PatchChecker | None = None,
     ) -> None:
         """`scope_of` gives the evidence of the incidents an approval carries; without it
-        an approval of a unit action is out of scope (fail closed)."""
+        an approval of a unit action is out of scope (fail closed). `patches` checks a
+        config_change before it is queued (by default against `nixos_config_dir`)."""
         self.config = config
         self.store = store
         self.executor = executor
         self.scope_of = scope_of
+        self.patches = patches or PatchChecker(config.nixos_config_dir)
         self.clock = clock
         self.in_flight: int | None = None  # the action id between intent and outcome
 
@@ -152,6 +168,7 @@ class Remediator:
         """Judge a fresh proposal against the incident's scope; the verdict is audited."""
         action = proposal.action
         verdict = judge(action, self.context(), scope=scope, problem=self.confirm(action, scope))
+        verdict = patch_checked(action, verdict, self.patches)
         self._audit_verdict(incident_id, action, verdict, proposal.reason)
         return verdict
 
@@ -318,4 +335,4 @@ class Remediator:
         )
 
 
-__all__ = ["ApprovalError", "Executor", "Handled", "Remediator"]
+__all__ = ["ApprovalError", "Executor", "Handled", "Remediator", "patch_checked"]

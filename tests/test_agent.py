@@ -19,11 +19,12 @@ from macha_obs.agent.report import (
     render_json,
     render_text,
 )
-from macha_obs.agent.schema import output_hash
+from macha_obs.agent.schema import LlmAction, LlmDecision, output_hash, to_action, wire_schema
 from macha_obs.config import AnalysisMode
 from macha_obs.models import (
     Alert,
     Assessment,
+    ConfigChange,
     DecisionSource,
     Diagnostic,
     ExecutionResult,
@@ -328,3 +329,16 @@ def test_journal_option() -> None:
     assert parse_journal_option("nginx=/tmp/x.log")[0] == "nginx.service"
     with pytest.raises(ValueError, match="UNIT=PATH"):
         parse_journal_option("nginx")
+
+
+def test_a_model_proposes_a_config_change_as_a_path_and_a_unified_diff() -> None:
+    diff = "--- a/configuration.nix\n+++ b/configuration.nix\n@@ -1 +1 @@\n-a\n+b"
+    action = to_action(LlmAction(kind="config_change", path="configuration.nix", diff=diff))
+    assert action == ConfigChange(path="configuration.nix", diff=diff + "\n")  # line ended
+    ended = to_action(LlmAction(kind="config_change", path="c.nix", diff=diff + "\n"))
+    assert isinstance(ended, ConfigChange)
+    assert ended.diff == diff + "\n"  # nothing else is touched
+    props = wire_schema(LlmDecision)["properties"]["proposals"]["items"]["properties"]
+    fields = props["action"]["properties"]
+    assert fields["diff"]["maxLength"] == 1000
+    assert "unified diff" in fields["diff"]["description"]

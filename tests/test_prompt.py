@@ -143,3 +143,25 @@ def test_injection_attempts_are_flagged(line: str, flag: str) -> None:
         incident=incident("a.service"), hostname="h", now=NOW, journals={"a.service": [line]}
     )
     assert f"journal a.service:{flag}" in P.build_prompt(ctx).flags
+
+
+def test_without_a_configuration_directory_the_model_is_told_no_config_change() -> None:
+    system = P.system_message("h", NOW, steps_left=1)
+    assert f"- config_change: {P.NO_CONFIG_CHANGE}" in system
+    assert "unified diff" not in system
+
+
+def test_with_configuration_files_the_model_is_told_how_to_propose_a_diff() -> None:
+    ctx = P.PromptContext(
+        incident=incident("nginx.service"),
+        hostname="web1",
+        now=NOW,
+        config_files=["configuration.nix", "hosts/web.nix"],
+    )
+    system = P.build_prompt(ctx).messages[0]["content"]
+    line = next(x for x in system.splitlines() if x.startswith("- config_change:"))
+    assert "(one of: configuration.nix, hosts/web.nix)" in line
+    assert "'--- a/PATH', '+++ b/PATH'" in line
+    assert "$" not in line
+    many = [f"f{n}.nix" for n in range(P.CONFIG_FILES_SHOWN + 5)]
+    assert "and 5 more" in P.action_catalogue(many)["config_change"]

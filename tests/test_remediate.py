@@ -210,15 +210,23 @@ def test_observe_records_and_keeps_approvals_pending(remediator_for) -> None:
     assert rem.store.list_actions() == []
 
 
-def test_config_change_is_acknowledged_never_executed(remediator_for) -> None:
-    rem = remediator_for(autonomy_level="auto-full")
-    change = ConfigChange(path="/etc/nixos/configuration.nix", diff="+x", summary="enable x")
+def test_config_change_is_acknowledged_never_executed(remediator_for, tmp_path: Path) -> None:
+    config_dir = tmp_path / "nixos"
+    config_dir.mkdir()
+    (config_dir / "configuration.nix").write_text("{\n  x.enable = false;\n}\n")
+    rem = remediator_for(autonomy_level="auto-full", nixos_config_dir=str(config_dir))
+    diff = (
+        "--- a/configuration.nix\n+++ b/configuration.nix\n"
+        "@@ -2 +2 @@\n-  x.enable = false;\n+  x.enable = true;\n"
+    )
+    change = ConfigChange(path="configuration.nix", diff=diff, summary="enable x")
     handled = rem.handle("inc", Proposal(action=change), Scope())
-    assert handled.verdict.outcome is Outcome.QUEUE
+    assert handled.verdict.outcome is Outcome.QUEUE, handled.verdict.reason
     done = rem.approve(handled.approval.id, "alice")
     assert done.approval is not None
     assert done.approval.status is ApprovalStatus.ACKNOWLEDGED
     assert rem.store.list_actions() == []
+    assert "x.enable = false" in (config_dir / "configuration.nix").read_text()  # never applied
 
 
 def test_invariant_7_failed_verifications_open_the_breaker(

@@ -87,7 +87,10 @@ class Analyzer:
         audit: Audit | None = None,
         now: Callable[[], datetime] = utcnow,
         budget: int = TOKEN_BUDGET,
+        config_files: Sequence[str] = (),
     ) -> None:
+        """`config_files`: the files under nixos_config_dir a config_change may patch
+        (read once at start; the check before queueing reads the file itself again)."""
         self.mode = mode
         self.client = client
         self.hostname = hostname
@@ -96,6 +99,7 @@ class Analyzer:
         self.audit = audit
         self.now = now
         self.budget = budget
+        self.config_files = tuple(config_files)
         self.llm_calls = 0
 
     def analyze(
@@ -113,6 +117,7 @@ class Analyzer:
             journals=journals or {},
             steps_left=self.max_steps,
             budget=self.budget - (_TOOL_SHARE if self.max_steps > 1 else 0),
+            config_files=self.config_files,
         )
         decision, run, flags = self._decide(incident, ctx)
         if self.audit is not None:
@@ -181,7 +186,10 @@ class Analyzer:
             last = step == self.max_steps - 1 or session is None
             if last and step > 0:  # no tools offered on the last step
                 messages = [
-                    {"role": "system", "content": system_message(self.hostname, self.now(), 1)},
+                    {
+                        "role": "system",
+                        "content": system_message(self.hostname, self.now(), 1, self.config_files),
+                    },
                     *messages[1:],
                 ]
             model: type[LlmDecision] = LlmDecision if last else LlmStep

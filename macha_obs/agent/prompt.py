@@ -27,6 +27,7 @@ __all__ = [
     "TOOL_CATALOGUE",
     "Prompt",
     "PromptContext",
+    "action_catalogue",
     "build_prompt",
     "clean_line",
     "clean_lines",
@@ -53,13 +54,21 @@ ACTION_CATALOGUE: dict[str, str] = {
     "nix_rebuild": "mode (dry-build|test|switch|boot) — rebuild the configured system",
     "nix_rollback": "(no fields) — roll back to the previous system generation",
     "investigate": "tool, unit — run one read-only diagnostic (see the tools)",
-    "config_change": "path, diff — a configuration change for a human to apply",
+    "config_change": (
+        "path, diff — a change to one file of the NixOS configuration, for a human to "
+        "review and apply: path relative to the configuration directory (one of: $files); "
+        "diff a unified diff of that file alone ('--- a/PATH', '+++ b/PATH', then @@ hunks "
+        "whose context lines match the file exactly)"
+    ),
 }
+# Without a configured directory there is nothing a diff could be checked against.
+NO_CONFIG_CHANGE = "none can be proposed on this host (no NixOS configuration directory is set)"
+CONFIG_FILES_SHOWN = 20
 TOOL_CATALOGUE: dict[str, str] = {
     "unit_status": "unit — systemd's state of the unit",
     "journal_tail": "unit — the unit's last journal lines",
     "disk_usage": "(no fields) — filesystem usage",
-    "top_processes": "(no fields) — processes by CPU",
+    "top_processes": "(no fields) — the busiest processes by CPU and the largest by memory",
     "listening_sockets": "(no fields) — listening TCP/UDP sockets",
     "failed_units": "(no fields) — units in the failed state",
 }
@@ -141,6 +150,8 @@ class PromptContext:
     journals: Mapping[str, Sequence[str]] = field(default_factory=dict)
     steps_left: int = 1  # 1: the last step, no tools offered
     budget: int = TOKEN_BUDGET
+    # the .nix files under nixos_config_dir (patches.config_files); none: no config_change
+    config_files: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -155,7 +166,11 @@ class Prompt:
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def system_message(hostname: str, now: datetime, steps_left: int) -> str:
+def system_message(
+    hostname: str, now: datetime, steps_left: int, config_files: Sequence[str] = ()
+) -> str:
+    """The instructions; `config_files` are the files a config_change may name (none:
+    the model is told that it cannot propose one)."""
     tools = ""
     if steps_left > 1:
         tools = template("tools.txt").substitute(
@@ -164,9 +179,22 @@ def system_message(hostname: str, now: datetime, steps_left: int) -> str:
     return template("system.txt").substitute(
         hostname=clean_line(hostname),
         now=now.isoformat(timespec="seconds"),
-        catalogue=_catalogue(ACTION_CATALOGUE),
+        catalogue=_catalogue(action_catalogue(config_files)),
         tools=tools,
     )
+
+
+def action_catalogue(config_files: Sequence[str]) -> dict[str, str]:
+    """The actions as the model reads them, config_change told what it may name."""
+    catalogue = dict(ACTION_CATALOGUE)
+    shown = [clean_line(f) for f in config_files[:CONFIG_FILES_SHOWN]]
+    if not shown:
+        catalogue["config_change"] = NO_CONFIG_CHANGE
+    else:
+        more = len(config_files) - len(shown)
+        files = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+        catalogue["config_change"] = Template(catalogue["config_change"]).substitute(files=files)
+    return catalogue
 
 
 def _catalogue(table: Mapping[str, str]) -> str:
@@ -176,7 +204,7 @@ def _catalogue(table: Mapping[str, str]) -> str:
 def build_prompt(ctx: PromptContext) -> Prompt:
     """The system and user messages for one incident, within `ctx.budget` tokens."""
     inc = ctx.incident
-    system = system_message(ctx.hostname, ctx.now, ctx.steps_left)
+    system = system_message(ctx.hostname, ctx.now, ctx.steps_left, ctx.config_files)
     alert_lines = [_alert_line(a.status, a.labels, a.annotations) for a in inc.alerts[:20]]
     if len(inc.alerts) > 20:
         alert_lines.append(f"... and {len(inc.alerts) - 20} more alerts")

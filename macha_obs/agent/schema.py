@@ -69,8 +69,16 @@ class LlmAction(_Strict):
     unit: str = Field("", max_length=100, description="for unit actions and unit tools")
     tool: Literal["", ToolName] = Field("", description="for investigate")
     mode: Literal["dry-build", "test", "switch", "boot"] = "dry-build"
-    path: str = Field("", max_length=120, description="config_change only")
-    diff: str = Field("", max_length=300, description="config_change only")
+    # config_change: a file of the NixOS configuration, relative to its directory, and a
+    # unified diff of it. Bounded well below ConfigChange's own 8000: the whole answer has
+    # a 1,000-token budget, and llama.cpp's grammar for a string bounded at 1,500 crashed
+    # the server (tests/test_llm_real.py); a reviewable change is short anyway.
+    path: str = Field(
+        "", max_length=200, description="config_change only: file relative to the config dir"
+    )
+    diff: str = Field(
+        "", max_length=1000, description="config_change only: unified diff of that one file"
+    )
 
 
 class LlmProposal(_Strict):
@@ -160,10 +168,17 @@ def to_action(a: LlmAction) -> Action:
         elif a.kind == "nix_rebuild":
             data["mode"] = a.mode
         elif a.kind == "config_change":
-            data.update(path=a.path, diff=a.diff)
+            data.update(path=a.path, diff=_ended(a.diff))
         return parse_action(data)
     except (InvalidUnitName, ValidationError) as exc:
         raise OutputInvalid(f"invalid {a.kind} action: {first_error(exc)}") from exc
+
+
+def _ended(diff: str) -> str:
+    """A diff with its last line ended: JSON strings from models often drop the final
+    newline, which patch(1) and git apply need. Nothing else is changed: what is queued
+    is what a person exports."""
+    return diff if not diff or diff.endswith("\n") else diff + "\n"
 
 
 def to_diagnostic(call: LlmToolCall) -> Diagnostic:

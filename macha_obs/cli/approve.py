@@ -24,10 +24,12 @@ from macha_obs.cli.wiring import (
 from macha_obs.models import (
     Approval,
     ApprovalStatus,
+    ConfigChange,
     describe_action,
 )
+from macha_obs.patches import PatchRefused, parse_diff
 from macha_obs.store import ApprovalError
-from macha_obs.terminal import inert
+from macha_obs.terminal import inert, is_unsafe
 
 # ---------------------------------------------------------------- macha-approve
 
@@ -139,10 +141,58 @@ def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
     click.echo(f"  why:       {inert(approval.reason)}")
     for line in approval.evidence:
         click.echo(f"  evidence:  {inert(line)}")
-    action = json.dumps(approval.action.model_dump(mode="json"), separators=(",", ":"))
-    click.echo(f"  action:    {action}")
+    shown = approval.action.model_dump(mode="json", exclude={"diff"})
+    click.echo(f"  action:    {json.dumps(shown, separators=(',', ':'))}")
     if approval.decided_by or approval.note:
         click.echo(f"  decided:   by {inert(approval.decided_by) or '-'}: {inert(approval.note)}")
+    if isinstance(approval.action, ConfigChange):
+        _show_diff(approval.id, approval.action, ctx_config(ctx).nixos_config_dir)
+
+
+def _show_diff(approval_id: int, change: ConfigChange, config_dir: Path | None) -> None:
+    """The diff, a line per line with anything that could act on the terminal made
+    visible, and how to apply it (approving never does)."""
+    click.echo(f"  summary:   {inert(change.summary) or '-'}")
+    click.echo("  diff:")
+    for line in change.diff.split("\n")[: -1 if change.diff.endswith("\n") else None]:
+        click.echo(f"    {inert(line)}")
+    try:
+        strip = f"-p{parse_diff(change.diff, change.path).strip}"
+    except PatchRefused:
+        strip = "-p1"  # an item queued before diffs were checked
+    where = inert(config_dir) if config_dir is not None else "<your NixOS configuration>"
+    click.echo(
+        f"  apply:     macha-approve export {approval_id} > fix.patch; "
+        f"cd {where} && patch {strip} < fix.patch; then nixos-rebuild. "
+        "Approving only marks it read."
+    )
+
+
+@approve_main.command("export")
+@click.argument("approval_id", callback=_approval_id)
+@click.pass_context
+def approve_export(ctx: click.Context, approval_id: int) -> None:
+    """Write a config_change's diff to stdout, byte for byte, to apply by hand:
+    `macha-approve export ID > fix.patch`."""
+    cfg = ctx_config(ctx)
+    with open_store(cfg) as store:
+        approval = store.get_approval(_existing_id(approval_id))
+    if approval is None:
+        raise click.ClickException(f"no approval with id {approval_id}")
+    change = approval.action
+    if not isinstance(change, ConfigChange):
+        raise click.ClickException(
+            f"approval {approval_id} is {inert(describe_action(change))}, not a "
+            "config_change: it has no diff to export"
+        )
+    out = sys.stdout.buffer
+    if out.isatty() and any(is_unsafe(c) for c in change.diff if c not in "\n\t"):
+        raise click.ClickException(
+            f"the diff of approval {approval_id} carries control characters; redirect it "
+            f"to a file (macha-approve export {approval_id} > fix.patch) or read it with show"
+        )
+    out.write(change.diff.encode("utf-8"))
+    out.flush()
 
 
 @approve_main.command("approve")

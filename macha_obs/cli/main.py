@@ -40,10 +40,8 @@ from macha_obs.config import AnalysisMode
 from macha_obs.daemon import AlreadyRunning, StateLock
 from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
-from macha_obs.execute.errors import ExecutorError, RunnerError
-from macha_obs.execute.journal import vacuum_argv
-from macha_obs.execute.nix import nix_argv
-from macha_obs.execute.privileged import parse_instance
+from macha_obs.execute.errors import ExecutorError
+from macha_obs.execute.privileged import run_as_root
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.models import (
     UNIT_ACTIONS,
@@ -51,16 +49,16 @@ from macha_obs.models import (
     ApprovalStatus,
     Incident,
     JournalTail,
-    JournalVacuum,
     UnitState,
     UnitStatus,
     Verdict,
     describe_action,
 )
 from macha_obs.orchestrator import LAST_CYCLE_KEY
+from macha_obs.patches import PatchChecker
 from macha_obs.pause import PauseBook
 from macha_obs.policy import PolicyContext, effective_autonomy, judge
-from macha_obs.remediate import Remediator, context_of
+from macha_obs.remediate import Remediator, context_of, patch_checked
 from macha_obs.scope import Scope, confirm
 from macha_obs.store import Store
 from macha_obs.terminal import inert
@@ -145,22 +143,18 @@ def privileged(ctx: click.Context, instance: str) -> None:
     """Root side of the privileged oneshot unit: INSTANCE is a typed action, not a command."""
     cfg = ctx_config(ctx, as_owner=False)  # it touches no state file; root is its point
     try:
-        action = parse_instance(instance)
+        code = run_as_root(
+            instance,
+            subprocess_runner,
+            click.echo,
+            flake=cfg.nixos_flake,
+            journal_dir=cfg.journal_dir,
+            nix_root=cfg.nix_root,
+        )
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    if isinstance(action, JournalVacuum):
-        argv = vacuum_argv(action, journal_dir=cfg.journal_dir)
-    else:
-        argv = nix_argv(action, flake=cfg.nixos_flake)
-    click.echo(f"running: {' '.join(argv)}")
-    try:
-        done = subprocess_runner(argv, timeout=3600)
-    except RunnerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    click.echo(done.output)
-    sys.exit(0 if done.returncode == 0 else EXIT_FAILED)
+    sys.exit(0 if code == 0 else EXIT_FAILED)
 
 
 @main.command("status")
@@ -309,8 +303,10 @@ def analyze(
     # The ledger's rate limits and breaker when a state dir exists; never create one here.
     policy = PolicyContext(config=cfg, now=datetime.now(UTC))
 
+    patches = PatchChecker(cfg.nixos_config_dir)
+
     def verdict(action: Action, incident: Incident) -> Verdict:
-        """The daemon's judgement, scope lock included, from systemd's state now."""
+        """The daemon's judgement, scope lock and patch check included, from systemd's state now."""
         scope = Scope.of([incident])
         problem = None
         if isinstance(action, UNIT_ACTIONS):
@@ -319,7 +315,8 @@ def analyze(
             except ExecutorError:
                 state = None
             problem = confirm(action.unit, state, scope)
-        return judge(action, policy, scope=scope, problem=problem)
+        judged = judge(action, policy, scope=scope, problem=problem)
+        return patch_checked(action, judged, patches)
 
     if (cfg.state_dir / "state.db").exists():
         with Store(cfg.state_dir) as store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from macha_obs.agent.analyze import Analyzer
@@ -14,37 +15,57 @@ from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
 from macha_obs.execute.journal import JournalExecutor
-from macha_obs.execute.nix import NixExecutor
+from macha_obs.execute.nix import STORE, NixExecutor, free_bytes
 from macha_obs.execute.privileged import PrivilegedExecutor
+from macha_obs.execute.rebuild import HealthChecks, RebuildSequence
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.incidents import IncidentStore
 from macha_obs.orchestrator import Orchestrator
+from macha_obs.patches import config_files
 from macha_obs.pause import PauseBook
 from macha_obs.policy import effective_autonomy
 from macha_obs.remediate import Remediator
 from macha_obs.selfmetrics import LoopStats, PersistentState
-from macha_obs.store import Store
+from macha_obs.store import Store, owner_alive
 
 
-def build_executor(cfg: Config) -> HostExecutor:
+def build_executor(cfg: Config, store: Store | None = None) -> HostExecutor:
+    """The executor; with the store, also the health-gated rebuild sequence (without it,
+    a `nix_rebuild switch` is refused: nothing switches the system unguarded)."""
     bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
-    return HostExecutor(
+    executor = HostExecutor(
         SystemdExecutor(
             bus,
             is_protected=cfg.is_protected,
             verify_timeout=cfg.verify_timeout,
             settle=cfg.verify_settle,
         ),
-        NixExecutor(subprocess_runner, flake=cfg.nixos_flake),
+        NixExecutor(subprocess_runner, flake=cfg.nixos_flake, nix_root=cfg.nix_root),
         JournalExecutor(subprocess_runner, journal_dir=cfg.journal_dir),
         Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir),
         privileged=PrivilegedExecutor(bus, cfg.privileged_unit) if cfg.privileged_unit else None,
+        gc_keep_generations=cfg.nix_gc_keep_generations,
+        measure_store=partial(free_bytes, cfg.nix_root / STORE),
     )
+    if store is not None:
+        executor.rebuild = RebuildSequence(
+            executor.root_step,
+            bus,
+            store,
+            nix_root=cfg.nix_root,
+            checks=HealthChecks(
+                window=cfg.rebuild_health_window, must_be_active=cfg.rebuild_check_units
+            ),
+            owner_alive=owner_alive,
+            self_check=store.problem,
+        )
+    return executor
 
 
 def remediator(cfg: Config, store: Store) -> Remediator:
-    return Remediator(cfg, store, build_executor(cfg), scope_of=IncidentStore(store).scope_of)
+    executor = build_executor(cfg, store)
+    return Remediator(cfg, store, executor, scope_of=IncidentStore(store).scope_of)
 
 
 @dataclass
@@ -85,11 +106,12 @@ def build_analyzer(
         diagnostics=diagnostics,
         max_steps=cfg.llm_max_steps,
         audit=audit,
+        config_files=config_files(cfg.nixos_config_dir),
     )
 
 
 def assemble(cfg: Config, store: Store) -> Sidecar:
-    executor = build_executor(cfg)
+    executor = build_executor(cfg, store)
     llm_metrics = LlmMetrics()
     incidents = IncidentStore(store)
     analyzer = build_analyzer(cfg, executor.diagnostics, llm_metrics, store.audit_decision)
