@@ -1,9 +1,9 @@
 {
   description = "macha-obs: a self-healing sidecar for NixOS hosts (watch, explain, fix within policy, audit)";
 
-  # The only input. No flake.lock is committed: it cannot be generated offline where this
-  # was written; the first `nix flake lock` (or any flake command) on a networked machine
-  # writes it.
+  # The only input. No flake.lock is committed: it could not be generated where this was
+  # written (no network, no nixpkgs); `nix flake lock` on a networked machine writes it
+  # (docs/nixos.md).
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
 
   outputs =
@@ -20,6 +20,12 @@
         macha-obs = pkgs.callPackage ./nixos/package.nix { };
         default = macha-obs;
       });
+
+      # `nixpkgs.overlays = [ macha-obs.overlays.default ];` puts pkgs.macha-obs in your
+      # package set; the module's `package` option then defaults to it
+      overlays.default = final: prev: {
+        macha-obs = final.callPackage ./nixos/package.nix { };
+      };
 
       nixosModules.default = {
         imports = [ ./nixos/module.nix ];

@@ -7,6 +7,7 @@
 # docs/nixos.md explains the trade-offs.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -66,7 +67,7 @@ let
     ];
   };
   alertmanagerRoute = {
-    receiver = "macha-autonomous";
+    receiver = alertmanagerReceiver.name;
     # the sidecar's own health (audience=human) is for people, not for itself to heal
     matchers = [
       "instance=\"${hostname}\""
@@ -83,6 +84,40 @@ let
     continue = true;
   };
 
+  # With alertmanager.enable and no configuration of the user's own, the whole
+  # Alertmanager configuration: what is for people (audience="human": approvals waiting,
+  # the sidecar down or stuck; and every alert that is not this host's) goes to the
+  # receiver the user names, what the sidecar can act on to the sidecar.
+  human =
+    if cfg.alertmanager.humanReceiver == null then
+      null
+    else
+      cfg.alertmanager.humanReceiver // { name = cfg.alertmanager.humanReceiver.name or "human"; };
+  defaultAlertmanagerConfiguration = {
+    route = {
+      receiver = if human == null then alertmanagerReceiver.name else human.name;
+      group_by = [
+        "alertname"
+        "instance"
+      ];
+      routes = [ alertmanagerRoute ];
+    };
+    receivers = lib.optional (human != null) human ++ [ alertmanagerReceiver ];
+  };
+  ownAlertmanagerConfiguration =
+    alertmanager.configText != null || alertmanager.configuration != defaultAlertmanagerConfiguration;
+
+  # The alert rules, rendered from the same config file the daemon reads: a threshold
+  # changed in `settings` changes the rule that fires (alert_rules/ is the rendering of
+  # the defaults).
+  rules = pkgs.runCommand "macha-obs-rules" { } ''
+    ${cfg.package}/bin/macha-obs --config ${settingsFile} rules render $out
+  '';
+
+  # `model` is pulled into Ollama only when the user set it: the default names a model of
+  # about 40 GB, which nobody should download by accident.
+  modelNamed = options.services.macha-autonomous.model.highestPrio < (lib.mkOptionDefault { }).priority;
+
   # The CLI tools on PATH: run as root (sudo), they drop to the service user, so they read
   # the service's state with the daemon's rights and never leave root-owned files in it.
   tool =
@@ -98,18 +133,23 @@ let
     (tool "macha-obs" "${cfg.package}/bin/macha-obs")
     (tool "macha-approve" "${cfg.package}/bin/macha-approve")
     (tool "macha-logs" "${cfg.package}/bin/macha-logs")
-    (tool "macha-check" "${cfg.package}/bin/macha-obs check")
+    (tool "macha-check" "${cfg.package}/bin/macha-check")
   ];
 in
 {
   options.services.macha-autonomous = {
     enable = mkEnableOption "the macha-obs self-healing sidecar";
 
+    # like lib.mkPackageOption, with a fallback: without the flake's overlays.default,
+    # pkgs has no macha-obs and the package is built from the module's own checkout
     package = mkOption {
       type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage ./nixos/package.nix { }";
-      description = "The macha-obs package.";
+      default = pkgs.macha-obs or (pkgs.callPackage ./package.nix { });
+      defaultText = lib.literalExpression "pkgs.macha-obs or (pkgs.callPackage ./nixos/package.nix { })";
+      description = ''
+        The macha-obs package: `pkgs.macha-obs` when the flake's `overlays.default` is
+        applied, otherwise built from this checkout (`nixos/package.nix`).
+      '';
     };
 
     autonomyLevel = mkOption {
@@ -136,7 +176,10 @@ in
     model = mkOption {
       type = types.strMatching ".{1,200}";
       default = "llama3.1:70b";
-      description = "The LLM model name.";
+      description = ''
+        The LLM model name. With `ollama.enable`, Ollama pulls it only when you set this
+        option yourself: the default is never downloaded by the module.
+      '';
     };
 
     ollamaUrl = mkOption {
@@ -179,6 +222,15 @@ in
       type = types.port;
       default = 9847;
       description = "Port of the listener.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open `port` in the firewall, for a Prometheus or Alertmanager on another host (the
+        fleet case). Also set `listenAddress` to an address they can reach.
+      '';
     };
 
     webhookTokenFile = mkOption {
@@ -230,7 +282,46 @@ in
     prometheus.enable = mkEnableOption "the scrape job and the alert rules in services.prometheus";
     alertmanager.enable = mkEnableOption "the webhook receiver and route in services.prometheus.alertmanager";
     grafana.enable = mkEnableOption "the dashboards in services.grafana's provisioning";
-    ollama.enable = mkEnableOption "services.ollama on 127.0.0.1, with the model loaded";
+    ollama.enable = mkEnableOption "services.ollama on 127.0.0.1 (by default), pulling `model` only when you set it";
+
+    alertmanager.humanReceiver = mkOption {
+      type = types.nullOr (types.attrsOf types.anything);
+      default = null;
+      example = lib.literalExpression ''
+        {
+          name = "admin";
+          email_configs = [
+            {
+              to = "admin@example.org";
+              from = "alertmanager@myhost.example.org";
+              smarthost = "smtp.example.org:587";
+              auth_username = "alertmanager@myhost.example.org";
+              auth_password_file = "/run/secrets/smtp-password";
+            }
+          ];
+        }
+      '';
+      description = ''
+        An Alertmanager receiver that reaches a person (`email_configs`, `webhook_configs`,
+        …; `name` defaults to "human"). Required with `alertmanager.enable` unless you give
+        Alertmanager a configuration of your own: alerts for people (MachaApprovalsPending,
+        MachaDown, MachaRemediationFailed, every `audience="human"` alert and every alert
+        of another host) go to it, the alerts the sidecar acts on go to the sidecar.
+      '';
+    };
+
+    prometheus.rules = mkOption {
+      type = types.package;
+      readOnly = true;
+      default = rules;
+      defaultText = lib.literalExpression "macha.yml and macha-sidecar.yml, rendered from this configuration";
+      description = ''
+        The alert rules rendered from this configuration's thresholds (`macha.yml`,
+        `macha-sidecar.yml`): `prometheus.enable` adds them to services.prometheus.ruleFiles;
+        for a Prometheus on another host, add "''${rules}/macha.yml" and
+        "''${rules}/macha-sidecar.yml" to its rule files.
+      '';
+    };
 
     alertmanager.receiver = mkOption {
       type = types.attrs;
@@ -288,7 +379,15 @@ in
         ++ off "grafana" "services.grafana" grafana.enable cfg.grafana.enable
         ++ lib.optional (
           cfg.ollama.enable && cfg.ollamaUrl != "http://127.0.0.1:${toString config.services.ollama.port}"
-        ) "services.macha-autonomous.ollamaUrl (${cfg.ollamaUrl}) is not the local Ollama that ollama.enable runs.";
+        ) "services.macha-autonomous.ollamaUrl (${cfg.ollamaUrl}) is not the local Ollama that ollama.enable runs."
+        ++ lib.optional (
+          cfg.ollama.enable
+          && !modelNamed
+          && config.services.ollama.loadModels == [ ]
+          && (cfg.settings.llm_enabled or true)
+        ) ''
+          services.macha-autonomous.ollama.enable: no model is pulled, because `model` is not set (its default, ${cfg.model}, is about 40 GB). Set services.macha-autonomous.model to the model to pull, or pull one yourself with `ollama pull`.''
+        ++ lib.optional (cfg.openFirewall && loopback) "services.macha-autonomous.openFirewall opens port ${toString cfg.port}, but the listener is on ${cfg.listenAddress} only: set listenAddress too.";
 
       users.users.${names.user} = {
         isSystemUser = true;
@@ -312,6 +411,9 @@ in
           "dbus.service"
         ];
         restartTriggers = [ settingsFile ];
+        # `nix-instantiate --parse` checks a proposed config_change before it is queued
+        # (evaluation only, --store dummy://); without it every proposal is refused
+        path = [ config.nix.package.out ];
         serviceConfig = pure.serviceConfig {
           inherit (cfg) package memoryMax;
           inherit configPath;
@@ -348,6 +450,8 @@ in
         serviceConfig = pure.privilegedServiceConfig { inherit (cfg) package; };
       };
 
+      networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.port;
+
       security.polkit.enable = true;
       environment.etc."polkit-1/rules.d/60-macha-autonomous.rules".text = pure.polkitRule {
         protectedUnits = pure.builtinProtectedUnits ++ cfg.protectedUnits;
@@ -381,24 +485,49 @@ in
           ];
         }
       ];
-      # the host (macha.yml), and what the sidecar decided and did (macha-sidecar.yml)
+      # the host (macha.yml), and what the sidecar decided and did (macha-sidecar.yml),
+      # with this configuration's thresholds
       services.prometheus.ruleFiles = [
-        ../alert_rules/macha.yml
-        ../alert_rules/macha-sidecar.yml
+        "${rules}/macha.yml"
+        "${rules}/macha-sidecar.yml"
+      ];
+    })
+
+    # Prometheus sends its alerts to the Alertmanager next to it (a list of your own wins)
+    (mkIf (cfg.prometheus.enable && cfg.alertmanager.enable) {
+      services.prometheus.alertmanagers = mkDefault [
+        {
+          static_configs = [
+            { targets = [ (pure.scrapeAddress alertmanager.listenAddress alertmanager.port) ]; }
+          ];
+        }
       ];
     })
 
     (mkIf cfg.alertmanager.enable {
       # `configuration` is one attrset merged shallowly: a configuration of your own
       # replaces this default whole, and then needs the receiver and route (assertion).
-      services.prometheus.alertmanager.configuration = mkDefault {
-        route = builtins.removeAttrs alertmanagerRoute [
-          "matchers"
-          "continue"
-        ];
-        receivers = [ alertmanagerReceiver ];
-      };
+      services.prometheus.alertmanager.configuration = mkDefault defaultAlertmanagerConfiguration;
       assertions = [
+        {
+          assertion = human != null || ownAlertmanagerConfiguration;
+          message = ''
+            services.macha-autonomous.alertmanager.enable: no receiver reaches a person, so
+            MachaApprovalsPending (actions waiting for your approval) and MachaDown would reach
+            nobody. Add one, for example
+              services.macha-autonomous.alertmanager.humanReceiver = {
+                name = "admin";
+                email_configs = [ { to = "admin@example.org"; from = "alertmanager@example.org"; smarthost = "smtp.example.org:587"; } ];
+              };
+            (any Alertmanager receiver: email_configs, webhook_configs, …), or give
+            services.prometheus.alertmanager.configuration of your own with
+            config.services.macha-autonomous.alertmanager.receiver and .route in it.
+          '';
+        }
+        {
+          assertion = human == null || human.name != alertmanagerReceiver.name;
+          message = "services.macha-autonomous.alertmanager.humanReceiver.name must not be \"${alertmanagerReceiver.name}\" (the sidecar's own receiver).";
+        }
         {
           assertion =
             alertmanager.configText != null
@@ -416,7 +545,7 @@ in
     })
 
     (mkIf cfg.grafana.enable {
-      services.grafana.provision.enable = true;
+      services.grafana.provision.enable = mkDefault true;
       services.grafana.provision.dashboards.settings.providers = [
         {
           name = "macha-obs";
@@ -428,9 +557,9 @@ in
 
     (mkIf cfg.ollama.enable {
       services.ollama = {
-        enable = true;
-        host = "127.0.0.1";
-        loadModels = [ cfg.model ];
+        enable = mkDefault true;
+        host = mkDefault "127.0.0.1";
+        loadModels = lib.optional modelNamed cfg.model;
       };
       # Prompts go only to a socket Ollama's user owns: a local user who binds the port
       # while Ollama is down gets nothing. services.ollama runs as DynamicUser "ollama"

@@ -1,30 +1,39 @@
 """Helpers for the NixOS module tests: Nix evaluation without nixpkgs, unit rendering, polkit.
 
+The module is evaluated by the real NixOS module system: nixpkgs' `lib` from
+../shared/nixpkgs-lib (lib.evalModules, beside tests/fixtures/nixos/nixos-options.nix).
+A clone without ../shared falls back to the stand-in evaluator (eval.nix) and says so
+with a warning; under CI or REQUIRE_REAL_COMPONENTS=1 the real lib is required.
+
 Nix never writes /nix here: every call passes `--store dummy://` (evaluation only) or a
 store under a temporary directory.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import tomllib
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-from macha_obs.config import split_host_port
-from tests.labsd import LabSystemd, hidden_paths, wait_until
-from tests.real import unavailable
+import pytest
+
+from macha_obs import config as config_mod
+from macha_obs.config import Config
+from tests.real import required, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "nixos"
-EVAL_NIX = FIXTURES / "eval.nix"
+EVAL_NIX = FIXTURES / "eval.nix"  # the stand-in
+REAL_EVAL_NIX = FIXTURES / "real-eval.nix"
+# the real nixpkgs lib: ../shared beside the repository (CI has it)
+NIXPKGS_LIB = REPO.parent / "shared" / "nixpkgs-lib" / "lib"
 NIX_EVAL_TIMEOUT = 120
 
 
@@ -67,24 +76,79 @@ def nix_eval_json(*args: str) -> Any:
     return json.loads(nix_instantiate("--eval", "--strict", "--json", *args))
 
 
+class StandInEvaluatorWarning(UserWarning):
+    """The module was evaluated by the stand-in, not by the real NixOS module system."""
+
+
+def real_lib() -> Path | None:
+    """The real nixpkgs lib, or None (a clone without ../shared: outside CI only)."""
+    if (NIXPKGS_LIB / "default.nix").is_file():
+        return NIXPKGS_LIB
+    if required():
+        pytest.fail(
+            f"the real nixpkgs lib is missing ({NIXPKGS_LIB}); CI must evaluate the NixOS "
+            "module with it (see ../shared/nixpkgs-lib/README.md)",
+            pytrace=False,
+        )
+    _warn_stand_in()
+    return None
+
+
+@functools.cache
+def _warn_stand_in() -> None:
+    # shown in pytest's warnings summary once, not turned into an error by
+    # filterwarnings = error: it reports how the tests ran, it is no fault of the code
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", StandInEvaluatorWarning)
+        _stand_in_warning()
+
+
+def _stand_in_warning() -> None:
+    warnings.warn(
+        f"{NIXPKGS_LIB} is missing: the NixOS module is evaluated by the stand-in "
+        "tests/fixtures/nixos/eval.nix, which ignores priorities, NixOS' default service "
+        "path and the real option types. Tests of those are skipped.",
+        StandInEvaluatorWarning,
+        stacklevel=4,
+    )
+
+
+def need_real_lib() -> Path:
+    """For tests of what only the real module system does (priorities, merging, types)."""
+    lib = real_lib()
+    if lib is None:
+        unavailable(f"the real nixpkgs lib is missing ({NIXPKGS_LIB})")
+    return lib
+
+
 def eval_module(
     settings: Mapping[str, Any],
     other: Mapping[str, Any] | None = None,
     pkg_path: str = "/stub/macha-obs",
+    *,
+    user_module: str | None = None,
+    with_overlay: bool = False,
+    fatal_assertions: bool = False,
 ) -> dict[str, Any]:
-    """nixos/module.nix with services.macha-autonomous = settings, through the stub lib."""
-    result: dict[str, Any] = nix_eval_json(
-        str(EVAL_NIX),
-        "--argstr",
-        "settingsJSON",
-        json.dumps(settings),
-        "--argstr",
-        "otherJSON",
-        json.dumps(other or {}),
-        "--argstr",
-        "pkgPath",
-        pkg_path,
-    )
+    """nixos/module.nix with services.macha-autonomous = settings and the definitions in
+    `other` (JSON) — through lib.evalModules of the real nixpkgs lib, or the stand-in.
+
+    `user_module` (a Nix expression: a module of the user's own, with mkForce and the
+    like), `with_overlay` (pkgs has the flake's overlay) and `fatal_assertions` (fail like
+    building the system does) need the real lib."""
+    common = ("--argstr", "settingsJSON", json.dumps(settings), "--argstr", "otherJSON",
+              json.dumps(other or {}), "--argstr", "pkgPath", pkg_path)  # fmt: skip
+    real = need_real_lib() if (user_module or with_overlay or fatal_assertions) else real_lib()
+    evaluator, extra = EVAL_NIX, []
+    if real is not None:
+        evaluator, extra = REAL_EVAL_NIX, ["--argstr", "libPath", str(real)]
+    if user_module is not None:
+        extra += ["--arg", "userModule", user_module]
+    if with_overlay:
+        extra += ["--arg", "withOverlay", "true"]
+    if fatal_assertions:
+        extra += ["--arg", "fatalAssertions", "true"]
+    result: dict[str, Any] = nix_eval_json(str(evaluator), *common, *extra)
     return result
 
 
@@ -144,11 +208,13 @@ def render_unit(service: Mapping[str, Any]) -> str:
     if service.get("stopIfChanged") is False:
         unit.append("X-StopIfChanged=false")
 
-    environment = dict(service.get("environment", {}))
-    if service.get("path"):
-        # packages come out of eval.nix as {"storePath": ..., "name": ...}
+    environment = {k: v for k, v in service.get("environment", {}).items() if v is not None}
+    if service.get("path") and "PATH" not in environment:
+        # the stand-in does not derive PATH from `path` as NixOS does: the same here
+        # (packages come out of the evaluators as {"storePath": ..., "name": ...})
         roots = [p["storePath"] if isinstance(p, dict) else p for p in service["path"]]
-        environment["PATH"] = ":".join(f"{p}/{sub}" for p in roots for sub in ("bin", "sbin"))
+        bins = [f"{p}/bin" for p in roots] + [f"{p}/sbin" for p in roots]
+        environment["PATH"] = ":".join(bins)
     body = [f'Environment="{k}={v}"' for k, v in sorted(environment.items())]
     for key, value in service["serviceConfig"].items():
         values = value if isinstance(value, list) else [value]
@@ -211,111 +277,52 @@ def nix_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```nix\n(.*?)^```", markdown, flags=re.M | re.S)
 
 
-# ------------------------------------------------------------------ the module in a container
+# ------------------------------------------------------------------ what the tests share
 
 SERVICE = "macha-autonomous"
 PRIVILEGED = "macha-autonomous-privileged"
-BUSCTL = (
-    "busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-    "org.freedesktop.systemd1.Manager",
-)  # fmt: skip
-LAB_UID = 4711
-HIDDEN = (Path("/root"), Path("/home"), Path("/run/user"))  # what ProtectHome= hides
+DOCS = REPO / "docs" / "nixos.md"
+
+# The seed's users wrote this; it must keep working.
+SEED_EXAMPLE = {
+    "enable": True,
+    "autonomyLevel": "auto-safe",
+    "checkInterval": 300,
+    "model": "llama3.1:70b",
+}
+ALERTMANAGER_ON = {"services": {"prometheus": {"alertmanager": {"enable": True}}}}
+PROMETHEUS_ON = {"services": {"prometheus": {"enable": True, "alertmanager": {"enable": True}}}}
+# what alertmanager.enable requires: a receiver that reaches a person (any receiver)
+HUMAN_RECEIVER = {"name": "admin", "webhook_configs": [{"url": "https://ntfy.example.org/admin"}]}
+WITH_ALERTMANAGER = {"alertmanager": {"enable": True, "humanReceiver": HUMAN_RECEIVER}}
 
 
-def _hidden_by_protect_home(path: Path) -> bool:
-    return any(path == h or h in path.parents for h in HIDDEN)
+def rendered_config(result: Mapping[str, Any]) -> Config:
+    """The TOML the module writes to /etc/macha-obs/config.toml, loaded by the model."""
+    etc = result["config"]["environment"]["etc"]["macha-obs/config.toml"]["source"]
+    text = to_toml(etc["toml"])
+    return config_mod.validate(tomllib.loads(text), source="rendered config.toml")
 
 
-@dataclass
-class ModuleLab:
-    """A LabSystemd with what the module installs: the daemon's user, the polkit rule,
-    /etc/macha-obs/config.toml, the state directory, the two units and the CLI wrappers."""
+def alertmanager_configuration(result: Mapping[str, Any]) -> dict[str, Any]:
+    configuration: dict[str, Any] = result["config"]["services"]["prometheus"]["alertmanager"][
+        "configuration"
+    ]
+    return configuration
 
-    systemd: LabSystemd
-    tools: dict[str, str]
-    port: int
 
-    @classmethod
-    def install(cls, lab: LabSystemd, result: Mapping[str, Any], apps: Sequence[str]) -> Self:
-        etc = lab.root / "etc"
-        with (etc / "passwd").open("a") as passwd:
-            passwd.write(f"{SERVICE}:x:{LAB_UID}:{LAB_UID}::/var/lib/{SERVICE}:/bin/false\n")
-        with (etc / "group").open("a") as group:
-            group.write(f"{SERVICE}:x:{LAB_UID}:\n")
-        files = result["config"]["environment"]["etc"]
-        rules = etc / "polkit-1" / "rules.d"
-        rules.mkdir(parents=True, exist_ok=True)
-        rule = files["polkit-1/rules.d/60-macha-autonomous.rules"]["text"]
-        (rules / "60-macha-autonomous.rules").write_text(rule)
-        settings = files["macha-obs/config.toml"]["source"]["toml"]
-        (etc / "macha-obs").mkdir(exist_ok=True)
-        (etc / "macha-obs" / "config.toml").write_text(to_toml(settings))
-        # what StateDirectory= makes, for the CLI tools before the daemon first ran
-        state = lab.root / "var" / "lib" / SERVICE
-        state.mkdir(parents=True, exist_ok=True)
-        os.chown(state, LAB_UID, LAB_UID)
-        state.chmod(0o750)
+def receiver(configuration: Mapping[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(r for r in configuration["receivers"] if r["name"] == name)
+    return found
 
-        # Only for this machine: the venv's interpreter may live under /root (pyenv), which
-        # ProtectHome= hides; on NixOS it is in /nix/store. ProtectHome=tmpfs hides the
-        # same and lets a bind mount show just the interpreter. PATH: the stub packages'
-        # paths mean nothing here.
-        # A checkout under /tmp (a CI clone) is hidden the same way by PrivateTmp=.
-        binds = {str(p) for p in (Path(sys.base_prefix), Path(sys.prefix))}
-        binds = {b for b in binds if _hidden_by_protect_home(Path(b))}
-        test_only = "[Service]\nEnvironment=PATH=/usr/bin:/bin\n"
-        if binds:
-            test_only += "ProtectHome=tmpfs\n"
-        binds |= {str(p) for p in hidden_paths()}
-        test_only += "".join(f"BindReadOnlyPaths={b}\n" for b in sorted(binds))
-        services = result["config"]["systemd"]["services"]
-        for name in (SERVICE, f"{PRIVILEGED}@"):
-            lab.write_unit(f"{name}.service", render_unit(services[name]), reload=False)
-            lab.write_unit(f"{name}.service.d/test-only.conf", test_only, reload=False)
-        for app in apps:
-            lab.write_unit(app, "[Service]\nExecStart=/bin/sleep infinity\n", reload=False)
-        lab.daemon_reload()
-        tools = {t["name"]: t["text"] for t in result["config"]["environment"]["systemPackages"]}
-        return cls(lab, tools, split_host_port(settings["listen_address"])[1])
 
-    def as_daemon_user(self, *busctl_args: str) -> subprocess.CompletedProcess[str]:
-        """A call on systemd's Manager as the daemon's user: polkit decides."""
-        become = ("setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--clear-groups")
-        return self.systemd.run(*become, *BUSCTL, *busctl_args, check=False)
+def rule_blocks(rule_file_text: str) -> dict[str, str]:
+    """alertname → the text of its rule, from a Prometheus rule file (no YAML library: the
+    project does not depend on one; the rule files put one `- alert:` per rule)."""
+    parts = re.split(r"^\s*- alert:\s*", rule_file_text, flags=re.M)[1:]
+    return {part.split(None, 1)[0]: part for part in parts}
 
-    def tool(self, name: str, *args: str) -> str:
-        """A CLI wrapper from environment.systemPackages, run as root; its stdout."""
-        # the stub packages' coreutils and util-linux are the container's own
-        script = self.tools[name].replace("/stub/coreutils/bin/", "/usr/bin/")
-        script = script.replace("/stub/util-linux/bin/", "/usr/bin/")
-        done = self.systemd.run("/bin/sh", "-c", script, name, *args, check=False)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
-    def show(self, unit: str, prop: str) -> str:
-        return self.systemd.run("systemctl", "show", "-p", prop, "--value", unit).stdout.strip()
-
-    def daemon_log(self) -> str:
-        return self.systemd.journal(f"{SERVICE}.service")
-
-    @contextlib.contextmanager
-    def running_daemon(self, timeout: float = 60.0) -> Iterator[None]:
-        """The daemon started and ready (READY=1); stopped (SIGTERM) and inactive after."""
-        unit = f"{SERVICE}.service"
-        self.systemd.run("systemctl", "start", "--no-block", unit)
-        seen = ("", "")
-
-        def settled() -> bool:
-            nonlocal seen
-            seen = self.systemd.unit_state(unit)
-            # a daemon that exits is restarted (Restart=on-failure): auto-restart is a failure
-            return seen[0] in ("active", "failed") or seen[1] == "auto-restart"
-
-        try:
-            wait_until(settled, timeout)
-            assert seen[0] == "active", f"{unit} is {seen}:\n{self.daemon_log()}"
-            yield
-        finally:
-            self.systemd.run("systemctl", "stop", unit, check=False)
-            self.systemd.wait_for_state(unit, ("inactive", "failed"), timeout=timeout)
+def rule_label(block: str, name: str) -> str | None:
+    match = re.search(rf"^\s+{re.escape(name)}:\s*(\S+)\s*$", block, flags=re.M)
+    return match[1] if match else None

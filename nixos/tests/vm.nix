@@ -117,6 +117,8 @@ in
     with subtest("the CLI tools use the service's config and state"):
         machine.succeed("macha-obs config show | grep -q 'state_dir = \"/var/lib/macha-autonomous\"'")
         machine.succeed("macha-logs actions -n 5")
+        # each wrapper is its own console script: macha-check takes macha-check's options
+        machine.succeed("macha-check --autonomy-level observe | grep -q '^findings: '")
         machine.succeed("stat -c %U /var/lib/macha-autonomous/state.db | grep -qx macha-autonomous")
   '';
 }
