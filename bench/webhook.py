@@ -132,7 +132,7 @@ def run_wsgi(app: ReceiverApp, n_alerts: int, seconds: float, clients: int) -> d
     """The app called in-process from `clients` threads: receiver + store, no HTTP."""
     latencies, wall = drive(lambda: lambda body: call(app, body), n_alerts, seconds, clients)
     out = summarize(f"wsgi x{clients}", n_alerts, latencies, wall)
-    out["commits"] = app.incidents.writer.commits
+    out["commits"] = app.incidents.store.shared_commits
     return out
 
 

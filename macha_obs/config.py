@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from macha_obs.errors import UsageError
+
 DEFAULT_CONFIG_PATH = Path("/etc/macha-obs/config.toml")
 ENV_PREFIX = "MACHA_"
 
@@ -52,7 +54,7 @@ USER_PROTECTED = ProtectedClass(
 )
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """The configuration cannot be loaded; the message names the field and the reason."""
 
 
@@ -172,6 +174,21 @@ class Config(BaseModel):
     # timer is check_interval, and failed units reach it at once through D-Bus events.
     collect_interval: float = Field(15.0, ge=1.0, le=3600.0)
     snapshot_retention: int = Field(20, ge=1, le=10000)
+
+    # retention: every file in the state dir stays bounded (store/retention.py, run by
+    # the daemon's timer cycle). Webhook bodies and seen-alert keys: by age and count;
+    # forgetting a key only lets a re-sent alert count as new once (one more analysis).
+    inbox_retention: float = Field(
+        7 * 86400.0, ge=86400, le=365 * 86400, description="seconds webhook bodies are kept"
+    )
+    inbox_max_rows: int = Field(10_000, ge=100, le=1_000_000)
+    # Resolved incidents and their alerts; never one a pending approval still names.
+    incident_retention: float = Field(30 * 86400.0, ge=86400, le=3650 * 86400)
+    incident_max_resolved: int = Field(10_000, ge=100, le=1_000_000)
+    # decisions.jsonl, actions.jsonl, orchestrator.log: rotated by rename at this size,
+    # `log_keep` rotated files kept each (so a log takes at most (log_keep + 1) times this).
+    log_max_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    log_keep: int = Field(5, ge=1, le=100)
     dns_names: tuple[str, ...] = ()
     tcp_targets: tuple[str, ...] = ()
     network_timeout: float = Field(2.0, gt=0, le=30)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -17,9 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from macha_obs import statedir
-
-LOCK_NAME = "daemon.lock"
+from macha_obs.errors import StateError
+from macha_obs.store import StateDir, statedir
 
 # logging level -> syslog priority, for journald
 _PRIORITY = {
@@ -31,19 +32,19 @@ _PRIORITY = {
 }
 
 
-class AlreadyRunning(Exception):
+class AlreadyRunning(StateError):
     """Another daemon holds the state directory."""
 
 
 class StateLock:
-    """An exclusive flock on <state_dir>/daemon.lock for the daemon's lifetime.
+    """An exclusive flock on the state dir's daemon.lock for the daemon's lifetime.
 
     flock is released by the kernel when the process dies, however it dies, so a
     SIGKILLed daemon never leaves a stale lock behind.
     """
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / LOCK_NAME
+        self.path = StateDir(state_dir).lock
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -165,11 +166,30 @@ def setup_logging(log_file: Path, *, journald: bool, level: int = logging.INFO) 
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
-    # The log quotes alert and journal text: not for other users' eyes, and never
-    # written through a planted symlink.
-    fd = statedir.open_file(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o640)
-    mirror = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+    mirror = StateLogHandler(log_file)
     mirror.setFormatter(JsonLinesFormatter())
     root.addHandler(mirror)
+
+
+class StateLogHandler(logging.handlers.WatchedFileHandler):
+    """orchestrator.log. It quotes alert and journal text: not for other users' eyes,
+    and never opened through a planted symlink. Retention rotates it by rename
+    (store/retention.py); the handler sees the name move and opens the new file, so the
+    rotated one stops growing."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = statedir.open_file(Path(self.baseFilename), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.reopenIfNeeded()
+        except Exception:  # a refused reopen loses this line, never the caller
+            self.handleError(record)
+            return
+        logging.FileHandler.emit(self, record)

@@ -6,8 +6,9 @@ incidents of their own (one per unit, or per finding key). Every change of conte
 `revision`; analysis runs once per revision, so a storm that arrives in one notification
 is analysed once, however many alerts it carries.
 
-This module sits at the store's layer: it owns the inbox/incident tables declared in
-store.py and uses the store's transactions.
+The rules live here (dedupe, when an incident closes, how findings group); the SQL for
+the inbox and incident tables is `macha_obs/store/incidents.py`, run in the store's
+transactions.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from macha_obs.group_commit import GroupCommitter
 from macha_obs.models import Action, Alert, AlertGroup, Finding, FindingKind, Incident, Risk
 from macha_obs.scope import Scope
 from macha_obs.store import Store
+from macha_obs.store import incidents as tables
 
-OPEN = "open"
-RESOLVED = "resolved"
+# an incident's status, compared by the orchestrator: exported from here, its room
+from macha_obs.store.incidents import OPEN as OPEN  # noqa: PLC0414
+
 FINDING_GROUP = "finding:"
 
 
@@ -79,7 +81,6 @@ class IncidentStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.writer = GroupCommitter(store)
 
     # ------------------------------------------------------------ alerts
 
@@ -91,7 +92,7 @@ class IncidentStore:
         """
         now = self.store.clock()
         # concurrent deliveries share a commit (and its fsync); each waits for it
-        return self.writer.run(lambda cur: self._ingest(cur, group, body, alerts, now))
+        return self.store.commit_shared(lambda cur: self._ingest(cur, group, body, alerts, now))
 
     def _ingest(
         self,
@@ -104,42 +105,31 @@ class IncidentStore:
         fresh: list[tuple[str, Alert]] = []
         for alert in alerts:
             fp = alert_fingerprint(alert)
-            cur.execute(
-                "INSERT OR IGNORE INTO alerts_seen(fingerprint, starts_at, status, seen_at)"
-                " VALUES (?,?,?,?)",
-                (fp, alert.starts_at.isoformat(), alert.status, now),
-            )
+            seen = tables.note_seen(cur, fp, alert.starts_at.isoformat(), alert.status, now)
             # Seen before, but changed since (a resolve, forged or early, then the
             # still-firing alert re-sent; then the real resolve): no duplicate.
-            if cur.rowcount or _latest_status(cur, group.group_key, fp) not in (
+            if seen or tables.latest_status(cur, group.group_key, fp) not in (
                 None,
                 alert.status,
             ):
                 fresh.append((fp, alert))
         if not fresh:  # acknowledged, not stored again
             return IngestResult(0, None, 0, len(alerts))
-        cur.execute(
-            "INSERT INTO inbox(received_at, group_key, body, new_alerts) VALUES (?,?,?,?)",
-            (now, group.group_key, body, len(fresh)),
-        )
-        inbox_id = int(cur.lastrowid or 0)
+        inbox_id = tables.add_to_inbox(cur, now, group.group_key, body, len(fresh))
         incident_id = self._open_incident(cur, "alert", group.group_key, now, fresh)
         if incident_id is None:  # only resolutions for an incident we never opened
             return IngestResult(inbox_id, None, 0, len(alerts))
         applied = sum(self._apply_alert(cur, incident_id, fp, a, now) for fp, a in fresh)
         if not applied:
             return IngestResult(inbox_id, incident_id, 0, len(alerts))
-        cur.execute(
-            "UPDATE incidents SET revision = revision + 1, updated_at = ? WHERE id = ?",
-            (now, incident_id),
-        )
-        firing = _count_firing(cur, incident_id)
+        tables.bump(cur, incident_id, now)
+        firing = tables.count_firing(cur, incident_id)
         closed = firing == 0 and not _names_units(cur, incident_id)
         if closed:
             # Nothing systemd could contradict. An incident about units stays open until
             # the orchestrator has systemd confirm the problem is gone (a resolve is a
             # hint to look, never proof by itself); queued items stay until then too.
-            _resolve(cur, incident_id, now)
+            tables.resolve(cur, incident_id, now)
         return IngestResult(inbox_id, incident_id, applied, len(alerts) - applied, firing, closed)
 
     def _open_incident(
@@ -150,22 +140,15 @@ class IncidentStore:
         now: float,
         fresh: Sequence[tuple[str, Alert]] = (),
     ) -> str | None:
-        row = cur.execute(
-            "SELECT id FROM incidents WHERE group_key = ? AND status = ?", (group_key, OPEN)
-        ).fetchone()
-        if row is not None:
-            return str(row["id"])
+        found = tables.open_incident_of(cur, group_key)
+        if found is not None:
+            return found
         if source == "alert" and not any(a.firing for _, a in fresh):
             return None
-        n = cur.execute("SELECT COUNT(*) FROM incidents WHERE group_key = ?", (group_key,))
         prefix = "am" if source == "alert" else "fd"
-        incident_id = f"{prefix}-{_short_hash(group_key)}-{int(n.fetchone()[0]) + 1}"
-        cur.execute(
-            "INSERT INTO incidents(id, source, group_key, status, revision, opened_at,"
-            " updated_at) VALUES (?,?,?,?,0,?,?)",
-            (incident_id, source, group_key, OPEN, now, now),
+        return tables.insert_incident(
+            cur, f"{prefix}-{_short_hash(group_key)}", source, group_key, now
         )
-        return incident_id
 
     @staticmethod
     def _apply_alert(
@@ -173,18 +156,10 @@ class IncidentStore:
     ) -> bool:
         """Record one alert state; False when it changes nothing. A `resolved` counts
         only for an alert whose own fingerprint is firing in this incident."""
-        row = cur.execute(
-            "SELECT status FROM incident_alerts WHERE incident_id = ? AND fingerprint = ?",
-            (incident_id, fp),
-        ).fetchone()
-        if not alert.firing and (row is None or row["status"] != "firing"):
+        if not alert.firing and tables.alert_status(cur, incident_id, fp) != "firing":
             return False
-        cur.execute(
-            "INSERT INTO incident_alerts(incident_id, fingerprint, status, alert, updated_at)"
-            " VALUES (?,?,?,?,?) ON CONFLICT(incident_id, fingerprint) DO UPDATE SET"
-            " status = excluded.status, alert = excluded.alert, updated_at = excluded.updated_at",
-            (incident_id, fp, alert.status, alert.model_dump_json(by_alias=True), now),
-        )
+        encoded = alert.model_dump_json(by_alias=True)
+        tables.put_alert(cur, incident_id, fp, status=alert.status, alert=encoded, now=now)
         return True
 
     # ------------------------------------------------------------ findings
@@ -193,16 +168,10 @@ class IncidentStore:
         """Replace an open incident's findings; True (and a new revision) if they changed."""
         encoded = _encode_findings(findings)
         with self.store.transaction() as cur:
-            row = cur.execute(
-                "SELECT findings FROM incidents WHERE id = ? AND status = ?", (incident_id, OPEN)
-            ).fetchone()
-            if row is None or _keys(row["findings"]) == _keys(encoded):
+            current = tables.open_findings(cur, incident_id)
+            if current is None or _keys(current) == _keys(encoded):
                 return False
-            cur.execute(
-                "UPDATE incidents SET findings = ?, revision = revision + 1, updated_at = ?"
-                " WHERE id = ?",
-                (encoded, self.store.clock(), incident_id),
-            )
+            tables.set_findings(cur, incident_id, encoded, self.store.clock())
         return True
 
     def open_for_findings(self, group: str, findings: Sequence[Finding]) -> tuple[str, bool]:
@@ -220,48 +189,29 @@ class IncidentStore:
         """The same problem happened again (a unit failed again after a fix): one new
         revision, so it is analysed again. Only once per analysis: no inflation."""
         with self.store.transaction() as cur:
-            cur.execute(
-                "UPDATE incidents SET revision = revision + 1, updated_at = ?"
-                " WHERE id = ? AND status = ? AND revision = analyzed_revision",
-                (self.store.clock(), incident_id, OPEN),
-            )
-            return cur.rowcount > 0
+            return tables.bump_analysed(cur, incident_id, self.store.clock())
 
     def reopen_all(self, *, keep: Collection[str] = ()) -> int:
         """Every open incident but those in `keep` is analysed again (after a pause
         ends, or a restart: what was only recorded, or decided and never acted on, is
         decided anew from the host's state now). How many."""
         with self.store.transaction() as cur:
-            rows = cur.execute(
-                "SELECT id FROM incidents WHERE status = ? AND revision = analyzed_revision",
-                (OPEN,),
-            ).fetchall()
-            ids = [r["id"] for r in rows if r["id"] not in keep]
-            cur.executemany(
-                "UPDATE incidents SET revision = revision + 1, updated_at = ? WHERE id = ?",
-                [(self.store.clock(), i) for i in ids],
-            )
-            return len(ids)
+            return tables.reopen_all(cur, keep, self.store.clock())
 
     def resolve(self, incident_id: str) -> None:
         """Close an incident. Items queued for it are settled by the orchestrator, which
         cancels one only when its problem is confirmed gone."""
         with self.store.transaction() as cur:
-            _resolve(cur, incident_id, self.store.clock())
+            tables.resolve(cur, incident_id, self.store.clock())
 
     # ------------------------------------------------------------ reading
 
     def get(self, incident_id: str) -> IncidentState | None:
-        rows = self.store.query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
-        if not rows:
+        row = tables.incident_row(self.store, incident_id)
+        if row is None:
             return None
-        row = rows[0]
         alerts = [
-            Alert.model_validate_json(r["alert"])
-            for r in self.store.query(
-                "SELECT alert FROM incident_alerts WHERE incident_id = ? ORDER BY fingerprint",
-                (incident_id,),
-            )
+            Alert.model_validate_json(a) for a in tables.stored_alerts(self.store, incident_id)
         ]
         incident = Incident(
             id=row["id"],
@@ -285,17 +235,11 @@ class IncidentStore:
         return state is not None and state.status == OPEN
 
     def open_incidents(self) -> list[IncidentState]:
-        rows = self.store.query("SELECT id FROM incidents WHERE status = ? ORDER BY id", (OPEN,))
-        return [s for s in (self.get(r["id"]) for r in rows) if s is not None]
+        return [s for s in (self.get(i) for i in tables.open_ids(self.store)) if s is not None]
 
     def pending_analysis(self) -> list[str]:
         """Open incidents whose latest revision has not been analysed yet."""
-        rows = self.store.query(
-            "SELECT id FROM incidents WHERE status = ? AND revision > analyzed_revision"
-            " ORDER BY updated_at",
-            (OPEN,),
-        )
-        return [str(r["id"]) for r in rows]
+        return tables.pending_ids(self.store)
 
     def settle_analysis(
         self, incident_id: str, revision: int, queued: Sequence[Queued], ttl: float
@@ -315,10 +259,7 @@ class IncidentStore:
                 )
                 for q in queued
             ]
-            cur.execute(
-                "UPDATE incidents SET analyzed_revision = MAX(analyzed_revision, ?) WHERE id = ?",
-                (revision, incident_id),
-            )
+            tables.mark_analyzed(cur, incident_id, revision)
         return ids
 
     def open_but_quiet(self) -> list[IncidentState]:
@@ -332,54 +273,15 @@ class IncidentStore:
 
     def mark_analyzed(self, incident_id: str, revision: int) -> None:
         with self.store.transaction() as cur:
-            cur.execute(
-                "UPDATE incidents SET analyzed_revision = MAX(analyzed_revision, ?) WHERE id = ?",
-                (revision, incident_id),
-            )
+            tables.mark_analyzed(cur, incident_id, revision)
 
     def inbox_count(self) -> int:
-        return int(self.store.query("SELECT COUNT(*) AS n FROM inbox")[0]["n"])
-
-    def prune(self, older_than: float) -> int:
-        """Forget inbox bodies and dedupe keys older than `older_than` (epoch seconds)."""
-        with self.store.transaction() as cur:
-            cur.execute("DELETE FROM inbox WHERE received_at < ?", (older_than,))
-            removed = cur.rowcount
-            cur.execute("DELETE FROM alerts_seen WHERE seen_at < ?", (older_than,))
-        return removed
-
-
-def _latest_status(cur: sqlite3.Cursor, group_key: str, fp: str) -> str | None:
-    """The fingerprint's latest state in this group's incidents, if it has one."""
-    row = cur.execute(
-        "SELECT a.status FROM incident_alerts a JOIN incidents i ON i.id = a.incident_id"
-        " WHERE i.group_key = ? AND a.fingerprint = ? ORDER BY a.updated_at DESC LIMIT 1",
-        (group_key, fp),
-    ).fetchone()
-    return None if row is None else str(row["status"])
+        """Webhook bodies kept (bounded by `Store.retain`)."""
+        return tables.inbox_count(self.store)
 
 
 def _names_units(cur: sqlite3.Cursor, incident_id: str) -> bool:
-    rows = cur.execute(
-        "SELECT alert FROM incident_alerts WHERE incident_id = ?", (incident_id,)
-    ).fetchall()
-    return any(Alert.model_validate_json(r["alert"]).unit for r in rows)
-
-
-def _count_firing(cur: sqlite3.Cursor, incident_id: str) -> int:
-    row = cur.execute(
-        "SELECT COUNT(*) FROM incident_alerts WHERE incident_id = ? AND status = 'firing'",
-        (incident_id,),
-    ).fetchone()
-    return int(row[0])
-
-
-def _resolve(cur: sqlite3.Cursor, incident_id: str, now: float) -> None:
-    cur.execute(
-        "UPDATE incidents SET status = ?, resolved_at = ?, updated_at = ? WHERE id = ?"
-        " AND status = ?",
-        (RESOLVED, now, now, incident_id, OPEN),
-    )
+    return any(Alert.model_validate_json(a).unit for a in tables.alerts_in(cur, incident_id))
 
 
 def _encode_findings(findings: Iterable[Finding]) -> str:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from macha_obs.group_commit import GroupCommitter, _Write
 from macha_obs.store import Store
+from macha_obs.store._group_commit import GroupCommitter, _Write
 
 
 def insert(key: str):

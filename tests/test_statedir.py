@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from macha_obs import statedir
-from macha_obs.store import Store, StoreError
+from macha_obs.store import Store, StoreError, statedir
 from tests.daemon_support import MACHA_APPROVE, MACHA_OBS
 
 MACHA_LOGS = MACHA_OBS.replace("macha-obs", "macha-logs")
@@ -32,6 +31,7 @@ STATE_FILES = [
     "orchestrator.log",
     "daemon.lock",
     "webhook.token",
+    "approval_queue.json",
 ]
 COMMANDS = [
     [MACHA_OBS, "status"],

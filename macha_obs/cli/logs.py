@@ -2,7 +2,9 @@
 
 The files quote alert, journal and model text, so what reaches the terminal is made inert:
 text mode escapes every field it shows, and --json prints each record as ASCII JSON.
-A log that does not exist yet is an empty log (exit 0), not an error.
+A log that does not exist yet is an empty log (exit 0), not an error. Retention rotates
+the logs by rename (`log.1`, `log.2`, …): the last lines are read across the rotated
+files, and --follow moves on to the new file when the name moves.
 """
 
 from __future__ import annotations
@@ -21,20 +23,26 @@ from typing import IO, Any
 import click
 
 from macha_obs.cli.common import (
-    EXIT_FAILED,
     config_options,
     load_config,
 )
+from macha_obs.cli.errors import EXIT_FAILED, Command
+from macha_obs.store import StateDir
 from macha_obs.terminal import inert
 
 # ---------------------------------------------------------------- macha-logs
 
 LOG_KINDS = ("service", "decisions", "actions", "orchestrator")
-FILES = {
-    "decisions": "decisions.jsonl",
-    "actions": "actions.jsonl",
-    "orchestrator": "orchestrator.log",
-}
+
+
+def log_path(state: StateDir, kind: str) -> Path:
+    return {
+        "decisions": state.decisions_log,
+        "actions": state.actions_log,
+        "orchestrator": state.orchestrator_log,
+    }[kind]
+
+
 _POLL_SECONDS = 0.5
 
 
@@ -112,29 +120,65 @@ def _last_lines(fh: IO[str], last: int) -> list[str]:
         ) from exc
 
 
-def _follow(path: Path, last: int, render: Callable[[str], str]) -> None:
+def _history_lines(
+    state: StateDir, path: Path, last: int, *, older_only: bool = False
+) -> list[str]:
+    """The last `last` lines of the log and, when it holds fewer, of its rotated files."""
+    shown: list[str] = []
+    for older in reversed(state.history(path)[: -1 if older_only else None]):
+        if len(shown) >= last or not os.path.lexists(older):
+            continue
+        with _open(older) as fh:
+            shown = _last_lines(fh, last - len(shown)) + shown
+    return shown
+
+
+def _follow(state: StateDir, path: Path, last: int, render: Callable[[str], str]) -> None:
     """The last lines, then every new one, until Ctrl-C; waits for a file not there yet."""
     try:
         if not os.path.lexists(path):
             click.echo(f"waiting for {inert(path)} to appear", err=True)
         while not os.path.lexists(path):
             time.sleep(_POLL_SECONDS)
-        with _open(path) as fh:
-            for line in _last_lines(fh, last):
+        fh = _open(path)
+        shown = _last_lines(fh, last)  # leaves fh at the end, where following starts
+        if len(shown) < last:
+            shown = _history_lines(state, path, last - len(shown), older_only=True) + shown
+        for line in shown:
+            click.echo(render(line))
+        while True:
+            for line in _new_lines(fh, path):
                 click.echo(render(line))
-            for line in _new_lines(fh):
-                click.echo(render(line))
+            fh.close()  # rotated: the rest of the old file was read, on to the new one
+            while not os.path.lexists(path):
+                time.sleep(_POLL_SECONDS)
+            fh = _open(path)
     except KeyboardInterrupt:  # the way to stop following: not a failure
         return
 
 
-def _new_lines(fh: IO[str]) -> Iterator[str]:
+def _rotated(fh: IO[str], path: Path) -> bool:
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    mine = os.fstat(fh.fileno())
+    return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+
+def _new_lines(fh: IO[str], path: Path) -> Iterator[str]:
+    """New whole lines until the file is rotated away and fully read."""
     pending = ""
     while True:
         chunk = fh.readline()
         if not chunk:
-            time.sleep(_POLL_SECONDS)
-            continue
+            if _rotated(fh, path):
+                chunk = fh.readline()  # written just before the rename
+                if not chunk:
+                    return
+            else:
+                time.sleep(_POLL_SECONDS)
+                continue
         pending += chunk
         if pending.endswith("\n"):  # a line still being written waits for its end
             yield pending
@@ -154,7 +198,7 @@ def _journal(lines: int, as_json: bool, follow: bool) -> int:
     return 0 if returncode == 0 else EXIT_FAILED
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("kind", type=click.Choice(LOG_KINDS))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--json", "as_json", is_flag=True, help="Raw JSON lines (audit logs).")
@@ -167,7 +211,8 @@ def logs_main(
     cfg = load_config(config_path, **flags)
     if kind == "service":
         sys.exit(_journal(lines, as_json, follow))
-    path = cfg.state_dir / FILES[kind]
+    state = StateDir(cfg.state_dir)
+    path = log_path(state, kind)
 
     def render(line: str) -> str:
         if as_json:
@@ -175,12 +220,10 @@ def logs_main(
         return _format_log(line) if kind == "orchestrator" else _format_audit(line)
 
     if follow:
-        _follow(path, lines, render)
+        _follow(state, path, lines, render)
         return
     if not os.path.lexists(path):
         click.echo(f"nothing logged yet ({inert(path)} does not exist)", err=True)
         return
-    with _open(path) as fh:
-        shown = _last_lines(fh, lines)
-    for line in shown:
+    for line in _history_lines(state, path, lines):
         click.echo(render(line))

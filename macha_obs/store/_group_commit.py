@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from macha_obs.store import Store
+from macha_obs.store._db import Database
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class _Write(Generic[T]):
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, max_batch: int = 256) -> None:
+    def __init__(self, store: Database, max_batch: int = 256) -> None:
         self.store = store
         self.max_batch = max_batch
         self._cv = threading.Condition()

@@ -1,4 +1,8 @@
-"""The state directory as a trust boundary (issue 15).
+"""The state directory: every path in it, and the trust checks on opening them.
+
+`StateDir` is the one place that knows the layout (the store, the daemon's lock and log,
+`macha-logs`, the token file and the snapshot writer all ask it); `retention.py` keeps
+each file bounded.
 
 On NixOS the daemon's user owns the state dir, and `macha-obs`/`macha-approve` are run
 as root. Whoever owns the dir can plant `daemon.lock -> /etc/shadow`; a root process
@@ -12,20 +16,24 @@ that then opens `daemon.lock` by name truncates /etc/shadow. So:
 - the directory itself must not be writable by others (a sticky /tmp-like dir would let
   any user swap files in it), and is owned by us or root.
 
-Nothing here imports the rest of the package: the store, the lock, the logs and the
-token file all use it.
+Nothing here imports the rest of the package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pwd
 import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from macha_obs.errors import StateError
 
-class StateDirError(Exception):
+
+class StateDirError(StateError):
     """The state dir or one of its files cannot be trusted; the message says what to do."""
 
 
@@ -120,3 +128,118 @@ def drop_to_owner(state_dir: Path) -> str | None:
         return pwd.getpwuid(info.st_uid).pw_name
     except KeyError:
         return str(info.st_uid)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Replace `path` with `data` whole: a temporary file beside it, fsynced, renamed over
+    it, the directory fsynced. A crash at any instant leaves the old file or the new one,
+    never a torn one. A name that is not a regular file of ours (a planted symlink) is
+    refused and left for a person to look at; the rename would only replace the link,
+    but nothing here writes where it was not asked to."""
+    with contextlib.suppress(FileNotFoundError):
+        check_file(path, os.lstat(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """A rename is durable only once the directory entry is on disk."""
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+SNAPSHOT_PREFIX = "snapshot_"
+SNAPSHOT_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Every path in the state directory; the seed's file names. What each file holds
+    and how long it is kept is in the README's "State directory" table."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def db(self) -> Path:
+        """SQLite (WAL): the queue, the ledger, incidents, the breaker; the truth."""
+        return self.root / "state.db"
+
+    @property
+    def decisions_log(self) -> Path:
+        return self.root / "decisions.jsonl"
+
+    @property
+    def actions_log(self) -> Path:
+        return self.root / "actions.jsonl"
+
+    @property
+    def orchestrator_log(self) -> Path:
+        return self.root / "orchestrator.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def webhook_token(self) -> Path:
+        return self.root / "webhook.token"
+
+    @property
+    def approval_queue(self) -> Path:
+        """A read-only view of the pending items, rewritten from state.db on every change."""
+        return self.root / "approval_queue.json"
+
+    @property
+    def audit_logs(self) -> tuple[Path, Path]:
+        return self.decisions_log, self.actions_log
+
+    @property
+    def logs(self) -> tuple[Path, Path, Path]:
+        """The files rotated by size."""
+        return self.decisions_log, self.actions_log, self.orchestrator_log
+
+    def rotated(self, log: Path, keep: int) -> list[Path]:
+        """`log.1` (newest) … `log.<keep>` (oldest): the names its rotated files take."""
+        return [log.with_name(f"{log.name}.{n}") for n in range(1, keep + 1)]
+
+    def history(self, log: Path) -> list[Path]:
+        """The log's rotated files that exist, oldest first, then the log itself."""
+        older: list[Path] = []
+        n = 1
+        while (candidate := log.with_name(f"{log.name}.{n}")).exists():
+            older.append(candidate)
+            n += 1
+        return [*reversed(older), log]
+
+    def snapshot(self, taken_at: float) -> Path:
+        # Fixed-width UTC with microseconds: names sort in time order as plain strings.
+        stamp = datetime.fromtimestamp(taken_at, UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return self.root / f"{SNAPSHOT_PREFIX}{stamp}{SNAPSHOT_SUFFIX}"
+
+    def snapshots(self) -> list[Path]:
+        """Snapshot files, oldest first."""
+        found = self.root.glob(f"{SNAPSHOT_PREFIX}*{SNAPSHOT_SUFFIX}")
+        return sorted(p for p in found if p.is_file())
+
+    def check(self) -> None:
+        """Refuse a state dir others could tamper with (see `check_dir`)."""
+        check_dir(self.root)

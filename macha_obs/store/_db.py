@@ -1,0 +1,237 @@
+"""The SQLite handle under every table group: open, transactions, reads, health.
+
+The daemon and several CLI processes open the same state dir at once. Every
+read-modify-write runs in a `BEGIN IMMEDIATE` transaction, so two approvers racing for
+one approval are serialised by SQLite and exactly one wins (invariant 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from macha_obs.errors import StateError
+from macha_obs.store import statedir
+from macha_obs.store.statedir import StateDir
+
+# The -wal file is truncated back to this after a checkpoint: bounded like every state file.
+_WAL_LIMIT = 4 * 1024 * 1024
+
+
+class StoreError(StateError):
+    """The state directory cannot be used."""
+
+
+def process_owner(pid: int | None = None) -> str:
+    """Identify a process by pid and start time, so a reused pid is not mistaken for it."""
+    proc = psutil.Process(pid)
+    return f"{proc.pid}:{proc.create_time():.3f}"
+
+
+def owner_alive(owner: str) -> bool:
+    pid_text, _, started = owner.partition(":")
+    try:
+        return process_owner(int(pid_text)) == f"{int(pid_text)}:{float(started):.3f}"
+    except (psutil.Error, ValueError):
+        return False
+
+
+def ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _private(path: Path) -> None:
+    """State files quote alerts and journal lines: readable by the owner (and group)
+    only, whatever the umask or an older release left. SQLite gives its -wal and -shm
+    files the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: {exc.strerror}") from exc
+    for suffix in ("", "-wal", "-shm"):
+        target = path.with_name(path.name + suffix)
+        with contextlib.suppress(OSError):
+            info = os.lstat(target)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                os.chmod(target, stat.S_IMODE(info.st_mode) & 0o750 | 0o600)
+
+
+class Database:
+    """One connection on state.db, thread-safe within a process. The table groups
+    (approvals.py, ledger.py, …) build on it; `Store` puts them together."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        schema: Sequence[str],
+        *,
+        watched: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.paths = StateDir(Path(state_dir))
+        self.state_dir = self.paths.root
+        self.clock = clock
+        db = self.paths.db
+        try:
+            self.paths.check()
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self.paths.check()
+            _private(db)
+            for suffix in ("", "-wal", "-shm"):  # SQLite opens these by name
+                statedir.refuse_symlink(db.with_name(db.name + suffix))
+        except statedir.StateDirError as exc:
+            raise StoreError(str(exc)) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot use state dir {self.state_dir}: {exc.strerror}") from exc
+        self._lock = threading.RLock()
+        # tables changed by the transaction in flight, noted by temporary triggers
+        self._changed: set[str] = set()
+        self.write_error: str | None = None
+        try:
+            self._db = sqlite3.connect(
+                db,
+                timeout=30.0,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
+                check_same_thread=False,
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: an intent row must be on disk before the side effect it announces
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+            for ddl in schema:
+                self._db.executescript(ddl)
+            self._watch(watched)
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{db}: {exc}") from exc
+        self.owner = process_owner()
+        # what the database file was when opened: replaced, truncated or deleted under
+        # us, the daemon would write into a file nobody else reads (see `problem`)
+        opened = os.stat(db)
+        self._identity = (opened.st_dev, opened.st_ino)
+
+    def _watch(self, tables: Sequence[str]) -> None:
+        """Note every write to `tables`, whoever's SQL makes it, for `_after_commit`."""
+        self._db.create_function("macha_changed", 1, self._changed.add)
+        for table in tables:
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                self._db.execute(
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS {table}_{event.lower()}_noted"
+                    f" AFTER {event} ON main.{table} BEGIN SELECT macha_changed('{table}'); END"
+                )
+
+    def _migrate(self) -> None:
+        """Bring an older database up to date (the table groups add theirs)."""
+
+    def _after_commit(self, changed: set[str]) -> None:
+        """Called with the watched tables a committed transaction changed."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        """A `BEGIN IMMEDIATE` transaction for modules that keep their own tables here."""
+        return self._tx()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self.write_error = str(exc)
+                raise
+            try:
+                yield cur
+            except BaseException as exc:
+                # a constraint (an approval carried out twice) is the ledger working
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                    exc, sqlite3.IntegrityError
+                ):
+                    self.write_error = str(exc)
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                self._changed.clear()
+                raise
+            try:
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.write_error = str(exc)
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                self._changed.clear()
+                raise
+            self.write_error = None
+            if self._changed:
+                changed = set(self._changed)
+                self._changed.clear()
+                self._after_commit(changed)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A read for modules that keep their own tables here."""
+        return self._query(sql, args)
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def problem(self) -> str | None:
+        """Why this handle no longer holds the state dir's ledger, or None. Checked by
+        identity, not just by name: a file replaced, truncated or deleted under a
+        running daemon is the silent state loss /readyz must report."""
+        path = self.paths.db
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return f"{path} was deleted while the daemon ran"
+        except OSError as exc:
+            return f"{path}: {exc.strerror}"
+        if (now.st_dev, now.st_ino) != self._identity:
+            return f"{path} was replaced while the daemon ran"
+        if now.st_size == 0:
+            return f"{path} was truncated to zero bytes while the daemon ran"
+        if self.write_error is not None:
+            return f"{path} cannot be written: {self.write_error}"
+        return None
+
+    def has_history(self) -> bool:
+        """The database holds any row at all: every audit record is written with one."""
+        tables = [
+            r["name"]
+            for r in self._query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not str(r["name"]).startswith("sqlite_")
+        ]
+        return any(
+            self._query(f'SELECT EXISTS(SELECT 1 FROM "{t}") AS any')[0]["any"]  # noqa: S608
+            for t in tables
+        )
+
+    def compact(self) -> bool:
+        """Give pages freed by retention back to the disk when most of the file is free
+        (they are reused anyway; this keeps the file's size honest after a storm), and
+        truncate the WAL. True if the file was rewritten."""
+        with self._lock:
+            pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+            size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            vacuum = free * 2 > pages and free * size > 1024 * 1024
+            if vacuum:
+                self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return vacuum

@@ -1,0 +1,83 @@
+"""The JSONL audit logs (decisions.jsonl, actions.jsonl): one fsynced line per record.
+
+Several processes append at once (the daemon, `macha-approve`), and retention rotates
+the files by rename (`retention.py`). A writer locks the file, then checks that the name
+still points at what it opened; if it was rotated meanwhile it opens the new file. So a
+record is whole, in the file current when it was written, and never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from macha_obs.store import statedir
+from macha_obs.store._db import Database, ts
+
+
+def append_line(log: Path, data: bytes) -> None:
+    """Append `data` (one line) to `log` and fsync it before returning (invariant 10)."""
+    while True:
+        fd = statedir.open_file(log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # whole lines, even from several processes
+            mine = os.fstat(fd)
+            try:
+                now = os.lstat(log)
+            except FileNotFoundError:
+                continue  # rotated away between open and lock: open the new one
+            if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+                continue
+            size = mine.st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # a crash tore the last line: start on a fresh one, so this record
+                # stays whole and readable
+                data = b"\n" + data
+            os.write(fd, data)
+            os.fsync(fd)
+            return
+        finally:
+            os.close(fd)
+
+
+def count_lines(paths: list[Path]) -> int:
+    """Lines in these files, without reading them whole; missing files count 0."""
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
+    return total
+
+
+class Audit(Database):
+    @property
+    def decisions_log(self) -> Path:
+        return self.paths.decisions_log
+
+    @property
+    def actions_log(self) -> Path:
+        return self.paths.actions_log
+
+    @property
+    def orchestrator_log(self) -> Path:
+        return self.paths.orchestrator_log
+
+    def audit(self, log: Path, record: Mapping[str, Any]) -> None:
+        """Append one JSON line and fsync it before returning (invariant 10)."""
+        line = json.dumps({"ts": ts(self.clock()).isoformat(), **record}, default=str)  # type: ignore[union-attr]
+        append_line(log, (line.replace("\n", " ") + "\n").encode())
+
+    def audit_decision(self, record: Mapping[str, Any]) -> None:
+        self.audit(self.decisions_log, record)
+
+    def audit_action(self, record: Mapping[str, Any]) -> None:
+        self.audit(self.actions_log, record)
+
+    def audit_records(self) -> int:
+        """How many records the audit logs hold, rotated files included."""
+        return count_lines([p for log in self.paths.audit_logs for p in self.paths.history(log)])

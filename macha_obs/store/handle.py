@@ -1,0 +1,70 @@
+"""`Store`: one handle on a state directory, its table groups put together.
+
+Each table group keeps its DDL beside its queries (meta.py, approvals.py, ledger.py,
+breaker.py, incidents.py); the JSONL audit logs are audit.py; `retain` is the one
+retention pass the daemon's timer cycle runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from macha_obs.store import approvals, breaker, incidents, ledger, meta
+from macha_obs.store._group_commit import GroupCommitter
+from macha_obs.store.breaker import Breaker
+from macha_obs.store.ledger import Ledger
+from macha_obs.store.meta import Meta
+from macha_obs.store.retention import RetentionReport, RetentionSettings, retain_files
+
+SCHEMA = (meta.DDL, approvals.DDL, ledger.DDL, breaker.DDL, incidents.DDL)
+# A verification older than this counts for nothing: the breaker's window is at most
+# 30 days (config.py's bound on breaker_window).
+VERIFICATIONS_KEPT = 31 * 86400.0
+
+T = TypeVar("T")
+
+
+class Store(Ledger, Breaker, Meta):
+    """One handle on a state directory. Thread-safe within a process."""
+
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(state_dir, SCHEMA, watched=("approvals",), clock=clock)
+        self._shared = GroupCommitter(self)
+
+    def commit_shared(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
+        """Run `fn(cursor)` in a committed transaction that concurrent callers may share
+        (one fsync for many webhook deliveries); returns once it is committed."""
+        return self._shared.run(fn)
+
+    @property
+    def shared_commits(self) -> int:
+        """Transactions `commit_shared` committed (for tests and the benchmark)."""
+        return self._shared.commits
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def retain(self, settings: RetentionSettings, now: float | None = None) -> RetentionReport:
+        """Keep the state directory bounded: prune the inbox, the seen-alert keys,
+        resolved incidents and old verifications, rotate the logs that outgrew their
+        size, keep the newest snapshots, and give a mostly free database file back."""
+        now = self.clock() if now is None else now
+        with self._tx() as cur:
+            inbox, seen = incidents.prune_intake(
+                cur, now - settings.inbox_retention, settings.inbox_max_rows
+            )
+            gone = incidents.prune_resolved(
+                cur, now - settings.incident_retention, settings.incident_max_resolved
+            )
+            breaker.prune_verifications(cur, now - VERIFICATIONS_KEPT)
+        report = retain_files(self.paths, settings)
+        report.inbox, report.alerts_seen, report.incidents = inbox, seen, gone
+        report.vacuumed = self.compact()
+        return report
