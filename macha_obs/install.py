@@ -21,11 +21,12 @@ from pathlib import Path, PurePosixPath
 
 from macha_obs import units
 from macha_obs.config import BUILTIN_PROTECTED_UNITS, ConfigError, read_toml, validate
+from macha_obs.errors import MachaError
 
 MANIFEST = PurePosixPath("/etc/macha-obs/install-manifest.json")
 
 
-class InstallError(Exception):
+class InstallError(MachaError):
     """Installing or uninstalling cannot go on; nothing more was changed."""
 
 

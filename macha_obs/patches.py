@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from macha_obs.execute.errors import RunnerError
+from macha_obs.errors import InvalidInput, RunnerError
 from macha_obs.execute.runner import Runner, subprocess_runner
 from macha_obs.models import ConfigChange
 
@@ -51,7 +51,7 @@ _HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(?: .*)?")
 _INDEX = re.compile(r"index [0-9a-f]{4,64}\.\.[0-9a-f]{4,64}(?: [0-7]{6})?")
 
 
-class PatchRefused(ValueError):
+class PatchRefused(InvalidInput):
     """The proposed change is not queued; the message says why, for a person."""
 
 

@@ -1,13 +1,12 @@
 """The policy: what may run, decided from the action itself, the config and the ledger.
 
-Pure: no I/O, no clock of its own. The store supplies the recent executions and the
-breaker state; the caller supplies `now`. Risk comes from here only, never from a model
-(DESIGN.md invariant 2).
+Pure: no I/O, no clock of its own. The store supplies the recent executions, verify.py
+the breaker's state (its rule, state and reset live there); the caller supplies `now`.
+Risk comes from here only, never from a model (DESIGN.md invariant 2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -16,6 +15,7 @@ from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
     ConfigChange,
+    Execution,
     Investigate,
     JournalVacuum,
     NixGc,
@@ -39,15 +39,6 @@ RATE_WINDOW = timedelta(hours=1)
 # classes in protected_units.json, refused before the type is even looked at.
 _LOW_RISK_UNIT_TYPES = {"service", "socket", "timer", "path"}
 _HUMAN_ONLY_UNIT_TYPES = {"mount", "automount", "swap"}
-
-
-@dataclass(frozen=True)
-class Execution:
-    """One past execution, as the rate limiter sees it."""
-
-    kind: str
-    target: str
-    at: datetime
 
 
 @dataclass(frozen=True)
@@ -262,22 +253,3 @@ _AUTO_EXECUTES: dict[AutonomyLevel, frozenset[Risk]] = {
     AutonomyLevel.AUTO_SAFE: frozenset({Risk.LOW}),
     AutonomyLevel.AUTO_FULL: frozenset({Risk.LOW, Risk.MEDIUM}),
 }
-
-
-def breaker_state(
-    failures: Iterable[datetime], *, opened: bool, config: Config, now: datetime
-) -> BreakerState:
-    """Open once `breaker_threshold` verifications failed within the window; stays open
-    (opened=True, persisted by the store) until a human resets it."""
-    since = now - timedelta(seconds=config.breaker_window)
-    recent = sum(1 for at in failures if at > since)
-    if opened:
-        return BreakerState(True, recent, "open until `macha-obs autonomy reset`")
-    if recent >= config.breaker_threshold:
-        return BreakerState(
-            True,
-            recent,
-            f"{recent} failed verifications in {config.breaker_window:.0f}s "
-            f"(threshold {config.breaker_threshold})",
-        )
-    return BreakerState(False, recent, "")

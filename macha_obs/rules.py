@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from macha_obs.config import Config
+from macha_obs.errors import MachaError
 
 HOST_RULES = "macha.yml"
 SIDECAR_RULES = "macha-sidecar.yml"
@@ -33,7 +34,7 @@ _SAFE_VALUE = re.compile(r"[A-Za-z0-9 .:%/\[\]-]+")
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
-class RulesError(Exception):
+class RulesError(MachaError):
     """The rules cannot be written; the message names the path and the reason."""
 
 

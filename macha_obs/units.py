@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from macha_obs.config import BUILTIN_PROTECTED_UNITS
+from macha_obs.errors import UsageError
 
 _HERE = Path(__file__).parent
 _SOURCE = _HERE / "units.json"
@@ -38,7 +39,7 @@ _SAFE_PATH = re.compile(r"/[A-Za-z0-9._+/-]*")
 Value = str | int | bool | list[str]
 
 
-class RenderError(ValueError):
+class RenderError(UsageError):
     """An input the units cannot carry (a prefix systemd would read differently)."""
 
 

@@ -21,14 +21,15 @@ import stat
 from pathlib import Path
 
 from macha_obs.config import Config
+from macha_obs.errors import MachaError
+from macha_obs.store.statedir import StateDir
 
 log = logging.getLogger(__name__)
 
-TOKEN_FILE = "webhook.token"  # noqa: S105  (a file name, not a secret)
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 
-class WebhookTokenError(ValueError):
+class WebhookTokenError(MachaError, ValueError):
     """The token cannot be used as it is; the message says what to do."""
 
 
@@ -45,7 +46,7 @@ def _parse(path: Path, text: str) -> str:
 
 
 def token_path(state_dir: Path) -> Path:
-    return Path(state_dir) / TOKEN_FILE
+    return StateDir(state_dir).webhook_token
 
 
 def load_token(path: Path) -> str:

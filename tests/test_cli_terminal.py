@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from macha_obs.agent.report import AnalysisReport, Judged, incident_from_group, render_text
 from macha_obs.agent.runbooks import runbook_proposals
 from macha_obs.cli import approve_main, logs_main, main
+from macha_obs.config import AutonomyLevel
 from macha_obs.models import (
     AlertGroup,
     Assessment,
-    AutonomyLevel,
     Decision,
     DecisionSource,
     Outcome,

@@ -18,6 +18,7 @@ from macha_obs.models import (
     Action,
     ConfigChange,
     DiskUsage,
+    Execution,
     FindingKind,
     Investigate,
     JournalVacuum,
@@ -33,9 +34,7 @@ from macha_obs.models import (
 )
 from macha_obs.policy import (
     BreakerState,
-    Execution,
     PolicyContext,
-    breaker_state,
     effective_autonomy,
     risk_of,
 )
@@ -301,21 +300,6 @@ def test_config_change_is_queued_never_executed(make_config: Callable[..., Confi
     for autonomy in AutonomyLevel:
         verdict = judge(change, ctx(make_config(autonomy_level=autonomy.value)))
         assert verdict.outcome is not Outcome.EXECUTE
-
-
-def test_invariant_7_breaker_opens_after_k_failures(make_config: Callable[..., Config]) -> None:
-    cfg = make_config(autonomy_level="auto-full", breaker_threshold=3, breaker_window=3600)
-    failures = [NOW - timedelta(minutes=m) for m in (1, 2)]
-    assert not breaker_state(failures, opened=False, config=cfg, now=NOW).open
-    failures.append(NOW - timedelta(minutes=3))
-    state = breaker_state(failures, opened=False, config=cfg, now=NOW)
-    assert state.open
-    assert effective_autonomy(cfg, state) is AutonomyLevel.SUGGEST
-    # old failures outside the window do not count ...
-    old = [NOW - timedelta(hours=3)] * 5
-    assert not breaker_state(old, opened=False, config=cfg, now=NOW).open
-    # ... but once opened (persisted), it stays open until a human resets it
-    assert breaker_state(old, opened=True, config=cfg, now=NOW).open
 
 
 def test_breaker_never_raises_autonomy(make_config: Callable[..., Config]) -> None:

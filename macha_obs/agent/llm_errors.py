@@ -10,8 +10,10 @@ LlmError
 
 from __future__ import annotations
 
+from macha_obs.errors import MachaError
 
-class LlmError(Exception):
+
+class LlmError(MachaError):
     kind = "error"
 
 

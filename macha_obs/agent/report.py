@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.schema import first_error
+from macha_obs.errors import UsageError
 from macha_obs.models import (
     Action,
     AlertGroup,
@@ -30,7 +31,7 @@ from macha_obs.terminal import inert
 Judge = Callable[[Action, Incident], Verdict]
 
 
-class PayloadError(ValueError):
+class PayloadError(UsageError):
     """The file is not an Alertmanager v4 webhook payload."""
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from macha_obs.errors import InvalidInput
 from macha_obs.models import (
     Action,
     Diagnostic,
@@ -51,7 +52,7 @@ _UNIT_KINDS = {"restart_unit", "start_unit", "reset_failed"}
 _UNIT_TOOLS = {"unit_status", "journal_tail"}
 
 
-class OutputInvalid(ValueError):
+class OutputInvalid(InvalidInput):
     """The model's answer is not a valid decision; the message says why."""
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from macha_obs.cli.common import (
-    EXIT_FAILED,
     Group,
     config_options,
     ctx_config,
@@ -18,6 +17,7 @@ from macha_obs.cli.common import (
     open_store,
     who,
 )
+from macha_obs.cli.errors import EXIT_FAILED
 from macha_obs.cli.wiring import (
     remediator,
 )
@@ -28,7 +28,6 @@ from macha_obs.models import (
     describe_action,
 )
 from macha_obs.patches import PatchRefused, parse_diff
-from macha_obs.store import ApprovalError
 from macha_obs.terminal import inert, is_unsafe
 
 # ---------------------------------------------------------------- macha-approve
@@ -202,10 +201,7 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
     """Carry out an item now, if the policy still allows it."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        try:
-            handled = remediator(cfg, store).approve(_existing_id(approval_id), who())
-        except ApprovalError as exc:
-            raise click.ClickException(inert(exc)) from exc
+        handled = remediator(cfg, store).approve(_existing_id(approval_id), who())
     click.echo(f"approval {approval_id}: {inert(handled.summary)}")
     if handled.approval is None or handled.approval.status is not ApprovalStatus.EXECUTED:
         if handled.approval and handled.approval.status is ApprovalStatus.ACKNOWLEDGED:
@@ -220,8 +216,5 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
 def approve_reject(ctx: click.Context, approval_id: int, reason: str) -> None:
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        try:
-            remediator(cfg, store).reject(_existing_id(approval_id), who(), reason)
-        except ApprovalError as exc:
-            raise click.ClickException(inert(exc)) from exc
+        remediator(cfg, store).reject(_existing_id(approval_id), who(), reason)
     click.echo(f"approval {approval_id}: rejected")

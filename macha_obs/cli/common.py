@@ -17,23 +17,18 @@ from typing import Any, TypeVar
 import click
 
 from macha_obs import config as config_mod
-from macha_obs import statedir
+from macha_obs.cli.errors import EXIT_USAGE, mapped_errors
 from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
-from macha_obs.store import Store, StoreError
+from macha_obs.store import Store, statedir
 from macha_obs.terminal import inert
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("macha_obs")
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
 
 def open_store(cfg: Config) -> Store:
-    try:
-        return Store(cfg.state_dir)
-    except StoreError as exc:
-        raise click.ClickException(inert(exc)) from exc
+    """The state's store; a refusal (StoreError) is mapped by the group's error handler."""
+    return Store(cfg.state_dir)
 
 
 def config_options(fn: F) -> F:
@@ -71,10 +66,8 @@ class Group(click.Group):
         # SIGTERM unwinds like Ctrl-C: an action in flight is recorded interrupted, and
         # nothing is left half-done for the next start to find (serve sets its own)
         signal.signal(signal.SIGTERM, _terminated)
-        try:
+        with mapped_errors():
             return super().invoke(ctx)
-        except (statedir.StateDirError, StoreError) as exc:
-            raise click.ClickException(inert(str(exc))) from exc
 
 
 def load_config(config_path: Path | None = None, **flags: Any) -> Config:

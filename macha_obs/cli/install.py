@@ -76,7 +76,7 @@ def install_command(root: Path, prefix: Path | None, dry_run: bool, force: bool)
     try:
         files = inst.plan(prefix, inst.configured_protected_units(root))
         report = inst.install(root, files, dry_run=dry_run, force=force)
-    except (inst.InstallError, OSError) as exc:
+    except OSError as exc:
         raise click.ClickException(inert(str(exc))) from exc
     _echo_report(report, dry_run)
     if not dry_run and root == Path("/"):
@@ -98,7 +98,7 @@ def uninstall_command(root: Path, dry_run: bool, force: bool, purge_state: bool)
     """Remove what `macha-obs install` wrote (stop and disable the service first)."""
     try:
         report = inst.uninstall(root, dry_run=dry_run, force=force, purge_state=purge_state)
-    except (inst.InstallError, OSError) as exc:
+    except OSError as exc:
         raise click.ClickException(inert(str(exc))) from exc
     _echo_report(report, dry_run)
     if not dry_run and root == Path("/"):

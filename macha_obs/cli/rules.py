@@ -13,7 +13,7 @@ import click
 
 from macha_obs.cli.common import ctx_config
 from macha_obs.cli.main import main
-from macha_obs.rules import RULE_FILES, RulesError, render, write_rules
+from macha_obs.rules import RULE_FILES, render, write_rules
 from macha_obs.terminal import inert
 
 
@@ -31,10 +31,7 @@ def rules_render(ctx: click.Context, outdir: Path) -> None:
     Point Prometheus' rule_files at them, and render again whenever a threshold changes.
     """
     cfg = ctx_config(ctx, as_owner=False)
-    try:
-        written = write_rules(cfg, outdir)
-    except RulesError as exc:
-        raise click.ClickException(inert(exc)) from exc
+    written = write_rules(cfg, outdir)
     for path in written:
         click.echo(f"wrote {inert(path)}")
 

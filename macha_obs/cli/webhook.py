@@ -8,7 +8,8 @@ import click
 
 from macha_obs.cli.common import ctx_config
 from macha_obs.cli.main import main
-from macha_obs.webhook_token import WebhookTokenError, ensure_token, load_token, token_path
+from macha_obs.terminal import inert
+from macha_obs.webhook_token import ensure_token, load_token, token_path
 
 
 @main.command("webhook-token")
@@ -42,6 +43,6 @@ def webhook_token(ctx: click.Context, create: bool) -> None:
             )
         else:
             load_token(path)  # say now what would stop the daemon
-    except (WebhookTokenError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(inert(str(exc))) from exc
     click.echo(path)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from macha_obs.errors import MachaError
 from macha_obs.models import SNAPSHOT_READINGS, CollectorRun, Finding, Snapshot
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTOR_TIMEOUT = 30.0
 
 
-class CollectorError(Exception):
+class CollectorError(MachaError):
     """A collector could not produce a reading; the message says why."""
 
 

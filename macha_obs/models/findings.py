@@ -1,0 +1,61 @@
+"""Findings: what a collector saw that may need attention, and which collector says so."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from macha_obs.models.units import UnitName
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class FindingKind(StrEnum):
+    UNIT_FAILED = "unit_failed"
+    UNIT_FLAPPING = "unit_flapping"
+    DISK_FILLING = "disk_filling"
+    INODES_LOW = "inodes_low"
+    MEMORY_PRESSURE = "memory_pressure"
+    JOURNAL_ERROR_BURST = "journal_error_burst"
+    DNS_FAILING = "dns_failing"
+    TARGET_UNREACHABLE = "target_unreachable"
+    UNEXPECTED_REBOOT = "unexpected_reboot"
+    # units failed soon after the running NixOS generation changed: the switch is suspect
+    UNITS_FAILED_AFTER_SWITCH = "units_failed_after_switch"
+
+
+# The collector that reports each kind: when it fails, what it would say is unknown.
+FINDING_SOURCE: dict[FindingKind, str] = {
+    FindingKind.UNIT_FAILED: "systemd",
+    FindingKind.UNIT_FLAPPING: "systemd",
+    FindingKind.DISK_FILLING: "disks",
+    FindingKind.INODES_LOW: "disks",
+    FindingKind.MEMORY_PRESSURE: "resources",
+    FindingKind.JOURNAL_ERROR_BURST: "journal",
+    FindingKind.DNS_FAILING: "network",
+    FindingKind.TARGET_UNREACHABLE: "network",
+    FindingKind.UNEXPECTED_REBOOT: "boot",
+    FindingKind.UNITS_FAILED_AFTER_SWITCH: "nixos",
+}
+
+
+class Finding(BaseModel):
+    """Something a collector saw that may need attention."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: FindingKind
+    severity: Severity = Severity.WARNING
+    subject: str = Field(max_length=300, description="unit, mountpoint, name or target")
+    summary: str = Field(max_length=500)
+    unit: UnitName | None = None
+    details: dict[str, str | float | int | bool] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind.value}:{self.subject}"
