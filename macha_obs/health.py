@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from macha_obs.selfmetrics import HEALTH_PROBLEMS, LoopStats
+from macha_obs.metrics import HEALTH_PROBLEMS, LoopStats
 from macha_obs.store import Store
 
 PROBLEMS = HEALTH_PROBLEMS

@@ -12,10 +12,17 @@ import pytest
 from prometheus_client.core import Metric
 
 from macha_obs.agent.llm import LlmMetrics
-from macha_obs.brainmetrics import BrainCollector
 from macha_obs.config import AutonomyLevel
+from macha_obs.metrics import (
+    ListenerCollector,
+    LlmCollector,
+    LoopStats,
+    PersistentState,
+    SelfCollector,
+    WebhookCollector,
+)
 from macha_obs.receiver import ReceiverStats
-from macha_obs.selfmetrics import LoopStats, PersistentState, SelfCollector
+from macha_obs.server import ListenerStats
 from tests.eyes_support import PROJECT
 from tests.stack import Prometheus, poll
 
@@ -34,7 +41,13 @@ SECTIONS = {
         "Boot and NixOS",
         "Sidecar",
     },
-    SIDECAR_DASHBOARD.name: {"Needs a human", "Decisions and actions", "Loop", "LLM", "Webhook"},
+    SIDECAR_DASHBOARD.name: {
+        "Needs a human",
+        "Decisions and actions",
+        "Loop",
+        "LLM",
+        "Webhook and HTTP listener",
+    },
 }
 
 
@@ -111,8 +124,10 @@ def exported_names(metric: Metric) -> list[str]:
     match metric.type:
         case "counter":
             return [f"{metric.name}_total"]
-        case "summary" | "histogram":
+        case "summary":
             return [f"{metric.name}_count", f"{metric.name}_sum"]
+        case "histogram":
+            return [f"{metric.name}_bucket", f"{metric.name}_count", f"{metric.name}_sum"]
         case _:
             return [metric.name]
 
@@ -125,7 +140,9 @@ def test_sidecar_dashboard_shows_every_self_metric() -> None:
     )
     families = [
         *SelfCollector(LoopStats(), lambda: state).collect(),
-        *BrainCollector(ReceiverStats(), LlmMetrics()).collect(),
+        *WebhookCollector(ReceiverStats()).collect(),
+        *LlmCollector(LlmMetrics()).collect(),
+        *ListenerCollector(ListenerStats()).collect(),
     ]
     names = {name for family in families for name in exported_names(family)}
     exprs = " ".join(expr for _, expr in panel_exprs(load(SIDECAR_DASHBOARD)))

@@ -1,4 +1,5 @@
-"""The exporter: families from a fixture snapshot, the golden /metrics, promtool's lint."""
+"""The host exporter: families from a fixture snapshot; the golden /metrics (the whole
+scrape, self-metrics included) and promtool's lint of it; the fast renderer."""
 
 from __future__ import annotations
 
@@ -11,9 +12,22 @@ from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from macha_obs.exporter import UNIT_ACTIVE_STATES, build_registry
-from macha_obs.exposition import render
+from macha_obs.agent.llm import LlmMetrics
+from macha_obs.config import AutonomyLevel
+from macha_obs.metrics import (
+    UNIT_ACTIVE_STATES,
+    ListenerCollector,
+    LlmCollector,
+    LoopStats,
+    PersistentState,
+    SelfCollector,
+    WebhookCollector,
+    build_registry,
+    scrape_text,
+)
 from macha_obs.models import NixosReading, Snapshot
+from macha_obs.receiver import ReceiverStats
+from macha_obs.server import ListenerStats
 from tests.eyes_support import FIXTURES, fixture_snapshot
 
 GOLDEN = FIXTURES / "golden.metrics"
@@ -21,7 +35,8 @@ BUILD = {"version": "test", "python_version": "test"}
 
 
 def exposition(snapshot: Snapshot | None) -> str:
-    return generate_latest(build_registry(lambda: snapshot, build_info=BUILD)).decode()
+    registry = build_registry(lambda: snapshot, build_info=BUILD, process=False)
+    return generate_latest(registry).decode()
 
 
 def test_unit_state_is_one_series_per_state() -> None:
@@ -101,7 +116,7 @@ def test_another_collector_registers_beside_ours() -> None:
 
 def test_scrapes_keep_no_state() -> None:
     current = [fixture_snapshot()]
-    registry = build_registry(lambda: current[0], build_info=BUILD)
+    registry = build_registry(lambda: current[0], build_info=BUILD, process=False)
     first = generate_latest(registry)
     current[0] = current[0].model_copy(update={"systemd": None})
     assert b"macha_systemd_unit_state" not in generate_latest(registry)
@@ -109,8 +124,25 @@ def test_scrapes_keep_no_state() -> None:
     assert generate_latest(registry) == first
 
 
+def whole_scrape(snapshot: Snapshot) -> str:
+    """/metrics as `serve` builds it, before any event, but for process_* and python_info
+    (the only values that differ from run to run)."""
+    level = AutonomyLevel.AUTO_SAFE
+    state = PersistentState(0, False, level, level)
+    extra = [
+        SelfCollector(LoopStats(), lambda: state, dict),
+        WebhookCollector(ReceiverStats()),
+        LlmCollector(LlmMetrics()),
+        ListenerCollector(ListenerStats()),
+    ]
+    registry = build_registry(lambda: snapshot, extra=extra, build_info=BUILD, process=False)
+    return scrape_text(registry).decode()
+
+
 def test_golden_metrics() -> None:
-    text = exposition(fixture_snapshot())
+    """The whole /metrics: the host exporter over the fixture snapshot and the sidecar's
+    own metrics, every counter and histogram at 0."""
+    text = whole_scrape(fixture_snapshot())
     if os.environ.get("MACHA_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "set MACHA_UPDATE_GOLDEN=1 to accept a deliberate change"
@@ -162,4 +194,4 @@ class Assorted(Collector):
 
 def test_render_is_byte_for_byte_prometheus_client() -> None:
     registry = build_registry(fixture_snapshot, extra=[Assorted()])
-    assert render(registry.collect()) == generate_latest(registry)
+    assert scrape_text(registry) == generate_latest(registry)

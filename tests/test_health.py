@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from macha_obs.health import Health
-from macha_obs.selfmetrics import LoopStats
+from macha_obs.metrics import LoopStats
 from macha_obs.store import Store
 from tests.daemon_support import MACHA_OBS, Daemon
 from tests.labsd import LabSystemd

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from macha_obs.exporter import build_registry
 from macha_obs.incidents import IncidentStore
+from macha_obs.metrics import ListenerCollector, build_registry
 from macha_obs.receiver import HostMatcher, ReceiverApp
-from macha_obs.server import Limits, Listener, make_app, shutdown, start_server
+from macha_obs.server import Limits, Listener, ListenerStats, make_app, shutdown, start_server
 from macha_obs.store import Store
 from tests.labsd import wait_until
 from tests.real import unavailable
@@ -59,9 +59,11 @@ def serve(
     state: Path, limits: Limits | None = None, alerts_app: Any = None
 ) -> Iterator[tuple[Listener, int]]:
     """The real make_app and listener on port 0, with the real receiver on a real Store."""
+    stats = ListenerStats()  # made first, so /metrics exports it, as `serve` does
     with Store(state) as store:
-        app = make_app(build_registry(lambda: None), alerts_app=alerts_app or receiver_for(store))
-        server, thread = start_server("127.0.0.1", 0, app, limits=limits)
+        registry = build_registry(lambda: None, extra=[ListenerCollector(stats)])
+        app = make_app(registry, alerts_app=alerts_app or receiver_for(store))
+        server, thread = start_server("127.0.0.1", 0, app, limits=limits, stats=stats)
         try:
             yield server, server.server_port
         finally:
@@ -178,6 +180,22 @@ def test_300_held_connections_cost_no_thread_and_healthz_answers(tmp_path: Path,
         assert server.stats.snapshot()["saturated"] == 0
 
 
+def test_the_listeners_own_decisions_are_on_its_metrics(tmp_path: Path) -> None:
+    """Refusals the application never sees are counted by outcome and exported, every
+    outcome at 0 until it happens; the scrape's own request counts as served."""
+    with serve(tmp_path / "state") as (_, port):
+        bad_length = b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n"
+        chunked = b"POST /alerts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert status_of(exchange(port, bad_length)) == 400
+        assert status_of(exchange(port, chunked)) == 411
+        assert status_of(exchange(port, chunked)) == 411
+        scrape = exchange(port, request_bytes("GET", "/metrics"))
+    assert status_of(scrape) == 200
+    family = "macha_listener_connections_total"
+    for result, count in (("length", 1), ("chunked", 2), ("served", 1), ("saturated", 0)):
+        assert f'{family}{{result="{result}"}} {count}.0\n'.encode() in scrape, result
+
+
 def test_a_trickle_is_cut_off_by_the_deadline_not_per_read(tmp_path: Path) -> None:
     """A slowloris sends a byte far more often than any per-read timeout: the deadline for
     the whole request still ends it, with a 408."""
@@ -284,7 +302,7 @@ _CHILD = """
 import sys
 from pathlib import Path
 from macha_obs.server import Limits, make_app, shutdown, start_server
-from macha_obs.exporter import build_registry
+from macha_obs.metrics import build_registry
 from macha_obs.store import Store
 from tests.test_listener_limits import receiver_for
 

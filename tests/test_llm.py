@@ -164,7 +164,7 @@ def test_openai_response_format_forms(make_config) -> None:
 def test_metrics_are_exported(scripted_ollama: ScriptedOllama) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from macha_obs.brainmetrics import BrainCollector
+    from macha_obs.metrics import LlmCollector, WebhookCollector
     from macha_obs.receiver import ReceiverStats
 
     metrics, stats = LlmMetrics(), ReceiverStats()
@@ -175,7 +175,8 @@ def test_metrics_are_exported(scripted_ollama: ScriptedOllama) -> None:
         chat.chat(MESSAGES, {})
     stats.count("accepted", new=3, duplicate=1)
     registry = CollectorRegistry()
-    registry.register(BrainCollector(stats, metrics))
+    registry.register(WebhookCollector(stats))
+    registry.register(LlmCollector(metrics))
     value = registry.get_sample_value
     assert value("macha_llm_requests_total", {"outcome": "ok"}) == 1
     assert value("macha_llm_requests_total", {"outcome": "protocol"}) == 1

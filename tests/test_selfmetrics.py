@@ -11,8 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from macha_obs.config import AutonomyLevel
-from macha_obs.exposition import render
-from macha_obs.selfmetrics import LoopStats, PersistentState, SelfCollector
+from macha_obs.metrics import LoopStats, PersistentState, SelfCollector, scrape_text
 from macha_obs.server import make_app, shutdown, start_server
 from tests.stack import Prometheus, poll
 from tests.test_dashboards import SIDECAR_DASHBOARD, concrete, load
@@ -57,7 +56,7 @@ def test_existing_callers_need_not_know_about_pauses() -> None:
 @pytest.mark.stack
 @pytest.mark.parametrize("now", [state(), state(paused=True, until=UNTIL)], ids=["idle", "paused"])
 def test_self_metrics_pass_promtool_lint(promtool: str, now: PersistentState) -> None:
-    text = render(registry(lambda: now).collect())
+    text = scrape_text(registry(lambda: now))
     check = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, timeout=60, check=False
     )

@@ -11,7 +11,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import psutil
 import pytest
 
-from macha_obs.exporter import build_registry
+from macha_obs.metrics import build_registry
 from macha_obs.server import (
     Framing,
     Refusal,

@@ -1,9 +1,9 @@
-"""The Prometheus view of the latest Snapshot, on our own CollectorRegistry.
+"""The host exporter: the Prometheus view of the latest Snapshot.
 
 Every collect() builds fresh metric families from the snapshot the collection loop
 published last and keeps nothing between scrapes: a scrape never touches the host and
-never waits for a collector. Other rooms add their self-metrics by registering their own
-Collector on the same registry (`build_registry(source, extra=[...])`).
+never waits for a collector (registry.py puts it on our own registry beside the
+sidecar's own metrics).
 
 Cardinality, family by family, is noted beside each metric: every label value comes
 from a fixed set, from the host's units and filesystems, or from the configured probe
@@ -13,10 +13,9 @@ targets; never free text.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
@@ -269,17 +268,3 @@ class SnapshotCollector(Collector):
         for families, reading in readings:
             if reading is not None:
                 yield from families(reading)
-
-
-def build_registry(
-    source: SnapshotSource,
-    *,
-    extra: Iterable[Collector] = (),
-    build_info: Mapping[str, str] | None = None,
-) -> CollectorRegistry:
-    """Our own registry (never the global one) with the snapshot view and any `extra`."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(source, build_info=build_info))
-    for collector in extra:
-        registry.register(collector)
-    return registry

@@ -1,0 +1,53 @@
+"""The metrics room: everything /metrics says, on our own registry.
+
+    host.py      the host exporter: the latest Snapshot as metric families
+    sidecar.py   the sidecar's own metrics: decisions, actions, loop, health, the ledger
+    webhook.py   llm.py   listener.py   the intake, model and HTTP listener counters
+    stats.py     the small protocols those collectors read the counters through
+    loop.py      LoopStats, the orchestrator's counters (the others live where they happen)
+    registry.py  build_registry: the above plus process_* and python_info
+    _exposition  the text renderer, private: callers ask for `scrape_text(registry)`
+
+It imports `models` and `config` only: the rooms it measures hand it their counters
+through the protocols in stats.py (tests/test_metrics_layering.py holds it to that).
+"""
+
+from macha_obs.metrics._exposition import CONTENT_TYPE, scrape_text
+from macha_obs.metrics.host import UNIT_ACTIVE_STATES, SnapshotCollector, SnapshotSource
+from macha_obs.metrics.listener import ListenerCollector
+from macha_obs.metrics.llm import LlmCollector
+from macha_obs.metrics.loop import ACTION_DURATION_BUCKETS, LoopStats
+from macha_obs.metrics.registry import build_registry
+from macha_obs.metrics.sidecar import HEALTH_PROBLEMS, PersistentState, SelfCollector
+from macha_obs.metrics.stats import (
+    Histogram,
+    ListenerStatsView,
+    LlmStatsView,
+    LoopCounts,
+    LoopStatsView,
+    WebhookStatsView,
+)
+from macha_obs.metrics.webhook import WebhookCollector
+
+__all__ = [
+    "ACTION_DURATION_BUCKETS",
+    "CONTENT_TYPE",
+    "HEALTH_PROBLEMS",
+    "UNIT_ACTIVE_STATES",
+    "Histogram",
+    "ListenerCollector",
+    "ListenerStatsView",
+    "LlmCollector",
+    "LlmStatsView",
+    "LoopCounts",
+    "LoopStats",
+    "LoopStatsView",
+    "PersistentState",
+    "SelfCollector",
+    "SnapshotCollector",
+    "SnapshotSource",
+    "WebhookCollector",
+    "WebhookStatsView",
+    "build_registry",
+    "scrape_text",
+]

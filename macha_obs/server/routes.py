@@ -1,0 +1,95 @@
+"""The listener's routes: GET /metrics, /healthz, /readyz and POST /alerts, as one WSGI app.
+
+The webhook is an injected WSGI callable, so the server does not import the receiver.
+/metrics is whatever the metrics room renders from the registry (gzip when asked for).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Callable, Iterable
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import CollectorRegistry
+
+from macha_obs.metrics import CONTENT_TYPE, scrape_text
+
+log = logging.getLogger(__name__)
+
+# Go's default level, as node_exporter uses: level 9 (gzip's default) costs ~10x the CPU
+# for a few percent less on the wire.
+GZIP_LEVEL = 6
+
+
+def _reply(
+    start_response: StartResponse,
+    status: str,
+    body: bytes,
+    headers: Iterable[tuple[str, str]] = (("Content-Type", "text/plain; charset=utf-8"),),
+    *,
+    head: bool = False,
+) -> list[bytes]:
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
+    return [] if head else [body]
+
+
+def _not_allowed(start_response: StartResponse, allow: str) -> list[bytes]:
+    return _reply(
+        start_response,
+        "405 Method Not Allowed",
+        f"use {allow}\n".encode(),
+        [("Content-Type", "text/plain; charset=utf-8"), ("Allow", allow)],
+    )
+
+
+def _metrics(
+    registry: CollectorRegistry, environ: WSGIEnvironment, start_response: StartResponse
+) -> list[bytes]:
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method == "OPTIONS":
+        return _reply(start_response, "200 OK", b"", [("Allow", "GET, HEAD, OPTIONS")])
+    if method not in ("GET", "HEAD"):
+        return _not_allowed(start_response, "GET, HEAD, OPTIONS")
+    body = scrape_text(registry)
+    headers = [("Content-Type", CONTENT_TYPE)]
+    if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        headers.append(("Content-Encoding", "gzip"))
+    return _reply(start_response, "200 OK", body, headers, head=method == "HEAD")
+
+
+def make_app(
+    registry: CollectorRegistry,
+    *,
+    alerts_app: WSGIApplication | None = None,
+    ready: Callable[[], bool] = lambda: True,
+    health: Callable[[], str | None] | None = None,
+) -> WSGIApplication:
+    """Route the listener's paths; `alerts_app` None answers POST /alerts with 404.
+
+    `health`, when given, decides /readyz: None is ready, else the reasons it is not,
+    in the 503's body (macha_obs/health.py); without it, `ready()` does."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/metrics":
+            return _metrics(registry, environ, start_response)
+        if path in ("/healthz", "/readyz"):
+            if method not in ("GET", "HEAD"):
+                return _not_allowed(start_response, "GET, HEAD")
+            head = method == "HEAD"
+            if path == "/healthz":
+                return _reply(start_response, "200 OK", b"ok\n", head=head)
+            why = health() if health is not None else (None if ready() else "no snapshot yet")
+            if why is None:
+                return _reply(start_response, "200 OK", b"ready\n", head=head)
+            return _reply(start_response, "503 Service Unavailable", f"{why}\n".encode(), head=head)
+        if path == "/alerts" and alerts_app is not None:
+            if method != "POST":
+                return _not_allowed(start_response, "POST")
+            return alerts_app(environ, start_response)
+        return _reply(start_response, "404 Not Found", b"not found\n")
+
+    return app
