@@ -37,9 +37,9 @@ python3Packages.buildPythonApplication {
   build-system = [ python3Packages.setuptools ];
   dependencies = map (name: python3Packages.${name}) dependencyNames;
 
-  # The daemon starts helpers as `sys.executable -m macha_obs...` (the D-Bus worker): the
-  # interpreter alone does not know the package's site-packages, the wrapper's
-  # PYTHONPATH does, and children inherit it.
+  # The daemon starts its D-Bus child as `sys.executable -I -S .../macha_obs/systemd/worker.py`
+  # and hands it its own sys.path: the interpreter alone does not know the package's
+  # site-packages, the wrapper's PYTHONPATH does.
   makeWrapperArgs = [
     "--prefix"
     "PYTHONPATH"

@@ -1,9 +1,12 @@
-"""systemd collector: parsing and findings on literals, the probe's child process, and the
+"""systemd collector: parsing and findings on literals, the long-lived D-Bus child, and the
 real systemd sandbox (a failed unit, a stalled bus)."""
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,20 +14,25 @@ from macha_obs.collect.base import CollectorError, collect_all
 from macha_obs.collect.systemd import (
     SystemdCollector,
     parse_units,
-    probe_argv,
     restarts_in_window,
-    run_probe,
     summarize_units,
 )
-from macha_obs.exporter import build_registry
+from macha_obs.errors import SystemdError
+from macha_obs.metrics import build_registry
 from macha_obs.models import FindingKind, UnitReading
+from macha_obs.systemd.bus import IsolatedBus
 from tests.eyes_support import fixture_text
-from tests.labsd import LabSystemd
+from tests.labsd import LabSystemd, wait_until
 from tests.systemd_fixtures import UnitFactory
 
 
+def fixture_rows(name: str) -> list[Any]:
+    rows: list[Any] = json.loads(fixture_text(name))["units"]
+    return rows
+
+
 def test_parse_units_keeps_valid_rows_only() -> None:
-    units = parse_units(fixture_text("systemd/units.json"))
+    units = parse_units(fixture_rows("systemd/units.json"))
     assert [u.name for u in units] == [
         "nginx.service",
         "sshd.service",
@@ -40,7 +48,7 @@ def test_parse_units_keeps_valid_rows_only() -> None:
 
 
 def test_parse_units_of_empty_output() -> None:
-    assert parse_units('{"units": []}') == []
+    assert parse_units([]) == []
 
 
 def test_restarts_in_window_counts_recent_samples_only() -> None:
@@ -51,7 +59,7 @@ def test_restarts_in_window_counts_recent_samples_only() -> None:
 
 
 def test_summarize_units_reports_failed_and_flapping() -> None:
-    units = parse_units(fixture_text("systemd/units.json"))
+    units = parse_units(fixture_rows("systemd/units.json"))
     findings = summarize_units(units, {"app.service": 3, "sshd.service": 2}, flapping_restarts=3)
     assert [(f.kind, f.unit) for f in findings] == [
         (FindingKind.UNIT_FAILED, "nginx.service"),
@@ -63,12 +71,12 @@ def test_collector_flapping_from_restart_history() -> None:
     now = [0.0]
     counts = iter([0, 1, 2, 3, 0])
 
-    def probe(argv: object, timeout: float) -> str:
-        del argv, timeout
-        n = next(counts)
-        return f'{{"units": [["app.service", "loaded", "active", "running", {n}, 0]]}}'
+    class Table:
+        def unit_table(self, include: str, exclude: str, timeout: float | None = None) -> Any:
+            del include, exclude, timeout
+            return [["app.service", "loaded", "active", "running", next(counts), 0]]
 
-    collector = SystemdCollector(probe=probe, clock=lambda: now[0], flapping_restarts=3)
+    collector = SystemdCollector(bus=Table(), clock=lambda: now[0], flapping_restarts=3)
     kinds = []
     for _ in range(5):
         _, findings = collector.collect()
@@ -78,15 +86,30 @@ def test_collector_flapping_from_restart_history() -> None:
     assert kinds == [[], [], [], [FindingKind.UNIT_FLAPPING], []]
 
 
-def test_probe_argv_passes_address_only_when_given() -> None:
-    assert "--address" not in probe_argv(None, ".+", "")
-    assert probe_argv("unix:path=/x", ".+", "")[-2:] == ["--address", "unix:path=/x"]
+def test_collector_without_a_bus_fails_cleanly() -> None:
+    collector = SystemdCollector(address="unix:path=/nonexistent/bus", timeout=30)
+    try:
+        with pytest.raises(CollectorError, match="Could not open a bus"):
+            collector.collect()
+    finally:
+        collector.bus.close()  # type: ignore[attr-defined]
 
 
-def test_probe_without_a_bus_fails_cleanly() -> None:
-    argv = probe_argv("unix:path=/nonexistent/bus", ".+", "")
-    with pytest.raises(CollectorError, match="probe failed"):
-        run_probe(argv, timeout=30)
+def test_the_dbus_child_loads_neither_pydantic_nor_lxml() -> None:
+    """The child is most of the sidecar's memory beyond its own interpreter: stdlib and
+    pystemd's C bus only (no pydantic from our models, no lxml from pystemd's package)."""
+    bus = IsolatedBus("unix:path=/nonexistent/bus", timeout=30)
+    try:
+        with pytest.raises(SystemdError):
+            bus.list_units()
+        pid = bus.child.pid()
+        assert pid is not None
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "dbuslib" in maps
+        assert "pydantic" not in maps
+        assert "lxml" not in maps
+    finally:
+        bus.close()
 
 
 # ------------------------------------------------------------------ the real systemd
@@ -116,10 +139,31 @@ def test_failed_unit_shows_as_state_series_and_finding(
 
 
 @pytest.mark.systemd
+def test_collections_reuse_one_long_lived_child(systemd_container: LabSystemd) -> None:
+    """No process is started per collection: the D-Bus child outlives every cycle."""
+    bus = IsolatedBus(systemd_container.bus_address, timeout=20)
+    try:
+        collector = SystemdCollector(bus=bus, timeout=20)
+        collector.collect()
+        child = bus.child.pid()
+        assert child is not None
+        for _ in range(3):
+            collector.collect()
+        assert bus.child.pid() == child
+        # the executor's calls ride on the same child
+        assert bus.unit_state("dbus.service").active_state == "active"
+        assert bus.child.pid() == child
+    finally:
+        bus.close()
+
+
+@pytest.mark.systemd
 def test_stalled_bus_fails_the_collector_not_the_scrape(systemd_container: LabSystemd) -> None:
-    collector = SystemdCollector(address=systemd_container.bus_address, timeout=3)
+    bus = IsolatedBus(systemd_container.bus_address, timeout=3)
+    collector = SystemdCollector(bus=bus, timeout=3)
     good = collect_all([collector], hostname="lab")
     assert good.collectors["systemd"].success
+    stalled_child = bus.child.pid()
     latest = [good]
     registry = build_registry(lambda: latest[0])
     done = threading.Event()
@@ -147,8 +191,22 @@ def test_stalled_bus_fails_the_collector_not_the_scrape(systemd_container: LabSy
     assert (
         registry.get_sample_value("macha_scrape_collector_success", {"collector": "systemd"}) == 0.0
     )
-    # the bus answers again once the daemon runs: the next cycle recovers
+    # the child that waited on the stalled bus was killed, never left hanging
+    assert bus.child.pid() is None
+    assert stalled_child is not None
+    assert wait_until(lambda: not _alive(stalled_child), 10)
+    # the bus answers again once the daemon runs: the next cycle recovers on a new child
     assert collect_all([collector], hostname="lab").collectors["systemd"].success
+    assert bus.child.pid() not in (None, stalled_child)
+    bus.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_unit_reading_failed_list() -> None:

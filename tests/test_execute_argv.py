@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from macha_obs.errors import RunnerError
 from macha_obs.execute.diagnostics import Diagnostics, ProcessRow, diagnostic_argv
-from macha_obs.execute.errors import RunnerError
 from macha_obs.execute.journal import JournalExecutor, vacuum_argv
 from macha_obs.execute.nix import NixExecutor, nix_argv
 from macha_obs.execute.runner import Completed, subprocess_runner, truncate

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from macha_obs.execute.dbus_worker import IsolatedBus
-from macha_obs.execute.errors import RefusedError
+from macha_obs.errors import RefusedError
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.models import ResetFailed, RestartUnit, StartUnit, UnitState
+from macha_obs.systemd.bus import IsolatedBus
 from tests.labsd import LabSystemd, wait_until
 
 pytestmark = pytest.mark.systemd

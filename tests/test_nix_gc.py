@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from macha_obs import config as config_mod
-from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
 from macha_obs.execute.journal import JournalExecutor
@@ -23,6 +22,7 @@ from macha_obs.execute.privileged import PrivilegedExecutor
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.models import ExecutionResult, NixGc
+from macha_obs.systemd.bus import IsolatedBus
 from tests.labsd import LabSystemd
 from tests.test_rebuild import FakeNixos, lab_fake, privileged_template
 

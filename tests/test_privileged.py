@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.privileged import (
     PrivilegedAction,
     PrivilegedExecutor,
@@ -25,6 +24,7 @@ from macha_obs.models import (
     NixRollback,
     validate_unit_name,
 )
+from macha_obs.systemd.bus import IsolatedBus
 from tests.labsd import LabSystemd
 
 ACTIONS = st.one_of(

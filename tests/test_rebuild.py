@@ -8,7 +8,8 @@ how a new generation breaks a unit and the old one repairs it. The sequence's he
 check reads the real lab systemd over D-Bus.
 
 `python -m tests.test_rebuild STATE ROOT BUS` runs the sequence in a process of its own
-and says `switched` once the new generation is active: the crash test SIGKILLs it there.
+and says `switched` once the new generation is active and the health window recorded:
+the crash test SIGKILLs it there.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ import pytest
 from macha_obs.agent.runbooks import runbook_decision
 from macha_obs.collect.nixos import (
     NixosCollector,
-    probe_failed_units,
     summarize_switch,
     switch_time,
 )
+from macha_obs.collect.systemd import probe_failed_units
 from macha_obs.config import Config
-from macha_obs.execute.dbus_worker import IsolatedBus
+from macha_obs.errors import RefusedError
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
-from macha_obs.execute.errors import RefusedError
 from macha_obs.execute.journal import JournalExecutor
 from macha_obs.execute.nix import NixExecutor
 from macha_obs.execute.privileged import PrivilegedExecutor
@@ -43,6 +43,7 @@ from macha_obs.execute.rebuild import (
     REBUILD_KEY,
     HealthChecks,
     RebuildSequence,
+    Step,
     current_generation,
     newly_failed,
 )
@@ -51,7 +52,6 @@ from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.incidents import IncidentStore
 from macha_obs.models import (
     ApprovalStatus,
-    ExecutionResult,
     FindingKind,
     NixRebuild,
     NixRollback,
@@ -59,6 +59,7 @@ from macha_obs.models import (
 )
 from macha_obs.remediate import Remediator
 from macha_obs.store import Store, owner_alive
+from macha_obs.systemd.bus import IsolatedBus
 from tests.labsd import LabSystemd, wait_until
 
 FAKE_NIX = r"""
@@ -398,20 +399,21 @@ def test_a_named_check_unit_that_is_not_active_rolls_back(
 
 
 def worker(state: Path, root: Path, bus_address: str) -> None:
-    """Run the sequence with a long window; say `switched` once the new one runs."""
+    """Run the sequence with a long window; say `switched` once "checking" is recorded."""
     store = Store(state)
     bus = IsolatedBus(bus_address)
     executor = executor_for(bus, root, store, window=600)
     assert executor.rebuild is not None
     sequence = executor.rebuild
 
-    def announcing(action: Any) -> ExecutionResult:
-        result = executor.root_step(action)
-        if action == NixRebuild(mode="test"):
-            print("switched", flush=True)
-        return result
+    write = sequence._write
 
-    sequence.steps = announcing
+    def announcing(step: Step, generation: int | None, detail: str = "") -> None:
+        write(step, generation, detail)
+        if step is Step.CHECKING:  # recorded: the kill lands inside the health window
+            print("switched", flush=True)
+
+    sequence._write = announcing  # type: ignore[method-assign]
     sequence.run()
 
 

@@ -19,8 +19,7 @@ import pytest
 from macha_obs import config as config_mod
 from macha_obs.cli.wiring import Sidecar, assemble
 from macha_obs.config import Config
-from macha_obs.execute.dbus_events import UnitEvent
-from macha_obs.execute.errors import RefusedError
+from macha_obs.errors import RefusedError
 from macha_obs.incidents import IncidentStore
 from macha_obs.models import (
     Action,
@@ -37,6 +36,7 @@ from macha_obs.models import (
 from macha_obs.remediate import Remediator
 from macha_obs.scope import Scope
 from macha_obs.store import Store
+from macha_obs.systemd.events import UnitEvent
 from tests.daemon_support import MACHA_APPROVE, MACHA_OBS, Daemon
 from tests.labsd import LabSystemd
 from tests.receiver_support import alert, payload

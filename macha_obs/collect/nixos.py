@@ -19,13 +19,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from macha_obs.collect.systemd import (
-    DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
-    parse_units,
-    probe_argv,
-    run_probe,
-)
 from macha_obs.models import Finding, FindingKind, NixosReading, Severity
 
 _GENERATION = re.compile(r"^system-(\d+)-link$")
@@ -105,17 +98,6 @@ def summarize_switch(
             },
         )
     ]
-
-
-def probe_failed_units(address: str | None, timeout: float) -> FailedUnits:
-    """The failed units and when they failed, through the systemd collector's probe."""
-    argv = probe_argv(address, DEFAULT_INCLUDE, DEFAULT_EXCLUDE)
-
-    def fetch() -> list[tuple[str, float | None]]:
-        units = parse_units(run_probe(argv, timeout))
-        return [(u.name, u.state_change_timestamp) for u in units if u.active_state == "failed"]
-
-    return fetch
 
 
 class NixosCollector:

@@ -8,16 +8,19 @@ from macha_obs.collect.disks import DisksCollector
 from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MetaStore
 from macha_obs.collect.network import NetworkCollector
-from macha_obs.collect.nixos import NixosCollector, probe_failed_units
+from macha_obs.collect.nixos import NixosCollector
 from macha_obs.collect.resources import ResourcesCollector
-from macha_obs.collect.systemd import SystemdCollector
+from macha_obs.collect.systemd import SystemdCollector, probe_failed_units
 from macha_obs.config import Config
+from macha_obs.systemd.bus import UnitTable
 
 
-def build_collectors(cfg: Config, meta: MetaStore) -> list[Collector]:
-    """Every collector, configured from `cfg`; `meta` keeps the journal cursor and boot id."""
+def build_collectors(cfg: Config, meta: MetaStore, bus: UnitTable | None = None) -> list[Collector]:
+    """Every collector, configured from `cfg`; `meta` keeps the journal cursor and boot id;
+    `bus`, the sidecar's one D-Bus child (without it, the systemd collectors start their own)."""
     return [
         SystemdCollector(
+            bus=bus,
             address=cfg.systemd_bus_address,
             timeout=cfg.dbus_timeout,
             flapping_restarts=cfg.flapping_restarts,
@@ -32,6 +35,6 @@ def build_collectors(cfg: Config, meta: MetaStore) -> list[Collector]:
         NixosCollector(
             root=cfg.nix_root,
             rollback_window=cfg.nix_rollback_window,
-            failed_units=probe_failed_units(cfg.systemd_bus_address, cfg.dbus_timeout),
+            failed_units=probe_failed_units(cfg.systemd_bus_address, cfg.dbus_timeout, bus=bus),
         ),
     ]

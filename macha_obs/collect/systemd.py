@@ -1,23 +1,20 @@
 """systemd: every unit's load/active/sub state, NRestarts and last state change.
 
-The D-Bus I/O runs in a child process (systemd_probe.py) killed at `timeout`: pystemd
-keeps the GIL while it waits on the bus, so an in-process bound cannot work (see the
-probe's docstring). A stalled bus therefore fails this collector, and nothing else.
+The D-Bus I/O runs in the sidecar's long-lived D-Bus child (systemd/child.py), bounded by
+`timeout`: pystemd keeps the GIL while it waits on the bus, so an in-process bound cannot
+work. A stalled bus therefore fails this collector (the child is killed and the next call
+starts a new one), and nothing else.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from macha_obs.collect.base import CollectorError
+from macha_obs.errors import SystemdError
 from macha_obs.models import (
     Finding,
     FindingKind,
@@ -27,44 +24,27 @@ from macha_obs.models import (
     UnitReading,
     validate_unit_name,
 )
+from macha_obs.systemd.bus import IsolatedBus, UnitTable
+from macha_obs.systemd.events import UnitEvent
 
-PROBE = Path(__file__).with_name("systemd_probe.py")
 # node_exporter's default: these types are numerous, rarely actionable, and would
 # multiply the unit-state series (6 per unit) for no alert we write.
 DEFAULT_INCLUDE = r".+"
 DEFAULT_EXCLUDE = r".+\.(?:automount|device|mount|scope|slice)"
 
-Probe = Callable[[Sequence[str], float], str]
 
-
-def run_probe(argv: Sequence[str], timeout: float) -> str:
-    """Run the probe as a child process; its stdout, or CollectorError."""
+def fetch_units(bus: UnitTable, include: str, exclude: str, timeout: float) -> list[Any]:
+    """The unit table from the D-Bus child, or CollectorError (a stalled bus, no bus)."""
     try:
-        done = subprocess.run(
-            list(argv), capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired as exc:  # run() has killed the child already
-        raise CollectorError(f"systemd did not answer on D-Bus within {timeout:g}s") from exc
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip()[-300:]
-        raise CollectorError(f"systemd probe failed ({done.returncode}): {detail}")
-    return done.stdout.decode()
+        return bus.unit_table(include, exclude, timeout)
+    except SystemdError as exc:
+        raise CollectorError(f"systemd over D-Bus: {exc}") from exc
 
 
-def probe_argv(address: str | None, include: str, exclude: str) -> list[str]:
-    # -I: the child ignores PYTHON* variables and the user's site; it gets our sys.path
-    # explicitly instead, which is what finds pystemd (in a venv or a Nix wrapper alike).
-    search = os.pathsep.join(p for p in sys.path if p)
-    argv = [sys.executable, "-I", str(PROBE), "--include", include, "--exclude", exclude]
-    argv += ["--sys-path", search]
-    return [*argv, "--address", address] if address else argv
-
-
-def parse_units(text: str) -> list[UnitReading]:
-    """The probe's JSON → readings; a malformed row is skipped, never fatal."""
-    data: Any = json.loads(text)
+def parse_units(rows: Sequence[Any]) -> list[UnitReading]:
+    """The child's rows → readings; a malformed row is skipped, never fatal."""
     readings = []
-    for row in data.get("units", []):
+    for row in rows:
         try:
             name, load, active, sub, restarts, changed_usec = row
             readings.append(
@@ -124,20 +104,22 @@ class SystemdCollector:
     def __init__(
         self,
         *,
+        bus: UnitTable | None = None,
         address: str | None = None,
         timeout: float = 10.0,
         include: str = DEFAULT_INCLUDE,
         exclude: str = DEFAULT_EXCLUDE,
         flapping_restarts: int = 3,
         flapping_window: float = 900.0,
-        probe: Probe = run_probe,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.argv = probe_argv(address, include, exclude)
+        """`bus`: the sidecar's shared D-Bus child; without it, one of its own on `address`."""
+        self.bus: UnitTable = IsolatedBus(address, timeout=timeout) if bus is None else bus
+        self.include = include
+        self.exclude = exclude
         self.timeout = timeout
         self.flapping_restarts = flapping_restarts
         self.flapping_window = flapping_window
-        self.probe = probe
         self.clock = clock
         self._history: dict[str, deque[tuple[float, int]]] = {}
 
@@ -159,6 +141,32 @@ class SystemdCollector:
         return recent
 
     def collect(self) -> tuple[SystemdReading, list[Finding]]:
-        units = parse_units(self.probe(self.argv, self.timeout))
+        units = parse_units(fetch_units(self.bus, self.include, self.exclude, self.timeout))
         recent = self._recent_restarts(units, self.clock())
         return SystemdReading(units=units), summarize_units(units, recent, self.flapping_restarts)
+
+
+def probe_failed_units(
+    address: str | None, timeout: float, *, bus: UnitTable | None = None
+) -> Callable[[], list[tuple[str, float | None]]]:
+    """The failed units and when they failed (for the NixOS collector's switch check),
+    through `bus` (the shared D-Bus child) or, without it, a child of its own."""
+    source: UnitTable = IsolatedBus(address, timeout=timeout) if bus is None else bus
+
+    def fetch() -> list[tuple[str, float | None]]:
+        units = parse_units(fetch_units(source, DEFAULT_INCLUDE, DEFAULT_EXCLUDE, timeout))
+        return [(u.name, u.state_change_timestamp) for u in units if u.active_state == "failed"]
+
+    return fetch
+
+
+def unit_failed_finding(event: UnitEvent) -> Finding:
+    """A unit seen entering `failed` on D-Bus, as the finding the collector would make."""
+    return Finding(
+        kind=FindingKind.UNIT_FAILED,
+        severity=Severity.CRITICAL,
+        subject=event.unit,
+        unit=event.unit,
+        summary=f"{event.unit} entered failed ({event.sub_state})",
+        details={"source": "dbus", "sub_state": event.sub_state},
+    )

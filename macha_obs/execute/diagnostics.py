@@ -15,8 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from macha_obs.execute.bus import SystemdBus
-from macha_obs.execute.errors import ExecutorError
+from macha_obs.errors import ExecutorError
 from macha_obs.execute.runner import Runner, truncate
 from macha_obs.models import (
     Diagnostic,
@@ -28,6 +27,7 @@ from macha_obs.models import (
     TopProcesses,
     UnitStatus,
 )
+from macha_obs.systemd.bus import SystemdBus
 
 
 def diagnostic_argv(diag: Diagnostic, *, journal_dir: Path | None = None) -> list[str] | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from macha_obs.errors import RefusedError
 from macha_obs.execute.diagnostics import Diagnostics
-from macha_obs.execute.errors import RefusedError
 from macha_obs.execute.journal import JournalExecutor
 from macha_obs.execute.nix import STORE, Measure, NixExecutor, free_bytes, measured_gc
 from macha_obs.execute.privileged import PrivilegedAction, PrivilegedExecutor

@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from macha_obs.execute.bus import SystemdBus
-from macha_obs.execute.errors import RunnerError, SystemdError
+from macha_obs.errors import RunnerError, SystemdError
 from macha_obs.execute.journal import vacuum_argv
 from macha_obs.execute.nix import nix_commands, system_profile
 from macha_obs.execute.runner import Runner
@@ -28,6 +27,7 @@ from macha_obs.models import (
     NixRebuild,
     NixRollback,
 )
+from macha_obs.systemd.bus import SystemdBus
 
 PrivilegedAction = NixGc | NixGcKeep | NixRebuild | NixRollback | NixActivate | JournalVacuum
 

@@ -22,11 +22,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from macha_obs.execute.bus import SystemdBus
-from macha_obs.execute.errors import ExecutorError
+from macha_obs.errors import ExecutorError
 from macha_obs.execute.nix import system_profile
 from macha_obs.execute.privileged import PrivilegedAction
 from macha_obs.models import ExecutionResult, NixActivate, NixRebuild
+from macha_obs.systemd.bus import SystemdBus
 
 REBUILD_KEY = "nix.rebuild"  # the sequence's intent record in the store's meta table
 StepRunner = Callable[[PrivilegedAction], ExecutionResult]

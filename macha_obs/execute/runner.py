@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from macha_obs.execute.errors import RunnerError
+from macha_obs.errors import RunnerError
 
 OUTPUT_LIMIT = 16_384
 
@@ -29,17 +27,6 @@ def truncate(text: str, limit: int = OUTPUT_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n[... truncated {len(text) - limit} characters]"
-
-
-def python_child(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
-    """argv and environment to run one of our modules in a child interpreter.
-
-    Under Nix, sys.executable is a bare interpreter that does not see the wrapped
-    program's packages: hand the child our sys.path explicitly.
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    return [sys.executable, "-m", module, *args], env
 
 
 def subprocess_runner(argv: Sequence[str], *, timeout: float) -> Completed:

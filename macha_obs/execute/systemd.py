@@ -26,9 +26,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from macha_obs.execute.bus import SystemdBus
-from macha_obs.execute.errors import RefusedError, SystemdError, TransientDBusError
+from macha_obs.errors import RefusedError, SystemdError, TransientDBusError
 from macha_obs.models import ExecutionResult, ResetFailed, RestartUnit, StartUnit, UnitState
+from macha_obs.systemd.bus import SystemdBus
 
 UnitAction = RestartUnit | StartUnit | ResetFailed
 T = TypeVar("T")
