@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -167,15 +168,36 @@ exec setpriv --bounding-set="$DROP" \
 
 # The container mounts fresh tmpfs on these: host paths below them are invisible inside.
 _FRESH_MOUNTS = (Path("/tmp"), Path("/run"), Path("/dev/shm"))
+# A unit's own sandbox may hide these too: PrivateTmp= (/tmp, /var/tmp) and ProtectHome=
+# (/root, /home, /run/user).
+_SANDBOX_HIDES = (*_FRESH_MOUNTS, Path("/var/tmp"), Path("/root"), Path("/home"))
 
 
-def hidden_paths() -> list[Path]:
-    """This checkout and the running interpreter's prefix, where the container's fresh
-    /tmp or /run would hide them (a CI clone under /tmp): units in the container run
-    the project's own binaries, so they are bound in read-only at the same paths."""
-    wanted = {Path(__file__).resolve().parent.parent, Path(sys.prefix).resolve()}
-    hidden = sorted(p for p in wanted if any(p.is_relative_to(m) for m in _FRESH_MOUNTS))
-    return [p for p in hidden if not any(p != q and p.is_relative_to(q) for q in hidden)]
+def _project_paths() -> set[Path]:
+    """This checkout and the running interpreter's prefixes: units in the container run
+    the project's own binaries from them."""
+    wanted = {Path(__file__).resolve().parent.parent}
+    return wanted | {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+
+
+def _outermost(paths: Collection[Path]) -> list[Path]:
+    ordered = sorted(paths)
+    return [p for p in ordered if not any(p != q and p.is_relative_to(q) for q in ordered)]
+
+
+def hidden_paths(hiders: Collection[Path] = _FRESH_MOUNTS) -> list[Path]:
+    """The project's paths where a mount on one of `hiders` would hide them (a CI clone
+    under /tmp): they are bound in read-only at the same paths."""
+    return _outermost({p for p in _project_paths() if any(p.is_relative_to(m) for m in hiders)})
+
+
+def checkout_dropin() -> str:
+    """A unit drop-in for this machine only, so that a clone and its venv at any path (under
+    /var/tmp, /tmp, /home, /root) run inside the sandbox of a unit under test: the unit's
+    hardening stays as shipped; only the project's paths it would hide are bound in,
+    read-only, at the same paths. On NixOS the package is in /nix/store and needs none."""
+    binds = hidden_paths(_SANDBOX_HIDES)
+    return "[Service]\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in binds)
 
 
 class LabBootError(RuntimeError):
@@ -379,6 +401,7 @@ class LabSystemd:
             self._launch()
             self._pid = self._wait_for_init(started)
             self._wait_until_running(started)
+            self._open_project_paths()
         except Exception as error:
             detail = self._failure_detail()
             self.stop(graceful=False)
@@ -390,6 +413,19 @@ class LabSystemd:
         # Normal interpreter exit without fixture teardown; PDEATHSIG covers a SIGKILL.
         atexit.register(self.stop)
         return self
+
+    def _open_project_paths(self) -> None:
+        """Any user in the container may reach the project's paths, as a package under /opt
+        or /nix/store may be reached: a directory above them that others may not enter (a
+        pyenv under /root, 0700) gets o+x in the container's overlay, never on the host."""
+        for path in _project_paths():
+            for parent in path.parents[:-1]:  # not /
+                inside = self.root / parent.relative_to("/")
+                if not inside.is_dir():
+                    break  # a lower layer of its own, without the project
+                mode = stat.S_IMODE(inside.stat().st_mode)
+                if not mode & 0o001:
+                    inside.chmod(mode | 0o001)
 
     def _launch(self) -> None:
         cgroot = _cgroup2_root()

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.labsd import LabSystemd, hidden_paths, wait_until
+from tests.labsd import LabSystemd, checkout_dropin, wait_until
 from tests.test_install import PRIVILEGED, SERVICE, tool
 
 # the lab of the NixOS rendering: what its daemon's user may do, the daemon started and stopped
@@ -45,17 +45,6 @@ for diag in (TopProcesses(count=50), ListeningSockets()):
 CLI = ("-c", "import macha_obs.cli.install; from macha_obs.cli import main; main()")
 
 
-def sandbox_for_this_machine() -> str:
-    """This machine only (as tests/nix_support.py ModuleLab does): the venv's interpreter
-    lives under /root, which ProtectHome= hides; a checkout under /tmp too."""
-    hidden = (Path("/root"), Path("/home"), Path("/run/user"))
-    binds = {p for p in (Path(sys.base_prefix), Path(sys.prefix)) if
-             any(p == h or h in p.parents for h in hidden)}  # fmt: skip
-    text = "[Service]\n" + ("ProtectHome=tmpfs\n" if binds else "")
-    binds |= set(hidden_paths())
-    return text + "".join(f"BindReadOnlyPaths={b}\n" for b in sorted(binds))
-
-
 def root_runs(systemd: LabSystemd, *argv: str) -> subprocess.CompletedProcess[str]:
     """A command root runs in the lab, as the install docs say; it must succeed."""
     done = systemd.run(*argv, check=False, timeout=60)
@@ -81,7 +70,7 @@ def lab(systemd_available: None, tmp_path_factory: pytest.TempPathFactory) -> It
                           LAB_CONFIG)  # fmt: skip
         root_runs(systemd, sys.executable, *CLI, "install")  # the rule takes up protected_units
         for unit in (f"{SERVICE}.service", f"{PRIVILEGED}@.service"):
-            systemd.write_unit(f"{unit}.d/test-only.conf", sandbox_for_this_machine(), reload=False)
+            systemd.write_unit(f"{unit}.d/test-only.conf", checkout_dropin(), reload=False)
         for app in ("lab-app.service", "postgresql.service"):
             systemd.write_unit(app, "[Service]\nExecStart=/bin/sleep infinity\n", reload=False)
         systemd.daemon_reload()
@@ -115,8 +104,7 @@ def test_installed_daemon_runs_unprivileged_and_heals_through_polkit(lab: Module
 
         lab.systemd.run("systemctl", "kill", "--signal=SIGKILL", app)
         assert wait_until(restarted, timeout=120), lab.daemon_log()
-        actions = lab.systemd.run("cat", f"/var/lib/{SERVICE}/actions.jsonl").stdout
-        assert app in actions
+        assert lab.recorded(app), lab.actions() + lab.daemon_log()
         for unit in ("postgresql.service", "systemd-journald.service"):
             refused = lab.as_daemon_user("RestartUnit", "ss", unit, "replace")
             assert refused.returncode != 0
@@ -139,7 +127,7 @@ def probe(lab: ModuleLab, name: str, *dropin: str) -> str:
     unit = f"{name}.service"
     lab.systemd.write_unit(unit, "\n".join(lines) + "\n", reload=False)
     extra = "[Service]\n" + "".join(f"{d}\n" for d in dropin)
-    lab.systemd.write_unit(f"{unit}.d/test-only.conf", sandbox_for_this_machine() + extra)
+    lab.systemd.write_unit(f"{unit}.d/test-only.conf", checkout_dropin() + extra)
     done = lab.systemd.run("systemctl", "start", unit, check=False, timeout=60)
     log = ""
 

@@ -19,7 +19,7 @@ from typing import Any, Self
 import pytest
 
 from macha_obs.config import split_host_port
-from tests.labsd import LabSystemd, hidden_paths, wait_until
+from tests.labsd import LabSystemd, checkout_dropin, wait_until
 from tests.nix_support import (
     ALERTMANAGER_ON,
     PRIVILEGED,
@@ -40,11 +40,6 @@ BUSCTL = (
     "org.freedesktop.systemd1.Manager",
 )  # fmt: skip
 LAB_UID = 4711
-HIDDEN = (Path("/root"), Path("/home"), Path("/run/user"))  # what ProtectHome= hides
-
-
-def _hidden_by_protect_home(path: Path) -> bool:
-    return any(path == h or h in path.parents for h in HIDDEN)
 
 
 @dataclass
@@ -77,18 +72,9 @@ class ModuleLab:
         os.chown(state, LAB_UID, LAB_UID)
         state.chmod(0o750)
 
-        # Only for this machine: the venv's interpreter may live under /root (pyenv), which
-        # ProtectHome= hides; on NixOS it is in /nix/store. ProtectHome=tmpfs hides the
-        # same and lets a bind mount show just the interpreter. PATH: the stub packages'
-        # paths mean nothing here.
-        # A checkout under /tmp (a CI clone) is hidden the same way by PrivateTmp=.
-        binds = {str(p) for p in (Path(sys.base_prefix), Path(sys.prefix))}
-        binds = {b for b in binds if _hidden_by_protect_home(Path(b))}
-        test_only = "[Service]\nEnvironment=PATH=/usr/bin:/bin\n"
-        if binds:
-            test_only += "ProtectHome=tmpfs\n"
-        binds |= {str(p) for p in hidden_paths()}
-        test_only += "".join(f"BindReadOnlyPaths={b}\n" for b in sorted(binds))
+        # Only for this machine: the checkout and its venv wherever they are (the unit's
+        # sandbox as shipped); PATH: the stub packages' paths mean nothing here.
+        test_only = checkout_dropin() + "Environment=PATH=/usr/bin:/bin\n"
         services = result["config"]["systemd"]["services"]
         for name in (SERVICE, f"{PRIVILEGED}@"):
             lab.write_unit(f"{name}.service", render_unit(services[name]), reload=False)
@@ -118,6 +104,15 @@ class ModuleLab:
 
     def daemon_log(self) -> str:
         return self.systemd.journal(f"{SERVICE}.service")
+
+    def actions(self) -> str:
+        """The daemon's action ledger (actions.jsonl); empty before its first action."""
+        return self.systemd.run("cat", f"/var/lib/{SERVICE}/actions.jsonl", check=False).stdout
+
+    def recorded(self, unit: str, timeout: float = 60.0) -> bool:
+        """Whether the ledger names `unit` within `timeout`: a restart is written there
+        once verified, after the unit is seen active again."""
+        return wait_until(lambda: unit in self.actions(), timeout)
 
     @contextlib.contextmanager
     def running_daemon(self, timeout: float = 60.0) -> Iterator[None]:
@@ -263,14 +258,11 @@ def test_macha_check_takes_its_own_options_through_the_wrapper(lab: ModuleLab) -
     the console script parses its options (no "No such option"), drops to the service
     user and runs one cycle on the service's config and state, acting on nothing."""
 
-    def actions() -> str:
-        return lab.systemd.run("cat", f"/var/lib/{SERVICE}/actions.jsonl", check=False).stdout
-
-    before = actions()
+    before = lab.actions()
     out = lab.tool("macha-check", "--autonomy-level", "observe")
     assert out.startswith("findings: "), out
     assert "policy: execute" not in out, out
-    assert actions() == before
+    assert lab.actions() == before
     strangers = lab.systemd.run("find", f"/var/lib/{SERVICE}", "-not", "-user", SERVICE)
     assert strangers.stdout.split() == []
 
@@ -289,8 +281,7 @@ def test_daemon_restarts_a_failed_unit_through_polkit(lab: ModuleLab) -> None:
 
         lab.systemd.run("systemctl", "kill", "--signal=SIGKILL", app)
         assert wait_until(restarted, timeout=120), lab.daemon_log()
-        actions = lab.systemd.run("cat", f"/var/lib/{SERVICE}/actions.jsonl", check=False)
-        assert "lab-app.service" in actions.stdout, lab.daemon_log()
+        assert lab.recorded(app), lab.actions() + lab.daemon_log()
 
 
 @pytest.mark.systemd
