@@ -9,6 +9,10 @@ What is compared, in one run on one machine:
   process of a fresh `Restart=no` service, so systemd marks it failed and only the sidecar
   can bring it back. Failure and recovery are systemd's own journal timestamps: the
   "Failed with result" line and the next "Started" line of that unit.
+- event path, model busy: the same, with `analysis = llm-first` against a scripted model
+  server (in this process) that answers every chat after 60 s, waiting on a timer in the
+  server. Every incident asks the model, so from the second trial on each failure
+  arrives while a model call is in flight: the runbooks' fix must not wait behind it.
 - alert path: Prometheus (scrape and eval 1 s, the shipped rules with `for: 0s`) →
   Alertmanager (group_wait 0s) → POST /alerts → a sidecar that acts on alerts only
   (`dbus_events=false`, its own collectors and timer put an hour away). A second sidecar
@@ -43,10 +47,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/mttr.py` from anywhere: tests.* is ours
@@ -171,19 +178,108 @@ def settle(daemon: Daemon, unit: str) -> None:
         raise BenchError(f"the sidecar's action on {unit} ended {record.status}: {record.result}")
 
 
-def event_path(lab: LabSystemd, work: Path, trials: int) -> Series:
-    daemon = Daemon(lab, work / "event" / "state", **ACTING).start()
+MODEL_DELAY = 60.0
+# A well-formed answer that proposes nothing: the runbooks' fix for the unit joins it.
+MODEL_ANSWER = json.dumps(
+    {
+        "assessment": "failing",
+        "severity": "critical",
+        "summary": "the service was killed",
+        "root_cause": "SIGKILL",
+        "confidence": 0.5,
+        "proposals": [],
+    }
+)
+
+
+@dataclass
+class SlowModel:
+    url: str = ""
+    asked: int = 0  # chats received: the model was busy from the first one on
+
+
+@contextlib.contextmanager
+def slow_model(delay: float) -> Iterator[SlowModel]:
+    """An Ollama-shaped server on loopback that answers every chat after `delay` s."""
+    done = threading.Event()  # set at the end: answers still waiting go out at once
+    state = SlowModel()
+
+    class Handler(BaseHTTPRequestHandler):
+        def send(self, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            model = {"name": "llama3.1:70b", "model": "llama3.1:70b"}  # the default model
+            self.send({"models": [model], "version": "0.0.0-bench"})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            state.asked += 1
+            done.wait(delay)  # the model is busy: a timer in the server, not in the sidecar
+            message = {"role": "assistant", "content": MODEL_ANSWER}
+            self.send({"model": body.get("model"), "message": message, "done": True})
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        done.set()
+        server.shutdown()
+        server.server_close()
+
+
+def event_path(lab: LabSystemd, work: Path, trials: int, *, model_busy: bool = False) -> Series:
+    if model_busy:
+        with slow_model(MODEL_DELAY) as model:
+            series = _event_trials(
+                lab,
+                work / "event-busy",
+                trials,
+                Series(
+                    f"event path, model busy ({MODEL_DELAY:g} s a call): failed → active",
+                    target="≤ 0.5 s median (as idle)",
+                    limit=0.5,
+                ),
+                analysis="llm-first",
+                llm_enabled="true",
+                ollama_url=model.url,
+            )
+            if model.asked < 1:
+                raise BenchError("the model was never asked: not the busy-model case")
+            # one call at a time, each held 60 s: every trial after the first met a busy model
+            say(f"{series.name}: the model was asked {model.asked} time(s) during the trials")
+            return series
     series = Series("event path: failed → active", target="≤ 0.5 s median", limit=0.5)
+    return _event_trials(lab, work / "event", trials, series)
+
+
+def _event_trials(
+    lab: LabSystemd, work: Path, trials: int, series: Series, **settings: str
+) -> Series:
+    daemon = Daemon(lab, work / "state", **ACTING, **settings).start()
     try:
         for i in range(trials + 1):
-            unit = f"mttr-event-{i}.service"
+            unit = f"mttr-{work.name}-{i}.service"
             fresh_unit(lab, unit)
             time.sleep(0.3)  # the sidecar has seen the unit active
             failed, active = systemd_trial(lab, unit)
             settle(daemon, unit)
             if i:
                 series.samples.append(active - failed)
-        say(f"event path: median {series.median():.3f} s")
+        say(f"{series.name}: median {series.median():.3f} s")
     except Exception:
         say(daemon.log_tail())
         raise
@@ -427,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=600.0)
     parser.add_argument("--quick", action="store_true", help="5 trials, 30 s idle")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["event", "alert", "monit", "idle"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["event", "busy", "alert", "monit", "idle"],
     )
     args = parser.parse_args(argv)
     trials, idle = (5, 30.0) if args.quick else (args.trials, args.idle_seconds)
@@ -441,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"lab systemd up in {lab.boot_seconds:.2f} s; {trials} trials per path")
         if "event" not in args.skip:
             rows.append(event_path(lab, work, trials))
+        if "busy" not in args.skip:
+            rows.append(event_path(lab, work, trials, model_busy=True))
         if "alert" not in args.skip:
             rows.extend(alert_path(lab, work, trials))
         if "monit" not in args.skip:

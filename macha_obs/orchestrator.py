@@ -1,14 +1,16 @@
-"""The loop: triggers → incidents → analysis → policy → execute/queue/record → verify → audit.
+"""Triage and two lanes: what each trigger means, and who acts on it, never behind a model.
 
-Three triggers wake one worker thread: a new snapshot (the timer), an incident from the
-webhook, and a unit entering `failed` on D-Bus. The worker serialises every cycle, so two
-triggers can never act on the same unit at once. Each cycle:
-
-1. expire stale approvals; settle alert-driven verifications whose window ended;
-2. for every incident whose latest revision was not analysed: leave units that systemd
-   is still restarting to systemd; analyse the rest once; judge and carry out each
-   proposal through the Remediator (which writes intent, outcome and audit lines);
-3. a fix that failed verification is escalated: queued for a human with its evidence.
+A new snapshot (the timer), an incident from the webhook, or a unit entering `failed` on
+D-Bus wakes the action lane. Each cycle: the queue's upkeep and alert-driven
+verifications; the model answers the analysis lane (lanes.py) sent back; then every
+incident whose latest revision was not analysed. Units systemd is still restarting are
+left to it. When no model will be asked (runbooks-only, no model, runbooks-first and a
+runbook knows the problem) the runbooks' answer is carried out whole; otherwise their
+unit fixes run now (the fast lane) and the incident goes to the analysis lane, whose
+answer can add to them, never hold them back. Only the action lane acts, so two fixes
+never race on one unit. Judging, queueing, executing, verifying, escalating and the
+breaker are the remediator's (remediate.py, verify.py). Without `start()` (macha-check,
+tests) `run_cycle` runs both lanes inline.
 """
 
 from __future__ import annotations
@@ -19,57 +21,37 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from macha_obs.agent.runbooks import runbook_decision
+from macha_obs.collect.systemd import unit_failed_finding
 from macha_obs.config import Config
-from macha_obs.execute.dbus_events import UnitEvent
-from macha_obs.incidents import OPEN, IncidentStore, Queued, sync_findings
+from macha_obs.incidents import IncidentState, IncidentStore, Queued, sync_findings
+from macha_obs.lanes import ActionLane, AnalysisLane, Analyze, Job
+from macha_obs.metrics import LoopStats
 from macha_obs.models import (
     FINDING_SOURCE,
     UNIT_ACTIONS,
-    ApprovalStatus,
     Decision,
-    Finding,
     FindingKind,
     Incident,
     Outcome,
     Proposal,
-    Severity,
     Snapshot,
     UnitState,
     Verdict,
     describe_action,
 )
 from macha_obs.pause import PauseBook
-from macha_obs.remediate import Handled, Remediator, queue_reason
-from macha_obs.scope import Scope, confirm, systemd_busy
-from macha_obs.selfmetrics import LoopStats
+from macha_obs.remediate import Handled, Remediator, Settle
+from macha_obs.scope import Scope, systemd_busy
 from macha_obs.store import Store
+from macha_obs.store.incidents import OPEN
+from macha_obs.systemd.events import UnitEvent
 
 log = logging.getLogger(__name__)
 
 MAX_UNITS_LOOKED_UP = 32
 LAST_CYCLE_KEY = "last_cycle"
-
-
-class Analyze(Protocol):
-    def analyze(
-        self,
-        incident: Incident,
-        *,
-        unit_status: Mapping[str, str] | None = None,
-        journals: Mapping[str, Sequence[str]] | None = None,
-    ) -> Decision: ...
-
-
-@dataclass
-class Verification:
-    """An alert-driven fix waits for its alert to resolve."""
-
-    incident_id: str
-    action_id: int
-    proposal: Proposal
-    deadline: float
 
 
 @dataclass
@@ -89,17 +71,6 @@ def unknown_kinds(snapshot: Snapshot) -> frozenset[FindingKind]:
     """Finding kinds whose collector failed in this snapshot: what they say is unknown."""
     failed = {name for name, run in snapshot.collectors.items() if not run.success}
     return frozenset(k for k, source in FINDING_SOURCE.items() if source in failed)
-
-
-def unit_failed_finding(event: UnitEvent) -> Finding:
-    return Finding(
-        kind=FindingKind.UNIT_FAILED,
-        severity=Severity.CRITICAL,
-        subject=event.unit,
-        unit=event.unit,
-        summary=f"{event.unit} entered failed ({event.sub_state})",
-        details={"source": "dbus", "sub_state": event.sub_state},
-    )
 
 
 class Orchestrator:
@@ -125,20 +96,17 @@ class Orchestrator:
         self.stats = stats or LoopStats()
         self.clock = clock
         self.monotonic = monotonic
-        self.verifications: list[Verification] = []
         self.pauses = PauseBook(store)
+        self.analysis = AnalysisLane(analyzer, lambda: self.wake("analysis"))
+        bound = config.check_interval + 10 * (config.verify_timeout + 30)
+        self.lane = ActionLane(self._guarded_cycle, config.check_interval, bound, monotonic)
         self._cycle = threading.Lock()
-        self._wake = threading.Event()
-        self._triggers: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.alive_at = monotonic()  # the watchdog's proof of life
+        self._retained_at: float | None = None
 
     # ------------------------------------------------------------ triggers
 
     def wake(self, trigger: str) -> None:
-        self._triggers.append(trigger)
-        self._wake.set()
+        self.lane.wake(trigger)
 
     def note_snapshot(self, snapshot: Snapshot) -> None:
         """CollectionLoop listener: apply the findings, run a cycle (the timer trigger)."""
@@ -161,48 +129,38 @@ class Orchestrator:
     def note_webhook(self) -> None:
         self.wake("alert")
 
-    # ------------------------------------------------------------ the worker
+    # ------------------------------------------------------------ the lanes
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="macha-orchestrator", daemon=True)
-        self._thread.start()
+        self.analysis.start()
+        self.lane.start()
 
     def stop(self, timeout: float = 8.0) -> bool:
-        """Ask the worker to stop after the step in flight; False if it did not in time."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Stop both lanes: the action lane after the step in flight (False if it did not
+        in time); a model call in flight is abandoned (it acts on nothing)."""
+        self.analysis.stop(timeout=0.5)
+        return self.lane.stop(timeout)
 
     def healthy(self) -> bool:
-        """For the watchdog: the worker runs and is not stuck far beyond a cycle's bound."""
-        if self._thread is None or not self._thread.is_alive():
-            return False
-        bound = self.config.check_interval + 10 * (self.config.verify_timeout + 30)
-        return self.monotonic() - self.alive_at < bound
+        """For the watchdog: the action lane runs and is not stuck (a model call in the
+        analysis lane never counts against it)."""
+        return self.lane.healthy()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.config.check_interval)
-            self._wake.clear()
-            self.alive_at = self.monotonic()
-            if self._stop.is_set():
-                return
-            triggers, self._triggers = self._triggers, []
-            try:
-                self.run_cycle("+".join(sorted(set(triggers))) or "timer")
-            except Exception as exc:  # a bug in one cycle must not end the loop
-                log.exception("cycle failed")
-                with self.stats.lock:
-                    self.stats.cycle_errors += 1
-                    self.stats.failing_cycles += 1
-                    self.stats.last_cycle_error = f"{type(exc).__name__}: {exc}"[:300]
-            else:
-                with self.stats.lock:
-                    self.stats.failing_cycles = 0
-            self.alive_at = self.monotonic()
+    def _guarded_cycle(self, trigger: str) -> None:
+        try:
+            self.run_cycle(trigger)
+        except Exception as exc:  # a bug in one cycle must not end the loop
+            log.exception("cycle failed")
+            self._count_error(f"{type(exc).__name__}: {exc}")
+        else:
+            with self.stats.lock:
+                self.stats.failing_cycles = 0
+
+    def _count_error(self, text: str) -> None:
+        with self.stats.lock:
+            self.stats.cycle_errors += 1
+            self.stats.failing_cycles += 1
+            self.stats.last_cycle_error = text[:300]
 
     # ------------------------------------------------------------ one cycle
 
@@ -210,25 +168,40 @@ class Orchestrator:
         with self._cycle:
             report = CycleReport(trigger=trigger, started_at=self.clock())
             began = self.monotonic()
-            report.expired = self.store.expire_approvals()
+            report.expired = self.remediator.expire_queue()
             if self.pauses.expire() is not None:
                 # what was only recorded while paused is decided anew from the host now
                 self.incidents.reopen_all()
             self._close_confirmed()
-            self._settle_verifications(report)
+            escalated = self.remediator.settle_verifications(self.incidents.is_open)
+            self._note_escalations([a.id for a in escalated], report)
+            self._take_answers(report)
             for incident_id in self.incidents.pending_analysis():
-                if self._stop.is_set():
+                if self.lane.stopping.is_set():
                     break
-                self._handle_incident(incident_id, report)
-            self._reconcile_queue(report)
+                self._triage(incident_id, report)
+            if not self.analysis.started:
+                self.analysis.run_pending()
+                self._take_answers(report)
+            report.cancelled = self.remediator.reconcile_queue(self.incidents)
+            self._retain()
             report.duration_seconds = self.monotonic() - began
             self._record(report)
             return report
 
-    def _handle_incident(self, incident_id: str, report: CycleReport) -> None:
+    def _retain(self) -> None:
+        """Keep the state directory bounded, once per check_interval at most."""
+        now = self.monotonic()
+        if self._retained_at is None or now - self._retained_at >= self.config.check_interval:
+            self._retained_at = now
+            self.store.retain(self.config)
+
+    def _triage(self, incident_id: str, report: CycleReport) -> None:
         state = self.incidents.get(incident_id)
         if state is None or state.status != OPEN:
             return
+        if self.analysis.holds(incident_id, state.revision):
+            return  # the model is looking at this revision; its answer comes back
         incident = state.incident
         statuses = self._unit_states(incident.units)
         busy = [u for u, s in statuses.items() if systemd_busy(s)]
@@ -243,115 +216,117 @@ class Orchestrator:
                 }
             )
             return
-        decision = self.analyzer.analyze(
-            incident,
-            unit_status={u: _describe(s) for u, s in statuses.items()},
-            journals=self._journals(incident.units),
-        )
+        status_text = {u: _describe(s) for u, s in statuses.items()}
+        journals = self._journals(incident.units)
+        runbooks = runbook_decision(incident, unit_status=status_text)
+        if not self.analysis.needed(runbooks):
+            decision = self.analyzer.analyze(incident, unit_status=status_text, journals=journals)
+            self._conclude(state, state.revision, decision, statuses, kept=(), report=report)
+            return
+        # the fast lane: the runbooks' unit fixes run now, before the model is asked
+        fixes = [p for p in runbooks.proposals if isinstance(p.action, UNIT_ACTIONS)]
+        fast: list[tuple[Proposal, Verdict]] = []
+        if fixes:
+            fast_decision = runbooks.model_copy(update={"proposals": fixes})
+            self.store.audit_decision(
+                {**fast_decision.model_dump(mode="json"), "event": "decision", "lane": "fast"}
+            )
+            report.analysed.append((incident, fast_decision))
+            self.stats.count_decision(fast_decision)
+            fast = self._judge(incident, fixes, statuses, report)
+            self._act(state, fast, settle=None, report=report)
+            acted = _units([p for p, v in fast if v.outcome is Outcome.EXECUTE])
+            for unit, seen in self._unit_states(acted).items():
+                status_text[unit] = _describe(seen)  # the model sees the host as it is now
+        job = Job(incident, state.revision, status_text, journals, tuple(fast))
+        self.analysis.submit(job)
+
+    def _take_answers(self, report: CycleReport) -> None:
+        """The analysis lane's answers: carried out here, in the action lane. What the
+        fast lane already judged is not judged again; what it left waiting is queued."""
+        for job, decision in self.analysis.results():
+            if decision is None:
+                self._count_error(f"analysis of {job.incident.id} failed")
+                continue
+            state = self.incidents.get(job.incident.id)
+            if state is None or state.status != OPEN:
+                continue
+            judged = {p.action.model_dump_json() for p, _ in job.fast}
+            fresh = [p for p in decision.proposals if p.action.model_dump_json() not in judged]
+            kept = tuple((p, v) for p, v in job.fast if v.outcome is not Outcome.EXECUTE)
+            answer = decision.model_copy(update={"proposals": fresh})
+            statuses = self._unit_states(_units(fresh))
+            self._conclude(state, job.revision, answer, statuses, kept=kept, report=report)
+
+    def _conclude(
+        self,
+        state: IncidentState,
+        revision: int,
+        decision: Decision,
+        statuses: Mapping[str, UnitState],
+        *,
+        kept: Sequence[tuple[Proposal, Verdict]],
+        report: CycleReport,
+    ) -> None:
+        """A complete analysis: judge its proposals, queue and mark the incident analysed
+        in one step, carry out the rest (all through the remediator)."""
+        incident = state.incident
         report.analysed.append((incident, decision))
         self.stats.count_decision(decision)
+        judged = [*kept, *self._judge(incident, decision.proposals, statuses, report)]
+
+        def settle(queued: Sequence[Queued]) -> list[int]:
+            ttl = self.config.approval_ttl
+            return self.incidents.settle_analysis(incident.id, revision, queued, ttl)
+
+        self._act(state, judged, settle=settle, report=report)
+
+    def _judge(
+        self,
+        incident: Incident,
+        proposals: Sequence[Proposal],
+        statuses: Mapping[str, UnitState],
+        report: CycleReport,
+    ) -> list[tuple[Proposal, Verdict]]:
+        """Each proposal judged by the policy (which applies the scope lock: a unit the
+        evidence does not name, or whose problem is no longer confirmed, is refused); a
+        unit systemd is still restarting is left to systemd."""
         scope = Scope.of([incident])
-        # 1. judge every proposal (the policy applies the scope lock: a unit the evidence
-        #    does not name, or whose problem is no longer confirmed, is refused)
         judged: list[tuple[Proposal, Verdict]] = []
-        for proposal in decision.proposals:
-            unit_state = statuses.get(getattr(proposal.action, "unit", ""))
-            if (
-                isinstance(proposal.action, UNIT_ACTIONS)
-                and unit_state is not None
-                and systemd_busy(unit_state)
-            ):
+        for proposal in proposals:
+            seen = statuses.get(getattr(proposal.action, "unit", ""))
+            if isinstance(proposal.action, UNIT_ACTIONS) and seen and systemd_busy(seen):
                 report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
                 continue
             judged.append((proposal, self.remediator.decide(incident.id, proposal, scope)))
-        # 2. queue what waits for a human and mark the incident analysed, in one
-        #    transaction: a crash leaves both or neither
-        queued = [(p, v) for p, v in judged if v.outcome is Outcome.QUEUE]
-        ids = self.incidents.settle_analysis(
+        return judged
+
+    def _act(
+        self,
+        state: IncidentState,
+        judged: Sequence[tuple[Proposal, Verdict]],
+        *,
+        settle: Settle | None,
+        report: CycleReport,
+    ) -> None:
+        incident = state.incident
+        done = self.remediator.act(
             incident.id,
-            state.revision,
-            [Queued(p.action, v.risk, queue_reason(v, p), tuple(p.evidence)) for p, v in queued],
-            self.config.approval_ttl,
+            judged,
+            Scope.of([incident]),
+            alert_driven=incident.source == "alert",
+            settle=settle,
         )
-        approvals = dict(zip((id(p) for p, _ in queued), ids, strict=True))
-        # 3. carry out what the policy lets run, each judged once more just before
-        for proposal, verdict in judged:
-            if verdict.outcome is Outcome.EXECUTE:
-                handled = self.remediator.carry_out(incident.id, proposal, scope)
-            elif id(proposal) in approvals:
-                handled = Handled(
-                    verdict, approval=self.store.get_approval(approvals[id(proposal)])
-                )
-            else:
-                handled = Handled(verdict)
+        for proposal, handled in done:
             report.handled.append((incident.id, proposal, handled))
             self.stats.count_handled(proposal.action, handled.verdict, handled.result)
-            self._follow_up(incident, proposal, handled, report)
+            if handled.escalation is not None:
+                self._note_escalations([handled.escalation.id], report)
 
-    def _follow_up(
-        self, incident: Incident, proposal: Proposal, handled: Handled, report: CycleReport
-    ) -> None:
-        if handled.verdict.outcome is not Outcome.EXECUTE or handled.result is None:
-            return
-        if not handled.result.verified:
-            self._escalate(incident.id, proposal, handled.result.detail, report)
-        elif incident.source == "alert" and handled.action_id is not None:
-            self.verifications.append(
-                Verification(
-                    incident.id,
-                    handled.action_id,
-                    proposal,
-                    self.clock() + self.config.alert_verify_window,
-                )
-            )
-
-    def _settle_verifications(self, report: CycleReport) -> None:
-        """Alert-driven fixes: the alert resolved in time, or the fix did not work."""
-        waiting: list[Verification] = []
-        for v in self.verifications:
-            state = self.incidents.get(v.incident_id)
-            if state is None or state.status != OPEN:
-                self.store.audit_action(
-                    {
-                        "event": "alert_resolved",
-                        "incident_id": v.incident_id,
-                        "action_id": v.action_id,
-                    }
-                )
-                continue
-            if self.clock() < v.deadline:
-                waiting.append(v)
-                continue
-            self.store.record_verification(v.action_id, ok=False)
-            self.remediator.note_failed_verification(v.action_id)
-            detail = f"the alert did not resolve within {self.config.alert_verify_window:g}s"
-            self._escalate(v.incident_id, v.proposal, detail, report)
-        self.verifications = waiting
-
-    def _escalate(
-        self, incident_id: str, proposal: Proposal, detail: str, report: CycleReport
-    ) -> None:
-        """A fix that did not hold goes to a human, with what was seen."""
-        risk = self.remediator.risk(proposal.action)
-        approval = self.store.enqueue(
-            incident_id,
-            proposal.action,
-            risk=risk,
-            reason=f"escalated: automatic {describe_action(proposal.action)} failed "
-            f"verification ({detail}); a human should look before it is tried again",
-            evidence=[detail[:200], *proposal.evidence][:5],
-            ttl=self.config.approval_ttl,
-        )
-        report.escalated.append(approval.id)
-        self.stats.escalations += 1
-        self.store.audit_decision(
-            {
-                "event": "escalated",
-                "incident_id": incident_id,
-                "approval_id": approval.id,
-                "reason": detail,
-            }
-        )
+    def _note_escalations(self, ids: Sequence[int], report: CycleReport) -> None:
+        report.escalated.extend(ids)
+        with self.stats.lock:
+            self.stats.escalations += len(ids)
 
     def _close_confirmed(self) -> None:
         """An alert incident about units whose alerts all resolved closes once systemd
@@ -359,12 +334,9 @@ class Orchestrator:
         open, and its findings keep it handled."""
         for state in self.incidents.open_but_quiet():
             seen = {u: self.remediator.unit_state(u) for u in state.incident.units}
-            waiting = [
-                u
-                for u, s in seen.items()
-                if s is None or s.active_state == "failed" or systemd_busy(s)
-            ]
-            if waiting:
+            if any(
+                s is None or s.active_state == "failed" or systemd_busy(s) for s in seen.values()
+            ):
                 continue
             self.incidents.resolve(state.incident.id)
             self.store.audit_decision(
@@ -376,56 +348,16 @@ class Orchestrator:
                 }
             )
 
-    def _reconcile_queue(self, report: CycleReport) -> None:
-        """Cancel a pending item only when its problem is confirmed gone, by the test the
-        scope lock uses: for a unit, systemd's state (a resolved alert is a hint to look,
-        never proof by itself); otherwise every incident it carries has resolved. A
-        state that cannot be read now cancels nothing."""
-        for approval in self.store.list_approvals({ApprovalStatus.PENDING}):
-            action = approval.action
-            if isinstance(action, UNIT_ACTIONS):
-                scope = self.incidents.scope_of(approval.incident_ids)
-                state = self.remediator.unit_state(action.unit)
-                seen = confirm(action.unit, state, scope)
-                if seen.present is not False:
-                    continue
-                why = f"the problem is gone: {seen.reason}"
-            elif any(self.incidents.is_open(i) for i in approval.incident_ids):
-                continue
-            else:
-                why = "the problem is gone: every incident it was queued for has resolved"
-            if self.store.cancel_approval(approval.id, why):
-                report.cancelled.append(approval.id)
-                self.store.audit_decision(
-                    {
-                        "event": "cancelled",
-                        "incident_id": approval.incident_id,
-                        "approval_id": approval.id,
-                        "label": describe_action(action),
-                        "reason": why,
-                    }
-                )
-
     # ------------------------------------------------------------ context
 
     def _unit_states(self, units: Sequence[str]) -> dict[str, UnitState]:
-        """systemd's state of an incident's units, for its analysis: at most
-        MAX_UNITS_LOOKED_UP of them, so one huge alert group cannot hold the next
-        incident behind thousands of D-Bus calls (a proposal's own unit is always looked
-        up again when it is judged)."""
-        states: dict[str, UnitState] = {}
+        """systemd's state of at most MAX_UNITS_LOOKED_UP units, so one huge alert group
+        cannot hold the next incident behind thousands of D-Bus calls (a proposal's unit
+        is looked up again when judged). Unknown is left out: never busy or healthy."""
         if len(units) > MAX_UNITS_LOOKED_UP:
-            log.warning(
-                "an incident names %d units; looking up the first %d",
-                len(units),
-                MAX_UNITS_LOOKED_UP,
-            )
-        for unit in units[:MAX_UNITS_LOOKED_UP]:
-            try:
-                states[unit] = self.remediator.executor.unit_state(unit)
-            except Exception as exc:  # unknown state: never counts as busy or healthy
-                log.warning("cannot read state of %s: %s", unit, exc)
-        return states
+            log.warning("%d units named; looking up the first %d", len(units), MAX_UNITS_LOOKED_UP)
+        states = {u: self.remediator.unit_state(u) for u in units[:MAX_UNITS_LOOKED_UP]}
+        return {u: s for u, s in states.items() if s is not None}
 
     def _journals(self, units: Sequence[str]) -> dict[str, list[str]]:
         snap = self.snapshot()
@@ -451,6 +383,10 @@ class Orchestrator:
         self.store.set_meta(LAST_CYCLE_KEY, json.dumps(summary))
         if report.handled or report.escalated or report.deferred or report.cancelled:
             log.info("cycle %s: %s", report.trigger, json.dumps(summary))
+
+
+def _units(proposals: Sequence[Proposal]) -> list[str]:
+    return [p.action.unit for p in proposals if isinstance(p.action, UNIT_ACTIONS)]
 
 
 def _describe(state: UnitState) -> str:

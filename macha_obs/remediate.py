@@ -3,19 +3,21 @@
 Used by the daemon for fresh proposals and by `macha-approve` for a human's approval;
 both paths go through `judge` again at the moment of execution (invariant 5), write an
 intent before any side effect (invariant 6), and append every verdict and outcome to
-the audit log before returning (invariant 10).
+the audit log before returning (invariant 10). Whether a fix held is verify.py's; the
+queue's upkeep (expiry, cancelling what is confirmed gone) is kept here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from macha_obs.config import Config
-from macha_obs.execute.errors import RefusedError
+from macha_obs.errors import RefusedError
+from macha_obs.incidents import Queued
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
@@ -24,7 +26,6 @@ from macha_obs.models import (
     ApprovalStatus,
     ConfigChange,
     ExecutionResult,
-    Investigate,
     Outcome,
     Proposal,
     Risk,
@@ -34,18 +35,22 @@ from macha_obs.models import (
 )
 from macha_obs.patches import PatchChecker
 from macha_obs.pause import PauseBook
-from macha_obs.policy import (
-    RATE_WINDOW,
-    BreakerState,
-    PolicyContext,
-    breaker_state,
-    judge,
-    risk_of,
-)
+from macha_obs.policy import RATE_WINDOW, BreakerState, PolicyContext, judge, risk_of
 from macha_obs.scope import Confirmation, Scope, confirm, out_of_scope
 from macha_obs.store import ApprovalError, Store
+from macha_obs.verify import Breaker, Verifier
 
 ScopeOf = Callable[[Sequence[str]], Scope]
+# queue an analysis' proposals and mark it done, in one transaction (settle_analysis)
+Settle = Callable[[Sequence[Queued]], list[int]]
+
+
+class Incidents(Protocol):
+    """What the queue's upkeep asks of the incidents (incidents.IncidentStore)."""
+
+    def scope_of(self, incident_ids: Iterable[str]) -> Scope: ...
+
+    def is_open(self, incident_id: str) -> bool: ...
 
 
 class Executor(Protocol):
@@ -62,6 +67,7 @@ class Handled:
     approval: Approval | None = None
     action_id: int | None = None
     result: ExecutionResult | None = None
+    escalation: Approval | None = None  # the fix failed verification: queued for a human
 
     @property
     def summary(self) -> str:
@@ -90,17 +96,6 @@ def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Ve
     return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {refused}"})
 
 
-def breaker_of(config: Config, store: Store, now: datetime) -> BreakerState:
-    """The breaker as the ledger has it: persisted open, or due to open now."""
-    opened_at, reason = store.breaker_opened()
-    state = breaker_state(
-        store.failed_verifications(), opened=opened_at is not None, config=config, now=now
-    )
-    if opened_at is not None and reason:
-        return BreakerState(True, state.failures, reason)
-    return state
-
-
 def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
     """Everything the policy needs from the ledger (recent executions, the breaker, a
     human's pause)."""
@@ -109,7 +104,7 @@ def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
         config=config,
         now=now,
         recent=store.recent_executions(since),
-        breaker=breaker_of(config, store, now),
+        breaker=Breaker(config, store, clock=now.timestamp).state(),
         pause=PauseBook(store).current(now.timestamp()),
     )
 
@@ -124,6 +119,7 @@ class Remediator:
         scope_of: ScopeOf | None = None,
         clock: Callable[[], float] = time.time,
         patches: PatchChecker | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         """`scope_of` gives the evidence of the incidents an approval carries; without it
         an approval of a unit action is out of scope (fail closed). `patches` checks a
@@ -134,18 +130,16 @@ class Remediator:
         self.scope_of = scope_of
         self.patches = patches or PatchChecker(config.nixos_config_dir)
         self.clock = clock
+        self.verifier = verifier or Verifier(config, store, clock)
         self.in_flight: int | None = None  # the action id between intent and outcome
 
     # ------------------------------------------------------------ state
 
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), UTC)
-
     def breaker(self) -> BreakerState:
-        return breaker_of(self.config, self.store, self._now())
+        return self.verifier.breaker.state()
 
     def context(self) -> PolicyContext:
-        return context_of(self.config, self.store, self._now())
+        return context_of(self.config, self.store, datetime.fromtimestamp(self.clock(), UTC))
 
     def unit_state(self, unit: str) -> UnitState | None:
         try:
@@ -172,7 +166,9 @@ class Remediator:
         self._audit_verdict(incident_id, action, verdict, proposal.reason)
         return verdict
 
-    def carry_out(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
+    def carry_out(
+        self, incident_id: str, proposal: Proposal, scope: Scope, *, alert_driven: bool = False
+    ) -> Handled:
         """Execute a proposal judged EXECUTE, after judging it once more just now: the
         problem is confirmed again right before the side effect (invariant 12)."""
         action = proposal.action
@@ -180,16 +176,14 @@ class Remediator:
         if verdict.outcome is not Outcome.EXECUTE:
             self._audit_verdict(incident_id, action, verdict, "re-judged before executing")
             return Handled(verdict)
-        action_id, result = self._execute(incident_id, action, None)
-        return Handled(verdict, action_id=action_id, result=result)
+        return self._fix(incident_id, proposal, verdict, alert_driven=alert_driven)
 
     def handle(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
         """Judge a fresh proposal and carry out the verdict."""
         verdict = self.decide(incident_id, proposal, scope)
         match verdict.outcome:
             case Outcome.EXECUTE:
-                action_id, result = self._execute(incident_id, proposal.action, None)
-                return Handled(verdict, action_id=action_id, result=result)
+                return self._fix(incident_id, proposal, verdict, alert_driven=False)
             case Outcome.QUEUE:
                 approval = self.store.enqueue(
                     incident_id,
@@ -201,6 +195,83 @@ class Remediator:
                 )
                 return Handled(verdict, approval=approval)
         return Handled(verdict)
+
+    def act(
+        self,
+        incident_id: str,
+        judged: Sequence[tuple[Proposal, Verdict]],
+        scope: Scope,
+        *,
+        alert_driven: bool,
+        settle: Settle | None,
+    ) -> list[tuple[Proposal, Handled]]:
+        """Carry out judged proposals, each fix judged once more just before it runs. With
+        `settle` the analysis is complete: what waits for a human is queued in the
+        transaction that marks the incident analysed (a crash leaves both or neither).
+        Without it (the fast lane, ahead of a model) only fixes run; the rest waits."""
+        queued = [(p, v) for p, v in judged if v.outcome is Outcome.QUEUE]
+        ids: list[int] = []
+        if settle is not None:
+            ids = settle(
+                [Queued(p.action, v.risk, queue_reason(v, p), tuple(p.evidence)) for p, v in queued]
+            )
+        approvals = dict(zip((id(p) for p, _ in queued), ids, strict=False))
+        done: list[tuple[Proposal, Handled]] = []
+        for proposal, verdict in judged:
+            if verdict.outcome is Outcome.EXECUTE:
+                handled = self.carry_out(incident_id, proposal, scope, alert_driven=alert_driven)
+            elif id(proposal) in approvals:
+                handled = Handled(
+                    verdict, approval=self.store.get_approval(approvals[id(proposal)])
+                )
+            elif settle is None:
+                continue  # judged, not yet settled: the complete analysis queues it
+            else:
+                handled = Handled(verdict)
+            done.append((proposal, handled))
+        return done
+
+    # ------------------------------------------------------------ the queue's upkeep
+
+    def expire_queue(self) -> list[int]:
+        """Pending approvals past their TTL expire; their ids."""
+        return self.store.expire_approvals()
+
+    def settle_verifications(self, is_open: Callable[[str], bool]) -> list[Approval]:
+        """Alert-driven fixes whose window ended: verify.py escalates those whose
+        incident is still open."""
+        return self.verifier.settle(is_open)
+
+    def reconcile_queue(self, incidents: Incidents) -> list[int]:
+        """Cancel a pending item only when its problem is confirmed gone, by the test the
+        scope lock uses: for a unit, systemd's state (a resolved alert is a hint to look,
+        never proof by itself); otherwise every incident it carries has resolved. A
+        state that cannot be read now cancels nothing."""
+        cancelled: list[int] = []
+        for approval in self.store.list_approvals({ApprovalStatus.PENDING}):
+            action = approval.action
+            if isinstance(action, UNIT_ACTIONS):
+                scope = incidents.scope_of(approval.incident_ids)
+                seen = confirm(action.unit, self.unit_state(action.unit), scope)
+                if seen.present is not False:
+                    continue
+                why = f"the problem is gone: {seen.reason}"
+            elif any(incidents.is_open(i) for i in approval.incident_ids):
+                continue
+            else:
+                why = "the problem is gone: every incident it was queued for has resolved"
+            if self.store.cancel_approval(approval.id, why):
+                cancelled.append(approval.id)
+                self.store.audit_decision(
+                    {
+                        "event": "cancelled",
+                        "incident_id": approval.incident_id,
+                        "approval_id": approval.id,
+                        "label": describe_action(action),
+                        "reason": why,
+                    }
+                )
+        return cancelled
 
     # ------------------------------------------------------------ approvals
 
@@ -257,6 +328,16 @@ class Remediator:
 
     # ------------------------------------------------------------ execution
 
+    def _fix(
+        self, incident_id: str, proposal: Proposal, verdict: Verdict, *, alert_driven: bool
+    ) -> Handled:
+        """Run a fresh proposal; verify.py records whether it held and escalates it if not."""
+        action_id, result = self._execute(incident_id, proposal.action, None)
+        escalation = self.verifier.after_fix(
+            incident_id, proposal, action_id, result, alert_driven=alert_driven
+        )
+        return Handled(verdict, action_id=action_id, result=result, escalation=escalation)
+
     def _execute(
         self, incident_id: str, action: Action, approval_id: int | None, *, by: str | None = None
     ) -> tuple[int, ExecutionResult]:
@@ -273,17 +354,14 @@ class Remediator:
             self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
             return action_id, result
         except Exception as exc:
-            # A crashing fix is a failed fix: recorded with its error, and it feeds the
-            # breaker like any other failure (invariant 7).
-            result = ExecutionResult(
-                ok=False, detail=f"executor error: {type(exc).__name__}: {exc}"
-            )
+            # a crashing fix is a failed fix: recorded, and it feeds the breaker (inv. 7)
+            detail = f"executor error: {type(exc).__name__}: {exc}"
+            result = ExecutionResult(ok=False, detail=detail)
         finally:
             self.in_flight = None
         status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED
         self.store.record_outcome(action_id, status, result)
-        if not isinstance(action, Investigate):
-            self._count_verification(action_id, result.verified)
+        self.verifier.record(action, action_id, result)
         return action_id, result
 
     def interrupt_in_flight(self, reason: str) -> int | None:
@@ -300,24 +378,6 @@ class Remediator:
                     record.approval_id, ApprovalStatus.INTERRUPTED, reason, action_id=action_id
                 )
         return action_id
-
-    def _count_verification(self, action_id: int, ok: bool) -> None:
-        self.store.record_verification(action_id, ok)
-        if not ok:
-            self.note_failed_verification(action_id)
-
-    def risk(self, action: Action) -> Risk:
-        return risk_of(action, self.config)[0]
-
-    def note_failed_verification(self, action_id: int) -> None:
-        """After a failed verification was recorded: open the breaker if it is now due."""
-        state = self.breaker()
-        opened_at, _ = self.store.breaker_opened()
-        if state.open and opened_at is None:
-            self.store.open_breaker(state.reason)
-            self.store.audit_action(
-                {"event": "breaker_open", "reason": state.reason, "action_id": action_id}
-            )
 
     def _audit_verdict(self, incident_id: str, action: Action, verdict: Verdict, why: str) -> None:
         self.store.audit_decision(

@@ -97,7 +97,7 @@ def incident_alerts(daemon: Daemon) -> list[dict[str, object]]:
     ]
 
 
-def test_b_alert_path_restarts_verifies_and_resolves(
+def test_alert_path_restarts_verifies_and_the_alert_resolves(
     systemd_container: LabSystemd, alert_stack: Callable[[str], tuple[Daemon, Prometheus, str]]
 ) -> None:
     daemon, prometheus, unit = alert_stack("auto-safe")
@@ -128,7 +128,7 @@ def test_b_alert_path_restarts_verifies_and_resolves(
     ), daemon.log_tail()
 
 
-def test_c_suggest_queues_approval_executes_and_alert_resolves(
+def test_in_suggest_mode_an_approved_fix_executes_and_the_alert_resolves(
     systemd_container: LabSystemd, alert_stack: Callable[[str], tuple[Daemon, Prometheus, str]]
 ) -> None:
     daemon, prometheus, unit = alert_stack("suggest")

@@ -60,6 +60,12 @@ MODULE_FIELDS = {"listen_address", "state_dir", "privileged_unit"}
 # Fields with no option of their own: set them through `settings`. A field added to
 # config.py must appear here or get an option (and a row in docs/nixos.md).
 SETTINGS_ONLY = {
+    "inbox_retention",
+    "inbox_max_rows",
+    "incident_retention",
+    "incident_max_resolved",
+    "log_max_bytes",
+    "log_keep",
     "openai_api_key_file",
     "llm_endpoint_user",
     "auto_reset_start_limit",

@@ -73,7 +73,7 @@ def deliver(loop: Orchestrator, unit: str) -> None:
 
 
 @pytest.mark.systemd
-def test_a_late_alert_about_a_unit_that_is_active_again_restarts_nothing(
+def test_late_alert_about_a_unit_that_is_active_again_restarts_nothing(
     systemd_container: LabSystemd, unit_factory: UnitFactory, loop: Orchestrator
 ) -> None:
     unit = unit_factory("orc-late.service", "[Service]\nExecStart=/bin/sleep infinity\n")
@@ -95,7 +95,7 @@ def test_a_late_alert_about_a_unit_that_is_active_again_restarts_nothing(
 
 
 @pytest.mark.systemd
-def test_an_alert_about_a_failed_unit_restarts_it(
+def test_alert_about_a_failed_unit_restarts_it(
     systemd_container: LabSystemd, unit_factory: UnitFactory, loop: Orchestrator
 ) -> None:
     unit = unit_factory(
@@ -114,4 +114,4 @@ def test_an_alert_about_a_failed_unit_restarts_it(
     assert proposal.action.kind == "restart_unit"
     assert handled.result is not None
     assert handled.result.verified
-    assert loop.verifications  # alert-driven: the alert resolving is checked next
+    assert loop.remediator.verifier.watching  # alert-driven: its alert must resolve next

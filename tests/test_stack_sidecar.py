@@ -125,7 +125,9 @@ def test_sidecar_dashboard_and_alerts_on_the_real_daemon(
     broken = unit_factory("sidecar-broken.service", "[Service]\nExecStart=/bin/false\n")
     lab.run("systemctl", "start", broken, check=False)
     assert poll(partial(escalated, daemon), timeout=60), daemon.log_tail()
-    assert daemon.metric("macha_llm_requests_total", outcome="unavailable")
+    # the model is asked on the analysis lane, after the runbooks' restart: wait for it
+    unavailable = partial(daemon.metric, "macha_llm_requests_total", outcome="unavailable")
+    assert poll(lambda: bool(unavailable()), timeout=30), daemon.log_tail()
     assert daemon.metric("macha_autonomy_level", level="suggest") == 1  # capped by the breaker
 
     # every panel's query, and the host variable, return data for this host

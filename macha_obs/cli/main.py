@@ -14,7 +14,6 @@ from macha_obs import __version__
 from macha_obs import config as config_mod
 from macha_obs.agent.llm import LlmMetrics
 from macha_obs.agent.report import (
-    PayloadError,
     analyze_payload,
     parse_journal_option,
     render_json,
@@ -22,8 +21,6 @@ from macha_obs.agent.report import (
 )
 from macha_obs.cli.approve import approval_dict
 from macha_obs.cli.common import (
-    EXIT_FAILED,
-    EXIT_USAGE,
     Group,
     config_options,
     ctx_config,
@@ -31,16 +28,14 @@ from macha_obs.cli.common import (
     open_store,
     who,
 )
+from macha_obs.cli.errors import EXIT_FAILED, EXIT_USAGE
 from macha_obs.cli.wiring import (
     build_analyzer,
-    build_executor,
-    remediator,
 )
 from macha_obs.config import AnalysisMode
 from macha_obs.daemon import AlreadyRunning, StateLock
-from macha_obs.execute.dbus_worker import IsolatedBus
+from macha_obs.errors import ExecutorError
 from macha_obs.execute.diagnostics import Diagnostics
-from macha_obs.execute.errors import ExecutorError
 from macha_obs.execute.privileged import run_as_root
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.models import (
@@ -58,10 +53,12 @@ from macha_obs.orchestrator import LAST_CYCLE_KEY
 from macha_obs.patches import PatchChecker
 from macha_obs.pause import PauseBook
 from macha_obs.policy import PolicyContext, effective_autonomy, judge
-from macha_obs.remediate import Remediator, context_of, patch_checked
+from macha_obs.remediate import context_of, patch_checked
 from macha_obs.scope import Scope, confirm
-from macha_obs.store import Store
+from macha_obs.store import StateDir, Store
+from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.terminal import inert
+from macha_obs.verify import Breaker
 
 # ---------------------------------------------------------------- macha-obs
 
@@ -114,11 +111,9 @@ def autonomy_group() -> None:
 def autonomy_show(ctx: click.Context) -> None:
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        rem = remediator(cfg, store)
-        breaker = rem.breaker()
-        effective = rem.context()
+        breaker = Breaker(cfg, store).state()
     click.echo(f"configured: {cfg.autonomy_level}")
-    click.echo(f"effective:  {effective_autonomy(cfg, effective.breaker)}")
+    click.echo(f"effective:  {effective_autonomy(cfg, breaker)}")
     state = "OPEN" if breaker.open else "closed"
     click.echo(
         f"breaker:    {state} ({breaker.failures} recent failed verifications)"
@@ -132,7 +127,7 @@ def autonomy_reset(ctx: click.Context) -> None:
     """Close the circuit breaker after a human has looked at the failures."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        store.reset_breaker(who())
+        Breaker(cfg, store).reset(who())
     click.echo(f"breaker reset; autonomy back to {cfg.autonomy_level}")
 
 
@@ -165,12 +160,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
         store.expire_approvals()
-        executor = build_executor(cfg)
-        breaker = Remediator(cfg, store, executor).breaker()
+        breaker = Breaker(cfg, store).state()
         pending = store.list_approvals({ApprovalStatus.PENDING})
         last = _meta_json(store.get_meta(LAST_CYCLE_KEY))
         pause = PauseBook(store).current(store.clock())
-        executor.close()
     lock = StateLock(cfg.state_dir)
     try:
         lock.acquire()
@@ -318,7 +311,7 @@ def analyze(
         judged = judge(action, policy, scope=scope, problem=problem)
         return patch_checked(action, judged, patches)
 
-    if (cfg.state_dir / "state.db").exists():
+    if StateDir(cfg.state_dir).db.exists():
         with Store(cfg.state_dir) as store:
             policy = context_of(cfg, store, datetime.now(UTC))
     if analysis_mode:
@@ -333,9 +326,6 @@ def analyze(
             journal_source=journal_source,
             status_source=status_source,
         )
-    except PayloadError as exc:
-        click.echo(f"error: {inert(exc)}", err=True)
-        sys.exit(EXIT_USAGE)
     finally:
         bus.close()
     click.echo(render_json(report) if as_json else render_text(report))

@@ -13,13 +13,12 @@ from typing import NoReturn
 import click
 
 from macha_obs import __version__
-from macha_obs.brainmetrics import BrainCollector
 from macha_obs.cli.common import (
-    EXIT_USAGE,
     ctx_config,
     log,
     open_store,
 )
+from macha_obs.cli.errors import EXIT_USAGE
 from macha_obs.cli.main import main
 from macha_obs.cli.wiring import (
     Sidecar,
@@ -28,19 +27,23 @@ from macha_obs.cli.wiring import (
 )
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
-from macha_obs.execute.dbus_events import UnitWatcher
-from macha_obs.exporter import build_registry
 from macha_obs.health import Health
+from macha_obs.metrics import (
+    ListenerCollector,
+    LlmCollector,
+    SelfCollector,
+    WebhookCollector,
+    build_registry,
+)
 from macha_obs.models import (
     ApprovalStatus,
     describe_action,
 )
 from macha_obs.orchestrator import CycleReport
 from macha_obs.receiver import ReceiverApp
-from macha_obs.selfmetrics import SelfCollector
-from macha_obs.server import make_app, shutdown, start_server
-from macha_obs.statedir import StateDirError
-from macha_obs.store import Store, StoreError
+from macha_obs.server import ListenerStats, make_app, shutdown, start_server
+from macha_obs.store import StateDirError, Store, StoreError
+from macha_obs.systemd.events import UnitWatcher
 from macha_obs.terminal import inert
 
 
@@ -114,6 +117,7 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
         refuse(f"webhook: {exc}")
     health = Health(store, side.loop.ready, side.stats)
+    listener_stats = ListenerStats()
     registry = build_registry(
         side.loop.latest,
         extra=[
@@ -122,17 +126,24 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
                 lambda: persistent_state(cfg, store, side.remediator),
                 health.problems,
             ),
-            BrainCollector(receiver.stats, side.llm_metrics),
+            WebhookCollector(receiver.stats),
+            LlmCollector(side.llm_metrics),
+            ListenerCollector(listener_stats),
         ],
     )
     app = make_app(registry, alerts_app=receiver, health=health.ready)
     try:
-        server, server_thread = start_server(cfg.listen_host, cfg.listen_port, app)
+        server, server_thread = start_server(
+            cfg.listen_host, cfg.listen_port, app, stats=listener_stats
+        )
     except OSError as exc:
         refuse(f"cannot listen on {cfg.listen_address}: {exc}")
     watcher = (
         UnitWatcher(
-            cfg.systemd_bus_address, side.orchestrator.note_unit_event, debounce=cfg.event_debounce
+            cfg.systemd_bus_address,
+            side.orchestrator.note_unit_event,
+            bus=side.bus,
+            debounce=cfg.event_debounce,
         )
         if cfg.dbus_events
         else None

@@ -11,7 +11,6 @@ from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.llm import LlmMetrics, client_from_config
 from macha_obs.collect import CollectionLoop, build_collectors
 from macha_obs.config import AnalysisMode, Config
-from macha_obs.execute.dbus_worker import IsolatedBus
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
 from macha_obs.execute.journal import JournalExecutor
@@ -21,19 +20,23 @@ from macha_obs.execute.rebuild import HealthChecks, RebuildSequence
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.incidents import IncidentStore
+from macha_obs.metrics import LoopStats, PersistentState
 from macha_obs.orchestrator import Orchestrator
 from macha_obs.patches import config_files
 from macha_obs.pause import PauseBook
 from macha_obs.policy import effective_autonomy
 from macha_obs.remediate import Remediator
-from macha_obs.selfmetrics import LoopStats, PersistentState
 from macha_obs.store import Store, owner_alive
+from macha_obs.systemd.bus import IsolatedBus
 
 
-def build_executor(cfg: Config, store: Store | None = None) -> HostExecutor:
+def build_executor(
+    cfg: Config, store: Store | None = None, bus: IsolatedBus | None = None
+) -> HostExecutor:
     """The executor; with the store, also the health-gated rebuild sequence (without it,
     a `nix_rebuild switch` is refused: nothing switches the system unguarded)."""
-    bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
+    if bus is None:
+        bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
     executor = HostExecutor(
         SystemdExecutor(
             bus,
@@ -82,6 +85,7 @@ class Sidecar:
     orchestrator: Orchestrator
     stats: LoopStats
     llm_metrics: LlmMetrics
+    bus: IsolatedBus  # the one D-Bus child: executor, collectors and event watcher
 
     def close(self) -> None:
         self.executor.close()
@@ -111,14 +115,15 @@ def build_analyzer(
 
 
 def assemble(cfg: Config, store: Store) -> Sidecar:
-    executor = build_executor(cfg, store)
+    bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
+    executor = build_executor(cfg, store, bus)
     llm_metrics = LlmMetrics()
     incidents = IncidentStore(store)
     analyzer = build_analyzer(cfg, executor.diagnostics, llm_metrics, store.audit_decision)
     remediator = Remediator(cfg, store, executor, scope_of=incidents.scope_of)
     stats = LoopStats()
     loop = CollectionLoop(
-        build_collectors(cfg, store),
+        build_collectors(cfg, store, bus),
         hostname=cfg.hostname,
         interval=cfg.collect_interval,
         state_dir=cfg.state_dir,
@@ -139,6 +144,7 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
         orchestrator,
         stats,
         llm_metrics,
+        bus,
     )
 
 

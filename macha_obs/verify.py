@@ -1,0 +1,184 @@
+"""Did the fix work: verification, escalation and the circuit breaker, in one room.
+
+The executor has already watched a unit fix (active, and still active after the settle
+time). This room records that verification in the ledger, feeds a failure to the
+breaker and escalates it: the fix waits for a human, with what was seen. An alert-driven
+fix is verified once more: its incident must resolve (its alert stop firing) within
+`alert_verify_window`, or it counts as a failed verification too.
+
+The breaker, whole: `breaker_threshold` failed verifications within `breaker_window`
+open it (`breaker_rule`, pure); it is persisted open in the ledger, so it stays open
+across restarts, until a human's `macha-obs autonomy reset` (`Breaker.reset`). While it
+is open the policy caps autonomy at suggest (`policy.effective_autonomy`, invariant 7).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from macha_obs.config import Config
+from macha_obs.models import (
+    Action,
+    Approval,
+    ExecutionResult,
+    Investigate,
+    Proposal,
+    describe_action,
+)
+from macha_obs.policy import BreakerState, risk_of
+from macha_obs.store import Store
+
+
+def breaker_rule(
+    failures: Iterable[datetime], *, opened: bool, config: Config, now: datetime
+) -> BreakerState:
+    """Open once `breaker_threshold` verifications failed within the window; stays open
+    (opened=True, persisted in the ledger) until a human resets it. Pure."""
+    since = now - timedelta(seconds=config.breaker_window)
+    recent = sum(1 for at in failures if at > since)
+    if opened:
+        return BreakerState(True, recent, "open until `macha-obs autonomy reset`")
+    if recent >= config.breaker_threshold:
+        return BreakerState(
+            True,
+            recent,
+            f"{recent} failed verifications in {config.breaker_window:.0f}s "
+            f"(threshold {config.breaker_threshold})",
+        )
+    return BreakerState(False, recent, "")
+
+
+class Breaker:
+    """The circuit breaker's state in the ledger: read, opened when due, reset by a human."""
+
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.clock = clock
+
+    def state(self) -> BreakerState:
+        """Persisted open (with the reason it opened), or due to open now."""
+        opened_at, reason = self.store.breaker_opened()
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        state = breaker_rule(
+            self.store.failed_verifications(),
+            opened=opened_at is not None,
+            config=self.config,
+            now=now,
+        )
+        if opened_at is not None and reason:
+            return BreakerState(True, state.failures, reason)
+        return state
+
+    def note_failure(self, action_id: int | None) -> None:
+        """After a failed verification was recorded: persist the breaker open if due."""
+        state = self.state()
+        opened_at, _ = self.store.breaker_opened()
+        if state.open and opened_at is None:
+            self.store.open_breaker(state.reason)
+            self.store.audit_action(
+                {"event": "breaker_open", "reason": state.reason, "action_id": action_id}
+            )
+
+    def reset(self, by: str) -> None:
+        """A human closed it (`macha-obs autonomy reset`): failures before now no longer
+        count; the reset is audited with who did it."""
+        self.store.reset_breaker(by)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """An alert-driven fix that worked on the host, waiting for its alert to resolve."""
+
+    incident_id: str
+    action_id: int
+    proposal: Proposal
+    deadline: float
+
+
+class Verifier:
+    """Records verifications, escalates failures, watches alert-driven fixes."""
+
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.breaker = Breaker(config, store, clock)
+        self.watching: list[Watch] = []
+
+    def record(self, action: Action, action_id: int, result: ExecutionResult) -> None:
+        """The executor's verdict on a fix, in the ledger; a failure feeds the breaker. A
+        diagnostic is not a fix: it is never a verification."""
+        if isinstance(action, Investigate):
+            return
+        self.store.record_verification(action_id, result.verified)
+        if not result.verified:
+            self.breaker.note_failure(action_id)
+
+    def after_fix(
+        self,
+        incident_id: str,
+        proposal: Proposal,
+        action_id: int,
+        result: ExecutionResult,
+        *,
+        alert_driven: bool,
+    ) -> Approval | None:
+        """A fix that did not hold is escalated (the approval); one an alert asked for is
+        watched until the alert resolves."""
+        if not result.verified:
+            return self.escalate(incident_id, proposal, result.detail)
+        if alert_driven:
+            deadline = self.clock() + self.config.alert_verify_window
+            self.watching.append(Watch(incident_id, action_id, proposal, deadline))
+        return None
+
+    def settle(self, is_open: Callable[[str], bool]) -> list[Approval]:
+        """Alert-driven fixes whose incident resolved are done; those whose window ended
+        with the incident still open failed verification and are escalated."""
+        waiting: list[Watch] = []
+        escalated: list[Approval] = []
+        for watch in self.watching:
+            if not is_open(watch.incident_id):
+                self.store.audit_action(
+                    {
+                        "event": "alert_resolved",
+                        "incident_id": watch.incident_id,
+                        "action_id": watch.action_id,
+                    }
+                )
+                continue
+            if self.clock() < watch.deadline:
+                waiting.append(watch)
+                continue
+            self.store.record_verification(watch.action_id, ok=False)
+            self.breaker.note_failure(watch.action_id)
+            detail = f"the alert did not resolve within {self.config.alert_verify_window:g}s"
+            escalated.append(self.escalate(watch.incident_id, watch.proposal, detail))
+        self.watching = waiting
+        return escalated
+
+    def escalate(self, incident_id: str, proposal: Proposal, detail: str) -> Approval:
+        """A fix that did not hold goes to a human, with what was seen."""
+        action = proposal.action
+        approval = self.store.enqueue(
+            incident_id,
+            action,
+            risk=risk_of(action, self.config)[0],
+            reason=f"escalated: automatic {describe_action(action)} failed "
+            f"verification ({detail}); a human should look before it is tried again",
+            evidence=[detail[:200], *proposal.evidence][:5],
+            ttl=self.config.approval_ttl,
+        )
+        self.store.audit_decision(
+            {
+                "event": "escalated",
+                "incident_id": incident_id,
+                "approval_id": approval.id,
+                "reason": detail,
+            }
+        )
+        return approval

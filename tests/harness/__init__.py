@@ -1,0 +1,1 @@
+"""Test support shared by many test modules: fakes on the seams, real-component helpers."""

@@ -1,0 +1,127 @@
+"""The house's layering: each room imports only the rooms below it.
+
+A room is a top-level module or package of `macha_obs` (`store/`, `metrics/`,
+`orchestrator.py`, ...). ROOMS lists, bottom up, what each may import, as DESIGN.md's
+rooms table draws it (`errors` is the bottom room: every room may import it). A new
+import across rooms must be added here on purpose, and can never close a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "macha_obs"
+
+# room -> the rooms it may import (bottom up: a room only names rooms listed before it)
+ROOMS: dict[str, set[str]] = {
+    "errors": set(),
+    "__version__": set(),
+    "config": {"errors"},
+    "models": {"config", "errors"},
+    "terminal": set(),
+    "scope": {"models"},
+    "systemd": {"errors", "models"},
+    "store": {"errors", "models"},
+    "metrics": {"__version__", "config", "models"},
+    "collect": {"config", "errors", "models", "systemd", "store"},
+    "execute": {"errors", "models", "systemd"},
+    "policy": {"config", "models", "scope"},
+    "pause": {"policy", "store"},
+    "webhook_token": {"config", "errors", "store"},
+    "health": {"metrics", "store"},
+    "incidents": {"models", "scope", "store"},
+    "receiver": {"config", "incidents", "models", "store", "webhook_token"},
+    "agent": {"config", "errors", "models", "scope", "terminal"},
+    "patches": {"errors", "execute", "models"},
+    "verify": {"config", "models", "policy", "store"},
+    "remediate": {
+        "config",
+        "execute",
+        "incidents",
+        "models",
+        "patches",
+        "pause",
+        "policy",
+        "scope",
+        "store",
+        "verify",
+    },
+    "lanes": {"config", "models"},
+    "orchestrator": {
+        "agent",
+        "collect",
+        "config",
+        "incidents",
+        "lanes",
+        "metrics",
+        "models",
+        "pause",
+        "remediate",
+        "scope",
+        "store",
+        "systemd",
+    },
+    "rules": {"config", "errors"},
+    "units": {"config", "errors"},
+    "install": {"config", "errors", "units"},
+    "server": {"metrics"},
+    "daemon": {"errors", "store"},
+    "cli": set(),  # the only room that wires everything: it may import every room
+}
+
+
+def room_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "macha_obs" else None
+
+
+def imports(path: Path) -> Iterator[str]:
+    """Every `macha_obs...` module `path` imports, at any depth in the file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "macha_obs":
+                yield from (f"macha_obs.{alias.name}" for alias in node.names)
+            elif node.module.startswith("macha_obs."):
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("macha_obs."))
+
+
+def room_imports() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        source = room_of(".".join(rel.parts))
+        if source is None:
+            continue
+        for module in imports(path):
+            target = room_of(module)
+            if target is not None and target != source:
+                found.setdefault(source, set()).add(target)
+    return found
+
+
+def test_every_room_is_known() -> None:
+    named = (
+        room_of(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts))
+        for p in PACKAGE.rglob("*.py")
+    )
+    rooms = {room for room in named if room is not None} - {"__init__"}
+    assert rooms <= set(ROOMS), f"rooms missing from ROOMS: {sorted(rooms - set(ROOMS))}"
+
+
+@pytest.mark.parametrize("room", sorted(set(ROOMS) - {"cli"}))
+def test_a_room_imports_only_the_rooms_below_it(room: str) -> None:
+    extra = room_imports().get(room, set()) - ROOMS[room] - {"errors"}  # the bottom room
+    assert not extra, f"{room} imports {sorted(extra)}, above it or beside it"
+
+
+def test_the_table_is_bottom_up_so_no_import_can_close_a_cycle() -> None:
+    seen: set[str] = set()
+    for room, allowed in ROOMS.items():
+        assert allowed <= seen, f"{room} may import {sorted(allowed - seen)}, not below it"
+        seen.add(room)
