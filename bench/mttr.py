@@ -5,7 +5,7 @@
 What is compared, in one run on one machine:
 
 - event path: `macha-obs serve` (auto-safe, runbooks only, D-Bus events on) against a real
-  systemd booted in a throw-away namespace (tests/labsd.py). A trial SIGKILLs the main
+  systemd booted in a throw-away namespace (tests/harness/labsd.py). A trial SIGKILLs the main
   process of a fresh `Restart=no` service, so systemd marks it failed and only the sidecar
   can bring it back. Failure and recovery are systemd's own journal timestamps: the
   "Failed with result" line and the next "Started" line of that unit.
@@ -60,9 +60,9 @@ if str(ROOT) not in sys.path:  # `python bench/mttr.py` from anywhere: tests.* i
     sys.path.insert(0, str(ROOT))
 
 from macha_obs.models import ActionStatus  # noqa: E402
-from tests.daemon_support import Daemon  # noqa: E402
-from tests.labsd import LabSystemd  # noqa: E402
-from tests.stack import Alertmanager, Prometheus, poll  # noqa: E402
+from tests.harness.daemon_support import Daemon  # noqa: E402
+from tests.harness.labsd import LabSystemd  # noqa: E402
+from tests.harness.stack import Alertmanager, Prometheus, poll  # noqa: E402
 from tests.test_stack_eyes import alertmanager_config, fast_rules, prometheus_config  # noqa: E402
 
 # journald MESSAGE_IDs (systemd's catalog): the unit entered failed / the unit started.

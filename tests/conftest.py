@@ -13,11 +13,11 @@ from macha_obs.config import Config
 from macha_obs.store import Store
 
 pytest_plugins = [
-    "tests.systemd_fixtures",
-    "tests.stack_fixtures",
-    "tests.llm_fixtures",
-    "tests.daemon_support",
-    "tests.sidecar_support",
+    "tests.harness.systemd_fixtures",
+    "tests.harness.stack_fixtures",
+    "tests.harness.llm_fixtures",
+    "tests.harness.daemon_support",
+    "tests.harness.sidecar_support",
 ]
 
 

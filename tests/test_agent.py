@@ -36,8 +36,8 @@ from macha_obs.models import (
 from macha_obs.policy import PolicyContext, judge
 from macha_obs.scope import Confirmation, Scope
 from macha_obs.store import Store
-from tests.llm_fixtures import read_log_lines
-from tests.receiver_support import alert, payload, resolved
+from tests.harness.llm_fixtures import read_log_lines
+from tests.harness.receiver_support import alert, payload, resolved
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ACTION_DEFAULTS = {"unit": "", "tool": "", "mode": "dry-build", "path": "", "diff": ""}

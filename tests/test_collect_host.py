@@ -31,7 +31,7 @@ from macha_obs.collect.resources import (
     summarize_resources,
 )
 from macha_obs.models import FilesystemReading, FindingKind, Severity
-from tests.eyes_support import FIXTURES, make_nixos_tree
+from tests.harness.eyes_support import FIXTURES, make_nixos_tree
 
 # ------------------------------------------------------------------ resources
 

@@ -20,9 +20,9 @@ from macha_obs.collect.journal import (
 )
 from macha_obs.collect.meta import MemoryMeta
 from macha_obs.models import FindingKind
-from tests.eyes_support import fixture_text
-from tests.labsd import LabSystemd, wait_until
-from tests.systemd_fixtures import UnitFactory
+from tests.harness.eyes_support import fixture_text
+from tests.harness.labsd import LabSystemd, wait_until
+from tests.harness.systemd_fixtures import UnitFactory
 
 
 def test_parse_entries_attributes_units_and_skips_junk() -> None:

@@ -21,9 +21,9 @@ from macha_obs.errors import SystemdError
 from macha_obs.metrics import build_registry
 from macha_obs.models import FindingKind, UnitReading
 from macha_obs.systemd.bus import IsolatedBus
-from tests.eyes_support import fixture_text
-from tests.labsd import LabSystemd, wait_until
-from tests.systemd_fixtures import UnitFactory
+from tests.harness.eyes_support import fixture_text
+from tests.harness.labsd import LabSystemd, wait_until
+from tests.harness.systemd_fixtures import UnitFactory
 
 
 def fixture_rows(name: str) -> list[Any]:

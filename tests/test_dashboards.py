@@ -23,8 +23,8 @@ from macha_obs.metrics import (
 )
 from macha_obs.receiver import ReceiverStats
 from macha_obs.server import ListenerStats
-from tests.eyes_support import PROJECT
-from tests.stack import Prometheus, poll
+from tests.harness.eyes_support import PROJECT
+from tests.harness.stack import Prometheus, poll
 
 GRAFANA = PROJECT / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))

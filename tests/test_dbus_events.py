@@ -10,7 +10,7 @@ import pytest
 from macha_obs.errors import DBusTimeout
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.systemd.events import UnitEvent, UnitWatcher
-from tests.labsd import LabSystemd, wait_until
+from tests.harness.labsd import LabSystemd, wait_until
 
 pytestmark = pytest.mark.systemd
 

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from macha_obs.models import ActionStatus, ApprovalStatus
-from tests.daemon_support import HOST, MACHA_OBS, Daemon
-from tests.labsd import LabSystemd
-from tests.receiver_support import alert, payload
-from tests.stack import free_port, poll
+from tests.harness.daemon_support import HOST, MACHA_OBS, Daemon
+from tests.harness.labsd import LabSystemd
+from tests.harness.receiver_support import alert, payload
+from tests.harness.stack import free_port, poll
 
 pytestmark = pytest.mark.systemd
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from macha_obs.models import ActionStatus, ApprovalStatus
-from tests.daemon_support import HOST, Daemon
-from tests.labsd import LabSystemd
-from tests.stack import Alertmanager, Prometheus, poll
+from tests.harness.daemon_support import HOST, Daemon
+from tests.harness.labsd import LabSystemd
+from tests.harness.stack import Alertmanager, Prometheus, poll
 from tests.test_stack_eyes import alertmanager_config, prometheus_config
 
 pytestmark = [pytest.mark.stack, pytest.mark.systemd]

@@ -10,7 +10,7 @@ from macha_obs.errors import RefusedError
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.models import ResetFailed, RestartUnit, StartUnit, UnitState
 from macha_obs.systemd.bus import IsolatedBus
-from tests.labsd import LabSystemd, wait_until
+from tests.harness.labsd import LabSystemd, wait_until
 
 pytestmark = pytest.mark.systemd
 

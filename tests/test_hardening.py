@@ -41,11 +41,11 @@ from macha_obs.models import (
 from macha_obs.remediate import Remediator
 from macha_obs.scope import Scope
 from macha_obs.store import Store
-from tests.daemon_support import MACHA_APPROVE
-from tests.labsd import LabSystemd
-from tests.receiver_support import alert
-from tests.sidecar_support import broken, deliver
-from tests.stack import poll
+from tests.harness.daemon_support import MACHA_APPROVE
+from tests.harness.labsd import LabSystemd
+from tests.harness.receiver_support import alert
+from tests.harness.sidecar_support import broken, deliver
+from tests.harness.stack import poll
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 100
@@ -55,7 +55,7 @@ def run_worker(state: Path, seed: int, steps: int) -> list[tuple[str, str]]:
     """Start the worker, SIGKILL it as soon as it announces step `steps` (somewhere inside
     that step's ingest, cycle or approval); the alerts it acknowledged."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_worker", str(state), str(seed)],
+        [sys.executable, "-m", "tests.harness.crash_worker", str(state), str(seed)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -311,7 +311,7 @@ def test_one_huge_alert_group_cannot_hold_the_next_incident_behind_its_lookups(
     from macha_obs.config import AnalysisMode
     from macha_obs.models import AlertGroup
     from macha_obs.orchestrator import MAX_UNITS_LOOKED_UP, Orchestrator
-    from tests.receiver_support import payload
+    from tests.harness.receiver_support import payload
 
     cfg = config_mod.validate({"state_dir": str(tmp_path), "autonomy_level": "suggest"})
     executor = CountingExecutor()

@@ -16,9 +16,9 @@ import requests
 from macha_obs.health import Health
 from macha_obs.metrics import LoopStats
 from macha_obs.store import Store
-from tests.daemon_support import MACHA_OBS, Daemon
-from tests.labsd import LabSystemd
-from tests.stack import poll
+from tests.harness.daemon_support import MACHA_OBS, Daemon
+from tests.harness.labsd import LabSystemd
+from tests.harness.stack import poll
 
 
 def test_the_store_knows_its_file_by_identity(tmp_path: Path) -> None:

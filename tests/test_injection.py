@@ -26,8 +26,8 @@ from macha_obs.models import (
 )
 from macha_obs.policy import PolicyContext, judge
 from macha_obs.store import Store
-from tests.llm_fixtures import read_log_lines
-from tests.receiver_support import alert
+from tests.harness.llm_fixtures import read_log_lines
+from tests.harness.receiver_support import alert
 from tests.test_agent import ScriptedChat, answer
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

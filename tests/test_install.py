@@ -20,7 +20,7 @@ from macha_obs import install, units
 from macha_obs.cli.main import main
 from macha_obs.config import BUILTIN_PROTECTED_UNITS, validate
 from macha_obs.execute.privileged import parse_instance
-from tests.real import unavailable
+from tests.harness.real import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / "nixos" / "lib.nix"

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.labsd import LabSystemd, checkout_dropin, wait_until
+from tests.harness.labsd import LabSystemd, checkout_dropin, wait_until
 from tests.test_install import PRIVILEGED, SERVICE, tool
 
 # the lab of the NixOS rendering: what its daemon's user may do, the daemon started and stopped

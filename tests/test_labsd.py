@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pystemd.systemd1 import Manager
 
-from tests.labsd import LabSystemd, sweep_stale, wait_until
-from tests.systemd_fixtures import UnitFactory
+from tests.harness.labsd import LabSystemd, sweep_stale, wait_until
+from tests.harness.systemd_fixtures import UnitFactory
 
 pytestmark = pytest.mark.systemd
 
@@ -118,7 +118,7 @@ def test_journal_is_readable_from_the_host(
 _OWNER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from tests.labsd import LabSystemd
+from tests.harness.labsd import LabSystemd
 lab = LabSystemd().start()
 print(lab.pid, lab.cgroup, lab.workdir, flush=True)
 time.sleep(60)

@@ -36,7 +36,7 @@ from macha_obs.remediate import Remediator
 from macha_obs.store import Store
 from macha_obs.systemd.events import UnitEvent
 from tests.harness.recording import BlockedChat, RecordingExecutor
-from tests.stack import poll
+from tests.harness.stack import poll
 from tests.test_agent import answer
 
 RESTART_WEB = {"kind": "restart_unit", "unit": "web.service"}

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.receiver_support import alert, payload
+from tests.harness.receiver_support import alert, payload
 from tests.test_listener_limits import (
     TOKEN,
     alert_request,

@@ -29,9 +29,9 @@ from macha_obs.metrics import ListenerCollector, build_registry
 from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.server import Limits, Listener, ListenerStats, make_app, shutdown, start_server
 from macha_obs.store import Store
-from tests.labsd import wait_until
-from tests.real import unavailable
-from tests.receiver_support import alert, payload
+from tests.harness.labsd import wait_until
+from tests.harness.real import unavailable
+from tests.harness.receiver_support import alert, payload
 
 TOKEN = "t"
 REPO = Path(__file__).resolve().parents[1]

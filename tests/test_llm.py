@@ -20,7 +20,7 @@ from macha_obs.agent.llm import (
 )
 from macha_obs.agent.schema import LlmDecision, parse_output, to_proposals, wire_schema
 from macha_obs.models import RestartUnit
-from tests.llm_fixtures import Scripted, ScriptedOllama, free_port
+from tests.harness.llm_fixtures import Scripted, ScriptedOllama, free_port
 
 DECISION = {
     "assessment": "failing",

@@ -41,9 +41,9 @@ from macha_obs.agent.report import analyze_payload
 from macha_obs.config import AnalysisMode
 from macha_obs.models import DecisionSource
 from macha_obs.policy import PolicyContext, judge
-from tests.real import unavailable
-from tests.receiver_support import alert, payload
-from tests.stack import poll
+from tests.harness.real import unavailable
+from tests.harness.receiver_support import alert, payload
+from tests.harness.stack import poll
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MODEL = "llama3.1:8b"

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from macha_obs.config import Config
-from tests.nix_support import REPO, eval_module
+from tests.harness.nix_support import REPO, eval_module
 
 
 def _defined(result: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from macha_obs.models import (
 from macha_obs.policy import PolicyContext, judge
 from macha_obs.scope import Confirmation, Scope
 from macha_obs.store import Store
-from tests.llm_fixtures import MODEL_ALIAS, OLLAMA_MODEL, read_log_lines
-from tests.receiver_support import alert
+from tests.harness.llm_fixtures import MODEL_ALIAS, OLLAMA_MODEL, read_log_lines
+from tests.harness.receiver_support import alert
 from tests.test_agent import RecordingDiagnostics
 from tests.test_injection import EXPECTED_FLAGS, INJECTION
 

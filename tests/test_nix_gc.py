@@ -23,7 +23,7 @@ from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
 from macha_obs.models import ExecutionResult, NixGc
 from macha_obs.systemd.bus import IsolatedBus
-from tests.labsd import LabSystemd
+from tests.harness.labsd import LabSystemd
 from tests.test_rebuild import FakeNixos, lab_fake, privileged_template
 
 __all__ = ["lab_fake", "privileged_template"]  # fixtures shared with the rebuild tests

@@ -12,7 +12,7 @@ import pytest
 
 from macha_obs.config import Config
 from macha_obs.webhook_token import token_path
-from tests.nix_support import (
+from tests.harness.nix_support import (
     ALERTMANAGER_ON,
     DOCS,
     HUMAN_RECEIVER,

@@ -1,5 +1,5 @@
 """The units, polkit rule, config and CLI wrappers the NixOS module renders, installed in
-a throw-away container with a real systemd, dbus-daemon and polkitd (tests/labsd.py),
+a throw-away container with a real systemd, dbus-daemon and polkitd (tests/harness/labsd.py),
 with this checkout's venv as the package: the daemon runs hardened and unprivileged,
 polkit holds its user to its verbs, the privileged template runs as the daemon asks, and
 the wrappers run as the service user."""
@@ -19,8 +19,8 @@ from typing import Any, Self
 import pytest
 
 from macha_obs.config import split_host_port
-from tests.labsd import LabSystemd, checkout_dropin, wait_until
-from tests.nix_support import (
+from tests.harness.labsd import LabSystemd, checkout_dropin, wait_until
+from tests.harness.nix_support import (
     ALERTMANAGER_ON,
     PRIVILEGED,
     SEED_EXAMPLE,

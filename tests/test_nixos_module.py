@@ -1,6 +1,6 @@
 """The NixOS module and flake: syntax, the flake's outputs, and the module's options
 against the config model (one source of truth), evaluated by the real NixOS module
-system (nixpkgs' lib from ../shared/nixpkgs-lib; tests/nix_support.py says when a clone
+system (nixpkgs' lib from ../shared/nixpkgs-lib; tests/harness/nix_support.py says when a clone
 without it falls back to the stand-in). The wiring, units, polkit rule and the lab are in
 the other tests/test_nixos_*.py files; docs/nixos.md lists what cannot be checked here.
 """
@@ -20,7 +20,7 @@ import pytest
 
 from macha_obs import config as config_mod
 from macha_obs.config import BUILTIN_PROTECTED_UNITS, AnalysisMode, AutonomyLevel, Config
-from tests.nix_support import (
+from tests.harness.nix_support import (
     DOCS,
     FIXTURES,
     PRIVILEGED,

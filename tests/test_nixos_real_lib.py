@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.nix_support import (
+from tests.harness.nix_support import (
     ALERTMANAGER_ON,
     PRIVILEGED,
     PROMETHEUS_ON,

@@ -15,7 +15,7 @@ import pytest
 
 from macha_obs import config as config_mod
 from macha_obs.execute.privileged import parse_instance
-from tests.nix_support import (
+from tests.harness.nix_support import (
     ALERTMANAGER_ON,
     DOCS,
     PRIVILEGED,

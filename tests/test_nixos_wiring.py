@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from macha_obs import config as config_mod
-from tests.nix_support import (
+from tests.harness.nix_support import (
     PROMETHEUS_ON,
     REPO,
     SEED_EXAMPLE,

@@ -20,7 +20,7 @@ from macha_obs.models import (
 from macha_obs.orchestrator import Orchestrator
 from macha_obs.remediate import Remediator
 from macha_obs.store import Store
-from tests.labsd import LabSystemd
+from tests.harness.labsd import LabSystemd
 
 UnitFactory = Callable[[str, str], str]
 

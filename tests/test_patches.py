@@ -35,8 +35,8 @@ from macha_obs.patches import (
 from macha_obs.remediate import Remediator
 from macha_obs.scope import Scope
 from macha_obs.store import Store
-from tests.llm_fixtures import read_log_lines
-from tests.nix_support import need
+from tests.harness.llm_fixtures import read_log_lines
+from tests.harness.nix_support import need
 
 CONFIGURATION = """\
 { config, pkgs, ... }:

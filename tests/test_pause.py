@@ -23,7 +23,7 @@ from macha_obs.pause import PauseBook
 from macha_obs.policy import judge
 from macha_obs.remediate import context_of
 from macha_obs.store import Store
-from tests.daemon_support import MACHA_OBS
+from tests.harness.daemon_support import MACHA_OBS
 
 T0 = 1_764_000_000.0
 

@@ -25,7 +25,7 @@ from macha_obs.models import (
     validate_unit_name,
 )
 from macha_obs.systemd.bus import IsolatedBus
-from tests.labsd import LabSystemd
+from tests.harness.labsd import LabSystemd
 
 ACTIONS = st.one_of(
     st.builds(NixGc, older_than_days=st.none() | st.integers(1, 3650)),

@@ -11,7 +11,7 @@ import pytest
 from macha_obs.agent import prompt as P
 from macha_obs.agent.schema import ActionKind, ToolName
 from macha_obs.models import Alert, Finding, FindingKind, Incident
-from tests.receiver_support import alert
+from tests.harness.receiver_support import alert
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

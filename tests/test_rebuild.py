@@ -60,7 +60,7 @@ from macha_obs.models import (
 from macha_obs.remediate import Remediator
 from macha_obs.store import Store, owner_alive
 from macha_obs.systemd.bus import IsolatedBus
-from tests.labsd import LabSystemd, wait_until
+from tests.harness.labsd import LabSystemd, wait_until
 
 FAKE_NIX = r"""
 import json, os, subprocess, sys, time

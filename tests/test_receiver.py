@@ -21,7 +21,7 @@ from macha_obs.models import (
 from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.store import Store
 from macha_obs.webhook_token import WebhookTokenError, read_token, token_path
-from tests.receiver_support import alert, payload, resolved, serve_wsgi
+from tests.harness.receiver_support import alert, payload, resolved, serve_wsgi
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

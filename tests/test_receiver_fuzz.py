@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from macha_obs.incidents import IncidentStore
 from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.store import Store
-from tests.receiver_support import alert, payload, serve_wsgi
+from tests.harness.receiver_support import alert, payload, serve_wsgi
 
 # Strings sometimes hold lone surrogates: json.dumps writes them as "\ud800" escapes, valid
 # JSON that no UTF-8 can encode (once a 503 from SQLite, which Alertmanager retries forever).

@@ -24,8 +24,8 @@ from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.store import Store
 from macha_obs.webhook_token import token_path
-from tests.eyes_support import PROJECT
-from tests.stack import Alertmanager, Prometheus, poll
+from tests.harness.eyes_support import PROJECT
+from tests.harness.stack import Alertmanager, Prometheus, poll
 from tests.test_agent import ScriptedChat, answer
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("amtool")]

@@ -16,7 +16,7 @@ from macha_obs.agent.redact import looks_random, redact, redact_lines, shannon_e
 from macha_obs.agent.schema import LlmToolCall
 from macha_obs.agent.tools import ToolSession
 from macha_obs.models import Alert, Diagnostic, ExecutionResult, Incident
-from tests.receiver_support import alert
+from tests.harness.receiver_support import alert
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 J = "2026-11-25T11:59:58+0000 web1 app[7]: "

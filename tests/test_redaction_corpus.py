@@ -19,8 +19,8 @@ from macha_obs.agent.llm import OllamaChat
 from macha_obs.agent.report import analyze_payload
 from macha_obs.config import AnalysisMode
 from macha_obs.policy import PolicyContext, judge
-from tests.llm_fixtures import ScriptedOllama
-from tests.receiver_support import alert, payload
+from tests.harness.llm_fixtures import ScriptedOllama
+from tests.harness.receiver_support import alert, payload
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 CORPUS = Path(__file__).parent / "fixtures" / "redaction_corpus.txt"

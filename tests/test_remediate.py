@@ -29,7 +29,7 @@ from macha_obs.models import (
 from macha_obs.remediate import Handled, Remediator
 from macha_obs.scope import Scope
 from macha_obs.store import Store
-from tests.labsd import LabSystemd
+from tests.harness.labsd import LabSystemd
 
 pytestmark = pytest.mark.systemd
 

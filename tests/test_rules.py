@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from macha_obs.models import FindingKind
-from tests.eyes_support import PROJECT
+from tests.harness.eyes_support import PROJECT
 
 pytestmark = pytest.mark.stack
 

@@ -31,7 +31,7 @@ from macha_obs.rules import (
     spoken,
     write_rules,
 )
-from tests.eyes_support import PROJECT
+from tests.harness.eyes_support import PROJECT
 
 SHIPPED = PROJECT / "alert_rules"
 

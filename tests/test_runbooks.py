@@ -21,7 +21,7 @@ from macha_obs.models import (
     TopProcesses,
 )
 from macha_obs.scope import classify_alert
-from tests.receiver_support import alert, resolved
+from tests.harness.receiver_support import alert, resolved
 
 
 def inc(*alerts: dict, findings: list[Finding] | None = None) -> Incident:

@@ -37,11 +37,11 @@ from macha_obs.remediate import Remediator
 from macha_obs.scope import Scope
 from macha_obs.store import Store
 from macha_obs.systemd.events import UnitEvent
-from tests.daemon_support import MACHA_APPROVE, MACHA_OBS, Daemon
-from tests.labsd import LabSystemd
-from tests.receiver_support import alert, payload
-from tests.sidecar_support import broken, deliver, main_pid
-from tests.stack import poll
+from tests.harness.daemon_support import MACHA_APPROVE, MACHA_OBS, Daemon
+from tests.harness.labsd import LabSystemd
+from tests.harness.receiver_support import alert, payload
+from tests.harness.sidecar_support import broken, deliver, main_pid
+from tests.harness.stack import poll
 
 UnitFactory = Callable[[str, str], str]
 RUNNING = "[Service]\nExecStart=/bin/sleep infinity\n"

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from macha_obs.config import AutonomyLevel
 from macha_obs.metrics import LoopStats, PersistentState, SelfCollector, scrape_text
 from macha_obs.server import make_app, shutdown, start_server
-from tests.stack import Prometheus, poll
+from tests.harness.stack import Prometheus, poll
 from tests.test_dashboards import SIDECAR_DASHBOARD, concrete, load
 
 UNTIL = 1_764_003_600.0

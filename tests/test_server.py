@@ -21,9 +21,9 @@ from macha_obs.server import (
     shutdown,
     start_server,
 )
-from tests.eyes_support import fixture_snapshot
-from tests.labsd import wait_until
-from tests.real import unavailable
+from tests.harness.eyes_support import fixture_snapshot
+from tests.harness.labsd import wait_until
+from tests.harness.real import unavailable
 
 
 def request(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:

@@ -27,10 +27,10 @@ from macha_obs.collect.systemd import SystemdCollector
 from macha_obs.metrics import build_registry
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.webhook_token import ensure_token, load_token
-from tests.eyes_support import PROJECT, make_nixos_tree
-from tests.labsd import LabSystemd, wait_until
-from tests.stack import Alertmanager, Prometheus
-from tests.systemd_fixtures import UnitFactory
+from tests.harness.eyes_support import PROJECT, make_nixos_tree
+from tests.harness.labsd import LabSystemd, wait_until
+from tests.harness.stack import Alertmanager, Prometheus
+from tests.harness.systemd_fixtures import UnitFactory
 from tests.test_dashboards import (
     HOST_DASHBOARD,
     assert_every_query_returns_data,

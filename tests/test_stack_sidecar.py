@@ -23,10 +23,10 @@ import pytest
 import requests
 
 from macha_obs.models import ApprovalStatus
-from tests.daemon_support import HOST, MACHA_OBS, Daemon
-from tests.labsd import LabSystemd
-from tests.stack import Alertmanager, Prometheus, poll
-from tests.systemd_fixtures import UnitFactory
+from tests.harness.daemon_support import HOST, MACHA_OBS, Daemon
+from tests.harness.labsd import LabSystemd
+from tests.harness.stack import Alertmanager, Prometheus, poll
+from tests.harness.systemd_fixtures import UnitFactory
 from tests.test_dashboards import (
     SIDECAR_DASHBOARD,
     assert_every_query_returns_data,

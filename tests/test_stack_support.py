@@ -1,4 +1,4 @@
-"""tests/stack.py and tests/stack_fixtures.py themselves."""
+"""tests/harness/stack.py and tests/harness/stack_fixtures.py themselves."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests import stack_fixtures
-from tests.stack import Alertmanager, Prometheus, free_port
+from tests.harness import stack_fixtures
+from tests.harness.stack import Alertmanager, Prometheus, free_port
 
 
 def test_free_port_is_bindable() -> None:

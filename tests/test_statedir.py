@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from macha_obs.store import Store, StoreError, statedir
-from tests.daemon_support import MACHA_APPROVE, MACHA_OBS
+from tests.harness.daemon_support import MACHA_APPROVE, MACHA_OBS
 
 MACHA_LOGS = MACHA_OBS.replace("macha-obs", "macha-logs")
 NOBODY = 65534

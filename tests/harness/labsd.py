@@ -176,7 +176,7 @@ _SANDBOX_HIDES = (*_FRESH_MOUNTS, Path("/var/tmp"), Path("/root"), Path("/home")
 def _project_paths() -> set[Path]:
     """This checkout and the running interpreter's prefixes: units in the container run
     the project's own binaries from them."""
-    wanted = {Path(__file__).resolve().parent.parent}
+    wanted = {Path(__file__).resolve().parents[2]}
     return wanted | {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
 
 

@@ -1,6 +1,6 @@
 """Pytest plugin: a real systemd in a throw-away container, for tests marked `systemd`.
 
-Load it from tests/conftest.py with `pytest_plugins = ["tests.systemd_fixtures"]`.
+Load it from tests/conftest.py with `pytest_plugins = ["tests.harness.systemd_fixtures"]`.
 Where this machine cannot boot the container, the tests skip and say why, except under
 CI (`CI` set and non-empty) or REQUIRE_REAL_COMPONENTS=1, where they fail: CI has root and every
 package, so a skip there would only hide a broken harness.
@@ -16,8 +16,8 @@ import pytest
 from pystemd.dbusexc import DBusBaseError
 from pystemd.systemd1 import Manager
 
-from tests.labsd import LabBootError, LabSystemd, unavailable_reason
-from tests.real import unavailable
+from tests.harness.labsd import LabBootError, LabSystemd, unavailable_reason
+from tests.harness.real import unavailable
 
 # unit_factory(name, text): writes /etc/systemd/system/NAME in the container, reloads,
 # returns NAME.

@@ -21,8 +21,8 @@ import requests
 from macha_obs.models import ActionRecord, Approval
 from macha_obs.store import Store
 from macha_obs.webhook_token import read_token, token_path
-from tests.labsd import LabSystemd
-from tests.stack import free_port, poll
+from tests.harness.labsd import LabSystemd
+from tests.harness.stack import free_port, poll
 
 MACHA_OBS = str(Path(sys.executable).parent / "macha-obs")
 MACHA_APPROVE = str(Path(sys.executable).parent / "macha-approve")

@@ -2,7 +2,7 @@
 
 Nothing packaged for this machine serves Ollama's API with a JSON-schema `format` over a
 local GGUF, so the real small model is put behind this shim to test `OllamaChat` end to
-end. Run: python -m tests.ollama_shim MODEL.gguf PORT NAME
+end. Run: python -m tests.harness.ollama_shim MODEL.gguf PORT NAME
 """
 
 from __future__ import annotations

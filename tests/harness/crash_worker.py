@@ -1,6 +1,6 @@
 """A sidecar that is killed at random instants (tests/test_hardening.py).
 
-`python -m tests.crash_worker STATE_DIR SEED` recovers the state dir as `serve` does,
+`python -m tests.harness.crash_worker STATE_DIR SEED` recovers the state dir as `serve` does,
 then loops forever over the three things the daemon and the CLI do to the ledger:
 ingest an alert (printing `ack FINGERPRINT` once `ingest` returned, as the webhook
 answers 2xx), run a cycle (analysis, queueing, the incident marked analysed), and
@@ -33,7 +33,7 @@ from macha_obs.models import (
 from macha_obs.orchestrator import Orchestrator
 from macha_obs.remediate import ApprovalError, Remediator
 from macha_obs.store import Store
-from tests.receiver_support import alert, payload
+from tests.harness.receiver_support import alert, payload
 
 UNITS = 40
 

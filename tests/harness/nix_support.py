@@ -26,9 +26,9 @@ import pytest
 
 from macha_obs import config as config_mod
 from macha_obs.config import Config
-from tests.real import required, unavailable
+from tests.harness.real import required, unavailable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "nixos"
 EVAL_NIX = FIXTURES / "eval.nix"  # the stand-in
 REAL_EVAL_NIX = FIXTURES / "real-eval.nix"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.real import unavailable
+from tests.harness.real import unavailable
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIAS = "smollm2"
@@ -68,7 +68,7 @@ def _serve(argv: list[str], ready_url: str, log: Path) -> Iterator[None]:
     """Start a server process, wait (60 s bound) until `ready_url` answers, stop it by PID."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2]
         )
     try:
         deadline = time.monotonic() + 60
@@ -102,10 +102,11 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ollama_real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of the real model behind Ollama's API (tests/ollama_shim.py) as OLLAMA_MODEL."""
+    """Base URL of the real model behind Ollama's API (tests/harness/ollama_shim.py),
+    as OLLAMA_MODEL."""
     path = _require_model()
     port = free_port()
-    argv = [sys.executable, "-m", "tests.ollama_shim", path, str(port), OLLAMA_MODEL]
+    argv = [sys.executable, "-m", "tests.harness.ollama_shim", path, str(port), OLLAMA_MODEL]
     base = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("ollama") / "shim.log"
     yield from _wrap(_serve(argv, base + "/api/version", log), base)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from macha_obs.models import Snapshot
 
-FIXTURES = Path(__file__).parent / "fixtures"
-PROJECT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def fixture_text(name: str) -> str:

@@ -14,8 +14,8 @@ from macha_obs.config import Config
 from macha_obs.incidents import IngestResult
 from macha_obs.models import AlertGroup
 from macha_obs.store import Store
-from tests.labsd import LabSystemd
-from tests.receiver_support import alert, payload
+from tests.harness.labsd import LabSystemd
+from tests.harness.receiver_support import alert, payload
 
 UnitFactory = Callable[[str, str], str]
 CRASH_ONCE = (

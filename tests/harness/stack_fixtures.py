@@ -12,8 +12,8 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from tests.real import unavailable
-from tests.stack import Alertmanager, Prometheus, Server, binary
+from tests.harness.real import unavailable
+from tests.harness.stack import Alertmanager, Prometheus, Server, binary
 
 S = TypeVar("S", bound=Server)
 
