@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ if str(ROOT) not in sys.path:  # `python bench/mttr.py` from anywhere: tests.* i
 from macha_obs.models import ActionStatus  # noqa: E402
 from tests.harness.daemon_support import Daemon  # noqa: E402
 from tests.harness.labsd import LabSystemd  # noqa: E402
+from tests.harness.llm_fixtures import loopback_server  # noqa: E402
 from tests.harness.stack import Alertmanager, Prometheus, poll  # noqa: E402
 from tests.test_stack_eyes import alertmanager_config, fast_rules, prometheus_config  # noqa: E402
 
@@ -228,17 +229,12 @@ def slow_model(delay: float) -> Iterator[SlowModel]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield state
-    finally:
-        done.set()
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        state.url = url
+        try:
+            yield state
+        finally:
+            done.set()  # answers still waiting go out at once, before the server stops
 
 
 def event_path(lab: LabSystemd, work: Path, trials: int, *, model_busy: bool = False) -> Series:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from macha_obs.cli import approve_main
 from macha_obs.config import Config
+from macha_obs.execute.runner import Completed, subprocess_runner
 from macha_obs.models import (
     Action,
     ApprovalStatus,
@@ -143,6 +144,26 @@ def test_a_good_change_is_queued_shown_as_a_diff_and_exported_byte_for_byte(
     )
     assert (config_dir / "configuration.nix").read_text() == CONFIGURATION
     assert remediator.store.list_actions() == []
+
+
+def test_invariant_9_the_parser_gets_a_scratch_name_of_ours_never_the_models_text(
+    config_dir: Path,
+) -> None:
+    """The model names the file and writes the diff; neither reaches an argv: the parser
+    reads a scratch copy whose name is ours."""
+    seen: list[list[str]] = []
+
+    def recording(argv: Sequence[str], *, timeout: float) -> Completed:
+        seen.append(list(argv))
+        return subprocess_runner(argv, timeout=timeout)
+
+    web = retarget(GOOD, "a/hosts/web.nix", "b/hosts/web.nix")
+    PatchChecker(config_dir, runner=recording).check(ConfigChange(path="hosts/web.nix", diff=web))
+    (argv,) = seen
+    assert argv[1:4] == ["--store", "dummy://", "--parse"]
+    assert Path(argv[4]).name == "patched.nix"
+    assert not Path(argv[4]).is_relative_to(config_dir)
+    assert not any("web" in arg or "gzip" in arg.lower() for arg in argv)
 
 
 def test_a_symlink_that_stays_inside_is_followed(remediator: Remediator) -> None:

@@ -409,7 +409,7 @@ def worker(state: Path, root: Path, bus_address: str) -> None:
 
 
 @pytest.mark.systemd
-def test_sigkill_between_switch_and_health_check_recovers_the_recorded_generation(
+def test_invariant_6_sigkill_between_switch_and_health_check_recovers_the_recorded_generation(
     fake: FakeNixos, tmp_path: Path, app: IsolatedBus, systemd_container: LabSystemd
 ) -> None:
     state = tmp_path / "state"
@@ -479,7 +479,7 @@ def test_a_boot_is_no_switch(fake: FakeNixos) -> None:
 
 
 @pytest.mark.systemd
-def test_a_unit_failing_soon_after_a_switch_gets_a_queued_nix_rollback(
+def test_invariant_4_a_unit_failing_soon_after_a_switch_gets_a_queued_nix_rollback(
     fake: FakeNixos,
     store: Store,
     app: IsolatedBus,

@@ -7,6 +7,7 @@ CI cannot pass by silently skipping the real-LLM tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -213,20 +214,27 @@ def _handler(state: ScriptedOllama) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def scripted_ollama() -> Iterator[ScriptedOllama]:
-    state = ScriptedOllama()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` served on a free loopback port in a thread; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield state
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def scripted_ollama() -> Iterator[ScriptedOllama]:
+    state = ScriptedOllama()
+    with loopback_server(_handler(state)) as url:
+        state.url = url
+        yield state
 
 
 def read_log_lines(path: Path) -> list[dict[str, Any]]:
