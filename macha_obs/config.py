@@ -16,7 +16,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from macha_obs.errors import UsageError
 
@@ -52,6 +59,50 @@ BUILTIN_PROTECTED_UNITS: tuple[str, ...] = tuple(
 USER_PROTECTED = ProtectedClass(
     name="configured", why="named in protected_units by this host's operator", units=()
 )
+
+
+# Per-action trust (trusted_actions): what a person may let run below the autonomy
+# level. Unit verbs need a unit (or a glob of units): "restart_unit" alone, or
+# "restart_unit:*", is not per-action trust but autonomy (autonomy_level = "auto-safe").
+_TRUST_UNIT_KINDS = ("restart_unit", "start_unit", "reset_failed")
+_TRUST_HOST_KINDS = ("journal_vacuum", "nix_gc", "nix_rebuild", "investigate")
+_NEVER_TRUSTED = {
+    "nix_rollback": "rolls the whole system back: always a human's decision (high risk)",
+    "config_change": "a configuration change is only ever read and applied by a human",
+}
+_HUMAN_ONLY_TYPES = ("mount", "automount", "swap")
+
+
+def trust_refusal(entry: str, protected: tuple[str, ...]) -> str | None:
+    """Why a `trusted_actions` entry ("KIND" or "KIND:TARGET_GLOB") cannot be granted,
+    or None. A target that is, or whose glob could name, a protected unit is refused
+    with the protected class and why (invariants 3 and 11 hold whatever is trusted)."""
+    kind, _, target = entry.partition(":")
+    if kind in _NEVER_TRUSTED:
+        return f"{kind} cannot be trusted: {_NEVER_TRUSTED[kind]}"
+    known = (*_TRUST_UNIT_KINDS, *_TRUST_HOST_KINDS)
+    if kind not in known:
+        return f"unknown action kind {kind!r} (trustable: {', '.join(known)})"
+    if kind not in _TRUST_UNIT_KINDS:
+        if target and kind != "investigate":
+            return f"{kind} acts on the whole host: write just {kind!r}"
+        return None
+    if not target.strip("*?"):
+        return (
+            f"{kind} on every unit is an autonomy level, not per-action trust: name the "
+            f'unit(s), e.g. {kind}:nginx.service, or set autonomy_level = "auto-safe"'
+        )
+    if target.rsplit(".", 1)[-1] in _HUMAN_ONLY_TYPES:
+        return f"{target}: mounts and swaps change what every service sees; always a human's"
+    for cls in (*PROTECTED_CLASSES, USER_PROTECTED):
+        patterns = cls.units or tuple(p for p in protected if p not in BUILTIN_PROTECTED_UNITS)
+        for pattern in patterns:
+            if fnmatch.fnmatchcase(target, pattern) or fnmatch.fnmatchcase(pattern, target):
+                return (
+                    f"{target} names protected units ({cls.name}: {cls.why}); protected "
+                    "units are never acted on, trusted or not"
+                )
+    return None
 
 
 class ConfigError(UsageError):
@@ -198,6 +249,51 @@ class Config(BaseModel):
     journal_error_burst: int = Field(20, ge=1, le=1_000_000)
     flapping_restarts: int = Field(3, ge=1, le=10_000)
 
+    # --- Prometheus-native and the fleet -------------------------------------------
+    # This host runs node_exporter: the sidecar leaves out the families it exports
+    # (filesystem, memory, swap, load, CPU, boot time) and its rules use node_* series;
+    # the sidecar's own findings still come from its own collection.
+    node_exporter: bool = False
+    # MachaDiskFilling* (predict_linear): warn when a writable filesystem will be full
+    # within this many hours at the recent rate, page when within the critical bound.
+    disk_predict_warning_hours: float = Field(24.0, gt=0, le=24 * 30)
+    disk_predict_critical_hours: float = Field(4.0, gt=0, le=24 * 30)
+    # Every rule's runbook_url is <this>/<AlertName>.md (docs/runbooks/ in the repo).
+    runbook_url_base: str = Field(
+        "https://github.com/macha-obs/macha-obs/blob/main/docs/runbooks", max_length=500
+    )
+    # Pull intake: ask these Alertmanagers (API v2) for this host's alerts, beside or
+    # instead of the webhook. Empty: push (webhook) only.
+    alertmanager_urls: tuple[str, ...] = ()
+    alertmanager_pull_interval: float = Field(15.0, ge=1, le=3600)
+    # The fleet's blast radius: before an automatic action, ask this Prometheus how many
+    # hosts acted within fleet_window (from the sidecars' own action counters); at
+    # fleet_max_hosts or more, or when it cannot answer, queue instead. 0: off.
+    fleet_prometheus_url: str | None = Field(None, max_length=500)
+    fleet_max_hosts: int = Field(0, ge=0, le=100_000)
+    fleet_window: float = Field(3600.0, ge=60, le=7 * 86400)
+
+    # --- the approvals page -------------------------------------------------------
+    # The URL people reach this listener at (behind a reverse proxy: its public URL).
+    # Links in alerts are built from it; unset, from listen_address.
+    external_url: str | None = Field(None, max_length=500)
+    # Also one alert per pending approval (MachaApprovalPendingItem), each with its link.
+    approval_alert_per_item: bool = False
+
+    # --- learning from the operator ---------------------------------------------
+    # Per-action trust, granted by a person: "KIND" or "KIND:TARGET_GLOB" entries run
+    # automatically below the global autonomy level (invariant 14: only a config change
+    # moves trust toward permission). Protected units, the scope lock, rate limits and
+    # the breaker still apply.
+    trusted_actions: tuple[str, ...] = ()
+    # A fix rejected, or failing verification, this many times for one problem
+    # signature within suppress_window is not proposed again for suppress_window.
+    suppress_after_rejections: int = Field(3, ge=1, le=1000)
+    suppress_after_failures: int = Field(3, ge=1, le=1000)
+    suppress_window: float = Field(7 * 86400.0, ge=3600, le=365 * 86400)
+    # Learning metrics carry a unit label only when asked (cardinality).
+    learn_metrics_unit_label: bool = False
+
     @field_validator("protected_units", mode="before")
     @classmethod
     def _merge_protected(cls, value: Any) -> tuple[str, ...]:
@@ -211,6 +307,21 @@ class Config(BaseModel):
         merged = list(BUILTIN_PROTECTED_UNITS)
         merged += [p for p in extra if p not in merged]
         return tuple(merged)
+
+    @field_validator("trusted_actions", mode="before")
+    @classmethod
+    def _check_trusted(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
+        """Per-action trust a person grants (`trust_refusal` says what is refused and
+        why); the protected units are the ones this config merges."""
+        if isinstance(value, str):
+            value = _split_list(value)
+        entries = [str(v).strip() for v in (value or ()) if str(v).strip()]
+        protected = info.data.get("protected_units", BUILTIN_PROTECTED_UNITS)
+        for entry in entries:
+            refused = trust_refusal(entry, protected)
+            if refused is not None:
+                raise ValueError(f"{entry!r}: {refused}")
+        return tuple(dict.fromkeys(entries))
 
     @field_validator("nix_gc_keep_generations")
     @classmethod
@@ -236,12 +347,76 @@ class Config(BaseModel):
         del port
         return value
 
+    @field_validator("alertmanager_urls", mode="before")
+    @classmethod
+    def _check_alertmanager_urls(cls, value: Any) -> tuple[str, ...]:
+        """http(s) base URLs of Alertmanager peers (API v2 below them), no duplicates."""
+        if isinstance(value, str):
+            value = _split_list(value)
+        urls = [str(v).strip().rstrip("/") for v in (value or ()) if str(v).strip()]
+        for url in urls:
+            if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+                raise ValueError(f"{url!r}: needs http(s)://HOST[:PORT][/PATH]")
+        if len(set(urls)) != len(urls) or len(urls) > 16:
+            raise ValueError("at most 16 Alertmanager URLs, each once")
+        return tuple(urls)
+
+    @field_validator("external_url")
+    @classmethod
+    def _check_external_url(cls, value: str | None) -> str | None:
+        """The base of the links alerts carry: an http(s) URL, no query or fragment, and
+        nothing that could leave a label value or an HTML attribute."""
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/%\-]*)?", value):
+            raise ValueError(
+                "must be an http:// or https:// URL with no query, fragment or spaces, "
+                "e.g. https://proxy.example.org/macha"
+            )
+        return value.rstrip("/")
+
+    @field_validator("runbook_url_base")
+    @classmethod
+    def _check_runbook_base(cls, value: str) -> str:
+        """It goes into every rule file: an http(s) URL with nothing a rule would read."""
+        if not re.fullmatch(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]+", value):
+            raise ValueError("must be an http:// or https:// URL without spaces, quotes or braces")
+        return value.rstrip("/")
+
+    @field_validator("disk_predict_critical_hours")
+    @classmethod
+    def _critical_before_warning(cls, value: float, info: ValidationInfo) -> float:
+        warning = info.data.get("disk_predict_warning_hours")
+        if warning is not None and value > warning:
+            raise ValueError(f"must not exceed disk_predict_warning_hours ({warning:g})")
+        return value
+
     @field_validator("ollama_url", "openai_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("fleet_prometheus_url")
+    @classmethod
+    def _check_fleet_url(cls, value: str | None) -> str | None:
+        if not value:  # "" (an empty MACHA_ variable) is unset
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("fleet_max_hosts")
+    @classmethod
+    def _fleet_needs_prometheus(cls, value: int, info: ValidationInfo) -> int:
+        # a limit nobody can ask about would queue every automatic fix: say so at start
+        if value and not info.data.get("fleet_prometheus_url"):
+            raise ValueError(
+                "needs fleet_prometheus_url (the Prometheus that scrapes every sidecar); "
+                "0 turns the fleet limit off"
+            )
+        return value
 
     def is_protected(self, unit: str) -> bool:
         """True when the canonical unit name matches a protected name or glob."""

@@ -32,6 +32,7 @@ untrusted text, so whoever prints it makes it inert first (`terminal.inert`).
     ├── ExecutorError                   an action could not be carried out (here: execute/
     │   ├── RefusedError, RunnerError       and systemd/ both raise them, and systemd/ is
     │   └── SystemdError ── TransientDBusError ── DBusTimeout    below execute/)
+    ├── web.app.Refused                 a request the approvals page refuses (a page, a status)
     ├── install.InstallError            installing or uninstalling cannot go on
     └── rules.RulesError                the alert rules cannot be written
 

@@ -35,6 +35,8 @@ ROOMS: dict[str, set[str]] = {
     "health": {"metrics", "store"},
     "incidents": {"models", "scope", "store"},
     "receiver": {"config", "incidents", "models", "store", "webhook_token"},
+    "pull": {"config", "incidents", "models", "receiver", "store"},
+    "fleet": {"config", "errors", "models"},
     "agent": {"config", "errors", "models", "scope", "terminal"},
     "patches": {"errors", "execute", "models"},
     "verify": {"config", "models", "policy", "store"},
@@ -50,6 +52,7 @@ ROOMS: dict[str, set[str]] = {
         "store",
         "verify",
     },
+    "learn": {"config", "incidents", "models", "policy", "store"},
     "lanes": {"config", "models"},
     "orchestrator": {
         "agent",
@@ -68,6 +71,7 @@ ROOMS: dict[str, set[str]] = {
     "rules": {"config", "errors"},
     "units": {"config", "errors"},
     "install": {"config", "errors", "units"},
+    "web": {"config", "errors", "models", "remediate", "store", "terminal", "webhook_token"},
     "server": {"metrics"},
     "daemon": {"errors", "store"},
     "cli": set(),  # the only room that wires everything: it may import every room

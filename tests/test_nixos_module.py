@@ -51,6 +51,9 @@ WIRING_OPTIONS = {
     "ollama.enable",
     "openFirewall",
     "alertmanager.humanReceiver",
+    "alertmanager.fleetHosts",
+    "alertmanager.fleetReceivers",
+    "alertmanager.fleetRoutes",
     "prometheus.rules",
 }
 # listenAddress and port render together to one field.
@@ -110,6 +113,25 @@ SETTINGS_ONLY = {
     "nixos_config_dir",
     "rebuild_check_units",
     "rebuild_health_window",
+    # Prometheus-native and the fleet (docs/fleet.md)
+    "node_exporter",
+    "disk_predict_warning_hours",
+    "disk_predict_critical_hours",
+    "runbook_url_base",
+    "alertmanager_urls",
+    "alertmanager_pull_interval",
+    "fleet_prometheus_url",
+    "fleet_max_hosts",
+    "fleet_window",
+    # the approvals page
+    "external_url",
+    "approval_alert_per_item",
+    # learning from the operator: trust is granted in settings, by a person
+    "trusted_actions",
+    "suppress_after_rejections",
+    "suppress_after_failures",
+    "suppress_window",
+    "learn_metrics_unit_label",
 }
 
 

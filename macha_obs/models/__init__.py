@@ -7,6 +7,7 @@
     incidents  incidents, the analysis's decisions, the policy's verdicts
     ledger     the action ledger's records and the approvals queue's items
     snapshot   what the collectors saw in one cycle
+    learning   problem signatures, fix keys, outcome records and suppressions
 
 Import from here (`from macha_obs.models import Incident`), never from the modules:
 `__all__` is what the rest of the package uses, and a test holds it to that.
@@ -39,7 +40,7 @@ from macha_obs.models.actions import (
     describe_action,
     parse_action,
 )
-from macha_obs.models.alerts import Alert, AlertGroup
+from macha_obs.models.alerts import ZERO_TIME, Alert, AlertGroup
 from macha_obs.models.findings import FINDING_SOURCE, Finding, FindingKind, Severity
 from macha_obs.models.incidents import (
     Assessment,
@@ -51,6 +52,19 @@ from macha_obs.models.incidents import (
     Verdict,
     utcnow,
 )
+from macha_obs.models.learning import (
+    REASONS_KEPT,
+    FixKey,
+    FixRecord,
+    LearnOutcome,
+    Signature,
+    Suppression,
+    fix_of,
+    investigation_instead,
+    learns_from,
+    signature_of,
+    suppression_of,
+)
 from macha_obs.models.ledger import (
     ActionRecord,
     ActionStatus,
@@ -60,6 +74,7 @@ from macha_obs.models.ledger import (
     ExecutionResult,
 )
 from macha_obs.models.snapshot import (
+    CPU_MODES,
     SNAPSHOT_READINGS,
     BootReading,
     CollectorRun,
@@ -83,9 +98,12 @@ from macha_obs.models.units import (
 
 __all__ = [
     "ACTION_ADAPTER",
+    "CPU_MODES",
     "FINDING_SOURCE",
+    "REASONS_KEPT",
     "SNAPSHOT_READINGS",
     "UNIT_ACTIONS",
+    "ZERO_TIME",
     "Action",
     "ActionRecord",
     "ActionStatus",
@@ -108,12 +126,15 @@ __all__ = [
     "FilesystemReading",
     "Finding",
     "FindingKind",
+    "FixKey",
+    "FixRecord",
     "Incident",
     "InvalidUnitName",
     "Investigate",
     "JournalReading",
     "JournalTail",
     "JournalVacuum",
+    "LearnOutcome",
     "ListeningSockets",
     "NetworkReading",
     "NixActivate",
@@ -130,8 +151,10 @@ __all__ = [
     "RestartUnit",
     "Risk",
     "Severity",
+    "Signature",
     "Snapshot",
     "StartUnit",
+    "Suppression",
     "SystemdReading",
     "TopProcesses",
     "UnitReading",
@@ -141,7 +164,12 @@ __all__ = [
     "action_json",
     "canonical_unit_name",
     "describe_action",
+    "fix_of",
+    "investigation_instead",
+    "learns_from",
     "parse_action",
+    "signature_of",
+    "suppression_of",
     "utcnow",
     "validate_unit_name",
 ]
