@@ -6,8 +6,6 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from macha_obs.collect.boot import (
     BOOT_ID_KEY,
     EXPECTED_REBOOT_KEY,
@@ -24,21 +22,22 @@ from macha_obs.collect.disks import (
 from macha_obs.collect.meta import MemoryMeta
 from macha_obs.collect.nixos import NixosCollector, count_generations, parse_generation
 from macha_obs.collect.resources import (
-    CpuTimes,
     RawResources,
     ResourcesCollector,
-    cpu_usage_ratio,
+    cpu_seconds_by_mode,
     summarize_resources,
 )
-from macha_obs.models import FilesystemReading, FindingKind, Severity
+from macha_obs.models import CPU_MODES, FilesystemReading, FindingKind, Severity
 from tests.harness.eyes_support import FIXTURES, make_nixos_tree
 
 # ------------------------------------------------------------------ resources
 
+SECONDS = {"user": 30.0, "system": 20.0, "idle": 150.0, "iowait": 5.0}
 
-def _raw(available: int, busy: float = 50.0, total: float = 200.0) -> RawResources:
+
+def _raw(available: int) -> RawResources:
     return RawResources(
-        cpu=CpuTimes(busy=busy, total=total),
+        cpu_seconds=SECONDS,
         cpu_count=4,
         memory_total=1000,
         memory_available=available,
@@ -48,23 +47,37 @@ def _raw(available: int, busy: float = 50.0, total: float = 200.0) -> RawResourc
     )
 
 
-def test_cpu_usage_ratio_between_samples_and_since_boot() -> None:
-    assert cpu_usage_ratio(None, CpuTimes(busy=25, total=100)) == 0.25
-    assert cpu_usage_ratio(CpuTimes(10, 100), CpuTimes(40, 200)) == pytest.approx(0.3)
-    # a counter that went backwards (or no time passed) falls back to since-boot
-    assert cpu_usage_ratio(CpuTimes(10, 300), CpuTimes(40, 200)) == 0.2
-    assert cpu_usage_ratio(None, CpuTimes(0, 0)) == 0.0
+class Times:
+    """psutil's scputimes on Linux: every mode, and guest time already inside user."""
+
+    user, nice, system, idle, iowait, irq, softirq, steal = 1.0, 2.0, 3.0, 4.0, 5.0, 6, 7, 8
+    guest, guest_nice = 0.5, 0.25
 
 
-def test_summarize_resources_loads_per_cpu_and_pressure() -> None:
-    reading, findings = summarize_resources(_raw(available=500), None, 0.9)
-    assert (reading.load1, reading.load5, reading.load15) == (0.5, 0.25, 0.125)
-    assert reading.cpu_usage_ratio == 0.25
+class FewTimes:
+    """A platform that counts fewer modes (macOS: user, nice, system, idle)."""
+
+    user, nice, system, idle = 1.0, 2.0, 3.0, 4.0
+
+
+def test_cpu_seconds_are_the_node_exporter_modes_and_only_those() -> None:
+    seconds = cpu_seconds_by_mode(Times())
+    assert tuple(seconds) == CPU_MODES
+    assert seconds["steal"] == 8.0
+    assert "guest" not in seconds
+    assert cpu_seconds_by_mode(FewTimes()) == {"user": 1, "nice": 2, "system": 3, "idle": 4}
+
+
+def test_summarize_resources_keeps_raw_values_and_judges_pressure() -> None:
+    reading, findings = summarize_resources(_raw(available=500), 0.9)
+    # the kernel's load averages, not divided by the CPU count: the rules divide
+    assert (reading.load1, reading.load5, reading.load15) == (2.0, 1.0, 0.5)
+    assert (reading.cpu_count, reading.cpu_seconds) == (4, SECONDS)
     assert findings == []
-    _, findings = summarize_resources(_raw(available=50), None, 0.9)
+    _, findings = summarize_resources(_raw(available=50), 0.9)
     assert [f.kind for f in findings] == [FindingKind.MEMORY_PRESSURE]
     assert findings[0].severity is Severity.WARNING
-    _, findings = summarize_resources(_raw(available=10), None, 0.9)
+    _, findings = summarize_resources(_raw(available=10), 0.9)
     assert findings[0].severity is Severity.CRITICAL
 
 
@@ -74,7 +87,9 @@ def test_resources_collector_reads_this_host() -> None:
     second, _ = collector.collect()
     assert first.cpu_count >= 1
     assert 0 < second.memory_available_bytes <= second.memory_total_bytes
-    assert 0.0 <= second.cpu_usage_ratio <= 1.0
+    assert set(second.cpu_seconds) == set(CPU_MODES)  # Linux counts every mode
+    # counters: never backwards between two cycles
+    assert all(second.cpu_seconds[m] >= first.cpu_seconds[m] for m in CPU_MODES)
 
 
 # ------------------------------------------------------------------ disks
@@ -93,7 +108,7 @@ def test_real_filesystems_leave_out_pseudo_and_bind_mounts() -> None:
 
 
 def test_summarize_disks_fill_and_inodes() -> None:
-    def fs(avail: int, files_free: int, files: int = 100) -> FilesystemReading:
+    def fs(avail: int, files_free: int, files: int = 100, ro: bool = False) -> FilesystemReading:
         return FilesystemReading(
             mountpoint="/x",
             device="d",
@@ -103,33 +118,42 @@ def test_summarize_disks_fill_and_inodes() -> None:
             free_bytes=avail,
             files=files,
             files_free=files_free,
+            readonly=ro,
         )
 
     assert summarize_disks([fs(50, 50)], 0.9, 0.9) == []
     kinds = [f.kind for f in summarize_disks([fs(5, 5)], 0.9, 0.9)]
     assert kinds == [FindingKind.DISK_FILLING, FindingKind.INODES_LOW]
     assert summarize_disks([fs(50, 0, files=0)], 0.9, 0.9) == []  # no inode limit (btrfs)
+    # full but read-only (an image, a recovery mount): it cannot fill, nothing to clean
+    assert summarize_disks([fs(5, 5, ro=True)], 0.9, 0.9) == []
 
 
 def test_disks_collector_on_fixture_mounts(tmp_path: Path) -> None:
     def statvfs(path: str) -> os.statvfs_result:
         if path == "/boot":
             raise PermissionError(path)  # one unreadable mount is skipped, not fatal
+        flag = os.ST_RDONLY | os.ST_NOSUID if path.startswith("/srv") else 0
         # f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail f_flag f_namemax
-        return os.statvfs_result((4096, 4096, 1000, 60, 50, 100, 1, 1, 0, 255))
+        return os.statvfs_result((4096, 4096, 1000, 60, 50, 100, 1, 1, flag, 255))
 
     collector = DisksCollector(mounts_file=FIXTURES / "proc/mounts", statvfs=statvfs)
     reading, findings = collector.collect()
     assert [fs.mountpoint for fs in reading.filesystems] == ["/", "/srv/media library"]
     root = reading.filesystems[0]
     assert (root.size_bytes, root.avail_bytes, root.free_bytes) == (4096000, 204800, 245760)
-    assert {(f.kind, f.subject) for f in findings} >= {(FindingKind.DISK_FILLING, "/")}
+    assert [fs.readonly for fs in reading.filesystems] == [False, True]
+    # both are 95% full; only the writable one is a finding
+    assert {f.subject for f in findings} == {"/"}
+    assert {f.kind for f in findings} == {FindingKind.DISK_FILLING, FindingKind.INODES_LOW}
 
 
 def test_disks_collector_reads_this_host() -> None:
     reading, _ = DisksCollector().collect()
     assert any(fs.mountpoint == "/" for fs in reading.filesystems)
     assert all(fs.fstype not in ("proc", "sysfs", "tmpfs") for fs in reading.filesystems)
+    root = next(fs for fs in reading.filesystems if fs.mountpoint == "/")
+    assert root.readonly == bool(os.statvfs("/").f_flag & os.ST_RDONLY)
 
 
 # ------------------------------------------------------------------ boot
@@ -213,3 +237,20 @@ def test_nixos_collector_without_database(tmp_path: Path) -> None:
     make_nixos_tree(tmp_path)
     (tmp_path / "nix/var/nix/db/db.sqlite").unlink()
     assert NixosCollector(root=tmp_path).collect()[0].store_size_bytes is None
+
+
+def test_nixos_running_generation_follows_current_system_not_the_boot_default(
+    tmp_path: Path,
+) -> None:
+    """`nixos-rebuild test` (or a rollback) runs a generation that is not the profile's
+    default: the running one is read from /run/current-system."""
+    make_nixos_tree(tmp_path)
+    (tmp_path / "run").mkdir()
+    collector = NixosCollector(root=tmp_path)
+    assert collector.collect()[0].running_generation is None  # no current-system yet
+    (tmp_path / "run/current-system").symlink_to(f"/nix/store/{2:032d}-nixos-system")
+    reading = collector.collect()[0]
+    assert (reading.generation, reading.running_generation) == (3, 2)
+    (tmp_path / "run/current-system").unlink()
+    (tmp_path / "run/current-system").symlink_to("/nix/store/never-added-nixos-system")
+    assert collector.collect()[0].running_generation is None

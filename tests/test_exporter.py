@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,10 +21,12 @@ from macha_obs.metrics import (
     LoopStats,
     PersistentState,
     SelfCollector,
+    SnapshotCollector,
     WebhookCollector,
     build_registry,
     scrape_text,
 )
+from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
 from macha_obs.models import NixosReading, Snapshot
 from macha_obs.receiver import ReceiverStats
 from macha_obs.server import ListenerStats
@@ -61,17 +63,57 @@ def test_collector_runs_findings_and_readings() -> None:
     assert get("macha_scrape_collector_duration_seconds", {"collector": "disks"}) == 0.01
     assert get("macha_findings", {"kind": "unit_failed"}) == 1.0
     assert get("macha_findings", {"kind": "memory_pressure"}) == 0.0
-    assert get("macha_load_per_cpu", {"window": "5m"}) == 0.25
     fs = {"mountpoint": "/", "device": "/dev/nvme0n1p2", "fstype": "ext4"}
     assert get("macha_filesystem_avail_bytes", fs) == 5e9
+    assert get("macha_filesystem_readonly", fs) == 0.0
     assert get("macha_journal_errors_total", {"unit": "nginx.service"}) == 12.0
-    assert get("macha_journal_recent_errors", {"unit": "other"}) == 0.0
+    assert get("macha_journal_entries_read_total") == 120.0
     assert get("macha_dns_probe_success", {"name": "example.org"}) == 0.0
     assert get("macha_tcp_probe_success", {"target": "db.internal:5432"}) == 1.0
     assert get("macha_boot_unexpected_reboot") == 1.0
     assert get("macha_snapshot_timestamp_seconds") == 1764000200.5
     # the failed nixos collector left no reading: no nixos series, not zeros
     assert get("macha_nixos_present") is None
+
+
+def test_raw_values_not_ratios_over_the_collection_interval() -> None:
+    """CPU seconds by mode and the kernel's load averages: rate() and the rules divide."""
+    get = build_registry(fixture_snapshot).get_sample_value
+    assert get("macha_cpu_seconds_total", {"mode": "idle"}) == 12000.0
+    assert get("macha_cpu_seconds_total", {"mode": "steal"}) == 0.0
+    assert (get("macha_load1"), get("macha_load5"), get("macha_load15")) == (2.0, 1.0, 0.5)
+    assert get("macha_cpus") == 4.0
+    text = exposition(fixture_snapshot())
+    for gone in ("macha_cpu_usage_ratio", "macha_load_per_cpu", "macha_journal_recent_errors"):
+        assert gone not in text
+    assert "# TYPE macha_cpu_seconds_total counter" in text
+    assert "# TYPE macha_journal_entries_read_total counter" in text
+
+
+def families(registry: CollectorRegistry) -> set[str]:
+    return {m.name for m in registry.collect()}
+
+
+def test_beside_node_exporter_its_families_are_left_out_and_nothing_else() -> None:
+    """node_exporter = true: no second series for what node_exporter already says; the
+    sidecar's own families (units, journal, probes, findings, boot judgement) stay."""
+    full, beside = CollectorRegistry(), CollectorRegistry()
+    full.register(SnapshotCollector(fixture_snapshot, build_info=BUILD))
+    beside.register(SnapshotCollector(fixture_snapshot, build_info=BUILD, node_exporter=True))
+    left_out = families(full) - families(beside)
+    assert left_out == NODE_EXPORTER_FAMILIES
+    assert families(beside) == families(full) - NODE_EXPORTER_FAMILIES
+    assert not any(
+        name.startswith(
+            ("macha_filesystem", "macha_memory", "macha_swap", "macha_load", "macha_cpu")
+        )
+        for name in families(beside)
+    )
+    assert {"macha_boot_unexpected_reboot", "macha_journal_errors", "macha_systemd_unit_state",
+            "macha_findings"} <= families(beside)  # fmt: skip
+    # the findings still come from the sidecar's own collection
+    get = beside.get_sample_value
+    assert get("macha_findings", {"kind": "unit_failed"}) == 1.0
 
 
 def test_no_snapshot_yet_gives_build_info_only() -> None:

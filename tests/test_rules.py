@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from macha_obs.config import Config
 from macha_obs.models import FindingKind
 from tests.harness.eyes_support import PROJECT
 
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.stack
 
 RULES = PROJECT / "alert_rules"
 EXPORTERS = PROJECT / "exporters"
+RUNBOOKS = PROJECT / "docs" / "runbooks"
 RULE_FILES = sorted(RULES.glob("*.yml"))
 RULE_TESTS = sorted((RULES / "tests").glob("*.yml"))
 
@@ -55,6 +57,21 @@ def alert_names() -> list[str]:
     return re.findall(r"^\s*- alert: (\S+)$", "\n".join(p.read_text() for p in RULE_FILES), re.M)
 
 
+def record_names() -> list[str]:
+    return re.findall(r"^\s*- record: (\S+)$", "\n".join(p.read_text() for p in RULE_FILES), re.M)
+
+
+def alert_blocks() -> list[tuple[str, str]]:
+    """(name, text) of every alerting rule, up to the next rule or group."""
+    text = "\n".join(p.read_text() for p in RULE_FILES)
+    found = re.finditer(
+        r"^ +- alert: (\S+)\n(.*?)(?=^ +- alert: |^ +- record: |^  - name: |^  #|\Z)",
+        text,
+        re.M | re.S,
+    )
+    return [(m.group(1), m.group(2)) for m in found]
+
+
 def test_rule_files_pass_promtool_check(promtool: str) -> None:
     assert RULE_FILES
     run(promtool, "check", "rules", *map(str, RULE_FILES))
@@ -68,7 +85,9 @@ def test_rule_unit_tests_pass(promtool: str, tests_file: Path) -> None:
 def test_every_finding_kind_and_self_health_has_an_alert() -> None:
     assert set(ALERT_FOR_KIND) == set(FindingKind)
     names = alert_names()
-    assert len(names) == len(set(names))
+    # one rule per name, or tiers of one name (node_exporter's mixin): one per severity
+    tiers = [(n, re.search(r"severity: (\S+)", b).group(1)) for n, b in alert_blocks()]  # type: ignore[union-attr]
+    assert len(tiers) == len(set(tiers)) == len(names)
     assert set(ALERT_FOR_KIND.values()) | set(SELF_ALERTS) | set(HUMAN_ALERTS) <= set(names)
 
 
@@ -81,8 +100,18 @@ def test_every_alert_has_severity_for_summary_description() -> None:
         assert "$labels.instance" in block, f"{name} does not say which host"
 
 
+def test_every_alert_has_a_runbook_page() -> None:
+    """runbook_url is <runbook_url_base>/<AlertName>.md, and docs/runbooks/ has that page."""
+    base = Config().runbook_url_base
+    for name, block in alert_blocks():
+        assert f'runbook_url: "{base}/{name}.md"' in block, name
+        page = RUNBOOKS / f"{name}.md"
+        assert page.is_file(), f"docs/runbooks/{name}.md is missing"
+
+
 def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
-    text = "\n".join(p.read_text() for p in RULE_TESTS)
+    # comments between the evaluations say why; they are not part of an evaluation
+    text = re.sub(r"^\s*#.*\n", "", "\n".join(p.read_text() for p in RULE_TESTS), flags=re.M)
     for name in alert_names():
         evals = re.findall(
             rf"alertname: {name}\n\s+exp_alerts:(.*?)(?=\n\s+- eval_time|\n\n|\Z)", text, re.S
@@ -97,10 +126,13 @@ def test_prometheus_configs(promtool: str, config: str) -> None:
     assert "SUCCESS" in out
     # the rule glob really found every file of alert_rules/, and every rule in them
     assert f"{len(RULE_FILES)} rule files found" in out
-    assert sum(map(int, re.findall(r"(\d+) rules found", out))) == len(alert_names())
+    rules = len(alert_names()) + len(record_names())
+    assert sum(map(int, re.findall(r"(\d+) rules found", out))) == rules
 
 
-@pytest.mark.parametrize("config", ["alertmanager.yml", "alertmanager-fleet.yml"])
+@pytest.mark.parametrize(
+    "config", ["alertmanager.yml", "alertmanager-fleet.yml", "alertmanager-approvals.yml"]
+)
 def test_alertmanager_configs(amtool: str, config: str) -> None:
     run(amtool, "check-config", str(EXPORTERS / config))
 

@@ -14,13 +14,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 import macha_obs.cli.rules  # noqa: F401  (registers `rules` on main)
 from macha_obs.cli import main
 from macha_obs.config import Config
 from macha_obs.rules import (
+    _APPROVAL_ITEM_TEMPLATE,
     RULE_FILES,
+    SERIES,
     TEMPLATES,
+    RulesError,
     duration,
     fill,
     number,
@@ -34,14 +38,24 @@ from macha_obs.rules import (
 from tests.harness.eyes_support import PROJECT
 
 SHIPPED = PROJECT / "alert_rules"
+SIDECAR = "macha-sidecar.yml"
 
 
 def alert_blocks(text: str) -> dict[str, str]:
-    """Each rule's text, from its `- alert:` line to the next rule or group."""
+    """Each rule's text, from its `- alert:` line to the next rule or group; tiers of one
+    name (MachaDiskFillingUp) by name/severity."""
     found = re.finditer(
-        r"^ +- alert: (\S+)\n(.*?)(?=^ +- alert: |^  - name: |\Z)", text, re.M | re.S
+        r"^ +- alert: (\S+)\n(.*?)(?=^ +- alert: |^ +- record: |^  - name: |^  #|\Z)",
+        text,
+        re.M | re.S,
     )
-    return {m.group(1): m.group(2) for m in found}
+    blocks: dict[str, str] = {}
+    for m in found:
+        name, block = m.group(1), m.group(2)
+        if text.count(f"- alert: {name}\n") > 1:
+            name += "/" + re.search(r"severity: (\S+)", block).group(1)  # type: ignore[union-attr]
+        blocks[name] = block
+    return blocks
 
 
 def field(block: str, name: str) -> str:
@@ -75,9 +89,12 @@ def test_rendering_depends_on_the_thresholds_never_on_the_host() -> None:
 
 def test_every_placeholder_has_a_value_and_every_value_a_placeholder() -> None:
     values = rule_values(Config())
-    used = {name for t in TEMPLATES.values() for name in re.findall(r"\[\[([a-z_]+)\]\]", t)}
-    assert used == set(values)
-    assert all("[[" not in text for text in render(Config()).values())
+    templates = [*TEMPLATES.values(), _APPROVAL_ITEM_TEMPLATE]
+    used = {name for t in templates for name in re.findall(r"\[\[([a-z_0-9]+)\]\]", t)}
+    for series in SERIES.values():  # each variant names every series the templates read
+        assert used == set(values) | set(series) | {"approval_item_rule"}
+    for cfg in (Config(), Config(node_exporter=True, approval_alert_per_item=True)):
+        assert all(not re.search(r"\[\[[a-z]", text) for text in render(cfg).values())
     with pytest.raises(KeyError, match="nope"):
         fill("x [[nope]]", values)
 
@@ -131,7 +148,11 @@ CHANGES: list[tuple[dict[str, Any], str, dict[str, str]]] = [
     ({"memory_pressure_threshold": 0.8}, "MachaMemoryPressure",
      {"expr": "total_bytes >= 0.80", "description": "(threshold 80%)."}),
     ({"journal_error_burst": 50}, "MachaJournalErrorBurst",
-     {"expr": "errors >= 50", "description": "(threshold 50)."}),
+     {"expr": "[5m]) >= 50", "description": "(threshold 50)."}),
+    ({"disk_predict_warning_hours": 48}, "MachaDiskFillingUp/warning",
+     {"expr": "[6h], 172800) < 0", "description": "will be full within 48 hours;"}),
+    ({"disk_predict_critical_hours": 0.5}, "MachaDiskFillingUp/critical",
+     {"expr": "[6h], 1800) < 0", "description": "will be full within 30 minutes;"}),
     ({"flapping_restarts": 5}, "MachaUnitFlapping",
      {"expr": "[15m]) >= 5", "description": "(threshold 5)."}),
     ({"collect_interval": 600}, "MachaSnapshotStale",
@@ -142,8 +163,8 @@ CHANGES: list[tuple[dict[str, Any], str, dict[str, str]]] = [
      {"expr": "> 1050", "description": "(threshold 1050 seconds)"}),
     ({"approval_ttl": 600}, "MachaApprovalsPending",
      {"for": "5m", "description": "for over 5 minutes ("}),
-    ({"listen_address": "0.0.0.0:9999"}, "MachaNotReady",
-     {"description": "`curl -s http://127.0.0.1:9999/readyz`"}),
+    ({"external_url": "https://macha.example.org/"}, "MachaApprovalsPending",
+     {"approvals_url": '{{ or $url "https://macha.example.org/approvals" }}'}),
 ]  # fmt: skip
 
 
@@ -175,6 +196,59 @@ def test_the_readyz_address_follows_listen_address_and_nothing_else_gets_in(
     listen: str, url: str
 ) -> None:
     assert rule_values(Config(listen_address=listen))["readyz_url"] == url
+
+
+def test_listen_address_is_where_people_are_sent_unless_there_is_an_external_url() -> None:
+    default = {n: alert_blocks(t) for n, t in render(Config()).items()}
+    moved = {n: alert_blocks(t) for n, t in render(Config(listen_address="[::]:9999")).items()}
+    differ = {a for n in RULE_FILES for a in default[n] if default[n][a] != moved[n][a]}
+    assert differ == {"MachaNotReady", "MachaApprovalsPending"}
+    block = moved[SIDECAR][("MachaApprovalsPending")]
+    assert '{{ or $url "http://[::1]:9999/approvals" }}' in field(block, "approvals_url")
+    behind = Config(listen_address="[::]:9999", external_url="https://m.example.org/x")
+    block = alert_blocks(render(behind)[SIDECAR])["MachaApprovalsPending"]
+    assert '$url "https://m.example.org/x/approvals" }}' in field(block, "approvals_url")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ['https://x/"}} {{ $x }}', "https://x/a b", "javascript:alert(1)", "https://x/{{ . }}"],
+)
+def test_an_external_url_a_rule_cannot_hold_is_refused(url: str) -> None:
+    """The config refuses it; and should a value ever get past the config, the rendering
+    refuses it again rather than write it into a rule file."""
+    with pytest.raises(ValidationError, match="external_url"):
+        Config(external_url=url)
+    unchecked = Config().model_copy(update={"external_url": url})
+    with pytest.raises(RulesError, match="approvals_url"):
+        render(unchecked)
+
+
+@pytest.mark.parametrize(
+    "url", ['https://x/"}} {{ $x }}', "https://x/a b", "ftp://x/", "https://x/\\n", ""]
+)
+def test_a_runbook_base_a_rule_cannot_hold_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="runbook_url_base"):
+        Config(runbook_url_base=url)
+    unchecked = Config().model_copy(update={"runbook_url_base": url})
+    with pytest.raises(RulesError, match="runbook_base"):
+        render(unchecked)
+
+
+def test_the_runbook_base_is_every_rules_and_only_that_changes() -> None:
+    base = "https://wiki.example.org/ops/macha_runbooks"
+    cfg = Config(runbook_url_base=base + "/", approval_alert_per_item=True)
+    for text in render(cfg).values():
+        names = re.findall(r"- alert: (\S+)", text)
+        urls = re.findall(r'runbook_url: "(\S+)"', text)
+        assert urls == [f"{base}/{name}.md" for name in names]
+        default = render(Config(approval_alert_per_item=True))
+        assert text.replace(base, Config().runbook_url_base) in default.values()
+
+
+def test_disk_tiers_must_warn_before_they_page() -> None:
+    with pytest.raises(ValidationError, match="disk_predict_warning_hours"):
+        Config(disk_predict_warning_hours=2, disk_predict_critical_hours=4)
 
 
 def test_approvals_alert_before_they_expire() -> None:
@@ -223,22 +297,33 @@ CUSTOM = {
 W1 = 'job="macha",instance="web1"'
 
 
-def case(name: str, series: dict[str, str], evals: list[tuple[str, str, list[tuple]]]) -> dict:
-    """One promtool test: `series` name → values; evals of (time, alert, [(labels, desc)])."""
+RUNBOOKS = Config().runbook_url_base
+
+
+def case(
+    name: str,
+    series: dict[str, str],
+    evals: list[tuple[str, str, list[tuple]]],
+    interval: str = "1m",
+) -> dict:
+    """One promtool test: `series` name → values; evals of (time, alert, [(labels, summary,
+    description[, other annotations])]); every alert's runbook_url is its page."""
+
+    def annotations(alert: str, summary: str, d: str, *more: dict[str, str]) -> dict:
+        return {"summary": summary, "description": d, "runbook_url": f"{RUNBOOKS}/{alert}.md",
+                **(more[0] if more else {})}  # fmt: skip
+
     return {
         "name": name,
-        "interval": "1m",
+        "interval": interval,
         "input_series": [{"series": s, "values": v} for s, v in series.items()],
         "alert_rule_test": [
             {
                 "eval_time": at,
                 "alertname": alert,
                 "exp_alerts": [
-                    {
-                        "exp_labels": labels,
-                        "exp_annotations": {"summary": summary, "description": d},
-                    }
-                    for labels, summary, d in expected
+                    {"exp_labels": labels, "exp_annotations": annotations(alert, *rest)}
+                    for labels, *rest in expected
                 ],
             }
             for at, alert, expected in evals
@@ -273,13 +358,12 @@ def host_cases() -> list[dict]:
             f"macha_filesystem_files_free{{{fs.format('/dev/sda1', '/')}}}": "60x30",
         }, [("15m", "MachaInodesLow", [(srv, "/srv is running out of inodes on web1",
              "96% of the inodes of /srv are used on web1 (threshold 95%).")])]),
-        case("50 journal errors fire; 49 do not", {
-            f'macha_journal_recent_errors{{{W1},unit="app.service"}}': "50x5",
-            f'macha_journal_recent_errors{{{W1},unit="quiet.service"}}': "49x5",
-        }, [("3m", "MachaJournalErrorBurst", [({**web1, "unit": "app.service"},
+        case("50 journal errors in one cycle fire; 49 do not", {
+            f'macha_journal_errors_total{{{W1},unit="app.service"}}': "0x4 50x20",
+            f'macha_journal_errors_total{{{W1},unit="quiet.service"}}': "0x4 49x20",
+        }, [("7m", "MachaJournalErrorBurst", [({**web1, "unit": "app.service"},
              "Burst of journal errors from app.service on web1",
-             "app.service logged 50 error entries since the sidecar's previous journal"
-             " read on web1 (threshold 50).")])]),
+             "app.service logged 50 error entries in 5m on web1 (threshold 50).")])]),
         case("5 restarts in 15m flap; 4 do not", {
             f'macha_systemd_unit_restarts_total{{{W1},unit="app.service"}}': "0 1 2 3 4 5 5 5",
             f'macha_systemd_unit_restarts_total{{{W1},unit="calm.service"}}': "0 1 2 3 4 4 4 4",
@@ -306,7 +390,8 @@ def sidecar_cases() -> list[dict]:
              "macha-obs on web1 has had actions waiting for a human for over 5 minutes (2 now)."
              " Review them with `macha-approve list` and `macha-approve show ID`, then"
              " `macha-approve approve ID` or `macha-approve reject ID`; unanswered, they"
-             " expire and nothing is done.")])]),
+             " expire and nothing is done.",
+             {"approvals_url": "http://127.0.0.1:9999/approvals"})])]),
         case("a loop stalled past 60 s + 10 x 40 s fires; one not yet past it does not", {
             f"macha_last_cycle_timestamp_seconds{{{W1}}}": "0+60x5 300x30",
         }, [("16m", "MachaLoopStalled", []),

@@ -69,14 +69,20 @@ def reading_from_statvfs(mount: Mount, st: os.statvfs_result) -> FilesystemReadi
         free_bytes=st.f_bfree * st.f_frsize,
         files=st.f_files,
         files_free=st.f_ffree,
+        # the mount's own flag, as statfs reports it (node_exporter's readonly does the same)
+        readonly=bool(st.f_flag & os.ST_RDONLY),
     )
 
 
 def summarize_disks(
     filesystems: Iterable[FilesystemReading], fill_threshold: float, inode_threshold: float
 ) -> list[Finding]:
+    """Findings for writable filesystems only: a read-only one cannot fill any further, and
+    nothing the sidecar could clean on it can be written (the rules skip them too)."""
     findings = []
     for fs in filesystems:
+        if fs.readonly:
+            continue
         if fs.size_bytes > 0:
             used = 1.0 - fs.avail_bytes / fs.size_bytes
             if used >= fill_threshold:

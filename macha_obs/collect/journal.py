@@ -158,6 +158,7 @@ class JournalCollector:
         self.timeout = timeout
         self.fetch = fetch
         self._totals: Counter[str] = Counter()
+        self._entries_total = 0  # a counter: Prometheus' increase() sees every read
         self._recent: dict[str, list[str]] = {}
 
     def _read(self) -> list[Entry]:
@@ -194,8 +195,10 @@ class JournalCollector:
             del self._recent[next(iter(self._recent))]
         if entries:  # only after the whole read is parsed: a failed cycle re-reads it
             self.meta.set_meta(CURSOR_KEY, entries[-1].cursor)
+        self._entries_total += len(entries)
         reading = JournalReading(
             entries_read=len(entries),
+            entries_read_total=self._entries_total,
             errors_by_unit=dict(errors),
             errors_total_by_unit=dict(self._totals),
             recent_messages=dict(self._recent),

@@ -59,6 +59,26 @@ def store_size(db: Path) -> int | None:
     return int(row[0])
 
 
+def running_generation(root: Path, names: Iterable[str]) -> int | None:
+    """N of the system-N-link that points where /run/current-system points; None when
+    the link is missing or the running system is no generation in the profile."""
+    try:
+        running = (root / CURRENT).readlink()
+    except OSError:
+        return None
+    profiles = root / PROFILES
+    for name in names:
+        generation = parse_generation(name)
+        if generation is None:
+            continue
+        try:
+            if (profiles / name).readlink() == running:
+                return generation
+        except OSError:
+            continue
+    return None
+
+
 def switch_time(root: Path) -> float | None:
     """When the running system became one other than the booted one; None if it is the
     booted one (a boot is no switch) or either link is missing."""
@@ -152,6 +172,7 @@ class NixosCollector:
             generation=generation,
             generation_timestamp=timestamp,
             switched_at=switched,
+            running_generation=running_generation(self.root, names),
             generations=count_generations(names),
             store_size_bytes=self._measure_store(),
         )

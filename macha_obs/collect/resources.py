@@ -1,23 +1,22 @@
-"""Resources via psutil: CPU busy share, memory, swap, load per CPU."""
+"""Resources via psutil: CPU seconds by mode, memory, swap, load averages, as raw values.
+
+No ratios over the collection interval: Prometheus' rate() over CPU seconds gives the busy
+share over whatever window the reader wants, and rules divide the load by the CPU count.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psutil
 
-from macha_obs.models import Finding, FindingKind, ResourcesReading, Severity
-
-
-@dataclass(frozen=True)
-class CpuTimes:
-    busy: float  # seconds, every mode but idle and iowait
-    total: float
+from macha_obs.models import CPU_MODES, Finding, FindingKind, ResourcesReading, Severity
 
 
 @dataclass(frozen=True)
 class RawResources:
-    cpu: CpuTimes
+    cpu_seconds: Mapping[str, float]
     cpu_count: int
     memory_total: int
     memory_available: int
@@ -26,15 +25,17 @@ class RawResources:
     load: tuple[float, float, float]
 
 
+def cpu_seconds_by_mode(times: object) -> dict[str, float]:
+    """psutil's cpu_times() as {mode: seconds} over CPU_MODES; a mode the platform does
+    not count is left out, not reported as 0."""
+    return {mode: float(getattr(times, mode)) for mode in CPU_MODES if hasattr(times, mode)}
+
+
 def fetch_resources() -> RawResources:
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    # guest time is already inside user time on Linux: leave it out of the total
-    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
     memory = psutil.virtual_memory()
     swap = psutil.swap_memory()
     return RawResources(
-        cpu=CpuTimes(busy=total - idle, total=total),
+        cpu_seconds=cpu_seconds_by_mode(psutil.cpu_times()),
         cpu_count=psutil.cpu_count() or 1,
         memory_total=memory.total,
         memory_available=memory.available,
@@ -44,28 +45,19 @@ def fetch_resources() -> RawResources:
     )
 
 
-def cpu_usage_ratio(previous: CpuTimes | None, current: CpuTimes) -> float:
-    """Busy share between two samples; since boot when there is no previous one."""
-    busy, total = current.busy, current.total
-    if previous is not None and current.total > previous.total:
-        busy, total = current.busy - previous.busy, current.total - previous.total
-    return min(1.0, max(0.0, busy / total)) if total > 0 else 0.0
-
-
 def summarize_resources(
-    raw: RawResources, previous: CpuTimes | None, memory_pressure_threshold: float
+    raw: RawResources, memory_pressure_threshold: float
 ) -> tuple[ResourcesReading, list[Finding]]:
-    cpus = max(1, raw.cpu_count)
     reading = ResourcesReading(
-        cpu_count=cpus,
-        cpu_usage_ratio=cpu_usage_ratio(previous, raw.cpu),
+        cpu_count=max(1, raw.cpu_count),
+        cpu_seconds=dict(raw.cpu_seconds),
         memory_total_bytes=raw.memory_total,
         memory_available_bytes=raw.memory_available,
         swap_total_bytes=raw.swap_total,
         swap_used_bytes=raw.swap_used,
-        load1=raw.load[0] / cpus,
-        load5=raw.load[1] / cpus,
-        load15=raw.load[2] / cpus,
+        load1=raw.load[0],
+        load5=raw.load[1],
+        load15=raw.load[2],
     )
     findings = []
     if raw.memory_total > 0:
@@ -88,10 +80,6 @@ class ResourcesCollector:
 
     def __init__(self, *, memory_pressure_threshold: float = 0.90) -> None:
         self.memory_pressure_threshold = memory_pressure_threshold
-        self._previous: CpuTimes | None = None
 
     def collect(self) -> tuple[ResourcesReading, list[Finding]]:
-        raw = fetch_resources()
-        result = summarize_resources(raw, self._previous, self.memory_pressure_threshold)
-        self._previous = raw.cpu
-        return result
+        return summarize_resources(fetch_resources(), self.memory_pressure_threshold)

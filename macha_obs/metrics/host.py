@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from macha_obs import __version__
 from macha_obs.models import (
+    CPU_MODES,
     BootReading,
     DisksReading,
     FindingKind,
@@ -38,6 +39,18 @@ from macha_obs.models import (
 UNIT_ACTIVE_STATES = ("active", "reloading", "inactive", "failed", "activating", "deactivating")
 
 SnapshotSource = Callable[[], Snapshot | None]
+
+# What node_exporter already exports (filesystem, memory, swap, load, CPU, boot time),
+# left out of /metrics when the config says node_exporter runs beside the sidecar: the
+# collectors still read them (the sidecar's findings need them), only the export stops.
+# The rules then read node_exporter's series (rules.py's node_* variant).
+NODE_EXPORTER_FAMILIES = frozenset({
+    "macha_cpus", "macha_cpu_seconds", "macha_memory_total_bytes",
+    "macha_memory_available_bytes", "macha_swap_total_bytes", "macha_swap_used_bytes",
+    "macha_load1", "macha_load5", "macha_load15", "macha_filesystem_size_bytes",
+    "macha_filesystem_avail_bytes", "macha_filesystem_free_bytes", "macha_filesystem_files",
+    "macha_filesystem_files_free", "macha_filesystem_readonly", "macha_boot_time_seconds",
+})  # fmt: skip
 
 
 def _gauge(name: str, doc: str, value: float | None = None) -> GaugeMetricFamily:
@@ -83,11 +96,20 @@ def _systemd(r: SystemdReading) -> Iterator[Metric]:
 
 
 def _resources(r: ResourcesReading) -> Iterator[Metric]:
+    # Raw values only, as node_exporter exports them: a busy share or a load per CPU is
+    # computed by the reader (the rules divide), over the window the reader picks.
     # one series each
     yield _gauge("macha_cpus", "logical CPUs", r.cpu_count)
-    yield _gauge(
-        "macha_cpu_usage_ratio", "busy share of all CPUs over the last cycle", r.cpu_usage_ratio
+    # 8 series at most: one per mode of the fixed set CPU_MODES, all CPUs together
+    seconds = CounterMetricFamily(
+        "macha_cpu_seconds",
+        "seconds the CPUs spent in each mode, all CPUs together",
+        labels=["mode"],
     )
+    for mode in CPU_MODES:
+        if mode in r.cpu_seconds:
+            seconds.add_metric([mode], r.cpu_seconds[mode])
+    yield seconds
     yield _gauge("macha_memory_total_bytes", "physical memory", r.memory_total_bytes)
     yield _gauge(
         "macha_memory_available_bytes",
@@ -96,13 +118,10 @@ def _resources(r: ResourcesReading) -> Iterator[Metric]:
     )
     yield _gauge("macha_swap_total_bytes", "swap space", r.swap_total_bytes)
     yield _gauge("macha_swap_used_bytes", "swap in use", r.swap_used_bytes)
-    # 3 series: one per averaging window
-    load = GaugeMetricFamily(
-        "macha_load_per_cpu", "load average divided by the CPU count", labels=["window"]
-    )
-    for window, value in (("1m", r.load1), ("5m", r.load5), ("15m", r.load15)):
-        load.add_metric([window], value)
-    yield load
+    # one series each: the kernel's load averages, not divided by the CPU count
+    yield _gauge("macha_load1", "1-minute load average", r.load1)
+    yield _gauge("macha_load5", "5-minute load average", r.load5)
+    yield _gauge("macha_load15", "15-minute load average", r.load15)
 
 
 def _disks(r: DisksReading) -> Iterator[Metric]:
@@ -120,11 +139,14 @@ def _disks(r: DisksReading) -> Iterator[Metric]:
         "files_free": GaugeMetricFamily(
             "macha_filesystem_files_free", "free inodes", labels=labels
         ),
+        "readonly": GaugeMetricFamily(
+            "macha_filesystem_readonly", "1 when mounted read-only", labels=labels
+        ),
     }
     for fs in r.filesystems:
         values = [fs.mountpoint, fs.device, fs.fstype]
         for field, family in families.items():
-            family.add_metric(values, getattr(fs, field))
+            family.add_metric(values, float(getattr(fs, field)))
     yield from families.values()
 
 
@@ -133,18 +155,16 @@ def _journal(r: JournalReading) -> Iterator[Metric]:
     total = CounterMetricFamily(
         "macha_journal_errors", "error entries per unit since start", labels=["unit"]
     )
+    # Counters, not a count per read: a burst inside one collection cycle still shows in
+    # increase() over the alert's window (a per-read gauge was back to 0 before the rule
+    # evaluated it twice).
     for unit, count in sorted(r.errors_total_by_unit.items()):
         total.add_metric([unit], count)
-    # same units: the burst alert compares the last read to the configured threshold
-    recent = GaugeMetricFamily(
-        "macha_journal_recent_errors", "error entries per unit in the last read", labels=["unit"]
-    )
-    for unit in sorted(r.errors_total_by_unit):
-        recent.add_metric([unit], r.errors_by_unit.get(unit, 0))
-    yield from (total, recent)
-    yield _gauge(
-        "macha_journal_entries_last_read", "entries read in the last cycle", r.entries_read
-    )
+    yield total
+    # 1 series
+    entries = CounterMetricFamily("macha_journal_entries_read", "journal entries read")
+    entries.add_metric([], r.entries_read_total)
+    yield entries
 
 
 def _network(r: NetworkReading) -> Iterator[Metric]:
@@ -183,6 +203,12 @@ def _nixos(r: NixosReading) -> Iterator[Metric]:
     yield _gauge("macha_nixos_generations", "system generations kept", r.generations)
     if r.generation is not None:
         yield _gauge("macha_nixos_generation", "current system generation", r.generation)
+    if r.running_generation is not None:
+        yield _gauge(
+            "macha_nixos_running_generation",
+            "system generation the host runs now (/run/current-system)",
+            r.running_generation,
+        )
     if r.generation_timestamp is not None:
         yield _gauge(
             "macha_nixos_generation_timestamp_seconds",
@@ -227,10 +253,20 @@ def _collectors(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 class SnapshotCollector(Collector):
-    """Renders whatever `source()` returns now; None (no cycle yet) yields build info only."""
+    """Renders whatever `source()` returns now; None (no cycle yet) yields build info only.
 
-    def __init__(self, source: SnapshotSource, *, build_info: Mapping[str, str] | None = None):
+    With `node_exporter`, the families node_exporter exports are left out
+    (NODE_EXPORTER_FAMILIES): one host, one series per fact."""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        build_info: Mapping[str, str] | None = None,
+        node_exporter: bool = False,
+    ):
         self.source = source
+        self.left_out = NODE_EXPORTER_FAMILIES if node_exporter else frozenset()
         self.build_info = dict(
             build_info
             or {
@@ -267,4 +303,4 @@ class SnapshotCollector(Collector):
         )
         for families, reading in readings:
             if reading is not None:
-                yield from families(reading)
+                yield from (m for m in families(reading) if m.name not in self.left_out)

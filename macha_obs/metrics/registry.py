@@ -17,12 +17,14 @@ def build_registry(
     extra: Iterable[Collector] = (),
     build_info: Mapping[str, str] | None = None,
     process: bool = True,
+    node_exporter: bool = False,
 ) -> CollectorRegistry:
     """The snapshot view, then `extra`; with `process`, the sidecar's own CPU, memory and
     file descriptors (process_*, from /proc/self, as every Prometheus client exports them)
     and python_info. The children it starts (the D-Bus workers) are not included."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(source, build_info=build_info))
+    # node_exporter runs beside us: leave out the families it exports (host.py)
+    registry.register(SnapshotCollector(source, build_info=build_info, node_exporter=node_exporter))
     for collector in extra:
         registry.register(collector)
     if process:

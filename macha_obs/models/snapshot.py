@@ -43,16 +43,25 @@ class SystemdReading(BaseModel):
         return [u.name for u in self.units if u.active_state == "failed"]
 
 
+# node_exporter's CPU modes (guest time is already inside user and nice, so it is left
+# out, as node_cpu_seconds_total leaves it out): a fixed set, one series each.
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
 class ResourcesReading(BaseModel):
+    """Raw values, as the kernel counts them: what share of the CPUs was busy, or what a
+    load average means per CPU, is for the reader to compute over the window it wants."""
+
     model_config = ConfigDict(frozen=True)
 
     cpu_count: int = Field(ge=1)
-    cpu_usage_ratio: float = Field(ge=0.0, le=1.0)  # busy share since the previous cycle
+    # seconds spent in each of CPU_MODES since boot, all CPUs together (monotonic)
+    cpu_seconds: dict[str, float] = Field(default_factory=dict)
     memory_total_bytes: int = Field(ge=0)
     memory_available_bytes: int = Field(ge=0)
     swap_total_bytes: int = Field(ge=0)
     swap_used_bytes: int = Field(ge=0)
-    load1: float = Field(ge=0.0)
+    load1: float = Field(ge=0.0)  # the kernel's load averages, not divided by the CPUs
     load5: float = Field(ge=0.0)
     load15: float = Field(ge=0.0)
 
@@ -68,6 +77,8 @@ class FilesystemReading(BaseModel):
     free_bytes: int = Field(ge=0)
     files: int = Field(ge=0)
     files_free: int = Field(ge=0)
+    # mounted read-only (ST_RDONLY): it cannot fill up, and nothing on it can be cleaned
+    readonly: bool = False
 
 
 class DisksReading(BaseModel):
@@ -80,6 +91,7 @@ class JournalReading(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     entries_read: int = Field(0, ge=0)  # in this cycle
+    entries_read_total: int = Field(0, ge=0)  # since process start (a counter)
     errors_by_unit: dict[str, int] = Field(default_factory=dict)  # in this cycle
     errors_total_by_unit: dict[str, int] = Field(default_factory=dict)  # since process start
     # Untrusted text, kept for incident context only: never a label, never an argv.
@@ -121,6 +133,9 @@ class NixosReading(BaseModel):
     generation_timestamp: float | None = None  # when the current generation was created
     # when the running system last changed (activation of any generation, a rollback too)
     switched_at: float | None = None
+    # the generation /run/current-system is (after `nixos-rebuild test` or a rollback it
+    # differs from `generation`, the boot default); None: it matches no system-N-link
+    running_generation: int | None = None
     generations: int = Field(0, ge=0)
     store_size_bytes: int | None = None  # None: not measured (no readable Nix database)
 
