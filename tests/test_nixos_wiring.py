@@ -99,7 +99,7 @@ def test_grafana_and_ollama_wiring() -> None:
     assert services["grafana"]["provision"]["enable"] is True
     (provider,) = services["grafana"]["provision"]["dashboards"]["settings"]["providers"]
     provisioned = {p.name for p in Path(provider["options"]["path"]).glob("*.json")}
-    assert provisioned == {"macha-host.json", "macha-sidecar.json"}
+    assert provisioned == {"macha-fleet.json", "macha-host.json", "macha-sidecar.json"}
     ollama = services["ollama"]
     assert (ollama["enable"], ollama["host"], ollama["loadModels"]) == (
         True,
