@@ -24,6 +24,8 @@ class Health:
     snapshot_ready: Callable[[], bool]
     stats: LoopStats
     failed_cycles: int = FAILED_CYCLES
+    # the pull intake's own verdict (pull.PullStats.problem); without pull, never a problem
+    pull_problem: Callable[[], str | None] = lambda: None
 
     def problems(self) -> dict[str, str]:
         """Problem → why; empty when ready."""
@@ -37,6 +39,9 @@ class Health:
             failing, last = self.stats.failing_cycles, self.stats.last_cycle_error
         if failing >= self.failed_cycles:
             found["cycles_failing"] = f"the last {failing} cycles failed: {last}"
+        pulled = self.pull_problem()
+        if pulled is not None:
+            found["alertmanager_pull"] = pulled
         return found
 
     def ready(self) -> str | None:

@@ -39,6 +39,15 @@ def alert_fingerprint(alert: Alert) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def starts_key(alert: Alert) -> str:
+    """startsAt as the dedupe key holds it: UTC, to the millisecond. The webhook carries
+    Go's nanoseconds, Alertmanager's API v2 milliseconds (truncated): both give one key,
+    so an alert pulled and also pushed is one state. (Times already at whole
+    milliseconds keep the key they always had.)"""
+    t = alert.starts_at.astimezone(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000).isoformat()
+
+
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -105,7 +114,7 @@ class IncidentStore:
         fresh: list[tuple[str, Alert]] = []
         for alert in alerts:
             fp = alert_fingerprint(alert)
-            seen = tables.note_seen(cur, fp, alert.starts_at.isoformat(), alert.status, now)
+            seen = tables.note_seen(cur, fp, starts_key(alert), alert.status, now)
             # Seen before, but changed since (a resolve, forged or early, then the
             # still-firing alert re-sent; then the real resolve): no duplicate.
             if seen or tables.latest_status(cur, group.group_key, fp) not in (

@@ -91,6 +91,7 @@ class HostMatcher:
         labels: Iterable[str] = ("instance", "host", "hostname", "nodename"),
         *,
         loopback_is_local: bool = True,
+        require_label: bool = False,
     ) -> None:
         names = {hostname, *aliases}
         self.names = {n.lower() for n in names} | {n.lower().split(".")[0] for n in names}
@@ -98,6 +99,9 @@ class HostMatcher:
             # a target scraped at 127.0.0.1 by a Prometheus beside us is this host
             self.names |= _LOOPBACK
         self.labels = tuple(labels)
+        # Pulling from a fleet's shared Alertmanager: an alert without a host label is
+        # nobody's in particular there, so never ours.
+        self.require_label = require_label
 
     def is_local(self, alert: Alert) -> bool:
         for label in self.labels:
@@ -105,7 +109,15 @@ class HostMatcher:
             if value:
                 host = _strip_port(value.strip().lower())
                 return host in self.names or host.split(".")[0] in self.names
-        return True  # no host label: a host-local rule, ours
+        return not self.require_label  # no host label: a host-local rule, ours
+
+
+def for_this_host(alert: Alert, hosts: HostMatcher | None) -> bool:
+    """Is the alert ours to heal? Both intakes (webhook and pull) decide here."""
+    # The sidecar's own health (audience=human) is for people: never heal ourselves.
+    if alert.labels.get("audience") == HUMAN_AUDIENCE:
+        return False
+    return hosts is None or hosts.is_local(alert)
 
 
 def _strip_port(value: str) -> str:
@@ -270,10 +282,7 @@ class ReceiverApp:
         return raw, None
 
     def _for_us(self, alert: Alert) -> bool:
-        # The sidecar's own health (audience=human) is for people: never heal ourselves.
-        if alert.labels.get("audience") == HUMAN_AUDIENCE:
-            return False
-        return self.hosts is None or self.hosts.is_local(alert)
+        return for_this_host(alert, self.hosts)
 
     def _ingest(
         self, group: AlertGroup, text: str

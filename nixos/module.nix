@@ -84,6 +84,45 @@ let
     continue = true;
   };
 
+  # Push for a fleet: one receiver and route per host of alertmanager.fleetHosts, matched
+  # on its `instance` label (the host's name, as its scrape job sets it), on the
+  # Alertmanager this host runs. Each host's token reaches Alertmanager as a credential.
+  fleetCredential = host: "macha-fleet-${host.name}";
+  fleetReceiver =
+    host:
+    {
+      name = "macha-${host.name}";
+      webhook_configs = [
+        (
+          {
+            url = "${lib.removeSuffix "/" host.url}/alerts";
+            send_resolved = true;
+            max_alerts = 50;
+          }
+          // lib.optionalAttrs ((host.tokenFile or null) != null) {
+            http_config.authorization = {
+              type = "Bearer";
+              credentials_file = "/run/credentials/alertmanager.service/${fleetCredential host}";
+            };
+          }
+        )
+      ];
+    };
+  fleetRoute =
+    host:
+    alertmanagerRoute
+    // {
+      receiver = "macha-${host.name}";
+      matchers = [
+        "instance=\"${host.name}\""
+        "audience!=\"human\""
+      ];
+    };
+  fleetHosts = cfg.alertmanager.fleetHosts;
+  fleetReceivers = map fleetReceiver fleetHosts;
+  fleetRoutes = map fleetRoute fleetHosts;
+  fleetTokens = builtins.filter (h: (h.tokenFile or null) != null) fleetHosts;
+
   # With alertmanager.enable and no configuration of the user's own, the whole
   # Alertmanager configuration: what is for people (audience="human": approvals waiting,
   # the sidecar down or stuck; and every alert that is not this host's) goes to the
@@ -100,9 +139,9 @@ let
         "alertname"
         "instance"
       ];
-      routes = [ alertmanagerRoute ];
+      routes = [ alertmanagerRoute ] ++ fleetRoutes;
     };
-    receivers = lib.optional (human != null) human ++ [ alertmanagerReceiver ];
+    receivers = lib.optional (human != null) human ++ [ alertmanagerReceiver ] ++ fleetReceivers;
   };
   ownAlertmanagerConfiguration =
     alertmanager.configText != null || alertmanager.configuration != defaultAlertmanagerConfiguration;
@@ -334,6 +373,66 @@ in
       '';
     };
 
+    alertmanager.fleetHosts = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            name = mkOption {
+              type = types.strMatching "[A-Za-z0-9][A-Za-z0-9._-]{0,62}";
+              example = "host1";
+              description = "The host's name: its `instance` label (as its scrape job sets it) and its sidecar's hostname.";
+            };
+            url = mkOption {
+              type = types.strMatching "https?://[^[:space:]]+";
+              example = "http://host1.example.org:9847";
+              description = "Where that host's sidecar listens, reachable from this Alertmanager (`/alerts` is added).";
+            };
+            tokenFile = mkOption {
+              type = types.nullOr (types.strMatching "/.+");
+              default = null;
+              example = "/run/secrets/macha-host1-token";
+              description = ''
+                A file on this host holding that host's webhook token (its
+                `webhookTokenFile`, or a copy of the token it generated). Given as a string:
+                systemd hands Alertmanager a copy, it never enters the Nix store. Null: no
+                token is sent, and a sidecar beyond loopback refuses the delivery (401).
+              '';
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = lib.literalExpression ''
+        [
+          { name = "host1"; url = "http://host1.example.org:9847"; tokenFile = "/run/secrets/macha-host1"; }
+          { name = "host2"; url = "http://host2.example.org:9847"; tokenFile = "/run/secrets/macha-host2"; }
+        ]
+      '';
+      description = ''
+        Push for a fleet, on the host that runs Alertmanager: one webhook receiver and one
+        route per host, matched on its `instance` label, so each host's alerts reach that
+        host's sidecar only (and the sidecars' own health, `audience="human"`, reaches
+        people). The alternative needs no list: each sidecar pulls its own alerts
+        (settings.alertmanager_urls); docs/fleet.md compares the two.
+      '';
+    };
+
+    alertmanager.fleetReceivers = mkOption {
+      type = types.listOf types.attrs;
+      readOnly = true;
+      default = fleetReceivers;
+      defaultText = lib.literalExpression ''map (host: { name = "macha-''${host.name}"; webhook_configs = [ /* … */ ]; }) fleetHosts'';
+      description = "The receivers for `fleetHosts`, for a configuration of your own: add them to `receivers`.";
+    };
+
+    alertmanager.fleetRoutes = mkOption {
+      type = types.listOf types.attrs;
+      readOnly = true;
+      default = fleetRoutes;
+      defaultText = lib.literalExpression ''map (host: { receiver = "macha-''${host.name}"; matchers = [ "instance=\"''${host.name}\"" /* … */ ]; }) fleetHosts'';
+      description = "The routes for `fleetHosts`, for a configuration of your own: add them to `route.routes`.";
+    };
+
     alertmanager.route = mkOption {
       type = types.attrs;
       readOnly = true;
@@ -473,6 +572,13 @@ in
         };
     })
 
+    # each fleet host's token, copied for Alertmanager the same way
+    (mkIf (cfg.alertmanager.enable && alertmanager.enable && fleetTokens != [ ]) {
+      systemd.services.alertmanager.serviceConfig.LoadCredential = map (
+        host: "${fleetCredential host}:${host.tokenFile}"
+      ) fleetTokens;
+    })
+
     (mkIf cfg.prometheus.enable {
       services.prometheus.scrapeConfigs = [
         {
@@ -523,6 +629,18 @@ in
             services.prometheus.alertmanager.configuration of your own with
             config.services.macha-autonomous.alertmanager.receiver and .route in it.
           '';
+        }
+        {
+          assertion =
+            let
+              fleetNames = map (h: h.name) fleetHosts;
+            in
+            lib.unique fleetNames == fleetNames && !(builtins.elem hostname fleetNames);
+          message = "services.macha-autonomous.alertmanager.fleetHosts: each host once, and not this host (${hostname}), whose sidecar has its own route already.";
+        }
+        {
+          assertion = builtins.all (h: !(lib.hasPrefix "/nix/store" (toString (h.tokenFile or null)))) fleetHosts;
+          message = "services.macha-autonomous.alertmanager.fleetHosts: a tokenFile must not be in the Nix store (it is world-readable).";
         }
         {
           assertion = human == null || human.name != alertmanagerReceiver.name;

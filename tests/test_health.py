@@ -18,7 +18,7 @@ from macha_obs.metrics import LoopStats
 from macha_obs.store import Store
 from tests.harness.daemon_support import MACHA_OBS, Daemon
 from tests.harness.labsd import LabSystemd
-from tests.harness.stack import poll
+from tests.harness.stack import free_port, poll
 
 
 def test_the_store_knows_its_file_by_identity(tmp_path: Path) -> None:
@@ -74,6 +74,34 @@ def test_health_names_each_problem(tmp_path: Path) -> None:
         assert health.ready() is None  # a blip is not a verdict
         stats.failing_cycles = 3
         assert "the last 3 cycles failed: OperationalError: disk I/O error" in str(health.ready())
+
+
+def test_a_pull_intake_no_alertmanager_answers_is_a_health_problem(tmp_path: Path) -> None:
+    """Pull is how this host hears of its alerts: when no peer answers, health says so."""
+    problem: list[str | None] = [None]
+    with Store(tmp_path) as store:
+        health = Health(store, lambda: True, LoopStats(), pull_problem=lambda: problem[0])
+        assert health.ready() is None
+        problem[0] = "no Alertmanager answered the last 3 pulls: 127.0.0.1:1: unreachable"
+        assert health.problems() == {"alertmanager_pull": problem[0]}
+
+
+@pytest.mark.systemd
+def test_readyz_says_when_no_alertmanager_answers_the_pull(
+    daemons: Callable[..., Daemon],
+) -> None:
+    """The real daemon, pulling from a port nobody listens on: /readyz and
+    macha_health_problem{problem="alertmanager_pull"} say so within a few rounds."""
+    daemon = daemons(
+        autonomy_level="suggest",
+        alertmanager_urls=f'["http://127.0.0.1:{free_port()}"]',
+        # 3 failed rounds make the problem: 3 s apart, the daemon is ready before that
+        alertmanager_pull_interval=3,
+    )
+    assert poll(lambda: "no Alertmanager answered" in readyz(daemon)[1], timeout=60)
+    assert readyz(daemon)[0] == 503
+    metrics = requests.get(f"{daemon.url}/metrics", timeout=5).text
+    assert 'macha_health_problem{problem="alertmanager_pull"} 1.0' in metrics
 
 
 def damage(db: Path, how: str) -> None:

@@ -229,3 +229,89 @@ def test_the_docs_example_gives_alertmanager_a_valid_configuration(tmp_path: Pat
     human = settings["alertmanager"]["humanReceiver"]["name"]
     pending = _routes(amtool, path, "MachaApprovalsPending", instance="testhost", audience="human")
     assert pending == human
+
+
+# ------------------------------------------------------------------ a fleet, by push
+
+FLEET = [
+    {"name": "host1", "url": "http://host1.example.org:9847", "tokenFile": "/run/secrets/m1"},
+    {"name": "host2", "url": "https://host2.example.org:9847/", "tokenFile": "/run/secrets/m2"},
+    {"name": "host3", "url": "http://10.0.0.3:9847"},
+]
+
+
+def _fleet(hosts: list[dict[str, Any]] = FLEET) -> dict[str, Any]:
+    alerting = {**WITH_ALERTMANAGER["alertmanager"], "fleetHosts": hosts}
+    return {"enable": True, "alertmanager": alerting}
+
+
+def test_fleet_hosts_get_a_receiver_and_a_route_each() -> None:
+    """alertmanager.fleetHosts: one webhook receiver per host, its token as a credential
+    of Alertmanager's (never in its world-readable configuration), none for a host
+    without a token file."""
+    need_real_lib()
+    result = eval_module(_fleet(), other=ALERTMANAGER_ON)
+    assert result["failedAssertions"] == []
+    configuration = alertmanager_configuration(result)
+    one = receiver(configuration, "macha-host1")["webhook_configs"][0]
+    assert one["url"] == "http://host1.example.org:9847/alerts"
+    assert one["send_resolved"] is True
+    auth = one["http_config"]["authorization"]
+    assert auth == {
+        "type": "Bearer",
+        "credentials_file": "/run/credentials/alertmanager.service/macha-fleet-host1",
+    }
+    two = receiver(configuration, "macha-host2")["webhook_configs"][0]
+    assert two["url"] == "https://host2.example.org:9847/alerts"
+    assert "http_config" not in receiver(configuration, "macha-host3")["webhook_configs"][0]
+    credentials = result["config"]["systemd"]["services"]["alertmanager"]["serviceConfig"]
+    assert sorted(credentials["LoadCredential"]) == [
+        "macha-fleet-host1:/run/secrets/m1",
+        "macha-fleet-host2:/run/secrets/m2",
+        f"macha-webhook-token:{GENERATED_TOKEN}",
+    ]
+    assert "/run/secrets/m1" not in json.dumps(configuration)
+    # the same, read-only, for a configuration of one's own
+    values = result["values"]["alertmanager"]
+    assert [r["name"] for r in values["fleetReceivers"]] == ["macha-host1", "macha-host2",
+                                                             "macha-host3"]  # fmt: skip
+    assert [r["matchers"][0] for r in values["fleetRoutes"]] == [
+        'instance="host1"',
+        'instance="host2"',
+        'instance="host3"',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ([FLEET[0], FLEET[0]], "each host once"),
+        ([{"name": "testhost", "url": "http://t:9847"}], "not this host (testhost)"),
+        ([{**FLEET[0], "tokenFile": "/nix/store/abc-token"}], "must not be in the Nix store"),
+    ],
+)
+def test_fleet_hosts_refused(hosts: list[dict[str, Any]], message: str) -> None:
+    need_real_lib()
+    result = eval_module(_fleet(hosts), other=ALERTMANAGER_ON)
+    assert any(message in m for m in result["failedAssertions"]), result["failedAssertions"]
+
+
+@pytest.mark.stack
+def test_fleet_routes_pass_amtool(tmp_path: Path) -> None:
+    """The rendered configuration through the real amtool: each host's faults reach its own
+    sidecar only; the sidecars' health, and hosts not in the list, reach the human."""
+    amtool = need("amtool")
+    need_real_lib()
+    result = eval_module(_fleet(), other=ALERTMANAGER_ON)
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(json.dumps(alertmanager_configuration(result)))
+    run_tool(amtool, "check-config", str(path))
+    human = HUMAN_RECEIVER["name"]
+    for host in ("host1", "host2", "host3"):
+        got = _routes(amtool, path, "MachaUnitFailed", instance=host, unit="nginx.service")
+        assert got == f"macha-{host}", (host, got)
+        health = _routes(amtool, path, "MachaDown", instance=host, audience="human")
+        assert health == human
+    assert _routes(amtool, path, "MachaUnitFailed", instance="testhost") == SIDECAR
+    assert _routes(amtool, path, "MachaUnitFailed", instance="host4") == human
+    assert _routes(amtool, path, "MachaUnitFailed", instance="host10") == human
