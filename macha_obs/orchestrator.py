@@ -40,6 +40,7 @@ from macha_obs.models import (
     UnitState,
     Verdict,
     describe_action,
+    investigation_instead,
 )
 from macha_obs.pause import PauseBook
 from macha_obs.remediate import Handled, Remediator, Settle
@@ -293,12 +294,21 @@ class Orchestrator:
         unit systemd is still restarting is left to systemd."""
         scope = Scope.of([incident])
         judged: list[tuple[Proposal, Verdict]] = []
+        proposed = [p.action for p in proposals]
         for proposal in proposals:
             seen = statuses.get(getattr(proposal.action, "unit", ""))
             if isinstance(proposal.action, UNIT_ACTIONS) and seen and systemd_busy(seen):
                 report.deferred.append(f"{incident.id}:{describe_action(proposal.action)}")
                 continue
-            judged.append((proposal, self.remediator.decide(incident.id, proposal, scope)))
+            verdict = self.remediator.decide(incident.id, proposal, scope)
+            judged.append((proposal, verdict))
+            if verdict.suppressed:  # invariant 14: the fix becomes an investigation
+                look = investigation_instead(proposal.action)
+                if look not in proposed:
+                    proposed.append(look)
+                    why = f"instead of a suppressed fix: {verdict.reason}"
+                    stand_in = Proposal(action=look, reason=why[:500], evidence=proposal.evidence)
+                    judged.append((stand_in, self.remediator.decide(incident.id, stand_in, scope)))
         return judged
 
     def _act(

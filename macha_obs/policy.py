@@ -7,6 +7,7 @@ Risk comes from here only, never from a model (DESIGN.md invariant 2).
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -172,7 +173,9 @@ def judge(
     unit's state just now: gone refuses (nothing is done to a healthy host), unknown
     never executes. `approved` is a human's approval being carried out: it replaces the
     autonomy matrix, but protected units, the scope lock and rate limits still apply
-    (invariant 5), and `observe` and a pause still act on nothing.
+    (invariant 5), and `observe` and a pause still act on nothing. An action a person
+    trusted (`trusted_actions`) executes where the matrix would queue it, under the
+    same checks; `observe` still acts on nothing.
     """
     autonomy = effective_autonomy(ctx.config, ctx.breaker)
     risk, why = risk_of(action, ctx.config)
@@ -204,6 +207,8 @@ def judge(
         return verdict(Outcome.REFUSE, limited, limited=True)
 
     outcome, reason = _matrix(autonomy, risk, why, ctx.breaker, approved=approved)
+    if outcome is Outcome.QUEUE:
+        outcome, reason = _trusted(action, ctx, (risk, why), (outcome, reason))
     if outcome is not Outcome.EXECUTE:
         return verdict(outcome, reason)
 
@@ -213,6 +218,17 @@ def judge(
     if ctx.pause is not None and ctx.pause.active(ctx.now):
         return verdict(Outcome.RECORD, f"{ctx.pause.describe()}; would {reason}")
     return verdict(outcome, reason)
+
+
+def held_for_human(verdict: Verdict, reason: str) -> Verdict:
+    """An automatic EXECUTE verdict turned into QUEUE: something outside the policy's
+    inputs (the fleet's blast radius, a suppression) says a person should decide. Only
+    ever toward safety: any other verdict is returned unchanged."""
+    if verdict.outcome is not Outcome.EXECUTE:
+        return verdict
+    return verdict.model_copy(
+        update={"outcome": Outcome.QUEUE, "reason": f"queued for a human: {reason}"}
+    )
 
 
 def _matrix(
@@ -229,6 +245,39 @@ def _matrix(
         f"{autonomy} does not execute {risk} risk by itself; queued for approval "
         f"({why}){breaker_note}",
     )
+
+
+# What per-action trust may lift: never high risk (mounts, rebuilds that switch,
+# rollbacks are a human's whatever is configured), never past an open breaker.
+_TRUSTABLE_RISKS = frozenset({Risk.LOW, Risk.MEDIUM})
+
+
+def trusted_entry(action: Action, config: Config) -> str | None:
+    """The `trusted_actions` entry a person wrote that covers `action`, or None."""
+    for entry in config.trusted_actions:
+        kind, _, glob = entry.partition(":")
+        if kind == action.kind and (not glob or fnmatch.fnmatchcase(action.target, glob)):
+            return entry
+    return None
+
+
+def _trusted(
+    action: Action,
+    ctx: PolicyContext,
+    risked: tuple[Risk, str],
+    queued: tuple[Outcome, str],
+) -> tuple[Outcome, str]:
+    """Per-action trust granted by a person (invariant 14): an action a
+    `trusted_actions` entry covers executes below the autonomy level. Observe never
+    gets here (it acts on nothing); protected units, the scope lock and rate limits
+    were applied before, the start-limit hold and a pause are applied after."""
+    risk, why = risked
+    entry = trusted_entry(action, ctx.config)
+    if entry is None or risk not in _TRUSTABLE_RISKS:
+        return queued
+    if ctx.breaker.open:
+        return queued[0], f"{queued[1]}; trusted_actions entry {entry!r} waits for the breaker"
+    return Outcome.EXECUTE, f"trusted by a person (trusted_actions {entry!r}; {risk} risk: {why})"
 
 
 def _hold(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from macha_obs.config import Config
+from macha_obs.config import AutonomyLevel, Config
 from macha_obs.errors import RefusedError
-from macha_obs.incidents import Queued
+from macha_obs.incidents import IncidentStore, Queued
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
@@ -26,21 +26,38 @@ from macha_obs.models import (
     ApprovalStatus,
     ConfigChange,
     ExecutionResult,
+    Incident,
     Outcome,
     Proposal,
     Risk,
+    Suppression,
     UnitState,
     Verdict,
+    action_json,
     describe_action,
+    fix_of,
+    investigation_instead,
+    learns_from,
+    signature_of,
 )
 from macha_obs.patches import PatchChecker
 from macha_obs.pause import PauseBook
-from macha_obs.policy import RATE_WINDOW, BreakerState, PolicyContext, judge, risk_of
+from macha_obs.policy import (
+    RATE_WINDOW,
+    BreakerState,
+    PolicyContext,
+    held_for_human,
+    judge,
+    risk_of,
+)
 from macha_obs.scope import Confirmation, Scope, confirm, out_of_scope
 from macha_obs.store import ApprovalError, Store
 from macha_obs.verify import Breaker, Verifier
 
 ScopeOf = Callable[[Sequence[str]], Scope]
+# Before an automatic fix: a reason to leave it to a human instead (the fleet's blast
+# radius), or None to go ahead.
+FleetCheck = Callable[[Action], str | None]
 # queue an analysis' proposals and mark it done, in one transaction (settle_analysis)
 Settle = Callable[[Sequence[Queued]], list[int]]
 
@@ -96,6 +113,49 @@ def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Ve
     return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {refused}"})
 
 
+# Autonomy levels whose decisions are shadow-scored against auto-safe.
+_SHADOWED = frozenset({AutonomyLevel.OBSERVE, AutonomyLevel.SUGGEST})
+_SHADOWS_KEPT = 1000
+
+
+def suppressed_verdict(verdict: Verdict, suppression: Suppression, action: Action) -> Verdict:
+    """Invariant 14, toward safety only: a suppressed fix that would have run or been
+    queued is recorded instead, and the reason says why, what to look at instead, until
+    when, and how a person lifts it. A refusal stays a refusal."""
+    if verdict.outcome not in (Outcome.EXECUTE, Outcome.QUEUE):
+        return verdict
+    look = investigation_instead(action).diagnostic
+    instead = look.tool + (f" {action.target}" if action.target != "host" else "")
+    reason = (
+        f"suppressed: {describe_action(action)} for {suppression.signature}: "
+        f"{suppression.why}; not proposed as an action until "
+        f"{suppression.until:%Y-%m-%d %H:%M} UTC - investigate instead ({instead}); "
+        f"`macha-obs learn clear {suppression.signature}` lifts it"
+    )
+    return verdict.model_copy(
+        update={"outcome": Outcome.RECORD, "reason": reason, "suppressed": True}
+    )
+
+
+def shadow_outcome(
+    action: Action,
+    ctx: PolicyContext,
+    scope: Scope,
+    problem: Confirmation | None,
+    *,
+    suppressed: Suppression | None,
+) -> Outcome:
+    """What the sidecar would have done at auto-safe, with no per-action trust: the same
+    judgement (scope lock, problem test, rate limits, breaker, pause) at that level."""
+    config = ctx.config.model_copy(
+        update={"autonomy_level": AutonomyLevel.AUTO_SAFE, "trusted_actions": ()}
+    )
+    shadow = judge(action, replace(ctx, config=config), scope=scope, problem=problem)
+    if suppressed is not None:
+        shadow = suppressed_verdict(shadow, suppressed, action)
+    return shadow.outcome
+
+
 def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
     """Everything the policy needs from the ledger (recent executions, the breaker, a
     human's pause)."""
@@ -120,10 +180,13 @@ class Remediator:
         clock: Callable[[], float] = time.time,
         patches: PatchChecker | None = None,
         verifier: Verifier | None = None,
+        fleet_check: FleetCheck | None = None,
     ) -> None:
         """`scope_of` gives the evidence of the incidents an approval carries; without it
         an approval of a unit action is out of scope (fail closed). `patches` checks a
-        config_change before it is queued (by default against `nixos_config_dir`)."""
+        config_change before it is queued (by default against `nixos_config_dir`).
+        `fleet_check` is asked right before an automatic fix runs (never before a
+        human's approval: that is the human's call); a reason queues the fix instead."""
         self.config = config
         self.store = store
         self.executor = executor
@@ -131,6 +194,9 @@ class Remediator:
         self.patches = patches or PatchChecker(config.nixos_config_dir)
         self.clock = clock
         self.verifier = verifier or Verifier(config, store, clock)
+        self.fleet_check = fleet_check
+        # what auto-safe would have done, per (incident, action) judged and not yet queued
+        self._shadows: dict[tuple[str, str], Outcome] = {}
         self.in_flight: int | None = None  # the action id between intent and outcome
 
     # ------------------------------------------------------------ state
@@ -159,12 +225,42 @@ class Remediator:
     # ------------------------------------------------------------ proposals
 
     def decide(self, incident_id: str, proposal: Proposal, scope: Scope) -> Verdict:
-        """Judge a fresh proposal against the incident's scope; the verdict is audited."""
+        """Judge a fresh proposal against the incident's scope; the verdict is audited.
+
+        A fix the operator keeps rejecting, or that keeps failing verification, for this
+        problem is suppressed (invariant 14): recorded, not proposed, with why. In
+        suggest and observe, what auto-safe would have done is noted too (the shadow,
+        scored against the person's decision by store/outcomes.py)."""
         action = proposal.action
-        verdict = judge(action, self.context(), scope=scope, problem=self.confirm(action, scope))
+        ctx = self.context()
+        problem = self.confirm(action, scope)
+        verdict = judge(action, ctx, scope=scope, problem=problem)
         verdict = patch_checked(action, verdict, self.patches)
-        self._audit_verdict(incident_id, action, verdict, proposal.reason)
+        suppressed = self.suppressed(incident_id, action)
+        if suppressed is not None:
+            verdict = suppressed_verdict(verdict, suppressed, action)
+        shadow = None
+        if self.config.autonomy_level in _SHADOWED and learns_from(action):
+            shadow = shadow_outcome(action, ctx, scope, problem, suppressed=suppressed)
+            self._shadows[(incident_id, action_json(action))] = shadow
+            while len(self._shadows) > _SHADOWS_KEPT:
+                self._shadows.pop(next(iter(self._shadows)))
+        self._audit_verdict(incident_id, action, verdict, proposal.reason, shadow=shadow)
         return verdict
+
+    def suppressed(self, incident_id: str, action: Action) -> Suppression | None:
+        """The suppression of this fix for this incident's problem, if one is active."""
+        if not learns_from(action):
+            return None
+        state = IncidentStore(self.store).get(incident_id)
+        incident = state.incident if state is not None else Incident(id="-", source="manual")
+        signature = signature_of(incident, action)
+        return self.store.suppression(signature, fix_of(action), self.config, self.clock())
+
+    def _note_shadow(self, incident_id: str, action: Action, approval_id: int) -> None:
+        shadow = self._shadows.pop((incident_id, action_json(action)), None)
+        if shadow is not None:
+            self.store.note_shadow(approval_id, shadow)
 
     def carry_out(
         self, incident_id: str, proposal: Proposal, scope: Scope, *, alert_driven: bool = False
@@ -176,25 +272,49 @@ class Remediator:
         if verdict.outcome is not Outcome.EXECUTE:
             self._audit_verdict(incident_id, action, verdict, "re-judged before executing")
             return Handled(verdict)
+        held = self._fleet_hold(verdict, action)
+        if held is not verdict:
+            self._audit_verdict(incident_id, action, held, "asked the fleet before executing")
+            return self._queue(incident_id, proposal, held)
         return self._fix(incident_id, proposal, verdict, alert_driven=alert_driven)
 
     def handle(self, incident_id: str, proposal: Proposal, scope: Scope) -> Handled:
         """Judge a fresh proposal and carry out the verdict."""
         verdict = self.decide(incident_id, proposal, scope)
-        match verdict.outcome:
-            case Outcome.EXECUTE:
+        if verdict.outcome is Outcome.EXECUTE:
+            held = self._fleet_hold(verdict, proposal.action)
+            if held is verdict:
                 return self._fix(incident_id, proposal, verdict, alert_driven=False)
-            case Outcome.QUEUE:
-                approval = self.store.enqueue(
-                    incident_id,
-                    proposal.action,
-                    risk=verdict.risk,
-                    reason=queue_reason(verdict, proposal),
-                    evidence=list(proposal.evidence),
-                    ttl=self.config.approval_ttl,
-                )
-                return Handled(verdict, approval=approval)
+            self._audit_verdict(
+                incident_id, proposal.action, held, "asked the fleet before executing"
+            )
+            verdict = held
+        if verdict.outcome is Outcome.QUEUE:
+            return self._queue(incident_id, proposal, verdict)
         return Handled(verdict)
+
+    def _queue(self, incident_id: str, proposal: Proposal, verdict: Verdict) -> Handled:
+        approval = self.store.enqueue(
+            incident_id,
+            proposal.action,
+            risk=verdict.risk,
+            reason=queue_reason(verdict, proposal),
+            evidence=list(proposal.evidence),
+            ttl=self.config.approval_ttl,
+        )
+        self._note_shadow(incident_id, proposal.action, approval.id)
+        return Handled(verdict, approval=approval)
+
+    def _fleet_hold(self, verdict: Verdict, action: Action) -> Verdict:
+        """The verdict, or QUEUE when the fleet check says a person should decide. A
+        check that fails says so too (fail closed)."""
+        if self.fleet_check is None or verdict.outcome is not Outcome.EXECUTE:
+            return verdict
+        try:
+            reason = self.fleet_check(action)
+        except Exception as exc:
+            reason = f"the fleet check failed ({type(exc).__name__}: {exc})"
+        return verdict if reason is None else held_for_human(verdict, reason)
 
     def act(
         self,
@@ -216,6 +336,8 @@ class Remediator:
                 [Queued(p.action, v.risk, queue_reason(v, p), tuple(p.evidence)) for p, v in queued]
             )
         approvals = dict(zip((id(p) for p, _ in queued), ids, strict=False))
+        for (proposal, _), approval_id in zip(queued, ids, strict=False):
+            self._note_shadow(incident_id, proposal.action, approval_id)
         done: list[tuple[Proposal, Handled]] = []
         for proposal, verdict in judged:
             if verdict.outcome is Outcome.EXECUTE:
@@ -379,20 +501,36 @@ class Remediator:
                 )
         return action_id
 
-    def _audit_verdict(self, incident_id: str, action: Action, verdict: Verdict, why: str) -> None:
-        self.store.audit_decision(
-            {
-                "event": "verdict",
-                "incident_id": incident_id,
-                "action": action.model_dump(mode="json"),
-                "label": describe_action(action),
-                "outcome": verdict.outcome.value,
-                "risk": verdict.risk.value,
-                "autonomy": verdict.autonomy.value,
-                "reason": verdict.reason,
-                "proposed_because": why,
-            }
-        )
+    def _audit_verdict(
+        self,
+        incident_id: str,
+        action: Action,
+        verdict: Verdict,
+        why: str,
+        *,
+        shadow: Outcome | None = None,
+    ) -> None:
+        record: dict[str, object] = {
+            "event": "verdict",
+            "incident_id": incident_id,
+            "action": action.model_dump(mode="json"),
+            "label": describe_action(action),
+            "outcome": verdict.outcome.value,
+            "risk": verdict.risk.value,
+            "autonomy": verdict.autonomy.value,
+            "reason": verdict.reason,
+            "proposed_because": why,
+        }
+        if shadow is not None:
+            record["shadow_auto_safe"] = shadow.value
+        self.store.audit_decision(record)
 
 
-__all__ = ["ApprovalError", "Executor", "Handled", "Remediator", "patch_checked"]
+__all__ = [
+    "ApprovalError",
+    "Executor",
+    "FleetCheck",
+    "Handled",
+    "Remediator",
+    "patch_checked",
+]

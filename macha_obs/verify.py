@@ -154,7 +154,8 @@ class Verifier:
             if self.clock() < watch.deadline:
                 waiting.append(watch)
                 continue
-            self.store.record_verification(watch.action_id, ok=False)
+            # also counted against the fix in the learning record (store/outcomes.py)
+            self.store.record_late_failure(watch.action_id)
             self.breaker.note_failure(watch.action_id)
             detail = f"the alert did not resolve within {self.config.alert_verify_window:g}s"
             escalated.append(self.escalate(watch.incident_id, watch.proposal, detail))

@@ -12,6 +12,8 @@ The others are proven where their mechanism lives (each test name says which):
   7 breaker persists ............ tests/test_policy.py::test_invariant_7_*,
                                   tests/test_remediate.py::test_invariant_7_*
   10 audit before the next ...... tests/test_remediate.py::test_invariant_10_*
+  14 trust toward safety only ... tests/test_learn.py::test_invariant_14_*, and
+      tests/test_learn_operator.py (suppression and per-action trust on real systemd)
 """
 
 from __future__ import annotations
@@ -130,3 +132,24 @@ def test_invariant_9_valid_unit_name_is_the_only_free_argv_element() -> None:
     assert [
         a for a in argv if a not in {"journalctl", "--no-pager", "-o", "short-iso", "-n", "-u", "5"}
     ] == ["nginx.service"]
+
+
+def test_invariant_14_no_code_grants_trust_only_a_persons_config_does() -> None:
+    """`trusted_actions` is read (policy, learn) and validated (config); the one place
+    code sets it is the shadow judgement, which clears it. Nothing writes a config file:
+    `macha-obs learn` prints the line for a person to add."""
+    setters: list[str] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "trusted_actions":
+                        cleared = isinstance(value, ast.Tuple) and not value.elts
+                        setters.append(f"{path.name}:{'cleared' if cleared else 'SET'}")
+            if isinstance(node, ast.keyword) and node.arg == "trusted_actions":
+                setters.append(f"{path.name}:SET")
+            stored = isinstance(getattr(node, "ctx", None), ast.Store)
+            if isinstance(node, ast.Attribute) and node.attr == "trusted_actions" and stored:
+                setters.append(f"{path.name}:SET")
+    assert setters == ["remediate.py:cleared"]

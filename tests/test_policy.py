@@ -306,3 +306,18 @@ def test_breaker_never_raises_autonomy(make_config: Callable[..., Config]) -> No
     for autonomy in (AutonomyLevel.OBSERVE, AutonomyLevel.SUGGEST):
         cfg = make_config(autonomy_level=autonomy.value)
         assert effective_autonomy(cfg, BreakerState(True, 9, "x")) is autonomy
+
+
+def test_held_for_human_only_ever_turns_execute_into_queue() -> None:
+    from macha_obs.policy import held_for_human
+
+    run = Verdict(
+        outcome=Outcome.EXECUTE, risk=Risk.LOW, reason="r", autonomy=AutonomyLevel.AUTO_SAFE
+    )
+    held = held_for_human(run, "3 hosts acted within the hour")
+    assert held.outcome is Outcome.QUEUE
+    assert held.reason == "queued for a human: 3 hosts acted within the hour"
+    assert (held.risk, held.autonomy) == (run.risk, run.autonomy)
+    for outcome in (Outcome.QUEUE, Outcome.RECORD, Outcome.REFUSE):
+        other = run.model_copy(update={"outcome": outcome})
+        assert held_for_human(other, "x") is other  # never toward permission

@@ -25,6 +25,7 @@ from macha_obs.models import (
     RestartUnit,
     Risk,
     StartUnit,
+    describe_action,
 )
 from macha_obs.remediate import Handled, Remediator
 from macha_obs.scope import Scope
@@ -248,3 +249,64 @@ def test_invariant_7_failed_verifications_open_the_breaker(
     assert "breaker open" in third.verdict.reason
     # a restart of the process (a new Remediator on the same state) keeps it open
     assert remediator_for(autonomy_level="auto-safe", breaker_threshold=2).breaker().open
+
+
+def test_fleet_check_queues_an_automatic_fix_before_it_runs(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
+) -> None:
+    unit = break_unit(systemd_container, unit_factory, "t-fleet")
+    rem = remediator_for(autonomy_level="auto-safe")
+    asked: list[str] = []
+
+    def busy_fleet(action: object) -> str | None:
+        asked.append(describe_action(action))  # type: ignore[arg-type]
+        return "4 hosts restarted it within the hour (fleet_max_hosts 3)"
+
+    rem.fleet_check = busy_fleet
+    incident_id = incident_naming(rem, unit)
+    scope = IncidentStore(rem.store).scope_of([incident_id])
+    proposal = Proposal(action=RestartUnit(unit=unit), reason="failed")
+    judged = [(proposal, rem.decide(incident_id, proposal, scope))]
+    assert judged[0][1].outcome is Outcome.EXECUTE  # the policy alone would run it
+    # the fast path (no settle): asked right before executing, queued instead
+    [(_, handled)] = rem.act(incident_id, judged, scope, alert_driven=False, settle=None)
+    assert asked == [f"restart_unit {unit}"]
+    assert handled.verdict.outcome is Outcome.QUEUE
+    assert "4 hosts restarted it" in handled.verdict.reason
+    assert handled.approval is not None
+    assert handled.approval.status is ApprovalStatus.PENDING
+    assert rem.store.list_actions() == []
+    assert systemd_container.unit_state(unit)[0] == "failed"  # nothing ran
+    audited = [json.loads(x) for x in rem.store.decisions_log.read_text().splitlines()]
+    assert audited[-1]["outcome"] == "queue"
+    assert "4 hosts" in audited[-1]["reason"]
+
+    # handle() (decide + carry out) is held the same way; a check that crashes fails closed
+    def broken_fleet(action: object) -> str | None:
+        raise ZeroDivisionError("division by zero")
+
+    rem.fleet_check = broken_fleet
+    again = handle(rem, RestartUnit(unit=unit))
+    assert again.verdict.outcome is Outcome.QUEUE
+    assert "the fleet check failed (ZeroDivisionError" in again.verdict.reason
+    assert again.approval is not None
+    assert again.approval.id == handled.approval.id
+    # a human's approval is the human's call: the fleet is not asked
+    asked.clear()
+    rem.fleet_check = busy_fleet
+    approved = rem.approve(handled.approval.id, "alice")
+    assert asked == []
+    assert approved.verdict.outcome is Outcome.EXECUTE
+    assert systemd_container.unit_state(unit) == ("active", "running")
+
+
+def test_fleet_check_saying_nothing_lets_the_fix_run(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, remediator_for
+) -> None:
+    unit = break_unit(systemd_container, unit_factory, "t-fleet-ok")
+    rem = remediator_for(autonomy_level="auto-safe")
+    rem.fleet_check = lambda action: None
+    handled = handle(rem, RestartUnit(unit=unit))
+    assert handled.verdict.outcome is Outcome.EXECUTE
+    assert handled.result is not None
+    assert handled.result.verified

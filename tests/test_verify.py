@@ -166,6 +166,9 @@ def test_alert_driven_fix_waits_for_its_alert_and_is_escalated_when_it_stays(
     assert "the alert did not resolve within 60s" in escalated.reason
     assert rem.verifier.watching == []
     assert len(ledger.failed_verifications()) == 1
+    # the learning record counts it against the fix too: it ran, held, then did not
+    [record] = [r for r in ledger.fix_records() if r.fix.kind == "restart_unit"]
+    assert (record.auto_executed, record.verified, record.failed_verification) == (1, 1, 1)
 
 
 def test_alert_driven_fix_whose_alert_resolved_is_done(

@@ -21,6 +21,7 @@ from macha_obs.cli.errors import EXIT_FAILED
 from macha_obs.cli.wiring import (
     remediator,
 )
+from macha_obs.learn import history_line
 from macha_obs.models import (
     Approval,
     ApprovalStatus,
@@ -28,6 +29,7 @@ from macha_obs.models import (
     describe_action,
 )
 from macha_obs.patches import PatchRefused, parse_diff
+from macha_obs.store import Store
 from macha_obs.terminal import inert, is_unsafe
 
 # ---------------------------------------------------------------- macha-approve
@@ -57,8 +59,11 @@ def approval_dict(a: Approval) -> dict[str, Any]:
     return a.model_dump(mode="json") | {"label": describe_action(a.action)}
 
 
-def _print_table(items: list[Approval], *, notes: bool = False) -> None:
-    """The queue; with `notes` (list --all) why each decided item ended as it did."""
+def _print_table(
+    items: list[Approval], *, notes: bool = False, history: dict[int, str] | None = None
+) -> None:
+    """The queue; with `notes` (list --all) why each decided item ended as it did; under
+    each item, what a person decided about the same fix for the same problem before."""
     if not items:
         click.echo("no approvals")
         return
@@ -85,8 +90,11 @@ def _print_table(items: list[Approval], *, notes: bool = False) -> None:
         *(["NOTE"] if notes else []),
     )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
+    click.echo("  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip())
+    for item, row in zip(items, rows, strict=True):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if history and item.id in history:
+            click.echo(f"    history: {inert(history[item.id])}")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,10 +115,23 @@ def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     with open_store(cfg) as store:
         store.expire_approvals()
         items = store.list_approvals(None if show_all else {ApprovalStatus.PENDING})
+        history = _histories(store, items)
     if as_json:
-        click.echo(json.dumps([approval_dict(a) for a in items], indent=2, ensure_ascii=True))
+        listed = [approval_dict(a) | {"history": history.get(a.id)} for a in items]
+        click.echo(json.dumps(listed, indent=2, ensure_ascii=True))
     else:
-        _print_table(items, notes=show_all)
+        _print_table(items, notes=show_all, history=history)
+
+
+def _histories(store: Store, items: list[Approval]) -> dict[int, str]:
+    """Each item's history line (only the pending ones: history is for deciding)."""
+    found: dict[int, str] = {}
+    for item in items:
+        if item.status is ApprovalStatus.PENDING:
+            line = history_line(store, item)
+            if line is not None:
+                found[item.id] = line
+    return found
 
 
 @approve_main.command("show")
@@ -122,10 +143,12 @@ def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
         approval = store.get_approval(_existing_id(approval_id))
+        history = history_line(store, approval) if approval is not None else None
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
     if as_json:
-        click.echo(json.dumps(approval_dict(approval), indent=2, ensure_ascii=True))
+        shown = approval_dict(approval) | {"history": history}
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=True))
         return
     # every field from an alert, a model or a person on its own line, made inert
     label = inert(describe_action(approval.action))
@@ -138,6 +161,8 @@ def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
         f"expires {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC"
     )
     click.echo(f"  why:       {inert(approval.reason)}")
+    if history:
+        click.echo(f"  history:   {inert(history)}")
     for line in approval.evidence:
         click.echo(f"  evidence:  {inert(line)}")
     shown = approval.action.model_dump(mode="json", exclude={"diff"})

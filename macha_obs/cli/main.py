@@ -329,3 +329,6 @@ def analyze(
     finally:
         bus.close()
     click.echo(render_json(report) if as_json else render_text(report))
+
+
+from macha_obs.cli import learn as _learn  # noqa: E402, F401  (registers learn on main)

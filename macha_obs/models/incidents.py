@@ -107,3 +107,6 @@ class Verdict(BaseModel):
     reason: str
     autonomy: AutonomyLevel
     rate_limited: bool = False
+    # invariant 14: a fix held back by its record (rejected or failing too often for this
+    # problem); the orchestrator puts a read-only investigation in its place
+    suppressed: bool = False

@@ -8,6 +8,7 @@ which owns every path in the state directory and its retention.
     ledger.py      intents and outcomes (invariant 6)
     breaker.py     verifications and the breaker's persisted state (invariant 7)
     incidents.py   the webhook inbox, seen alerts, incidents (SQL only)
+    outcomes.py    what became of each proposal per problem and fix (learning)
     audit.py       decisions.jsonl, actions.jsonl (invariant 10)
     statedir.py    the layout and the trust checks on every state file
     retention.py   rotation by rename, snapshot count, retention settings

@@ -1,7 +1,7 @@
 """`Store`: one handle on a state directory, its table groups put together.
 
 Each table group keeps its DDL beside its queries (meta.py, approvals.py, ledger.py,
-breaker.py, incidents.py); the JSONL audit logs are audit.py; `retain` is the one
+breaker.py, incidents.py, outcomes.py); the JSONL audit logs are audit.py; `retain` is the one
 retention pass the daemon's timer cycle runs.
 """
 
@@ -13,14 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from macha_obs.store import approvals, breaker, incidents, ledger, meta
+from macha_obs.store import approvals, breaker, incidents, ledger, meta, outcomes
 from macha_obs.store._group_commit import GroupCommitter
 from macha_obs.store.breaker import Breaker
 from macha_obs.store.ledger import Ledger
 from macha_obs.store.meta import Meta
+from macha_obs.store.outcomes import Outcomes
 from macha_obs.store.retention import RetentionReport, RetentionSettings, retain_files
 
-SCHEMA = (meta.DDL, approvals.DDL, ledger.DDL, breaker.DDL, incidents.DDL)
+SCHEMA = (meta.DDL, approvals.DDL, ledger.DDL, breaker.DDL, incidents.DDL, outcomes.DDL)
 # A verification older than this counts for nothing: the breaker's window is at most
 # 30 days (config.py's bound on breaker_window).
 VERIFICATIONS_KEPT = 31 * 86400.0
@@ -28,7 +29,7 @@ VERIFICATIONS_KEPT = 31 * 86400.0
 T = TypeVar("T")
 
 
-class Store(Ledger, Breaker, Meta):
+class Store(Ledger, Breaker, Outcomes, Meta):
     """One handle on a state directory. Thread-safe within a process."""
 
     def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -53,10 +54,15 @@ class Store(Ledger, Breaker, Meta):
 
     def retain(self, settings: RetentionSettings, now: float | None = None) -> RetentionReport:
         """Keep the state directory bounded: prune the inbox, the seen-alert keys,
-        resolved incidents and old verifications, rotate the logs that outgrew their
-        size, keep the newest snapshots, and give a mostly free database file back."""
+        resolved incidents, old verifications and learning records, rotate the logs
+        that outgrew their size, keep the newest snapshots, and give a mostly free
+        database file back."""
         now = self.clock() if now is None else now
         with self._tx() as cur:
+            # learn from the queue and the ledger first, while every incident they
+            # point at is still there to give its problem signature
+            outcomes.sync(cur)
+            learned = outcomes.prune(cur, now)
             inbox, seen = incidents.prune_intake(
                 cur, now - settings.inbox_retention, settings.inbox_max_rows
             )
@@ -66,5 +72,6 @@ class Store(Ledger, Breaker, Meta):
             breaker.prune_verifications(cur, now - VERIFICATIONS_KEPT)
         report = retain_files(self.paths, settings)
         report.inbox, report.alerts_seen, report.incidents = inbox, seen, gone
+        report.learned = learned
         report.vacuumed = self.compact()
         return report

@@ -64,6 +64,7 @@ class RetentionReport:
     inbox: int = 0
     alerts_seen: int = 0
     incidents: int = 0
+    learned: int = 0  # learning records (outcomes.py) pruned
     rotated: list[str] = field(default_factory=list)
     snapshots: int = 0
     vacuumed: bool = False
