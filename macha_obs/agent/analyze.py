@@ -3,6 +3,8 @@
 Whatever happens, a decision comes out: a model that is down, slow or answers outside
 the schema gives assessment "unknown" with the runbooks' proposals (invariant 8), and
 every decision is appended to the decision log with what produced it (invariant 10).
+What people decided about the same problems before (`history`, agent/history.py) orders
+the runbooks' proposals and is summarised in the model's prompt.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from macha_obs.agent.history import History, history_lines, no_history
 from macha_obs.agent.llm import ChatClient, LlmError
 from macha_obs.agent.prompt import (
     TOKEN_BUDGET,
@@ -22,7 +25,7 @@ from macha_obs.agent.prompt import (
     system_message,
     template,
 )
-from macha_obs.agent.runbooks import runbook_decision
+from macha_obs.agent.runbooks import runbook_decision, runbook_proposals
 from macha_obs.agent.schema import (
     LlmDecision,
     LlmStep,
@@ -88,9 +91,11 @@ class Analyzer:
         now: Callable[[], datetime] = utcnow,
         budget: int = TOKEN_BUDGET,
         config_files: Sequence[str] = (),
+        history: History = no_history,
     ) -> None:
         """`config_files`: the files under nixos_config_dir a config_change may patch
-        (read once at start; the check before queueing reads the file itself again)."""
+        (read once at start; the check before queueing reads the file itself again).
+        `history`: the learning record's per-fix counts for a problem signature."""
         self.mode = mode
         self.client = client
         self.hostname = hostname
@@ -100,7 +105,40 @@ class Analyzer:
         self.now = now
         self.budget = budget
         self.config_files = tuple(config_files)
+        self.history = history
         self.llm_calls = 0
+
+    def runbooks(self, incident: Incident, unit_status: Mapping[str, str], **kw: str) -> Decision:
+        """The runbooks' decision, ordered by what has worked on this host."""
+        return runbook_decision(incident, unit_status=unit_status, history=self.history, **kw)
+
+    def context(
+        self,
+        incident: Incident,
+        *,
+        unit_status: Mapping[str, str] | None = None,
+        journals: Mapping[str, Sequence[str]] | None = None,
+        past: bool = True,
+    ) -> PromptContext:
+        """What the model's first prompt for `incident` is built from (build_prompt);
+        with `past`, the summary of past decisions about its problems (read only when
+        the model is asked: the record is in the store)."""
+        status = unit_status or {}
+        ctx = PromptContext(
+            incident=incident,
+            hostname=self.hostname,
+            now=self.now(),
+            unit_status=status,
+            journals=journals or {},
+            steps_left=self.max_steps,
+            budget=self.budget - (_TOOL_SHARE if self.max_steps > 1 else 0),
+            config_files=self.config_files,
+        )
+        return self._with_history(ctx) if past else ctx
+
+    def _with_history(self, ctx: PromptContext) -> PromptContext:
+        proposals, _ = runbook_proposals(ctx.incident, ctx.unit_status)
+        return replace(ctx, history=history_lines(ctx.incident, proposals, self.history))
 
     def analyze(
         self,
@@ -109,16 +147,7 @@ class Analyzer:
         unit_status: Mapping[str, str] | None = None,
         journals: Mapping[str, Sequence[str]] | None = None,
     ) -> Decision:
-        ctx = PromptContext(
-            incident=incident,
-            hostname=self.hostname,
-            now=self.now(),
-            unit_status=unit_status or {},
-            journals=journals or {},
-            steps_left=self.max_steps,
-            budget=self.budget - (_TOOL_SHARE if self.max_steps > 1 else 0),
-            config_files=self.config_files,
-        )
+        ctx = self.context(incident, unit_status=unit_status, journals=journals, past=False)
         decision, run, flags = self._decide(incident, ctx)
         if self.audit is not None:
             record = decision.model_dump(mode="json")
@@ -134,12 +163,12 @@ class Analyzer:
     def _decide(self, incident: Incident, ctx: PromptContext) -> tuple[Decision, _Run, list[str]]:
         run = _Run()
         if self.mode is AnalysisMode.RUNBOOKS_ONLY or self.client is None:
-            return runbook_decision(incident, unit_status=ctx.unit_status), run, []
+            return self.runbooks(incident, ctx.unit_status), run, []
         if self.mode is AnalysisMode.RUNBOOKS_FIRST:
-            fast = runbook_decision(incident, unit_status=ctx.unit_status)
+            fast = self.runbooks(incident, ctx.unit_status)
             if fast.assessment is not Assessment.UNKNOWN and fast.proposals:
                 return fast, run, []
-        prompt = build_prompt(ctx)
+        prompt = build_prompt(self._with_history(ctx))
         run.prompt_hash = prompt.hash
         client = self.client
         try:
@@ -147,8 +176,8 @@ class Analyzer:
         except (LlmError, OutputInvalid) as exc:
             log.warning("analysis of %s fell back to runbooks: %s", incident.id, exc)
             error = f"{type(exc).__name__}: {exc}"
-            decision = runbook_decision(
-                incident, error=error, raw_output_hash=run.raw_hash, unit_status=ctx.unit_status
+            decision = self.runbooks(
+                incident, ctx.unit_status, error=error, raw_output_hash=run.raw_hash
             )
         meta = {
             "backend": client.backend,
@@ -161,9 +190,7 @@ class Analyzer:
         if decision.source is DecisionSource.RUNBOOKS:
             meta["backend"] = f"runbooks (after {client.backend})"
         else:
-            added = unit_fixes_missing(
-                decision, runbook_decision(incident, unit_status=ctx.unit_status)
-            )
+            added = unit_fixes_missing(decision, self.runbooks(incident, ctx.unit_status))
             if added:
                 # A well-formed answer that leaves a failed unit alone is no reason to
                 # leave it failed: the runbooks' fix joins (and the policy still judges).

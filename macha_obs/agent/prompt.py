@@ -5,6 +5,15 @@ lines, tool output) is untrusted: secrets are redacted, control characters dropp
 block is fenced with a nonce the data cannot know in advance, and the whole prompt is kept
 within a token budget by dropping the oldest journal lines first. Pure: no I/O besides
 reading the package's own templates.
+
+Priority when the budget is tight (what is cut first comes last here):
+1. the instructions, alerts, findings and unit status (each capped), never cut;
+2. the newest journal lines, up to EVIDENCE_FLOOR tokens (or all of them if fewer);
+3. past decisions about the same problems (agent/history.py), at most HISTORY_MAX
+   tokens, best-known fixes first: cut before that minimum of evidence;
+4. older journal lines, into whatever is left.
+Past decisions are a person's words (rejection reasons) beside our counts: cleaned,
+redacted and fenced like log text.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from macha_obs.models import Incident
 
 __all__ = [
     "ACTION_CATALOGUE",
+    "EVIDENCE_FLOOR",
+    "HISTORY_MAX",
     "TOKEN_BUDGET",
     "TOOL_CATALOGUE",
     "Prompt",
@@ -40,6 +51,10 @@ __all__ = [
 ]
 
 TOKEN_BUDGET = 3000
+# The newest evidence that past decisions never displace, and their own ceiling.
+EVIDENCE_FLOOR = 600
+HISTORY_MAX = 320
+HISTORY_INTRO = "Past decisions on this host about the same problems (quoted: a person's words):"
 LINE_MAX = 240
 # Lines read before the oldest one kept, so a key block whose BEGIN line is just out of
 # the window is still recognised as one (a PGP private key with subkeys runs ~100 lines).
@@ -152,6 +167,8 @@ class PromptContext:
     budget: int = TOKEN_BUDGET
     # the .nix files under nixos_config_dir (patches.config_files); none: no config_change
     config_files: Sequence[str] = ()
+    # past decisions about the incident's problems, best first (agent/history.py)
+    history: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -216,11 +233,13 @@ def build_prompt(ctx: PromptContext) -> Prompt:
         u: clean_lines(list(lines)[-(keep + BLOCK_LOOKBACK) :])[-keep:] if keep else []
         for u, lines in ctx.journals.items()
     }
+    history = [clean_line(x) for x in ctx.history]
     flags = _flags("alerts", alert_lines) + _flags("findings", finding_lines)
     for unit, lines in journals.items():
         flags += _flags(f"journal {unit}", lines)
+    flags += _flags("history", history)
 
-    def render(journal_lines: Mapping[str, Sequence[str]]) -> str:
+    def render(journal_lines: Mapping[str, Sequence[str]], history_lines: Sequence[str]) -> str:
         return template("incident.txt").substitute(
             incident_id=inc.id,
             source=inc.source,
@@ -234,11 +253,19 @@ def build_prompt(ctx: PromptContext) -> Prompt:
             status=fence("systemd", status_lines[:20]),
             journals="\n".join(fence(f"journal {u}", ls) for u, ls in journal_lines.items())
             or "(none)",
+            history=_history_block(history_lines),
         )
 
-    fixed = estimate_tokens(system) + estimate_tokens(render(dict.fromkeys(journals, ())))
-    kept = _fit_journals(journals, max(ctx.budget - fixed, 0))
-    user = render(kept)
+    empty = dict.fromkeys(journals, ())
+    fixed = estimate_tokens(system) + estimate_tokens(render(empty, ()))
+    avail = max(ctx.budget - fixed, 0)
+    evidence = sum(estimate_tokens(x) for lines in journals.values() for x in lines)
+    history_allowed = min(HISTORY_MAX, avail - min(evidence, EVIDENCE_FLOOR))
+    kept_history = _fit_history(history, history_allowed)
+    if kept_history:
+        avail -= estimate_tokens(render(empty, kept_history)) - estimate_tokens(render(empty, ()))
+    kept = _fit_journals(journals, max(avail, 0))
+    user = render(kept, kept_history)
     return Prompt(
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         tokens=estimate_tokens(system) + estimate_tokens(user),
@@ -260,6 +287,26 @@ def _flags(source: str, lines: Sequence[str]) -> list[str]:
         for name in suspicious(line):
             found[f"{source}:{name}"] = None
     return list(found)
+
+
+def _history_block(lines: Sequence[str]) -> str:
+    """Nothing at all without past decisions: the prompt is then as it always was."""
+    if not lines:
+        return ""
+    return f"\n{HISTORY_INTRO}\n{fence('decision history', lines)}\n"
+
+
+def _fit_history(lines: Sequence[str], budget: int) -> list[str]:
+    """The first (best) lines that fit in `budget` tokens with their fence and heading."""
+    kept: list[str] = []
+    used = estimate_tokens(_history_block(["x"])) - estimate_tokens("x")
+    for line in lines:
+        cost = estimate_tokens(line)
+        if used + cost > budget:
+            break
+        kept.append(line)
+        used += cost
+    return kept
 
 
 def _fit_journals(journals: Mapping[str, Sequence[str]], budget: int) -> dict[str, list[str]]:

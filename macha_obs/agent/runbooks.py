@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from macha_obs.agent.history import History, order_by_outcomes
 from macha_obs.models import (
     Action,
     Assessment,
@@ -145,10 +146,14 @@ def runbook_decision(
     error: str = "",
     raw_output_hash: str = "",
     unit_status: Mapping[str, str] | None = None,
+    history: History | None = None,
 ) -> Decision:
     """The runbooks' decision. With `error` (the model failed) the assessment stays
-    "unknown" whatever the runbooks propose (DESIGN.md invariant 8)."""
+    "unknown" whatever the runbooks propose (DESIGN.md invariant 8). With `history`, the
+    same proposals in the order of what has worked on this host (agent/history.py)."""
     proposals, kinds = runbook_proposals(incident, unit_status)
+    if history is not None:
+        proposals = order_by_outcomes(incident, proposals, history)
     if error or not kinds:
         assessment = Assessment.UNKNOWN
     elif _CRITICAL_KINDS & set(kinds):
