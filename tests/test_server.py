@@ -85,6 +85,30 @@ def test_no_webhook_injected_is_404() -> None:
         shutdown(server, thread)
 
 
+def test_the_approvals_pages_are_mounted_under_approvals_only() -> None:
+    """An injected pages app gets /approvals and what is under it, nothing else; without
+    one, /approvals is a 404."""
+    seen: list[str] = []
+
+    def pages(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"page"]
+
+    for app, expected in ((make_app(build_registry(lambda: None), pages_app=pages), 200),
+                          (make_app(build_registry(lambda: None)), 404)):  # fmt: skip
+        server, thread = start_server("127.0.0.1", 0, app)
+        try:
+            port = server.server_port
+            assert request(port, "GET", "/approvals")[0] == expected
+            assert request(port, "POST", "/approvals/3/approve")[0] == expected
+            assert request(port, "GET", "/approvalsx")[0] == 404
+            assert request(port, "GET", "/metrics/approvals")[0] == 404
+        finally:
+            shutdown(server, thread)
+    assert seen == ["/approvals", "/approvals/3/approve"]
+
+
 def test_ipv6_loopback() -> None:
     if not psutil.net_if_addrs() or not Path("/proc/net/if_inet6").exists():
         unavailable("no IPv6 on this host")

@@ -32,7 +32,7 @@ from macha_obs.models import Action, Assessment, DecisionSource, Outcome
 log = logging.getLogger(__name__)
 
 # What can keep the sidecar from its job (macha_obs/health.py decides each one).
-HEALTH_PROBLEMS = ("no_snapshot", "store", "cycles_failing")
+HEALTH_PROBLEMS = ("no_snapshot", "store", "cycles_failing", "alertmanager_pull")
 ACTION_RESULTS = ("verified", "failed")
 
 
@@ -47,6 +47,20 @@ def _known_first(known: list[typing.Any], seen: typing.Iterable[typing.Any]) -> 
     return known + sorted(set(seen) - set(known))
 
 
+# Pending items exported one series each (macha_approval_pending_info), oldest first.
+LINKS_EXPORTED = 100
+
+
+@dataclass(frozen=True)
+class ApprovalLink:
+    """A pending item and the signed link to its page (web/links.py makes it)."""
+
+    approval_id: int
+    kind: str
+    risk: str
+    url: str
+
+
 @dataclass(frozen=True)
 class PersistentState:
     """What the store knows, read at scrape time (one small SQLite read)."""
@@ -57,6 +71,7 @@ class PersistentState:
     effective: AutonomyLevel
     paused: bool = False  # a human's pause is in force (see pause.py)
     pause_until: float | None = None  # when it ends by itself (epoch s); None: at `resume`
+    approval_links: tuple[ApprovalLink, ...] = ()  # pending items, oldest first
 
 
 def _loop_families(c: LoopCounts) -> Iterator[Metric]:
@@ -144,6 +159,7 @@ def _state_families(state: PersistentState) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "macha_approvals_pending", "actions waiting for a human", value=state.approvals_pending
     )
+    yield from _link_families(state.approval_links)
     yield GaugeMetricFamily(
         "macha_circuit_breaker_open",
         "1 when failed fixes capped autonomy at suggest",
@@ -171,6 +187,33 @@ def _state_families(state: PersistentState) -> Iterator[Metric]:
         for candidate in AutonomyLevel:
             gauge.add_metric([candidate.value], 1.0 if candidate is level else 0.0)
         yield gauge
+
+
+def _link_families(links: tuple[ApprovalLink, ...]) -> Iterator[Metric]:
+    """The approvals page's links, for the alerts' annotations (alert_rules: the
+    `approvals_url` of MachaApprovalsPending, MachaApprovalPendingItem). A URL as a label
+    value is deliberate: it is the alert's link. Each is stable while its item waits (its
+    expiry is the item's TTL end), so the series, and the alert, do not flap."""
+    if not links:
+        return  # no series at all while nothing waits: the alert has nothing to link
+    # one series: the oldest pending item's page
+    oldest = GaugeMetricFamily(
+        "macha_approvals_link_info",
+        "1 while approvals wait: url is a signed link to the oldest pending item's page",
+        labels=["url"],
+    )
+    oldest.add_metric([links[0].url], 1.0)
+    yield oldest
+    # one series per pending item, at most LINKS_EXPORTED: the queue holds one item per
+    # action, so this is a handful; the labels never change while the item waits
+    each = GaugeMetricFamily(
+        "macha_approval_pending_info",
+        "1 per pending approval, with the signed link to its page",
+        labels=["approval_id", "kind", "risk", "url"],
+    )
+    for link in links[:LINKS_EXPORTED]:
+        each.add_metric([str(link.approval_id), link.kind, link.risk, link.url], 1.0)
+    yield each
 
 
 class SelfCollector(Collector):

@@ -1,6 +1,8 @@
-"""The listener's routes: GET /metrics, /healthz, /readyz and POST /alerts, as one WSGI app.
+"""The listener's routes: GET /metrics, /healthz, /readyz, POST /alerts and the approvals
+pages under /approvals, as one WSGI app.
 
-The webhook is an injected WSGI callable, so the server does not import the receiver.
+The webhook and the pages are injected WSGI callables, so the server imports neither the
+receiver nor the web room.
 /metrics is whatever the metrics room renders from the registry (gzip when asked for).
 """
 
@@ -63,10 +65,12 @@ def make_app(
     registry: CollectorRegistry,
     *,
     alerts_app: WSGIApplication | None = None,
+    pages_app: WSGIApplication | None = None,
     ready: Callable[[], bool] = lambda: True,
     health: Callable[[], str | None] | None = None,
 ) -> WSGIApplication:
-    """Route the listener's paths; `alerts_app` None answers POST /alerts with 404.
+    """Route the listener's paths; `alerts_app` None answers POST /alerts with 404, and
+    `pages_app` None /approvals (the pages check their own credentials).
 
     `health`, when given, decides /readyz: None is ready, else the reasons it is not,
     in the 503's body (macha_obs/health.py); without it, `ready()` does."""
@@ -90,6 +94,8 @@ def make_app(
             if method != "POST":
                 return _not_allowed(start_response, "POST")
             return alerts_app(environ, start_response)
+        if pages_app is not None and (path == "/approvals" or path.startswith("/approvals/")):
+            return pages_app(environ, start_response)
         return _reply(start_response, "404 Not Found", b"not found\n")
 
     return app

@@ -204,6 +204,12 @@ class StateDir:
         return self.root / "webhook.token"
 
     @property
+    def approvals_key(self) -> Path:
+        """The approvals page's HMAC key (signed links, CSRF, sessions), 0600: deleting
+        it invalidates every link and session handed out (web/keys.py makes it)."""
+        return self.root / "approvals.key"
+
+    @property
     def approval_queue(self) -> Path:
         """A read-only view of the pending items, rewritten from state.db on every change."""
         return self.root / "approval_queue.json"

@@ -1,0 +1,49 @@
+"""The URLs the alerts carry: where people reach the pages, and each item's signed link.
+
+Built from `external_url` (the reverse proxy's public URL) or else from the listener's
+own address: a wildcard listener (0.0.0.0, ::) is reached by the host's name. A link
+is the same for as long as its item waits (its expiry is the item's TTL end), so an
+alert carrying it keeps one URL and does not flap.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from macha_obs.models import Approval
+from macha_obs.web.signing import Signer
+
+_WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104  # names, never bound here
+
+
+def base_url(external_url: str | None, host: str, port: int, hostname: str) -> str:
+    """Where a person's browser reaches the listener, without a trailing slash."""
+    if external_url:
+        return external_url.rstrip("/")
+    if host in _WILDCARDS:
+        host = hostname
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def base_path(base: str) -> str:
+    """The path part of the base (a proxy's prefix, e.g. /macha), no trailing slash."""
+    return urlsplit(base).path.rstrip("/")
+
+
+class Links:
+    """Signed links to the items, for the alerts."""
+
+    def __init__(self, base: str, signer: Signer) -> None:
+        self.base = base.rstrip("/")
+        self.signer = signer
+
+    def item(self, approval: Approval) -> str:
+        link = self.signer.link(approval)
+        return f"{self.base}/approvals/{approval.id}?{link.query}"
+
+    def pending(self, approvals: list[Approval]) -> list[tuple[Approval, str]]:
+        """Each item with its link, oldest first (the first is the alert's link)."""
+        ordered = sorted(approvals, key=lambda a: (a.created_at, a.id))
+        return [(a, self.item(a)) for a in ordered]
