@@ -7,6 +7,7 @@ import signal
 import sys
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,15 +20,18 @@ from macha_obs.cli.common import (
     open_store,
 )
 from macha_obs.cli.errors import EXIT_USAGE
+from macha_obs.cli.learn import learn_state
 from macha_obs.cli.main import main
 from macha_obs.cli.wiring import (
     Sidecar,
     assemble,
     persistent_state,
+    remediator,
 )
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
 from macha_obs.health import Health
+from macha_obs.learn import history_line
 from macha_obs.metrics import (
     ListenerCollector,
     LlmCollector,
@@ -35,16 +39,20 @@ from macha_obs.metrics import (
     WebhookCollector,
     build_registry,
 )
+from macha_obs.metrics.learning import LearnCollector
+from macha_obs.metrics.pull import PullCollector
 from macha_obs.models import (
     ApprovalStatus,
     describe_action,
 )
 from macha_obs.orchestrator import CycleReport
+from macha_obs.pull import AlertmanagerPuller, PullThread
 from macha_obs.receiver import ReceiverApp
-from macha_obs.server import ListenerStats, make_app, shutdown, start_server
+from macha_obs.server import Listener, ListenerStats, make_app, shutdown, start_server
 from macha_obs.store import StateDirError, Store, StoreError
 from macha_obs.systemd.events import UnitWatcher
 from macha_obs.terminal import inert
+from macha_obs.web import Pages, approvals_pages
 
 
 def refuse(message: str) -> NoReturn:
@@ -87,20 +95,35 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
     return store, lock, {r.incident_id for r in interrupted}
 
 
-@main.command("serve")
-@click.option(
-    "--start-fresh",
-    is_flag=True,
-    help="Start on an empty state database although the audit logs show history.",
-)
-@click.pass_context
-def serve(ctx: click.Context, start_fresh: bool) -> None:
-    """Run the sidecar: collect, serve /metrics /alerts /healthz /readyz, and heal."""
-    cfg = ctx_config(ctx)
-    store, lock, interrupted = _open_state(cfg, start_fresh=start_fresh)
-    side = assemble(cfg, store)
+def _pull_intake(cfg: Config, store: Store, side: Sidecar) -> PullThread | None:
+    """The pull intake (`alertmanager_urls`: this host's alerts from Alertmanager's API
+    v2), not started yet; None when no Alertmanager is configured."""
+    if not cfg.alertmanager_urls:
+        return None
+    puller = AlertmanagerPuller.from_config(
+        cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
+    )
+    return PullThread(puller, cfg.alertmanager_pull_interval)
+
+
+def _approvals_pages(cfg: Config, store: Store, side: Sidecar) -> Pages:
+    """The approvals page (/approvals): it decides through macha-approve's path (the
+    Remediator), on the daemon's executor."""
+    try:
+        return approvals_pages(
+            cfg,
+            store,
+            remediator(cfg, store, side.executor),
+            history=partial(history_line, store),
+        )
+    except (StateDirError, ValueError, OSError) as exc:  # an untrusted key or token file
+        refuse(f"approvals page: {exc}")
+
+
+def _recover(side: Sidecar, interrupted: set[str]) -> None:
+    """What a crash left behind, before anything else is decided."""
     # A rebuild a crash interrupted between its switch and its boot default is brought
-    # back to the generation it recorded, before anything else is decided.
+    # back to the generation it recorded.
     recovered = side.executor.recover_rebuild()
     if recovered is not None:
         log.warning("an interrupted rebuild was recovered: %s", recovered.detail)
@@ -110,34 +133,67 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     reopened = side.incidents.reopen_all(keep=interrupted)
     if reopened:
         log.info("%d open incident(s) will be looked at again", reopened)
-    try:
-        receiver = ReceiverApp.from_config(
-            cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
-        )
-    except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
-        refuse(f"webhook: {exc}")
-    health = Health(store, side.loop.ready, side.stats)
+
+
+def _listen(
+    cfg: Config, store: Store, side: Sidecar, receiver: ReceiverApp, pull: PullThread | None
+) -> tuple[Listener, threading.Thread]:
+    """Health, the registry and the pages behind one listener, serving."""
+    pages = _approvals_pages(cfg, store, side)
+    health = Health(
+        store,
+        side.loop.ready,
+        side.stats,
+        pull_problem=pull.puller.stats.problem if pull is not None else lambda: None,
+    )
     listener_stats = ListenerStats()
     registry = build_registry(
         side.loop.latest,
         extra=[
             SelfCollector(
                 side.stats,
-                lambda: persistent_state(cfg, store, side.remediator),
+                lambda: persistent_state(cfg, store, side.remediator, pages.links),
                 health.problems,
             ),
             WebhookCollector(receiver.stats),
             LlmCollector(side.llm_metrics),
             ListenerCollector(listener_stats),
+            *([PullCollector(pull.puller.stats)] if pull is not None else []),
+            LearnCollector(
+                lambda: learn_state(store, cfg), unit_label=cfg.learn_metrics_unit_label
+            ),
         ],
+        node_exporter=cfg.node_exporter,
     )
-    app = make_app(registry, alerts_app=receiver, health=health.ready)
+    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.ready)
     try:
-        server, server_thread = start_server(
-            cfg.listen_host, cfg.listen_port, app, stats=listener_stats
-        )
+        return start_server(cfg.listen_host, cfg.listen_port, app, stats=listener_stats)
     except OSError as exc:
         refuse(f"cannot listen on {cfg.listen_address}: {exc}")
+
+
+@main.command("serve")
+@click.option(
+    "--start-fresh",
+    is_flag=True,
+    help="Start on an empty state database although the audit logs show history.",
+)
+@click.pass_context
+def serve(ctx: click.Context, start_fresh: bool) -> None:
+    """Run the sidecar: collect, serve /metrics /alerts /approvals /healthz /readyz, and
+    heal."""
+    cfg = ctx_config(ctx)
+    store, lock, interrupted = _open_state(cfg, start_fresh=start_fresh)
+    side = assemble(cfg, store)
+    _recover(side, interrupted)
+    try:
+        receiver = ReceiverApp.from_config(
+            cfg, store, on_incident=lambda _result: side.orchestrator.note_webhook()
+        )
+    except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
+        refuse(f"webhook: {exc}")
+    pull = _pull_intake(cfg, store, side)
+    server, server_thread = _listen(cfg, store, side, receiver, pull)
     watcher = (
         UnitWatcher(
             cfg.systemd_bus_address,
@@ -155,6 +211,8 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     side.loop.start()
     if watcher is not None:
         watcher.start()
+    if pull is not None:
+        pull.start()
     notifier = Notifier(os.environ)
     notifier.watchdog(side.orchestrator.healthy, stop)
     notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
@@ -172,6 +230,8 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     log.info("stopping")
     if watcher is not None:
         watcher.stop(timeout=1.0)
+    if pull is not None and not pull.stop(timeout=2.0):
+        log.warning("alertmanager pull: a round was still in flight at shutdown")
     side.loop.stop(timeout=1.0)
     if not side.orchestrator.stop(timeout=7.0):
         side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")

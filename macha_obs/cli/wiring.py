@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import requests
+
 from macha_obs.agent.analyze import Analyzer
+from macha_obs.agent.history import History, no_history
 from macha_obs.agent.llm import LlmMetrics, client_from_config
 from macha_obs.collect import CollectionLoop, build_collectors
 from macha_obs.config import AnalysisMode, Config
@@ -19,8 +22,11 @@ from macha_obs.execute.privileged import PrivilegedExecutor
 from macha_obs.execute.rebuild import HealthChecks, RebuildSequence
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
+from macha_obs.fleet import fleet_limit
 from macha_obs.incidents import IncidentStore
 from macha_obs.metrics import LoopStats, PersistentState
+from macha_obs.metrics.sidecar import ApprovalLink
+from macha_obs.models import ApprovalStatus
 from macha_obs.orchestrator import Orchestrator
 from macha_obs.patches import config_files
 from macha_obs.pause import PauseBook
@@ -28,6 +34,7 @@ from macha_obs.policy import effective_autonomy
 from macha_obs.remediate import Remediator
 from macha_obs.store import Store, owner_alive
 from macha_obs.systemd.bus import IsolatedBus
+from macha_obs.web import Links
 
 
 def build_executor(
@@ -66,8 +73,10 @@ def build_executor(
     return executor
 
 
-def remediator(cfg: Config, store: Store) -> Remediator:
-    executor = build_executor(cfg, store)
+def remediator(cfg: Config, store: Store, executor: HostExecutor | None = None) -> Remediator:
+    """The Remediator `macha-approve` decides through; the approvals page passes the
+    daemon's executor (its one D-Bus child) and gets the same path."""
+    executor = executor or build_executor(cfg, store)
     return Remediator(cfg, store, executor, scope_of=IncidentStore(store).scope_of)
 
 
@@ -96,6 +105,7 @@ def build_analyzer(
     diagnostics: Diagnostics | None,
     metrics: LlmMetrics,
     audit: Callable[[Mapping[str, Any]], None] | None = None,
+    history: History = no_history,
 ) -> Analyzer:
     use_llm = cfg.llm_enabled and cfg.analysis is not AnalysisMode.RUNBOOKS_ONLY
     client = (
@@ -111,6 +121,7 @@ def build_analyzer(
         max_steps=cfg.llm_max_steps,
         audit=audit,
         config_files=config_files(cfg.nixos_config_dir),
+        history=history,
     )
 
 
@@ -119,8 +130,17 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
     executor = build_executor(cfg, store, bus)
     llm_metrics = LlmMetrics()
     incidents = IncidentStore(store)
-    analyzer = build_analyzer(cfg, executor.diagnostics, llm_metrics, store.audit_decision)
-    remediator = Remediator(cfg, store, executor, scope_of=incidents.scope_of)
+    analyzer = build_analyzer(
+        cfg, executor.diagnostics, llm_metrics, store.audit_decision, store.fix_history
+    )
+    fleet = fleet_limit(cfg, requests.Session())
+    remediator = Remediator(
+        cfg,
+        store,
+        executor,
+        scope_of=incidents.scope_of,
+        fleet_check=fleet.check if fleet is not None else None,
+    )
     stats = LoopStats()
     loop = CollectionLoop(
         build_collectors(cfg, store, bus),
@@ -148,10 +168,17 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
     )
 
 
-def persistent_state(cfg: Config, store: Store, remediator: Remediator) -> PersistentState:
+def persistent_state(
+    cfg: Config, store: Store, remediator: Remediator, links: Links | None = None
+) -> PersistentState:
+    """What the store knows for /metrics; with `links`, each pending item's signed link."""
     breaker = remediator.breaker()
     pause = PauseBook(store).current(store.clock())
+    pending = links.pending(store.list_approvals({ApprovalStatus.PENDING})) if links else []
     return PersistentState(
+        approval_links=tuple(
+            ApprovalLink(a.id, a.action.kind, a.risk.value, url) for a, url in pending
+        ),
         approvals_pending=store.pending_count(),
         breaker_open=breaker.open,
         configured=cfg.autonomy_level,
