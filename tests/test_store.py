@@ -322,8 +322,14 @@ def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
 
     child = multiprocessing.get_context("spawn").Process(target=_doomed_approver, args=(state_dir,))
     child.start()
+    # the intent is committed, then audited: kill once both are written (the window
+    # between them is a crash of its own, with the ledger as the truth)
     deadline = time.monotonic() + 60
-    while not store.list_actions() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+        store.list_actions()
+        and store.actions_log.exists()
+        and '"intent"' in store.actions_log.read_text()
+    ):
         time.sleep(0.05)
     [intent] = store.list_actions()
     assert intent.status is ActionStatus.INTENT
