@@ -58,6 +58,31 @@ def missing() -> str | None:
     return None
 
 
+def _left_the_document(exc: Exception) -> bool:
+    """chromedriver's word for an element of a page that is going or gone (beside
+    StaleElementReferenceException, it sometimes answers an inspector error)."""
+    return "does not belong to the document" in str(exc)
+
+
+def _gone(element: Any) -> Callable[[Any], bool]:
+    """A wait condition: `element`'s page was replaced (selenium's staleness_of, which
+    knows only the StaleElementReferenceException form of it)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if _left_the_document(exc):
+                return True
+            raise
+        return False
+
+    return check
+
+
 class Browser:
     """One Chromium window, with the few things the tests do in it."""
 
@@ -82,7 +107,6 @@ class Browser:
         """Click the element and wait for the page it leads to; the new page's text."""
         from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as ec
 
         old = self.driver.find_element(By.TAG_NAME, "html")
         try:
@@ -91,9 +115,10 @@ class Browser:
             # chromedriver's race: the click submitted the form and the page began to go
             # while the driver still looked at the button. The wait below says whether
             # the page really went.
-            if "does not belong to the document" not in str(exc):
+            if not _left_the_document(exc):
                 raise
-        self.wait(ec.staleness_of(old))
+        self.wait(_gone(old))
+        self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
         return self.text()
 
     def type(self, css: str, text: str) -> None:
