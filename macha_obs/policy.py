@@ -8,7 +8,7 @@ Risk comes from here only, never from a model (DESIGN.md invariant 2).
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from macha_obs.config import AutonomyLevel, Config
@@ -27,7 +27,10 @@ from macha_obs.models import (
     RestartUnit,
     Risk,
     StartUnit,
+    Suppression,
     Verdict,
+    describe_action,
+    investigation_instead,
 )
 from macha_obs.scope import Confirmation, Scope, out_of_scope
 
@@ -229,6 +232,44 @@ def held_for_human(verdict: Verdict, reason: str) -> Verdict:
     return verdict.model_copy(
         update={"outcome": Outcome.QUEUE, "reason": f"queued for a human: {reason}"}
     )
+
+
+def suppressed_verdict(verdict: Verdict, suppression: Suppression, action: Action) -> Verdict:
+    """Invariant 14, toward safety only: a suppressed fix that would have run or been
+    queued is recorded instead, and the reason says why, what to look at instead, until
+    when, and how a person lifts it. A refusal stays a refusal."""
+    if verdict.outcome not in (Outcome.EXECUTE, Outcome.QUEUE):
+        return verdict
+    look = investigation_instead(action).diagnostic
+    instead = look.tool + (f" {action.target}" if action.target != "host" else "")
+    reason = (
+        f"suppressed: {describe_action(action)} for {suppression.signature}: "
+        f"{suppression.why}; not proposed as an action until "
+        f"{suppression.until:%Y-%m-%d %H:%M} UTC - investigate instead ({instead}); "
+        f"`macha-obs learn clear {suppression.signature}` lifts it"
+    )
+    return verdict.model_copy(
+        update={"outcome": Outcome.RECORD, "reason": reason, "suppressed": True}
+    )
+
+
+def shadow_outcome(
+    action: Action,
+    ctx: PolicyContext,
+    scope: Scope,
+    problem: Confirmation | None,
+    *,
+    suppressed: Suppression | None,
+) -> Outcome:
+    """What the sidecar would have done at auto-safe, with no per-action trust: the same
+    judgement (scope lock, problem test, rate limits, breaker, pause) at that level."""
+    config = ctx.config.model_copy(
+        update={"autonomy_level": AutonomyLevel.AUTO_SAFE, "trusted_actions": ()}
+    )
+    shadow = judge(action, replace(ctx, config=config), scope=scope, problem=problem)
+    if suppressed is not None:
+        shadow = suppressed_verdict(shadow, suppressed, action)
+    return shadow.outcome
 
 
 def _matrix(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -36,7 +36,6 @@ from macha_obs.models import (
     action_json,
     describe_action,
     fix_of,
-    investigation_instead,
     learns_from,
     signature_of,
 )
@@ -49,6 +48,8 @@ from macha_obs.policy import (
     held_for_human,
     judge,
     risk_of,
+    shadow_outcome,
+    suppressed_verdict,
 )
 from macha_obs.scope import Confirmation, Scope, confirm, out_of_scope
 from macha_obs.store import ApprovalError, Store
@@ -116,44 +117,6 @@ def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Ve
 # Autonomy levels whose decisions are shadow-scored against auto-safe.
 _SHADOWED = frozenset({AutonomyLevel.OBSERVE, AutonomyLevel.SUGGEST})
 _SHADOWS_KEPT = 1000
-
-
-def suppressed_verdict(verdict: Verdict, suppression: Suppression, action: Action) -> Verdict:
-    """Invariant 14, toward safety only: a suppressed fix that would have run or been
-    queued is recorded instead, and the reason says why, what to look at instead, until
-    when, and how a person lifts it. A refusal stays a refusal."""
-    if verdict.outcome not in (Outcome.EXECUTE, Outcome.QUEUE):
-        return verdict
-    look = investigation_instead(action).diagnostic
-    instead = look.tool + (f" {action.target}" if action.target != "host" else "")
-    reason = (
-        f"suppressed: {describe_action(action)} for {suppression.signature}: "
-        f"{suppression.why}; not proposed as an action until "
-        f"{suppression.until:%Y-%m-%d %H:%M} UTC - investigate instead ({instead}); "
-        f"`macha-obs learn clear {suppression.signature}` lifts it"
-    )
-    return verdict.model_copy(
-        update={"outcome": Outcome.RECORD, "reason": reason, "suppressed": True}
-    )
-
-
-def shadow_outcome(
-    action: Action,
-    ctx: PolicyContext,
-    scope: Scope,
-    problem: Confirmation | None,
-    *,
-    suppressed: Suppression | None,
-) -> Outcome:
-    """What the sidecar would have done at auto-safe, with no per-action trust: the same
-    judgement (scope lock, problem test, rate limits, breaker, pause) at that level."""
-    config = ctx.config.model_copy(
-        update={"autonomy_level": AutonomyLevel.AUTO_SAFE, "trusted_actions": ()}
-    )
-    shadow = judge(action, replace(ctx, config=config), scope=scope, problem=problem)
-    if suppressed is not None:
-        shadow = suppressed_verdict(shadow, suppressed, action)
-    return shadow.outcome
 
 
 def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:

@@ -214,7 +214,7 @@ def test_invariant_14_suppression_only_ever_moves_toward_safety(tmp_path: Path) 
     """Rejected three times within the window: not proposed as an action (recorded,
     never executed or queued), until the window passes or a person clears it. A refusal
     stays a refusal; nothing the sidecar learns ever widens what runs."""
-    from macha_obs.remediate import suppressed_verdict
+    from macha_obs.policy import suppressed_verdict
 
     signature, fix = (
         Signature(problem="unit_failed", subject="w.service"),
