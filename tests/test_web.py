@@ -186,7 +186,7 @@ def test_links_are_built_from_the_external_url_or_the_listener() -> None:
 # ---------------------------------------------------------------- reading
 
 
-def test_every_page_needs_a_credential(bench: Bench) -> None:
+def test_invariant_13_every_page_needs_a_credential(bench: Bench) -> None:
     a = bench.queue()
     assert_refusal(get(f"{bench.url}/approvals"), 401)
     assert_refusal(get(f"{bench.url}/approvals/{a.id}"), 401)
@@ -200,7 +200,7 @@ def test_every_page_needs_a_credential(bench: Bench) -> None:
     assert_refusal(get(f"{bench.url}/approvals?{query}"), 401)
 
 
-def test_hostile_text_is_shown_inert_and_escaped(bench: Bench) -> None:
+def test_invariant_9_hostile_text_is_shown_inert_and_escaped(bench: Bench) -> None:
     a = bench.queue()
     reply = get(bench.link(a))
     assert reply.status_code == 200
@@ -382,7 +382,7 @@ def test_approve_runs_once_and_the_next_page_shows_the_outcome(bench: Bench) -> 
     assert "You approved" not in get(f"{bench.link(a)}&outcome=forged").text
 
 
-def test_two_approvals_at_once_execute_once(bench: Bench) -> None:
+def test_invariant_5_two_web_approvals_at_once_execute_once(bench: Bench) -> None:
     a = bench.queue()
     action, fields = form_fields(get(bench.link(a)).text)
     replies: list[int] = []
@@ -505,7 +505,7 @@ def test_the_metrics_carry_a_stable_link_per_item_and_one_for_the_oldest(bench: 
     assert "macha_approval_pending_info" not in empty
 
 
-def test_approving_an_item_whose_problem_is_gone_runs_nothing_and_says_so(bench: Bench) -> None:
+def test_invariant_12_approving_an_item_whose_problem_is_gone_runs_nothing(bench: Bench) -> None:
     a = bench.queue()
     action, fields = form_fields(get(bench.link(a)).text)
     bench.executor.states[UNIT] = "active"  # it recovered before anyone pressed the button
