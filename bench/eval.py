@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/eval.py` from anywhere: tests.* is ours
     sys.path.insert(0, str(ROOT))
 
-from macha_obs.incidents import OPEN, IncidentStore  # noqa: E402
+from macha_obs.intake.incidents import OPEN, IncidentStore  # noqa: E402
 from macha_obs.models import ActionStatus, ApprovalStatus  # noqa: E402
 from tests.harness.daemon_support import MACHA_OBS, Daemon  # noqa: E402
 from tests.harness.eval_support import (  # noqa: E402

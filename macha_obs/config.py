@@ -26,40 +26,16 @@ from pydantic import (
 )
 
 from macha_obs.errors import UsageError
+from macha_obs.protected import (
+    BUILTIN_PROTECTED_UNITS,
+    PROTECTED_CLASSES,
+    USER_PROTECTED,
+    ProtectedClass,
+    protection,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/macha-obs/config.toml")
 ENV_PREFIX = "MACHA_"
-
-# DESIGN.md invariants 3 and 11: the built-in protected units, by class, with why. One
-# JSON file is the source for this module, the NixOS module's polkit rule and the README.
-# Globs are matched against the canonical unit name (fnmatchcase), never as substrings:
-# "ssh*" would not match "fussh.service".
-_PROTECTED_JSON = Path(__file__).with_name("protected_units.json")
-
-
-class ProtectedClass(BaseModel):
-    """A kind of unit the sidecar never acts on, and why."""
-
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
-
-    name: str = Field(alias="class")
-    why: str
-    units: tuple[str, ...]
-
-
-def _load_protected() -> tuple[ProtectedClass, ...]:
-    data = json.loads(_PROTECTED_JSON.read_text())
-    return tuple(ProtectedClass.model_validate(c) for c in data["classes"])
-
-
-PROTECTED_CLASSES: tuple[ProtectedClass, ...] = _load_protected()
-BUILTIN_PROTECTED_UNITS: tuple[str, ...] = tuple(
-    dict.fromkeys(p for c in PROTECTED_CLASSES for p in c.units)
-)
-USER_PROTECTED = ProtectedClass(
-    name="configured", why="named in protected_units by this host's operator", units=()
-)
-
 
 # Per-action trust (trusted_actions): what a person may let run below the autonomy
 # level. Unit verbs need a unit (or a glob of units): "restart_unit" alone, or
@@ -424,12 +400,7 @@ class Config(BaseModel):
 
     def protection(self, unit: str) -> ProtectedClass | None:
         """The protected class `unit` falls in (built-in first, then the operator's)."""
-        for cls in PROTECTED_CLASSES:
-            if any(fnmatch.fnmatchcase(unit, pattern) for pattern in cls.units):
-                return cls
-        if any(fnmatch.fnmatchcase(unit, pattern) for pattern in self.protected_units):
-            return USER_PROTECTED
-        return None
+        return protection(unit, self.protected_units)
 
     @property
     def listen_host(self) -> str:

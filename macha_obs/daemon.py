@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from macha_obs import statedir
 from macha_obs.errors import StateError
-from macha_obs.store import StateDir, statedir
+from macha_obs.statedir import StateDir
 
 # logging level -> syslog priority, for journald
 _PRIORITY = {

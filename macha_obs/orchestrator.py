@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from macha_obs.agent.runbooks import runbook_decision
 from macha_obs.collect.systemd import unit_failed_finding
 from macha_obs.config import Config
-from macha_obs.incidents import IncidentState, IncidentStore, Queued, sync_findings
+from macha_obs.intake.incidents import IncidentState, IncidentStore, Queued, sync_findings
 from macha_obs.lanes import ActionLane, AnalysisLane, Analyze, Job
 from macha_obs.metrics import LoopStats
 from macha_obs.models import (
@@ -42,9 +42,9 @@ from macha_obs.models import (
     describe_action,
     investigation_instead,
 )
-from macha_obs.pause import PauseBook
-from macha_obs.remediate import Handled, Remediator, Settle
-from macha_obs.scope import Scope, systemd_busy
+from macha_obs.policy.scope import Scope, systemd_busy
+from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.remediator import Handled, Remediator, Settle
 from macha_obs.store import Store
 from macha_obs.store.incidents import OPEN
 from macha_obs.systemd.events import UnitEvent

@@ -12,7 +12,7 @@ let
     toJSON
     ;
 
-  units = fromJSON (readFile ../macha_obs/units.json);
+  units = fromJSON (readFile ../macha_obs/setup/units.json);
 
   # macha_obs/protected_units.json is the one source of truth for the built-in protected
   # units (config.py reads it too); the test suite checks that both lists are equal.
@@ -44,8 +44,8 @@ let
 
   # The daemon's user, unit names and paths: fixed, because the polkit rule, the unit
   # names in the built-in protected list and the CLI tools' defaults all depend on them.
-  # macha_obs/units.json holds them (and the units' hardening) for this file and for
-  # `macha-obs install` on other distributions alike (macha_obs/units.py).
+  # macha_obs/setup/units.json holds them (and the units' hardening) for this file and for
+  # `macha-obs install` on other distributions alike (macha_obs/setup/units.py).
   names = rec {
     inherit (units.names)
       user
@@ -57,7 +57,7 @@ let
       ;
     credentialPath = "/run/credentials/${service}.service/${credential}";
     # without webhookTokenFile, the token the daemon generates (0600, its user's) before
-    # it reports ready: macha_obs/webhook_token.py, token_path(state_dir)
+    # it reports ready: macha_obs/intake/token.py, token_path(state_dir)
     generatedToken = "${stateDir}/webhook.token";
   };
 
@@ -151,15 +151,15 @@ let
 
   # The typed argument of the privileged unit: the grammar and bounds of
   # macha_obs/execute/privileged.py (parse_instance), kept in units.json for this file and
-  # macha_obs/units.py; tests check it against the Python grammar.
+  # macha_obs/setup/units.py; tests check it against the Python grammar.
   privilegedInstanceRegExp = units.privilegedInstance.regexp;
   privilegedBounds = units.privilegedInstance.bounds;
 
   inherit (units) verbs;
 
   # ES5 only: polkit's JavaScript engine (duktape or mozjs) is not a modern one. The rule
-  # is macha_obs/polkit-rule.js.in with its @NAME@ values filled in as JSON, here and in
-  # macha_obs/units.py alike.
+  # is macha_obs/setup/polkit-rule.js.in with its @NAME@ values filled in as JSON, here and in
+  # macha_obs/setup/units.py alike.
   polkitRule =
     { protectedUnits }:
     let
@@ -180,7 +180,7 @@ let
     in
     builtins.replaceStrings (map (k: "@${k}@") (attrNames values)) (
       map (k: toJSON values.${k}) (attrNames values)
-    ) (readFile ../macha_obs/polkit-rule.js.in);
+    ) (readFile ../macha_obs/setup/polkit-rule.js.in);
 in
 {
   inherit

@@ -33,8 +33,8 @@ from macha_obs.models import (
     Outcome,
     RestartUnit,
 )
-from macha_obs.policy import PolicyContext, judge
-from macha_obs.scope import Confirmation, Scope
+from macha_obs.policy.judge import PolicyContext, judge
+from macha_obs.policy.scope import Confirmation, Scope
 from macha_obs.store import Store
 from tests.harness.llm_fixtures import read_log_lines
 from tests.harness.receiver_support import alert, payload, resolved

@@ -7,11 +7,8 @@ from pathlib import Path
 import pytest
 
 from macha_obs import config as config_mod
-from macha_obs.config import (
-    BUILTIN_PROTECTED_UNITS,
-    AutonomyLevel,
-    ConfigError,
-)
+from macha_obs.config import AutonomyLevel, ConfigError
+from macha_obs.protected import BUILTIN_PROTECTED_UNITS
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 
 from macha_obs.agent.llm import LlmMetrics
 from macha_obs.config import AutonomyLevel
+from macha_obs.intake.webhook import ReceiverStats
 from macha_obs.metrics import (
     ListenerCollector,
     LlmCollector,
@@ -24,7 +25,6 @@ from macha_obs.metrics import (
     WebhookCollector,
 )
 from macha_obs.metrics.learning import LearnCollector, LearnState
-from macha_obs.receiver import ReceiverStats
 from macha_obs.server import ListenerStats
 from tests.harness.dashboards_support import (
     DASHBOARD_URL,

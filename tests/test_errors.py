@@ -19,9 +19,9 @@ from macha_obs.cli import main
 from macha_obs.cli.errors import EXIT_FAILED, EXIT_USAGE, Command, mapped_errors
 from macha_obs.config import ConfigError
 from macha_obs.errors import DBusTimeout, InvalidInput, MachaError, StateError, UsageError
+from macha_obs.intake.token import WebhookTokenError
 from macha_obs.models import InvalidUnitName, validate_unit_name
-from macha_obs.units import RenderError
-from macha_obs.webhook_token import WebhookTokenError
+from macha_obs.setup.units import RenderError
 
 
 def _exception_classes() -> list[type[BaseException]]:

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from macha_obs.agent.llm import LlmMetrics
 from macha_obs.config import AutonomyLevel
+from macha_obs.intake.webhook import ReceiverStats
 from macha_obs.metrics import (
     UNIT_ACTIVE_STATES,
     ListenerCollector,
@@ -28,7 +29,6 @@ from macha_obs.metrics import (
 )
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
 from macha_obs.models import NixosReading, Snapshot
-from macha_obs.receiver import ReceiverStats
 from macha_obs.server import ListenerStats
 from tests.harness.eyes_support import FIXTURES, fixture_snapshot
 

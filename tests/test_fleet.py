@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from macha_obs.fleet import hosts_query
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import ActionStatus, Approval, ApprovalStatus
+from macha_obs.remediate.fleet import hosts_query
 from tests.harness.fleet import (
     Fleet,
     Host,

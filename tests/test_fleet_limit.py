@@ -1,4 +1,4 @@
-"""The fleet's blast radius (macha_obs/fleet.py) against a real Prometheus: one that has
+"""The fleet's blast radius (macha_obs/remediate/fleet.py) against a real Prometheus: one that has
 the sidecars' action counters (backfilled with promtool at known times, and asked at
 those times through the clock seam), one that has none, one that is down, one that does
 not answer in time and one that answers garbage. The fleet test (test_fleet.py) shows the
@@ -18,8 +18,14 @@ import requests
 
 from macha_obs import config as config_mod
 from macha_obs.config import ConfigError
-from macha_obs.fleet import FleetLimit, FleetQueryError, fleet_limit, hosts_query, parse_hosts
 from macha_obs.models import JournalVacuum, RestartUnit
+from macha_obs.remediate.fleet import (
+    FleetLimit,
+    FleetQueryError,
+    fleet_limit,
+    hosts_query,
+    parse_hosts,
+)
 from tests.harness.receiver_support import serve_wsgi
 from tests.harness.stack import Prometheus
 from tests.harness.stack_fixtures import _require

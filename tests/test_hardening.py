@@ -25,7 +25,7 @@ import pytest
 
 from macha_obs import config as config_mod
 from macha_obs.cli.wiring import Sidecar
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Action,
     ActionStatus,
@@ -38,8 +38,8 @@ from macha_obs.models import (
     Risk,
     UnitState,
 )
-from macha_obs.remediate import Remediator
-from macha_obs.scope import Scope
+from macha_obs.policy.scope import Scope
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from tests.harness.daemon_support import MACHA_APPROVE
 from tests.harness.labsd import LabSystemd

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from macha_obs.health import Health
 from macha_obs.metrics import LoopStats
+from macha_obs.server.health import Health
 from macha_obs.store import Store
 from tests.harness.daemon_support import MACHA_OBS, Daemon
 from tests.harness.labsd import LabSystemd

@@ -24,7 +24,7 @@ from macha_obs.models import (
     RestartUnit,
     Risk,
 )
-from macha_obs.policy import PolicyContext, judge
+from macha_obs.policy.judge import PolicyContext, judge
 from macha_obs.store import Store
 from tests.harness.llm_fixtures import read_log_lines
 from tests.harness.receiver_support import alert

@@ -16,10 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 import macha_obs.cli.install  # noqa: F401  (registers install and uninstall on main)
-from macha_obs import install, units
 from macha_obs.cli.main import main
-from macha_obs.config import BUILTIN_PROTECTED_UNITS, validate
+from macha_obs.config import validate
 from macha_obs.execute.privileged import parse_instance
+from macha_obs.protected import BUILTIN_PROTECTED_UNITS
+from macha_obs.setup import install, units
 from tests.harness.real import unavailable
 
 REPO = Path(__file__).resolve().parents[1]

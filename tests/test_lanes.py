@@ -21,7 +21,7 @@ import pytest
 from macha_obs import orchestrator as orchestrator_mod
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.config import AnalysisMode, Config
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.lanes import needs_model
 from macha_obs.models import (
     ActionStatus,
@@ -32,7 +32,7 @@ from macha_obs.models import (
     RestartUnit,
 )
 from macha_obs.orchestrator import Orchestrator
-from macha_obs.remediate import Remediator
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from macha_obs.systemd.events import UnitEvent
 from tests.harness.recording import BlockedChat, RecordingExecutor

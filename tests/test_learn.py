@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from macha_obs.config import AutonomyLevel, ConfigError, validate
-from macha_obs.learn import candidates, describe_history, history_line, learned, render_json
 from macha_obs.metrics.learning import LearnCollector, LearnState
 from macha_obs.models import (
     Action,
@@ -38,8 +37,15 @@ from macha_obs.models import (
     signature_of,
     suppression_of,
 )
-from macha_obs.policy import BreakerState, PolicyContext, judge, trusted_entry
-from macha_obs.scope import Confirmation, Scope
+from macha_obs.policy.judge import BreakerState, PolicyContext, judge, trusted_entry
+from macha_obs.policy.scope import Confirmation, Scope
+from macha_obs.remediate.learn import (
+    candidates,
+    describe_history,
+    history_line,
+    learned,
+    render_json,
+)
 from macha_obs.store import Retention, Store
 from macha_obs.store.outcomes import OUTCOMES_MAX_ROWS
 
@@ -214,7 +220,7 @@ def test_invariant_14_suppression_only_ever_moves_toward_safety(tmp_path: Path) 
     """Rejected three times within the window: not proposed as an action (recorded,
     never executed or queued), until the window passes or a person clears it. A refusal
     stays a refusal; nothing the sidecar learns ever widens what runs."""
-    from macha_obs.policy import suppressed_verdict
+    from macha_obs.policy.judge import suppressed_verdict
 
     signature, fix = (
         Signature(problem="unit_failed", subject="w.service"),

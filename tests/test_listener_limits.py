@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
+from macha_obs.intake.webhook import HostMatcher, ReceiverApp
 from macha_obs.metrics import ListenerCollector, build_registry
-from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.server import Limits, Listener, ListenerStats, make_app, shutdown, start_server
 from macha_obs.store import Store
 from tests.harness.labsd import wait_until

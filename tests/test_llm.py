@@ -164,8 +164,8 @@ def test_openai_response_format_forms(make_config) -> None:
 def test_metrics_are_exported(scripted_ollama: ScriptedOllama) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from macha_obs.intake.webhook import ReceiverStats
     from macha_obs.metrics import LlmCollector, WebhookCollector
-    from macha_obs.receiver import ReceiverStats
 
     metrics, stats = LlmMetrics(), ReceiverStats()
     scripted_ollama.push(scripted_ollama.chat_reply("{}"), Scripted(400, {"error": "bad"}))

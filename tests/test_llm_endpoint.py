@@ -40,7 +40,7 @@ from macha_obs.agent.llm import LlmMetrics, OllamaChat, OpenAIChat, client_from_
 from macha_obs.agent.report import analyze_payload
 from macha_obs.config import AnalysisMode
 from macha_obs.models import DecisionSource
-from macha_obs.policy import PolicyContext, judge
+from macha_obs.policy.judge import PolicyContext, judge
 from tests.harness.real import unavailable
 from tests.harness.receiver_support import alert, payload
 from tests.harness.stack import poll

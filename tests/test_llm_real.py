@@ -24,8 +24,8 @@ from macha_obs.models import (
     Outcome,
     Risk,
 )
-from macha_obs.policy import PolicyContext, judge
-from macha_obs.scope import Confirmation, Scope
+from macha_obs.policy.judge import PolicyContext, judge
+from macha_obs.policy.scope import Confirmation, Scope
 from macha_obs.store import Store
 from tests.harness.llm_fixtures import MODEL_ALIAS, OLLAMA_MODEL, read_log_lines
 from tests.harness.receiver_support import alert

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from macha_obs.agent.llm import ERROR_KINDS, LlmMetrics
 from macha_obs.config import AutonomyLevel
+from macha_obs.intake.webhook import DELIVERY_RESULTS, ReceiverStats
 from macha_obs.metrics import (
     ACTION_DURATION_BUCKETS,
     ListenerCollector,
@@ -37,7 +38,6 @@ from macha_obs.models import (
     Risk,
     Verdict,
 )
-from macha_obs.receiver import DELIVERY_RESULTS, ReceiverStats
 from macha_obs.server import LISTENER_OUTCOMES, ListenerStats
 
 METRICS = Path(__file__).resolve().parents[1] / "macha_obs" / "metrics"

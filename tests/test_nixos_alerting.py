@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from macha_obs.config import Config
-from macha_obs.webhook_token import token_path
+from macha_obs.intake.token import token_path
 from tests.harness.nix_support import (
     ALERTMANAGER_ON,
     DOCS,
@@ -58,7 +58,7 @@ def test_the_token_never_enters_the_config_or_the_store() -> None:
 
 
 def test_the_generated_token_path_is_the_daemons() -> None:
-    """nixos/lib.nix names the file macha_obs/webhook_token.py creates in the state dir."""
+    """nixos/lib.nix names the file macha_obs/intake/token.py creates in the state dir."""
     assert eval_lib("names")["generatedToken"] == GENERATED_TOKEN
     assert str(token_path(Config(hostname="h").state_dir)) == GENERATED_TOKEN
 

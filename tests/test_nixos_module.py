@@ -19,7 +19,8 @@ import annotated_types
 import pytest
 
 from macha_obs import config as config_mod
-from macha_obs.config import BUILTIN_PROTECTED_UNITS, AnalysisMode, AutonomyLevel, Config
+from macha_obs.config import AnalysisMode, AutonomyLevel, Config
+from macha_obs.protected import BUILTIN_PROTECTED_UNITS
 from tests.harness.nix_support import (
     DOCS,
     FIXTURES,

@@ -22,8 +22,8 @@ from macha_obs.collect.resources import ResourcesCollector
 from macha_obs.config import Config
 from macha_obs.metrics import SnapshotCollector
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
-from macha_obs.rules import HOST_RULES, SERIES, write_rules
 from macha_obs.server import make_app, shutdown, start_server
+from macha_obs.setup.rules import HOST_RULES, SERIES, write_rules
 from tests.harness.labsd import wait_until
 from tests.harness.stack import Prometheus, Server, poll
 

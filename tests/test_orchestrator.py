@@ -11,14 +11,14 @@ import pytest
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.cli import build_executor
 from macha_obs.config import AnalysisMode, Config
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Alert,
     AlertGroup,
     Outcome,
 )
 from macha_obs.orchestrator import Orchestrator
-from macha_obs.remediate import Remediator
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from tests.harness.labsd import LabSystemd
 

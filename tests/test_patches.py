@@ -26,15 +26,15 @@ from macha_obs.models import (
     Risk,
     UnitState,
 )
-from macha_obs.patches import (
+from macha_obs.policy.scope import Scope
+from macha_obs.remediate.patches import (
     PatchChecker,
     PatchRefused,
     apply_patch,
     config_files,
     parse_diff,
 )
-from macha_obs.remediate import Remediator
-from macha_obs.scope import Scope
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from tests.harness.llm_fixtures import read_log_lines
 from tests.harness.nix_support import need

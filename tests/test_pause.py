@@ -17,11 +17,11 @@ from macha_obs.cli import main
 from macha_obs.cli.common import who
 from macha_obs.cli.pause import MAX_PAUSE, parse_duration
 from macha_obs.config import Config
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import FailedUnits, Finding, FindingKind, Investigate, Outcome
-from macha_obs.pause import PauseBook
-from macha_obs.policy import judge
-from macha_obs.remediate import context_of
+from macha_obs.policy.judge import judge
+from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.remediator import context_of
 from macha_obs.store import Store
 from tests.harness.daemon_support import MACHA_OBS
 

@@ -32,14 +32,14 @@ from macha_obs.models import (
     StartUnit,
     Verdict,
 )
-from macha_obs.policy import (
+from macha_obs.policy.judge import (
     BreakerState,
     PolicyContext,
     effective_autonomy,
     risk_of,
 )
-from macha_obs.policy import judge as policy_judge
-from macha_obs.scope import Confirmation, Scope
+from macha_obs.policy.judge import judge as policy_judge
+from macha_obs.policy.scope import Confirmation, Scope
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -309,7 +309,7 @@ def test_breaker_never_raises_autonomy(make_config: Callable[..., Config]) -> No
 
 
 def test_held_for_human_only_ever_turns_execute_into_queue() -> None:
-    from macha_obs.policy import held_for_human
+    from macha_obs.policy.judge import held_for_human
 
     run = Verdict(
         outcome=Outcome.EXECUTE, risk=Risk.LOW, reason="r", autonomy=AutonomyLevel.AUTO_SAFE

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from macha_obs.agent.runbooks import runbook_proposals
-from macha_obs.config import PROTECTED_CLASSES, AutonomyLevel, Config
-from macha_obs.incidents import IncidentStore
+from macha_obs.config import AutonomyLevel, Config
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Action,
     Alert,
@@ -34,9 +34,10 @@ from macha_obs.models import (
     StartUnit,
     UnitState,
 )
-from macha_obs.policy import PolicyContext, judge, risk_of
-from macha_obs.remediate import Remediator
-from macha_obs.scope import Confirmation, Scope
+from macha_obs.policy.judge import PolicyContext, judge, risk_of
+from macha_obs.policy.scope import Confirmation, Scope
+from macha_obs.protected import PROTECTED_CLASSES
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from tests.test_policy import NOW
 

@@ -19,11 +19,11 @@ import pytest
 import requests
 
 from macha_obs.config import Config
-from macha_obs.incidents import IncidentStore, analyze_pending
+from macha_obs.intake.incidents import IncidentStore, analyze_pending
+from macha_obs.intake.pull import AlertmanagerPuller, PullThread, host_filter
+from macha_obs.intake.webhook import HostMatcher
 from macha_obs.metrics import scrape_text
 from macha_obs.metrics.pull import PullCollector
-from macha_obs.pull import AlertmanagerPuller, PullThread, host_filter
-from macha_obs.receiver import HostMatcher
 from macha_obs.store import Store
 from tests.harness.daemon_support import Daemon
 from tests.harness.nix_support import run_tool

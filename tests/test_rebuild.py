@@ -49,7 +49,7 @@ from macha_obs.execute.rebuild import (
 )
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     ApprovalStatus,
     FindingKind,
@@ -57,7 +57,7 @@ from macha_obs.models import (
     NixRollback,
     Risk,
 )
-from macha_obs.remediate import Remediator
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store, owner_alive
 from macha_obs.systemd.bus import IsolatedBus
 from tests.harness.labsd import LabSystemd, wait_until

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from macha_obs.incidents import IncidentStore, IngestResult, assign_findings, sync_findings
+from macha_obs.intake.incidents import IncidentStore, IngestResult, assign_findings, sync_findings
+from macha_obs.intake.token import WebhookTokenError, read_token, token_path
+from macha_obs.intake.webhook import HostMatcher, ReceiverApp
 from macha_obs.models import (
     ApprovalStatus,
     Finding,
@@ -18,9 +20,7 @@ from macha_obs.models import (
     RestartUnit,
     Risk,
 )
-from macha_obs.receiver import HostMatcher, ReceiverApp
 from macha_obs.store import Store
-from macha_obs.webhook_token import WebhookTokenError, read_token, token_path
 from tests.harness.receiver_support import alert, payload, resolved, serve_wsgi
 
 TOKEN = "s3cret-token"
@@ -505,6 +505,6 @@ def test_per_payload_bounds(incidents: IncidentStore) -> None:
 
 
 def test_default_bounds_sit_above_what_alertmanager_sends() -> None:
-    from macha_obs import receiver
+    from macha_obs.intake import webhook as receiver
 
     assert (receiver.MAX_ALERTS, receiver.MAX_LABELS, receiver.MAX_LABEL_CHARS) == (1000, 128, 2048)

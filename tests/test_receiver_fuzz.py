@@ -14,8 +14,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from macha_obs.incidents import IncidentStore
-from macha_obs.receiver import HostMatcher, ReceiverApp
+from macha_obs.intake.incidents import IncidentStore
+from macha_obs.intake.webhook import HostMatcher, ReceiverApp
 from macha_obs.store import Store
 from tests.harness.receiver_support import alert, payload, serve_wsgi
 

@@ -19,11 +19,11 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.config import AnalysisMode, Config
-from macha_obs.incidents import IncidentStore, IngestResult, analyze_pending
-from macha_obs.receiver import HostMatcher, ReceiverApp
+from macha_obs.intake.incidents import IncidentStore, IngestResult, analyze_pending
+from macha_obs.intake.token import token_path
+from macha_obs.intake.webhook import HostMatcher, ReceiverApp
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.store import Store
-from macha_obs.webhook_token import token_path
 from tests.harness.eyes_support import PROJECT
 from tests.harness.stack import Alertmanager, Prometheus, poll
 from tests.test_agent import ScriptedChat, answer

@@ -18,7 +18,7 @@ from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.llm import OllamaChat
 from macha_obs.agent.report import analyze_payload
 from macha_obs.config import AnalysisMode
-from macha_obs.policy import PolicyContext, judge
+from macha_obs.policy.judge import PolicyContext, judge
 from tests.harness.llm_fixtures import ScriptedOllama
 from tests.harness.receiver_support import alert, payload
 

@@ -13,7 +13,7 @@ import pytest
 
 from macha_obs.cli import build_executor
 from macha_obs.config import Config
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     ActionStatus,
     ApprovalStatus,
@@ -27,8 +27,8 @@ from macha_obs.models import (
     StartUnit,
     describe_action,
 )
-from macha_obs.remediate import Handled, Remediator
-from macha_obs.scope import Scope
+from macha_obs.policy.scope import Scope
+from macha_obs.remediate.remediator import Handled, Remediator
 from macha_obs.store import Store
 from tests.harness.labsd import LabSystemd
 

@@ -13,10 +13,11 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import Alert, AlertGroup, RestartUnit, Risk
-from macha_obs.store import Retention, StateDir, Store
-from macha_obs.store.retention import rotate_if_big
+from macha_obs.statedir import StateDir
+from macha_obs.statedir.retention import rotate_if_big
+from macha_obs.store import Retention, Store
 
 T0 = 1_700_000_000.0
 DAY = 86400.0

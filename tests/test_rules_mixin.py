@@ -13,7 +13,7 @@ import pytest
 
 from macha_obs.config import Config
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
-from macha_obs.rules import HOST_RULES, SIDECAR_RULES, render, write_rules
+from macha_obs.setup.rules import HOST_RULES, SIDECAR_RULES, render, write_rules
 from tests.test_rules_render import case, promtool_tests, run
 
 pytestmark = pytest.mark.stack

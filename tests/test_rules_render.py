@@ -19,7 +19,7 @@ from pydantic import ValidationError
 import macha_obs.cli.rules  # noqa: F401  (registers `rules` on main)
 from macha_obs.cli import main
 from macha_obs.config import Config
-from macha_obs.rules import (
+from macha_obs.setup.rules import (
     _APPROVAL_ITEM_TEMPLATE,
     RULE_FILES,
     SERIES,
@@ -77,7 +77,7 @@ def test_shipped_rule_files_are_the_rendering_of_the_default_config() -> None:
     assert sorted(rendered) == sorted(p.name for p in SHIPPED.glob("*.yml"))
     for name, text in rendered.items():
         assert (SHIPPED / name).read_text() == text, (
-            f"alert_rules/{name} is not the default rendering: edit macha_obs/rules.py, then "
+            f"alert_rules/{name} is not the default rendering: edit macha_obs/setup/rules.py, then "
             "`macha-obs --config /dev/null rules render alert_rules`"
         )
 

@@ -20,7 +20,7 @@ from macha_obs.models import (
     RestartUnit,
     TopProcesses,
 )
-from macha_obs.scope import classify_alert
+from macha_obs.policy.scope import classify_alert
 from tests.harness.receiver_support import alert, resolved
 
 

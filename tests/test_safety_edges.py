@@ -20,7 +20,7 @@ from macha_obs import config as config_mod
 from macha_obs.cli.wiring import Sidecar, assemble
 from macha_obs.config import Config
 from macha_obs.errors import RefusedError
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Action,
     ActionStatus,
@@ -33,8 +33,8 @@ from macha_obs.models import (
     RestartUnit,
     UnitState,
 )
-from macha_obs.remediate import Remediator
-from macha_obs.scope import Scope
+from macha_obs.policy.scope import Scope
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from macha_obs.systemd.events import UnitEvent
 from tests.harness.daemon_support import MACHA_APPROVE, MACHA_OBS, Daemon

@@ -24,8 +24,8 @@ from macha_obs.models import (
     StartUnit,
     UnitState,
 )
-from macha_obs.policy import Pause, PolicyContext, judge
-from macha_obs.scope import Confirmation, Scope, confirm, out_of_scope
+from macha_obs.policy.judge import Pause, PolicyContext, judge
+from macha_obs.policy.scope import Confirmation, Scope, confirm, out_of_scope
 from tests.test_policy import NOW
 
 

@@ -24,9 +24,9 @@ from macha_obs.collect.network import NetworkCollector
 from macha_obs.collect.nixos import NixosCollector
 from macha_obs.collect.resources import ResourcesCollector
 from macha_obs.collect.systemd import SystemdCollector
+from macha_obs.intake.token import ensure_token, load_token
 from macha_obs.metrics import build_registry
 from macha_obs.server import make_app, shutdown, start_server
-from macha_obs.webhook_token import ensure_token, load_token
 from tests.harness.eyes_support import PROJECT, make_nixos_tree
 from tests.harness.labsd import LabSystemd, wait_until
 from tests.harness.stack import Alertmanager, Prometheus

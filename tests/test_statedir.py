@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from macha_obs.store import Store, StoreError, statedir
+from macha_obs import statedir
+from macha_obs.store import Store, StoreError
 from tests.harness.daemon_support import MACHA_APPROVE, MACHA_OBS
 
 MACHA_LOGS = MACHA_OBS.replace("macha-obs", "macha-logs")

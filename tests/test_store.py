@@ -249,7 +249,7 @@ def _remediator(state_dir: str, runner: Callable[..., Completed]):
     from macha_obs import config as config_mod
     from macha_obs.execute.dispatch import HostExecutor
     from macha_obs.execute.journal import JournalExecutor
-    from macha_obs.remediate import Remediator
+    from macha_obs.remediate.remediator import Remediator
 
     cfg = config_mod.validate(
         {
@@ -261,7 +261,7 @@ def _remediator(state_dir: str, runner: Callable[..., Completed]):
     )
     executor = HostExecutor(None, None, JournalExecutor(runner), None)  # type: ignore[arg-type]
     from macha_obs.models import FindingKind
-    from macha_obs.scope import Scope
+    from macha_obs.policy.scope import Scope
 
     store = Store(Path(state_dir))
     # the incidents these items came from were about a filling disk (the scope lock)

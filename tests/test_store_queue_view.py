@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from macha_obs.incidents import IncidentStore, Queued
+from macha_obs.intake.incidents import IncidentStore, Queued
 from macha_obs.models import ActionStatus, ApprovalStatus, ExecutionResult, RestartUnit, Risk
-from macha_obs.store import StateDir, Store, queue_view
+from macha_obs.statedir import StateDir
+from macha_obs.store import Store, queue_view
 from macha_obs.store.queue_view import read
 
 
@@ -105,7 +106,7 @@ def test_a_crash_mid_rewrite_leaves_the_old_view_whole(tmp_path: Path) -> None:
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from macha_obs.store import statedir\n"
+        "from macha_obs import statedir\n"
         "real_write = os.write\n"
         "def torn(fd, data):\n"
         "    real_write(fd, data[: len(data) // 2])\n"

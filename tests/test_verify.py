@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from macha_obs.config import AutonomyLevel, Config
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     ActionStatus,
     ApprovalStatus,
@@ -29,10 +29,10 @@ from macha_obs.models import (
     Proposal,
     RestartUnit,
 )
-from macha_obs.policy import effective_autonomy
-from macha_obs.remediate import Remediator
+from macha_obs.policy.judge import effective_autonomy
+from macha_obs.remediate.remediator import Remediator
+from macha_obs.remediate.verify import Breaker, Verifier, breaker_rule
 from macha_obs.store import Store
-from macha_obs.verify import Breaker, Verifier, breaker_rule
 from tests.harness.recording import RecordingExecutor
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -27,10 +27,11 @@ from macha_obs.metrics import PersistentState, SelfCollector, scrape_text
 from macha_obs.metrics.loop import LoopStats
 from macha_obs.metrics.sidecar import ApprovalLink
 from macha_obs.models import Approval, ApprovalStatus, RestartUnit, Risk
-from macha_obs.remediate import Remediator
-from macha_obs.scope import Scope
+from macha_obs.policy.scope import Scope
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.server import make_app, shutdown, start_server
-from macha_obs.store import StateDirError, Store
+from macha_obs.statedir import StateDirError
+from macha_obs.store import Store
 from macha_obs.web import ApprovalsApp, Links, Signer, SigningKeyError, ensure_key
 from macha_obs.web.links import base_path, base_url
 from macha_obs.web.render import esc

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from macha_obs.cli import main
 from macha_obs.config import Config
-from macha_obs.webhook_token import (
+from macha_obs.intake.token import (
     WebhookTokenError,
     ensure_token,
     intake_token,

@@ -31,7 +31,7 @@ from macha_obs.models import (
     TopProcesses,
     UnitStatus,
 )
-from macha_obs.scope import classify_alert
+from macha_obs.policy.scope import classify_alert
 
 # An alert rule's label that asks for a restart of the unit it names (a running unit
 # that misbehaves: latency, a health probe). The only action an alert can ask for.

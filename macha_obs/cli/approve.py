@@ -21,14 +21,14 @@ from macha_obs.cli.errors import EXIT_FAILED
 from macha_obs.cli.wiring import (
     remediator,
 )
-from macha_obs.learn import history_line
 from macha_obs.models import (
     Approval,
     ApprovalStatus,
     ConfigChange,
     describe_action,
 )
-from macha_obs.patches import PatchRefused, parse_diff
+from macha_obs.remediate.learn import history_line
+from macha_obs.remediate.patches import PatchRefused, parse_diff
 from macha_obs.store import Store
 from macha_obs.terminal import inert, is_unsafe
 

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import click
 
 from macha_obs import config as config_mod
+from macha_obs import statedir
 from macha_obs.cli.errors import EXIT_USAGE, mapped_errors
 from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
-from macha_obs.store import Store, statedir
+from macha_obs.store import Store
 from macha_obs.terminal import inert
 
 F = TypeVar("F", bound=Callable[..., Any])

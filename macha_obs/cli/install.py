@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from macha_obs import install as inst
 from macha_obs.cli.main import main
+from macha_obs.setup import install as inst
+from macha_obs.setup.units import RenderError, check_prefix
 from macha_obs.terminal import inert
-from macha_obs.units import RenderError, check_prefix
 
 _ROOT = click.option(
     "--root",

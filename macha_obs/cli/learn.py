@@ -15,9 +15,9 @@ import click
 from macha_obs.cli.common import ctx_config, open_store, who
 from macha_obs.cli.main import main
 from macha_obs.config import Config
-from macha_obs.learn import learned, render_json, render_text
 from macha_obs.metrics.learning import LearnState
 from macha_obs.models import Signature
+from macha_obs.remediate.learn import learned, render_json, render_text
 from macha_obs.store import Store
 from macha_obs.terminal import inert
 

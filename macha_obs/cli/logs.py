@@ -27,7 +27,7 @@ from macha_obs.cli.common import (
     load_config,
 )
 from macha_obs.cli.errors import EXIT_FAILED, Command
-from macha_obs.store import StateDir
+from macha_obs.statedir import StateDir
 from macha_obs.terminal import inert
 
 # ---------------------------------------------------------------- macha-logs

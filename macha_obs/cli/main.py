@@ -50,15 +50,16 @@ from macha_obs.models import (
     describe_action,
 )
 from macha_obs.orchestrator import LAST_CYCLE_KEY
-from macha_obs.patches import PatchChecker
-from macha_obs.pause import PauseBook
-from macha_obs.policy import PolicyContext, effective_autonomy, judge
-from macha_obs.remediate import context_of, patch_checked
-from macha_obs.scope import Scope, confirm
-from macha_obs.store import StateDir, Store
+from macha_obs.policy.judge import PolicyContext, effective_autonomy, judge
+from macha_obs.policy.scope import Scope, confirm
+from macha_obs.remediate.patches import PatchChecker
+from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.remediator import context_of, patch_checked
+from macha_obs.remediate.verify import Breaker
+from macha_obs.statedir import StateDir
+from macha_obs.store import Store
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.terminal import inert
-from macha_obs.verify import Breaker
 
 # ---------------------------------------------------------------- macha-obs
 

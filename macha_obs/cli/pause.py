@@ -14,8 +14,8 @@ import click
 
 from macha_obs.cli.common import ctx_config, open_store, who
 from macha_obs.cli.main import main
-from macha_obs.incidents import IncidentStore
-from macha_obs.pause import PauseBook
+from macha_obs.intake.incidents import IncidentStore
+from macha_obs.remediate.pause import PauseBook
 from macha_obs.terminal import inert
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

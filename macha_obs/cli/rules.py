@@ -13,7 +13,7 @@ import click
 
 from macha_obs.cli.common import ctx_config
 from macha_obs.cli.main import main
-from macha_obs.rules import RULE_FILES, render, write_rules
+from macha_obs.setup.rules import RULE_FILES, render, write_rules
 from macha_obs.terminal import inert
 
 

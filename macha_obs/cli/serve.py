@@ -30,8 +30,8 @@ from macha_obs.cli.wiring import (
 )
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
-from macha_obs.health import Health
-from macha_obs.learn import history_line
+from macha_obs.intake.pull import AlertmanagerPuller, PullThread
+from macha_obs.intake.webhook import ReceiverApp
 from macha_obs.metrics import (
     ListenerCollector,
     LlmCollector,
@@ -46,10 +46,11 @@ from macha_obs.models import (
     describe_action,
 )
 from macha_obs.orchestrator import CycleReport
-from macha_obs.pull import AlertmanagerPuller, PullThread
-from macha_obs.receiver import ReceiverApp
+from macha_obs.remediate.learn import history_line
 from macha_obs.server import Listener, ListenerStats, make_app, shutdown, start_server
-from macha_obs.store import StateDirError, Store, StoreError
+from macha_obs.server.health import Health
+from macha_obs.statedir import StateDirError
+from macha_obs.store import Store, StoreError
 from macha_obs.systemd.events import UnitWatcher
 from macha_obs.terminal import inert
 from macha_obs.web import Pages, approvals_pages

@@ -8,8 +8,8 @@ import click
 
 from macha_obs.cli.common import ctx_config
 from macha_obs.cli.main import main
+from macha_obs.intake.token import ensure_token, load_token, token_path
 from macha_obs.terminal import inert
-from macha_obs.webhook_token import ensure_token, load_token, token_path
 
 
 @main.command("webhook-token")

@@ -22,16 +22,16 @@ from macha_obs.execute.privileged import PrivilegedExecutor
 from macha_obs.execute.rebuild import HealthChecks, RebuildSequence
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.execute.systemd import SystemdExecutor
-from macha_obs.fleet import fleet_limit
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.metrics import LoopStats, PersistentState
 from macha_obs.metrics.sidecar import ApprovalLink
 from macha_obs.models import ApprovalStatus
 from macha_obs.orchestrator import Orchestrator
-from macha_obs.patches import config_files
-from macha_obs.pause import PauseBook
-from macha_obs.policy import effective_autonomy
-from macha_obs.remediate import Remediator
+from macha_obs.policy.judge import effective_autonomy
+from macha_obs.remediate.fleet import fleet_limit
+from macha_obs.remediate.patches import config_files
+from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store, owner_alive
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.web import Links

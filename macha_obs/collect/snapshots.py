@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from macha_obs.models import Snapshot
-from macha_obs.store.retention import keep_snapshots
-from macha_obs.store.statedir import StateDir, StateDirError, write_atomic
+from macha_obs.statedir import StateDir, StateDirError, write_atomic
+from macha_obs.statedir.retention import keep_snapshots
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 
 class PullStatsView(Protocol):
-    """The pull intake's counters (`macha_obs.pull.PullStats.snapshot`): polls by
+    """The pull intake's counters (`macha_obs.intake.pull.PullStats.snapshot`): polls by
     (peer, result), rounds and alerts by result, each peer's last success and up."""
 
     def snapshot(self) -> dict[str, Any]: ...

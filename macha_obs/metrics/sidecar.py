@@ -31,7 +31,7 @@ from macha_obs.models import Action, Assessment, DecisionSource, Outcome
 
 log = logging.getLogger(__name__)
 
-# What can keep the sidecar from its job (macha_obs/health.py decides each one).
+# What can keep the sidecar from its job (macha_obs/server/health.py decides each one).
 HEALTH_PROBLEMS = ("no_snapshot", "store", "cycles_failing", "alertmanager_pull")
 ACTION_RESULTS = ("verified", "failed")
 

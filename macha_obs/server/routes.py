@@ -73,7 +73,7 @@ def make_app(
     `pages_app` None /approvals (the pages check their own credentials).
 
     `health`, when given, decides /readyz: None is ready, else the reasons it is not,
-    in the 503's body (macha_obs/health.py); without it, `ready()` does."""
+    in the 503's body (macha_obs/server/health.py); without it, `ready()` does."""
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"

@@ -1,5 +1,6 @@
-"""Durable state: SQLite (WAL) by table group, the JSONL audit logs, and `StateDir`,
-which owns every path in the state directory and its retention.
+"""Durable state: SQLite (WAL) by table group, the JSONL audit logs, and their retention.
+The state directory's paths, trust checks and file retention are `macha_obs/statedir/`,
+the floor below.
 
     handle.py      Store: the table groups put together; `retain` keeps it all bounded
     _db.py         the connection, transactions, health (`problem`)
@@ -10,23 +11,18 @@ which owns every path in the state directory and its retention.
     incidents.py   the webhook inbox, seen alerts, incidents (SQL only)
     outcomes.py    what became of each proposal per problem and fix (learning)
     audit.py       decisions.jsonl, actions.jsonl (invariant 10)
-    statedir.py    the layout and the trust checks on every state file
-    retention.py   rotation by rename, snapshot count, retention settings
 """
 
+from macha_obs.statedir.retention import Retention, RetentionReport, RetentionSettings
 from macha_obs.store._db import StoreError, owner_alive, process_owner
 from macha_obs.store.approvals import ApprovalError
 from macha_obs.store.handle import Store
-from macha_obs.store.retention import Retention, RetentionReport, RetentionSettings
-from macha_obs.store.statedir import StateDir, StateDirError
 
 __all__ = [
     "ApprovalError",
     "Retention",
     "RetentionReport",
     "RetentionSettings",
-    "StateDir",
-    "StateDirError",
     "Store",
     "StoreError",
     "owner_alive",

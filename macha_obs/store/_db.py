@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
+from macha_obs import statedir
 from macha_obs.errors import StateError
-from macha_obs.store import statedir
-from macha_obs.store.statedir import StateDir
+from macha_obs.statedir import StateDir
 
 # The -wal file is truncated back to this after a checkpoint: bounded like every state file.
 _WAL_LIMIT = 4 * 1024 * 1024

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from macha_obs.store import statedir
+from macha_obs import statedir
 from macha_obs.store._db import Database, ts
 
 

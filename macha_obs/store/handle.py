@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from macha_obs.statedir.retention import RetentionReport, RetentionSettings, retain_files
 from macha_obs.store import approvals, breaker, incidents, ledger, meta, outcomes
 from macha_obs.store._group_commit import GroupCommitter
 from macha_obs.store.breaker import Breaker
 from macha_obs.store.ledger import Ledger
 from macha_obs.store.meta import Meta
 from macha_obs.store.outcomes import Outcomes
-from macha_obs.store.retention import RetentionReport, RetentionSettings, retain_files
 
 SCHEMA = (meta.DDL, approvals.DDL, ledger.DDL, breaker.DDL, incidents.DDL, outcomes.DDL)
 # A verification older than this counts for nothing: the breaker's window is at most

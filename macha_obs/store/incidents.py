@@ -1,7 +1,7 @@
 """The incident tables: the webhook inbox, seen alert states, incidents and their alerts.
 
 Only the SQL lives here; what an alert or a finding does to an incident (dedupe rules,
-when one closes, grouping) is `macha_obs/incidents.py`, which calls these inside the
+when one closes, grouping) is `macha_obs/intake/incidents.py`, which calls these inside the
 store's transactions (writes take the transaction's cursor). Retention prunes the inbox,
 the seen-alert keys and resolved incidents by age and by count (`prune`).
 """
@@ -17,7 +17,7 @@ OPEN = "open"
 RESOLVED = "resolved"
 
 DDL = """
--- Alertmanager webhook bodies, stored before the 2xx (see macha_obs/incidents.py)
+-- Alertmanager webhook bodies, stored before the 2xx (see macha_obs/intake/incidents.py)
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,

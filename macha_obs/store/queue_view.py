@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from macha_obs.models import Approval
-from macha_obs.store.statedir import StateDir, write_atomic
+from macha_obs.statedir import StateDir, write_atomic
 
 VERSION = 1
 

@@ -35,7 +35,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from macha_obs.errors import MachaError
 from macha_obs.models import Approval, ApprovalStatus
-from macha_obs.remediate import Handled
+from macha_obs.remediate.remediator import Handled
 from macha_obs.store import ApprovalError
 from macha_obs.web import render
 from macha_obs.web.signing import CSRF_SECONDS, SESSION_SECONDS, Signer, parse_expiry

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 from macha_obs.errors import MachaError
-from macha_obs.store.statedir import StateDir, fsync_dir, open_file
+from macha_obs.statedir import StateDir, fsync_dir, open_file
 
 KEY_BYTES = 32
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from macha_obs.config import Config
+from macha_obs.intake.token import ensure_token, load_token, read_token
 from macha_obs.web.app import ApprovalsApp, Desk, History, Queue
 from macha_obs.web.keys import ensure_key
 from macha_obs.web.links import Links, base_path, base_url
 from macha_obs.web.signing import Signer
-from macha_obs.webhook_token import ensure_token, load_token, read_token
 
 
 @dataclass(frozen=True)

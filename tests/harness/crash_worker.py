@@ -22,7 +22,7 @@ from pathlib import Path
 from macha_obs import config as config_mod
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.config import AnalysisMode
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Action,
     AlertGroup,
@@ -31,7 +31,7 @@ from macha_obs.models import (
     UnitState,
 )
 from macha_obs.orchestrator import Orchestrator
-from macha_obs.remediate import ApprovalError, Remediator
+from macha_obs.remediate.remediator import ApprovalError, Remediator
 from macha_obs.store import Store
 from tests.harness.receiver_support import alert, payload
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import requests
 
+from macha_obs.intake.token import read_token, token_path
 from macha_obs.models import ActionRecord, Approval
 from macha_obs.store import Store
-from macha_obs.webhook_token import read_token, token_path
 from tests.harness.labsd import LabSystemd
 from tests.harness.stack import free_port, poll
 

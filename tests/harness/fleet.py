@@ -27,7 +27,7 @@ from typing import IO, Any, TypeVar
 
 import requests
 
-from macha_obs.webhook_token import ensure_token
+from macha_obs.intake.token import ensure_token
 from tests.harness.daemon_support import Daemon
 from tests.harness.labsd import LabSystemd
 from tests.harness.stack import Alertmanager, Prometheus, StackError, binary, free_port, poll

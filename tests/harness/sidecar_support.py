@@ -11,7 +11,7 @@ import pytest
 from macha_obs import config as config_mod
 from macha_obs.cli.wiring import Sidecar, assemble
 from macha_obs.config import Config
-from macha_obs.incidents import IngestResult
+from macha_obs.intake.incidents import IngestResult
 from macha_obs.models import AlertGroup
 from macha_obs.store import Store
 from tests.harness.labsd import LabSystemd

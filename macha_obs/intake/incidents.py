@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from macha_obs.models import Action, Alert, AlertGroup, Finding, FindingKind, Incident, Risk
-from macha_obs.scope import Scope
+from macha_obs.policy.scope import Scope
 from macha_obs.store import Store
 from macha_obs.store import incidents as tables
 

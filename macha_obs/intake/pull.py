@@ -55,9 +55,9 @@ import requests
 from pydantic import ValidationError
 
 from macha_obs.config import Config
-from macha_obs.incidents import IncidentStore, IngestResult
+from macha_obs.intake.incidents import IncidentStore, IngestResult
+from macha_obs.intake.webhook import MAX_LABEL_CHARS, MAX_LABELS, HostMatcher, for_this_host
 from macha_obs.models import ZERO_TIME, Alert, AlertGroup
-from macha_obs.receiver import MAX_LABEL_CHARS, MAX_LABELS, HostMatcher, for_this_host
 from macha_obs.store import Store
 
 log = logging.getLogger(__name__)

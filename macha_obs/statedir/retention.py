@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from macha_obs.store.statedir import StateDir, fsync_dir, open_file
+from macha_obs.statedir import StateDir, fsync_dir, open_file
 
 
 class RetentionSettings(Protocol):

@@ -32,7 +32,7 @@ from macha_obs.models import (
     describe_action,
     investigation_instead,
 )
-from macha_obs.scope import Confirmation, Scope, out_of_scope
+from macha_obs.policy.scope import Confirmation, Scope, out_of_scope
 
 RATE_WINDOW = timedelta(hours=1)
 

@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from macha_obs.config import Config
-from macha_obs.incidents import IncidentStore, IngestResult
+from macha_obs.intake.incidents import IncidentStore, IngestResult
+from macha_obs.intake.token import intake_token
 from macha_obs.models import Alert, AlertGroup
 from macha_obs.store import Store
-from macha_obs.webhook_token import intake_token
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
-from macha_obs.policy import Pause
+from macha_obs.policy.judge import Pause
 from macha_obs.store import Store
 
 _SCHEMA = """

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.errors import RefusedError
-from macha_obs.incidents import IncidentStore, Queued
+from macha_obs.intake.incidents import IncidentStore, Queued
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
@@ -39,9 +39,7 @@ from macha_obs.models import (
     learns_from,
     signature_of,
 )
-from macha_obs.patches import PatchChecker
-from macha_obs.pause import PauseBook
-from macha_obs.policy import (
+from macha_obs.policy.judge import (
     RATE_WINDOW,
     BreakerState,
     PolicyContext,
@@ -51,9 +49,11 @@ from macha_obs.policy import (
     shadow_outcome,
     suppressed_verdict,
 )
-from macha_obs.scope import Confirmation, Scope, confirm, out_of_scope
+from macha_obs.policy.scope import Confirmation, Scope, confirm, out_of_scope
+from macha_obs.remediate.patches import PatchChecker
+from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.verify import Breaker, Verifier
 from macha_obs.store import ApprovalError, Store
-from macha_obs.verify import Breaker, Verifier
 
 ScopeOf = Callable[[Sequence[str]], Scope]
 # Before an automatic fix: a reason to leave it to a human instead (the fleet's blast

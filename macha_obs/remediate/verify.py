@@ -28,7 +28,7 @@ from macha_obs.models import (
     Proposal,
     describe_action,
 )
-from macha_obs.policy import BreakerState, risk_of
+from macha_obs.policy.judge import BreakerState, risk_of
 from macha_obs.store import Store
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from macha_obs.config import Config
 from macha_obs.errors import MachaError
-from macha_obs.store.statedir import StateDir
+from macha_obs.statedir import StateDir
 
 log = logging.getLogger(__name__)
 

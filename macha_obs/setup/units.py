@@ -4,7 +4,7 @@
 and of the privileged template; `polkit-rule.js.in` the polkit rule. nixos/lib.nix reads
 the same two files, so a Debian, Ubuntu or Fedora host gets the units NixOS gets (a test
 evaluates lib.nix and holds the two renderings equal). Pure: text in, text out; writing
-the files is `macha_obs.install`'s business.
+the files is `macha_obs.setup.install`'s business.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from macha_obs.config import BUILTIN_PROTECTED_UNITS
 from macha_obs.errors import UsageError
+from macha_obs.protected import BUILTIN_PROTECTED_UNITS
 
 _HERE = Path(__file__).parent
 _SOURCE = _HERE / "units.json"
@@ -135,7 +135,7 @@ def _service_lines(
 
 def _unit_file(sections: Sequence[tuple[str, list[str]]]) -> str:
     head = [
-        "# Written by `macha-obs install` from macha_obs/units.json, the source of the NixOS",
+        "# Written by `macha-obs install` from macha_obs/setup/units.json, the source of the NixOS",
         "# module's units too. Change settings with a drop-in (systemctl edit), not here:",
         "# `macha-obs install` rewrites this file and `macha-obs uninstall` removes it.",
     ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from macha_obs.config import Config, trust_refusal
-from macha_obs.incidents import IncidentStore
+from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Approval,
     FixKey,
@@ -26,7 +26,7 @@ from macha_obs.models import (
     parse_action,
     signature_of,
 )
-from macha_obs.policy import risk_of, trusted_entry
+from macha_obs.policy.judge import risk_of, trusted_entry
 from macha_obs.store import Store
 
 # A fix becomes a candidate for per-action trust after this many approvals, every one

@@ -1,6 +1,6 @@
 """Put the service's files on a plain systemd host, and take exactly those away again.
 
-`install` writes what `macha_obs.units` renders and records each file with its SHA-256 in a
+`install` writes what `macha_obs.setup.units` renders and records each file with its SHA-256 in a
 manifest; `uninstall` removes a file only while it still has the recorded content (a file
 someone edited since, like the config, is kept and named) and never the state directory
 unless asked. Nothing here starts, enables or reloads anything: the person who runs it as
@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from macha_obs import units
-from macha_obs.config import BUILTIN_PROTECTED_UNITS, ConfigError, read_toml, validate
+from macha_obs.config import ConfigError, read_toml, validate
 from macha_obs.errors import MachaError
+from macha_obs.protected import BUILTIN_PROTECTED_UNITS
+from macha_obs.setup import units
 
 MANIFEST = PurePosixPath("/etc/macha-obs/install-manifest.json")
 

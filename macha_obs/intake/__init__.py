@@ -1,0 +1,1 @@
+"""Intake: the webhook, the Alertmanager pull, the token, host matching, incidents."""

@@ -1,0 +1,1 @@
+"""Policy: pure judgement of a typed action (risk, protection, scope, autonomy, limits)."""

@@ -1,0 +1,1 @@
+"""Remediation: facts once, judged once, then execute, queue or record; verify; learn."""
