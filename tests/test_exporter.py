@@ -19,6 +19,7 @@ from macha_obs.metrics import (
     UNIT_ACTIVE_STATES,
     ListenerCollector,
     LlmCollector,
+    LoginCollector,
     LoopStats,
     PersistentState,
     SelfCollector,
@@ -30,6 +31,7 @@ from macha_obs.metrics import (
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
 from macha_obs.models import NixosReading, Snapshot
 from macha_obs.server import ListenerStats
+from macha_obs.web import LoginStats
 from tests.harness.eyes_support import FIXTURES, fixture_snapshot
 
 GOLDEN = FIXTURES / "golden.metrics"
@@ -176,6 +178,7 @@ def whole_scrape(snapshot: Snapshot) -> str:
         WebhookCollector(ReceiverStats()),
         LlmCollector(LlmMetrics()),
         ListenerCollector(ListenerStats()),
+        LoginCollector(LoginStats()),
     ]
     registry = build_registry(lambda: snapshot, extra=extra, build_info=BUILD, process=False)
     return scrape_text(registry).decode()

@@ -41,6 +41,7 @@ from macha_obs.metrics import (
 )
 from macha_obs.metrics.learning import LearnCollector
 from macha_obs.metrics.pull import PullCollector
+from macha_obs.metrics.web import LoginCollector
 from macha_obs.models import (
     ApprovalStatus,
     describe_action,
@@ -159,6 +160,7 @@ def _listen(
             WebhookCollector(receiver.stats),
             LlmCollector(side.llm_metrics),
             ListenerCollector(listener_stats),
+            LoginCollector(pages.login_stats),
             *([PullCollector(pull.puller.stats)] if pull is not None else []),
             LearnCollector(
                 lambda: learn_state(store, cfg), unit_label=cfg.learn_metrics_unit_label

@@ -3,6 +3,7 @@
     host.py      the host exporter: the latest Snapshot as metric families
     sidecar.py   the sidecar's own metrics: decisions, actions, loop, health, the ledger
     webhook.py   llm.py   listener.py   the intake, model and HTTP listener counters
+    web.py       the approvals page's refused logins
     stats.py     the small protocols those collectors read the counters through
     loop.py      LoopStats, the orchestrator's counters (the others live where they happen)
     registry.py  build_registry: the above plus process_* and python_info
@@ -23,10 +24,12 @@ from macha_obs.metrics.stats import (
     Histogram,
     ListenerStatsView,
     LlmStatsView,
+    LoginStatsView,
     LoopCounts,
     LoopStatsView,
     WebhookStatsView,
 )
+from macha_obs.metrics.web import LoginCollector
 from macha_obs.metrics.webhook import WebhookCollector
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "ListenerStatsView",
     "LlmCollector",
     "LlmStatsView",
+    "LoginCollector",
+    "LoginStatsView",
     "LoopCounts",
     "LoopStats",
     "LoopStatsView",
