@@ -157,6 +157,9 @@ def test_readyz_fails_and_says_why_when_the_database_goes_under_the_daemon(
     assert poll(went_on, 60), daemon.log_tail()
     assert seen == {503}
     assert how in readyz(daemon)[1]
+    shown = status_of(daemon)  # whatever the file lets `status` read, it says so too
+    assert "health:    NOT READY" in shown, shown
+    assert f"store: {daemon.state_dir / 'state.db'} was {how}" in shown, shown
     # a person acts: stops it, restores the backup, starts it again: ready
     repair(daemon, saved)
     assert readyz(daemon)[0] == 200
