@@ -25,8 +25,9 @@ from macha_obs.models.snapshot import CollectorRun
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.server.health import FAILED_CYCLES, CollectorStreaks, Health, ThreadWatch
 from macha_obs.store import Store
-from tests.harness.daemon_support import MACHA_OBS, Daemon
+from tests.harness.daemon_support import HOST, MACHA_OBS, Daemon
 from tests.harness.labsd import LabSystemd
+from tests.harness.receiver_support import alert, payload
 from tests.harness.stack import free_port, poll
 
 
@@ -376,3 +377,34 @@ def test_a_daemon_blind_to_systemd_is_not_ready_says_why_and_is_ready_when_the_b
     assert daemon.metric("macha_health_problem", problem="collector_failing") == 0.0
     assert "health:    ready" in status_of(daemon)
     print(f"noticed {noticed_after:.1f}s after the bus stalled")
+
+
+@pytest.mark.systemd
+def test_symlinks_planted_under_a_running_daemon_kill_no_thread(
+    daemons: Callable[..., Daemon],
+) -> None:
+    """The finding: symlinks planted under the running daemon killed its action lane
+    (log.exception raised StateDirError out of the log handler) while /readyz said ready.
+    Now the refused log line is lost, never the thread: cycles go on, and failing ones
+    are counted and reported; macha_health_problem{thread_died} stays 0 (it was 1, with
+    /readyz naming the action lane, before the handler was fixed)."""
+    daemon = daemons(autonomy_level="suggest")
+    assert "threads that must run, watched: debounce, macha-analysis, macha-collection," in (
+        daemon.log_tail(20000)
+    )
+    elsewhere = daemon.state_dir.parent / "elsewhere"
+    elsewhere.write_text("")
+    for name in ("decisions.jsonl", "actions.jsonl", "orchestrator.log", "approval_queue.json"):
+        planted = daemon.state_dir / name
+        if planted.exists():
+            planted.rename(planted.with_name(name + ".moved"))
+        planted.symlink_to(elsewhere)
+    failed = alert(unit="nope.service", instance=f"{HOST}:9100")
+    assert daemon.post_alerts(payload(failed)).status_code == 200
+    # the first failed cycle's log.exception killed the lane: three mean it lives on
+    assert poll(lambda: (daemon.metric("macha_cycle_errors_total") or 0.0) >= 3, 60), (
+        daemon.log_tail()
+    )
+    assert daemon.metric("macha_health_problem", problem="thread_died") == 0.0
+    assert "has died" not in readyz(daemon)[1]
+    assert elsewhere.read_text() == ""  # and nothing was written through them

@@ -231,7 +231,7 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
         watcher.start()
     if pull is not None:
         pull.start()
-    log.debug("threads that must run: %s", ", ".join(threads.adopt()))
+    log.info("threads that must run, watched: %s", ", ".join(threads.adopt()))
     notifier = Notifier(os.environ)
     notifier.watchdog(side.orchestrator.healthy, stop)
     notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")

@@ -119,15 +119,18 @@ class ThreadWatch:
         thread = args.thread
         name = thread.name if thread is not None else "unknown"
         cause = f"{args.exc_type.__name__}: {args.exc_value}"
-        log.critical(
-            "thread %s died: %s",
-            name,
-            cause,
-            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
-        )
-        if thread is not None:
+        if thread is not None:  # first: logging is what may have killed it
             with self._lock:
                 self._causes[id(thread)] = cause[:300]
+        try:
+            log.critical(
+                "thread %s died: %s",
+                name,
+                cause,
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+            )
+        except Exception:
+            threading.__excepthook__(args)
 
     def problem(self) -> str | None:
         if self.stopping.is_set():
