@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from macha_obs.cli.common import (
     who,
 )
 from macha_obs.cli.errors import EXIT_FAILED, EXIT_USAGE
+from macha_obs.cli.readiness import daemon_health, health_lines
 from macha_obs.cli.wiring import (
     build_analyzer,
 )
@@ -57,7 +59,7 @@ from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import context_of, patch_checked
 from macha_obs.remediate.verify import Breaker
 from macha_obs.statedir import StateDir
-from macha_obs.store import Store
+from macha_obs.store import Store, StoreError
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.terminal import inert
 
@@ -159,12 +161,20 @@ def privileged(ctx: click.Context, instance: str) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Autonomy, breaker, approval queue and the last cycle."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
-        store.expire_approvals()
-        breaker = Breaker(cfg, store).state()
-        pending = store.list_approvals({ApprovalStatus.PENDING})
-        last = _meta_json(store.get_meta(LAST_CYCLE_KEY))
-        pause = PauseBook(store).current(store.clock())
+    try:
+        with open_store(cfg) as store:
+            store.expire_approvals()
+            breaker = Breaker(cfg, store).state()
+            pending = store.list_approvals({ApprovalStatus.PENDING})
+            last = _meta_json(store.get_meta(LAST_CYCLE_KEY))
+            pause = PauseBook(store).current(store.clock())
+    except (StoreError, sqlite3.DatabaseError) as exc:
+        # a lost state.db: what the daemon says of it is all there is to show
+        for line in health_lines(daemon_health(cfg)):
+            click.echo(line, err=True)
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"{cfg.state_dir / 'state.db'}: {exc}") from exc
     lock = StateLock(cfg.state_dir)
     try:
         lock.acquire()
@@ -172,8 +182,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         lock.release()
     except AlreadyRunning:
         running = True
+    health = daemon_health(cfg) if running else None
     data = {
         "daemon_running": running,
+        "health": health,
         "autonomy": {
             "configured": cfg.autonomy_level.value,
             "effective": effective_autonomy(cfg, breaker).value,
@@ -196,6 +208,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         return
     # the text view: every field from an alert, a model or a person made inert
     click.echo(f"daemon:    {'running' if running else 'not running'} ({cfg.state_dir})")
+    for line in health_lines(health) if health is not None else []:
+        click.echo(line)
     click.echo(
         f"autonomy:  {data['autonomy']['effective']} (configured {cfg.autonomy_level.value})"
     )

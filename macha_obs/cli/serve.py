@@ -49,7 +49,7 @@ from macha_obs.models import (
 from macha_obs.orchestrator import CycleReport
 from macha_obs.remediate.learn import history_line
 from macha_obs.server import Listener, ListenerStats, make_app, shutdown, start_server
-from macha_obs.server.health import Health
+from macha_obs.server.health import CollectorStreaks, Health, ThreadWatch
 from macha_obs.statedir import StateDirError
 from macha_obs.store import Store, StoreError
 from macha_obs.systemd.events import UnitWatcher
@@ -137,17 +137,31 @@ def _recover(side: Sidecar, interrupted: set[str]) -> None:
         log.info("%d open incident(s) will be looked at again", reopened)
 
 
-def _listen(
-    cfg: Config, store: Store, side: Sidecar, receiver: ReceiverApp, pull: PullThread | None
-) -> tuple[Listener, threading.Thread]:
-    """Health, the registry and the pages behind one listener, serving."""
-    pages = _approvals_pages(cfg, store, side)
+def _health(store: Store, side: Sidecar, pull: PullThread | None, threads: ThreadWatch) -> Health:
+    """What /readyz, macha_ready and `status` say, fed by every snapshot."""
     health = Health(
         store,
         side.loop.ready,
         side.stats,
         pull_problem=pull.puller.stats.problem if pull is not None else lambda: None,
+        collectors=CollectorStreaks(),
+        threads=threads,
     )
+    side.loop.listeners.append(health.note)
+    return health
+
+
+def _listen(
+    cfg: Config,
+    store: Store,
+    side: Sidecar,
+    receiver: ReceiverApp,
+    pull: PullThread | None,
+    *,
+    health: Health,
+) -> tuple[Listener, threading.Thread]:
+    """Health, the registry and the pages behind one listener, serving."""
+    pages = _approvals_pages(cfg, store, side)
     listener_stats = ListenerStats()
     registry = build_registry(
         side.loop.latest,
@@ -168,7 +182,7 @@ def _listen(
         ],
         node_exporter=cfg.node_exporter,
     )
-    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.ready)
+    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.problems)
     try:
         return start_server(cfg.listen_host, cfg.listen_port, app, stats=listener_stats)
     except OSError as exc:
@@ -196,7 +210,10 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
         refuse(f"webhook: {exc}")
     pull = _pull_intake(cfg, store, side)
-    server, server_thread = _listen(cfg, store, side, receiver, pull)
+    threads = ThreadWatch()
+    threading.excepthook = threads.excepthook  # a thread that dies is logged and reported
+    health = _health(store, side, pull, threads)
+    server, server_thread = _listen(cfg, store, side, receiver, pull, health=health)
     watcher = (
         UnitWatcher(
             cfg.systemd_bus_address,
@@ -216,6 +233,7 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
         watcher.start()
     if pull is not None:
         pull.start()
+    log.info("threads that must run, watched: %s", ", ".join(threads.adopt()))
     notifier = Notifier(os.environ)
     notifier.watchdog(side.orchestrator.healthy, stop)
     notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
@@ -230,6 +248,7 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     stop.wait()
     # SIGTERM: stop taking work, let the step in flight finish (bounded), record the rest.
     notifier.stopping()
+    threads.stopping.set()
     log.info("stopping")
     if watcher is not None:
         watcher.stop(timeout=1.0)

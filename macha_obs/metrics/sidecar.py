@@ -32,7 +32,14 @@ from macha_obs.models import Action, Assessment, DecisionSource, Outcome
 log = logging.getLogger(__name__)
 
 # What can keep the sidecar from its job (macha_obs/server/health.py decides each one).
-HEALTH_PROBLEMS = ("no_snapshot", "store", "cycles_failing", "alertmanager_pull")
+HEALTH_PROBLEMS = (
+    "no_snapshot",
+    "store",
+    "cycles_failing",
+    "alertmanager_pull",
+    "collector_failing",
+    "thread_died",
+)
 ACTION_RESULTS = ("verified", "failed")
 
 
@@ -145,7 +152,7 @@ def _health_families(problems: Mapping[str, str]) -> Iterator[Metric]:
         "1 when the sidecar can do its job (what /readyz says)",
         value=0.0 if problems else 1.0,
     )
-    # a fixed set of problems: 3 series
+    # a fixed set of problems (HEALTH_PROBLEMS): 6 series
     problem = GaugeMetricFamily(
         "macha_health_problem",
         "1 while this problem keeps the sidecar from its job (/readyz says why)",

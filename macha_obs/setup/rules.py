@@ -546,7 +546,9 @@ groups:
       - alert: MachaNotReady
         # /readyz fails while the process still answers (MachaDown does not fire): its
         # database was replaced, truncated or deleted under it, cannot be written, or its
-        # cycles keep failing. Whatever it decides then is lost or never made.
+        # cycles keep failing; the systemd collector it decides by keeps failing (the bus
+        # is unreachable); or a thread that must run died. Whatever it decides then is
+        # lost, blind or never made. One alert per problem (server/health.py).
         expr: macha_health_problem == 1
         for: 5m
         labels:
@@ -554,7 +556,7 @@ groups:
           audience: human
         annotations:
           summary: "macha-obs on {{ $labels.instance }} cannot do its job ({{ $labels.problem }})"
-          description: "macha-obs on {{ $labels.instance }} has not been ready for 5 minutes: {{ $labels.problem }}. `curl -s [[readyz_url]]` says why, `macha-logs service` shows the errors. A lost state.db is not replaced silently: restore it, or restart with `macha-obs serve --start-fresh`."
+          description: "macha-obs on {{ $labels.instance }} has not been ready for 5 minutes: {{ $labels.problem }}. `macha-obs status` or `curl -s [[readyz_url]]` says why, `macha-logs service` shows the errors. A lost state.db is not replaced silently: restore it and restart, or restart with `macha-obs serve --start-fresh`; a dead thread needs a restart; a failing collector clears when its source answers again."
           runbook_url: "[[runbook_base]]/MachaNotReady.md"
       - alert: MachaLoopStalled
         # Cycles run on every snapshot and at least every check_interval; the watchdog
