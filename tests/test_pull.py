@@ -62,8 +62,10 @@ def listed(am: Alertmanager, **match: str) -> list[dict[str, Any]]:
     return [a for a in alerts if all(a["labels"].get(k) == v for k, v in match.items())]
 
 
-def puller(store: Store, *urls: str, timeout: float = 5.0) -> AlertmanagerPuller:
-    hosts = HostMatcher("testhost", loopback_is_local=False, require_label=True)
+def puller(
+    store: Store, *urls: str, timeout: float = 5.0, aliases: tuple[str, ...] = ()
+) -> AlertmanagerPuller:
+    hosts = HostMatcher("testhost", aliases, loopback_is_local=False, require_label=True)
     return AlertmanagerPuller(IncidentStore(store), urls, hosts, timeout=timeout)
 
 
@@ -121,10 +123,13 @@ def test_only_this_hosts_alerts_are_taken(store: Store, am_pair: list[Alertmanag
     am = am_pair[0]
     ours = [
         am_alert("Ours", instance="testhost:9100"),
-        am_alert("OursFqdn", instance="TestHost.example.com:9100"),
+        am_alert("OursFqdn", instance="TestHost.example.com:9100"),  # a declared alias
         am_alert("OursBare", instance="testhost"),
+        am_alert("OursDot", instance="TESTHOST.:9100"),
     ]
     others = [
+        am_alert("Undeclared", instance="testhost.example.org:9100"),  # the whole name
+        am_alert("Evil", instance="testhost.evil.example:9100"),
         am_alert("Other", instance="otherhost:9100"),
         am_alert("Prefix", instance="testhost2:9100"),
         am_alert("Suffix", instance="mytesthost:9100"),
@@ -134,11 +139,12 @@ def test_only_this_hosts_alerts_are_taken(store: Store, am_pair: list[Alertmanag
         am_alert("Human", instance="testhost:9100", audience="human"),
     ]
     post(am, *ours, *others)
-    report = puller(store, am.url).poll_once()
+    report = puller(store, am.url, aliases=("testhost.example.com",)).poll_once()
     assert report.result == "complete"
     assert fired(IncidentStore(store)) == [
         ("Ours", "testhost:9100"),
         ("OursBare", "testhost"),
+        ("OursDot", "TESTHOST.:9100"),
         ("OursFqdn", "TestHost.example.com:9100"),
     ]
     assert len(listed(am)) == len(ours) + len(others)  # Alertmanager holds them all
@@ -334,11 +340,18 @@ def test_a_store_error_takes_the_alerts_again_next_round(
 
 def test_filter_is_a_matcher_alertmanager_accepts(am_pair: list[Alertmanager]) -> None:
     am = am_pair[0]
-    post(am, am_alert(instance="web-1.example.com:9100"), am_alert(instance="web-10:9100"))
-    matcher = host_filter("instance", ["web-1", 'we"ird\\name'])
+    instances = ["web-1.example.com:9100", "web-10:9100", "web-1.evil.example:9100"]
+    instances += ["WEB-1.:9100", "web-1", "[fe80::1]:9100", "db.example.org"]
+    post(am, *(am_alert(instance=i) for i in instances))
+    matcher = host_filter("instance", ["web-1", 'we"ird\\name', "fe80::1", "db.example.org"])
     reply = requests.get(f"{am.url}/api/v2/alerts", params={"filter": matcher}, timeout=10)
     assert reply.status_code == 200, reply.text
-    assert [a["labels"]["instance"] for a in reply.json()] == ["web-1.example.com:9100"]
+    assert sorted(a["labels"]["instance"] for a in reply.json()) == [
+        "WEB-1.:9100",
+        "[fe80::1]:9100",
+        "db.example.org",
+        "web-1",
+    ]
 
 
 def test_serve_config_starts_and_stops_the_pull_thread(
