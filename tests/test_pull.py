@@ -22,8 +22,9 @@ from macha_obs.config import Config
 from macha_obs.intake.incidents import IncidentStore, analyze_pending
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread, host_filter
 from macha_obs.intake.webhook import HostMatcher
-from macha_obs.metrics import scrape_text
+from macha_obs.metrics import LoopStats, scrape_text
 from macha_obs.metrics.pull import PullCollector
+from macha_obs.server.health import Health
 from macha_obs.store import Store
 from tests.harness.daemon_support import Daemon
 from tests.harness.nix_support import run_tool
@@ -437,3 +438,58 @@ def test_the_pull_examples_settings_are_valid() -> None:
     cfg = Config.model_validate({"hostname": "host1", **tomllib.loads(toml)})
     assert len(cfg.alertmanager_urls) == 2
     assert cfg.alertmanager_pull_interval == 15
+
+
+# ---------------------------------------------------------------- a store it cannot keep
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_while_the_store_is_unusable_the_pull_takes_nothing_and_says_so(
+    store: Store, am_pair: list[Alertmanager], damage: str
+) -> None:
+    """Issue 21: the pull must not take what it cannot keep. With state.db gone under it,
+    it asks no peer and stores nothing; health says why; a store that works takes it."""
+    am = am_pair[0]
+    post(am, am_alert("UnitFailed", instance="testhost:9100", unit="nginx.service"))
+    pull = puller(store, am.url)
+    db = store.state_dir / "state.db"
+    if damage == "deleted":
+        db.unlink()
+    else:
+        db.write_bytes(b"")
+    report = pull.poll_once()
+    assert report.result == "store_error"
+    assert report.taken == []
+    assert not pull.incidents.open_incidents()
+    assert pull.stats.snapshot()["polls"][(am.url.removeprefix("http://"), "ok")] == 0
+    problem = pull.stats.problem()
+    assert problem is not None
+    assert f"the store is unusable, the pull takes nothing: {db} was" in problem
+    health = Health(store, lambda: True, LoopStats(), pull_problem=pull.stats.problem)
+    assert set(health.problems()) == {"store", "alertmanager_pull"}
+    assert listed(am, alertname="UnitFailed")  # Alertmanager still holds it
+    store.close()
+    with Store(store.state_dir) as fresh:  # a person restored the state: taken then
+        again = puller(fresh, am.url)
+        assert [r.new_alerts for r in again.poll_once().taken] == [1]
+        assert again.stats.problem() is None
+
+
+def test_a_store_that_breaks_mid_round_keeps_nothing_more(
+    store: Store, am_pair: list[Alertmanager]
+) -> None:
+    """The store is checked before every group it would commit, not only once a round."""
+    for am in am_pair:
+        post(am, am_alert("UnitFailed", instance="testhost:9100", unit="nginx.service"))
+    looks = iter([None])  # usable when the round starts, then not
+
+    def problem() -> str | None:
+        return next(looks, "state.db was deleted while the daemon ran")
+
+    hosts = HostMatcher("testhost", loopback_is_local=False, require_label=True)
+    pull = AlertmanagerPuller(
+        IncidentStore(store), [am.url for am in am_pair], hosts, store_problem=problem
+    )
+    assert pull.poll_once().result == "store_error"
+    assert not pull.incidents.open_incidents()
+    assert "the store is unusable" in str(pull.stats.problem())

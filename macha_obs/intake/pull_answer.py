@@ -23,11 +23,16 @@ import re
 from dataclasses import dataclass, field
 
 MAX_DEPTH = 16
-MAX_ITEM_VALUES = 2048  # an alert with 128 labels and 128 annotations has ~280
-_OUTSIDE = re.compile(rb'["\[\]{},]')  # what matters outside strings
+# Values (brackets, and commas: those in strings too, so never fewer than there are) in
+# one item, whose parse is the only one held at once: an alert with 128 labels and 128
+# annotations has ~300, so this refuses no alert the webhook would take.
+MAX_ITEM_VALUES = 8192
+# From where the last step ended: anything but brackets (whole strings skipped, in C),
+# then a bracket, or a lone quote (a string this chunk does not end).
+_STEP = re.compile(rb'(?:[^"\[\]{}]++|"(?:[^"\\]++|\\.)*+")*+([\[\]{}"])', re.DOTALL)
 _INSIDE = re.compile(rb'["\\]')  # what ends a string, or escapes
+_KEY = re.compile(rb'"([^"\\]{0,16})"[ \t\r\n]*:[ \t\r\n]*$')  # the key before a "["
 _SPACE = b" \t\r\n"
-_KEY_BYTES = 16  # of a group's keys only "alerts" matters
 
 
 class AnswerRefused(ValueError):
@@ -65,16 +70,16 @@ class AnswerReader:
         self._depth = 0
         self._in_string = False
         self._escape = False  # a backslash ended the last chunk, inside a string
-        # the list: start → first (after "[") or next (after ",") → after (a group) → done
+        # a list (the answer's, a group's alerts): first (after "[") or next (after ",")
+        # → after (an item) → ...; the answer's is "start" before and "done" after it
         self._state = "start"
+        self._alerts_state = "first"
         self._meta = bytearray()  # the group being read, without its alerts
         self._alert = bytearray()  # the alert being read
         self._alert_texts: list[bytes] = []
         self._dest: bytearray | None = None  # where the bytes being scanned go
         self._in_alerts = False  # inside the group's alerts list
         self._seen_alerts = False
-        self._key: bytearray | None = None  # a string at the group's level, being read
-        self._last_key = b""
         self._values = 0  # in the item being read
 
     def feed(self, chunk: bytes) -> None:
@@ -82,20 +87,26 @@ class AnswerReader:
         if self.bytes > self.limits.max_bytes:
             raise AnswerRefused("too_large", f"answer over {self.limits.max_bytes} bytes")
         i, n, mark = 0, len(chunk), 0
-        while i < n:
-            if self._in_string:
-                i = self._skip_string(chunk, i)
-                continue
-            found = _OUTSIDE.search(chunk, i)
-            j = n if found is None else found.start()
-            if self._dest is None and chunk[i:j].strip(_SPACE):
-                self._refuse_text()
+        while i < n and self._in_string:  # a string the last chunk left open
+            i = self._skip_string(chunk, i)
+        while i < n and not self._in_string:
+            found = _STEP.match(chunk, i)
+            j = n if found is None else found.start(1)
+            if self._dest is None:
+                self._between(chunk[i:j].strip(_SPACE))
             if found is None:
                 break
-            mark = self._token(chunk, j, mark)
             i = j + 1
+            if chunk[j] == 0x22:  # a string that goes on past this chunk
+                if self._dest is None:
+                    raise AnswerRefused("invalid", "not a list of alert groups")
+                self._in_string = True
+                while i < n and self._in_string:
+                    i = self._skip_string(chunk, i)
+            else:
+                mark = self._bracket(chunk, j, mark)
         if self._dest is not None:
-            self._dest += chunk[mark:]
+            self._keep(chunk, mark, n)
 
     def finish(self) -> list[RawGroup]:
         if self._state != "done":
@@ -104,24 +115,35 @@ class AnswerReader:
 
     # ------------------------------------------------------------ the scan
 
-    def _token(self, chunk: bytes, j: int, mark: int) -> int:
-        """Act on the structural byte at `j`; the new start of the bytes to keep."""
+    def _keep(self, chunk: bytes, start: int, end: int) -> None:
+        """Bytes of the item being read, its commas counted (bounded at once)."""
+        if self._dest is None:  # cannot be: only called inside an item
+            raise AnswerRefused("invalid", "not a list of alert groups")
+        self._dest += chunk[start:end]
+        self._values += chunk.count(b",", start, end)
+        if self._values > MAX_ITEM_VALUES:
+            raise AnswerRefused("too_large", f"an item of over {MAX_ITEM_VALUES} values")
+
+    def _between(self, text: bytes) -> None:
+        """What stands between items of a list (or around the answer): a comma or nothing."""
+        if not text:
+            return
+        if text != b"," or self._depth == 0:
+            self._refuse_text()
+        if self._in_alerts:
+            if self._alerts_state != "after":
+                raise AnswerRefused("invalid", "invalid JSON list")
+            self._alerts_state = "next"
+        else:
+            if self._state != "after":
+                raise AnswerRefused("invalid", "invalid JSON list")
+            self._state = "next"
+
+    def _bracket(self, chunk: bytes, j: int, mark: int) -> int:
+        """Act on the bracket at `j`; the new start of the bytes to keep."""
         char = chunk[j]
-        if char == 0x22:  # "
-            if self._dest is None:
-                raise AnswerRefused("invalid", "not a list of alert groups")
-            self._in_string = True
-            self._key = bytearray() if self._depth == 2 else None
-            return mark
-        if char == 0x2C:  # ,
-            self._count()
-            if self._depth == 1:
-                if self._state != "after":
-                    raise AnswerRefused("invalid", "invalid JSON list")
-                self._state = "next"
-            return mark
         if char in (0x7B, 0x5B):  # { [
-            self._count()
+            self._values += 1
             self._depth += 1
             if self._depth > MAX_DEPTH:
                 raise AnswerRefused("too_large", f"nested deeper than {MAX_DEPTH}")
@@ -142,12 +164,14 @@ class AnswerReader:
             self._dest, self._values, self._seen_alerts = self._meta, 1, False
             return j
         elif depth == 3 and char == 0x5B:  # a list in the group: only its alerts are
-            if self._last_key != b"alerts" or self._seen_alerts:
+            key = _KEY.search(bytes(self._meta[-40:]) + chunk[mark:j])
+            if key is None or key.group(1) != b"alerts" or self._seen_alerts:
                 raise AnswerRefused("invalid", "a group holds a list other than its alerts")
-            self._meta += chunk[mark : j + 1]
+            self._keep(chunk, mark, j + 1)
             self._dest, self._in_alerts, self._seen_alerts = None, True, True
+            self._alerts_state = "first"
         elif depth == 4 and self._in_alerts:
-            if char != 0x7B:
+            if char != 0x7B or self._alerts_state not in ("first", "next"):
                 raise AnswerRefused("invalid", "an alert that is not an object")
             self.alerts += 1
             if self.alerts > self.limits.max_alerts:
@@ -166,54 +190,41 @@ class AnswerReader:
                 raise AnswerRefused("invalid", "invalid JSON list")
             self._state = "done"
         elif depth == 1:  # a group ends
-            self._meta += chunk[mark : j + 1]
+            self._keep(chunk, mark, j + 1)
             text, self._meta = bytes(self._meta), bytearray()
             _check_json(text)
             self.groups.append(RawGroup(text, self._alert_texts))
             self._alert_texts, self._dest, self._state = [], None, "after"
             return j + 1
         elif depth == 2 and self._in_alerts:  # the alerts list ends
-            if char != 0x5D:
-                raise AnswerRefused("invalid", "unbalanced JSON")
+            if char != 0x5D or self._alerts_state not in ("first", "after"):
+                raise AnswerRefused("invalid", "invalid JSON list")
             self._meta += b"]"
             self._dest, self._in_alerts = self._meta, False
             return j + 1
         elif depth == 3 and self._in_alerts:  # an alert ends
-            self._alert += chunk[mark : j + 1]
+            self._keep(chunk, mark, j + 1)
             text, self._alert = bytes(self._alert), bytearray()
             _check_json(text)
             self._alert_texts.append(text)
-            self._dest = None
+            self._dest, self._alerts_state = None, "after"
             return j + 1
         return mark
 
     def _skip_string(self, chunk: bytes, i: int) -> int:
         if self._escape:
             self._escape = False
-            self._key = None  # an escaped key is not "alerts" as Alertmanager writes it
             return i + 1
         found = _INSIDE.search(chunk, i)
-        j = len(chunk) if found is None else found.start()
-        if self._key is not None and len(self._key) <= _KEY_BYTES:
-            self._key += chunk[i:j]
         if found is None:
-            return j
+            return len(chunk)
+        j = found.start()
         if chunk[j] == 0x5C:  # a backslash: the next byte is escaped, maybe in the next chunk
-            self._key = None
             if j + 1 >= len(chunk):
                 self._escape = True
             return j + 2
         self._in_string = False
-        if self._key is not None:
-            self._last_key, self._key = bytes(self._key), None
-        elif self._depth == 2:
-            self._last_key = b""
         return j + 1
-
-    def _count(self) -> None:
-        self._values += 1
-        if self._values > MAX_ITEM_VALUES:
-            raise AnswerRefused("too_large", f"an item of over {MAX_ITEM_VALUES} values")
 
     def _refuse_text(self) -> None:
         """Text outside strings and items: only the lists' own punctuation may be there."""
