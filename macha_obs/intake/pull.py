@@ -42,7 +42,10 @@ The rules, in the order they apply each round (the pure ones are pull_rules.py):
 - Each group is committed before the next; a store error stops the round: what was not
   committed is taken on the next poll (Alertmanager still holds it). Nothing is lost.
   An alert state stored by an earlier round is not ingested again while it fires (the
-  dedupe would drop it anyway; this spares a transaction per group per round).
+  dedupe would drop it anyway; this spares a transaction per group per round). After a
+  restart, until a peer answers, an alert the pull's incidents hold firing is such a
+  state whatever startsAt a peer gives it: answers come in any order, and HA peers that
+  stamped their own startsAt must not make it new by answering first.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from macha_obs.intake.pull_rules import (
     Merged,
     PeerAnswer,
     RoundReport,
+    Stored,
     gone,
     host_filter,
     peer_name,
@@ -146,6 +150,8 @@ class AlertmanagerPuller:
         self._taken: dict[str, frozenset[str]] = {}
         # fingerprints firing in the pull's own incidents (None: read them again)
         self._candidates: set[str] | None = None
+        # until a peer answered once: what the pull's incidents hold firing (a restart)
+        self._restarted: set[str] | None = None
         # one worker per peer: each answer is bounded by its deadline, so none waits
         self._pool = ThreadPoolExecutor(max(1, len(self.urls)), thread_name_prefix="am-pull")
 
@@ -194,6 +200,8 @@ class AlertmanagerPuller:
             return RoundReport("store_error", 0)
         now = datetime.fromtimestamp(self.clock(), UTC)
         done = _Round(RoundReport("failed", 0))
+        if self._restarted is None:
+            self._restarted = self._firing_taken()
         futures: list[Future[PeerAnswer]] = [
             self._pool.submit(self._ask, i) for i in range(len(self.urls))
         ]
@@ -205,6 +213,7 @@ class AlertmanagerPuller:
             if not report.answered:
                 self.stats.round("failed", problems)
                 return report
+            self._restarted = set()  # what a peer lists is known from now on
             report.result = "complete" if report.answered == len(self.urls) else "partial"
             if report.result == "complete":
                 report.resolved = self._resolve(done.present)
@@ -237,9 +246,10 @@ class AlertmanagerPuller:
             return
         done.report.answered += 1
         merged = Merged()
-        sort_answer(
-            answer, merged, hosts=self.hosts, now=now, stored=self._taken, this_round=done.taken
-        )
+        stored = Stored(self._taken, self._restarted or ())
+        sort_answer(answer, merged, hosts=self.hosts, now=now, stored=stored, this_round=done.taken)
+        for fp, starts in merged.known.items():
+            self._taken[fp] = self._taken.get(fp, frozenset()) | starts
         done.present |= merged.present
         done.ignored |= merged.ignored
         done.invalid |= merged.invalid

@@ -48,6 +48,7 @@ class Merged:
     firing: dict[str, dict[str, Alert]] = field(default_factory=dict)  # group key → fp →
     present: set[str] = field(default_factory=set)  # listed, not ended, on some peer
     starts: dict[str, set[str]] = field(default_factory=dict)  # fp → startsAt as written
+    known: dict[str, set[str]] = field(default_factory=dict)  # stored already: fp → starts
     owner: dict[str, str] = field(default_factory=dict)  # fp → its group key
     ignored: set[str] = field(default_factory=set)
     invalid: set[str] = field(default_factory=set)
@@ -120,6 +121,7 @@ def sort_alert(
     ended = ends is not None and ends <= now  # ended on this peer: not present here
     starts = str(raw.get("startsAt"))
     if starts in stored.get(fp, ()):  # this state is stored already
+        merged.known.setdefault(fp, set()).add(starts)
         if not ended:
             merged.present.add(fp)
         return
@@ -143,6 +145,27 @@ def sort_alert(
             return
         owner = merged.owner.setdefault(fp, key)
         merged.firing.setdefault(owner, {}).setdefault(fp, alert)
+
+
+class Stored(dict[str, Collection[str]]):
+    """fingerprint → the startsAt stored; after a restart, a fingerprint the store holds
+    firing is stored whatever startsAt a peer gives it (HA peers that stamped their
+    own give one alert several: whichever peer answers first must not make it new)."""
+
+    def __init__(self, taken: Mapping[str, Collection[str]], firing: Collection[str]) -> None:
+        super().__init__(taken)
+        self.firing = firing
+
+    def get(self, fp: str, default: Collection[str] = ()) -> Collection[str]:  # type: ignore[override]
+        return _EVERY if fp in self.firing else super().get(fp, default)
+
+
+class _Every(frozenset[str]):
+    def __contains__(self, _item: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
 
 
 def to_alert(raw: Mapping[str, Any]) -> Alert | None:
