@@ -26,11 +26,10 @@ The rules, in the order they apply each round (the pure ones are pull_rules.py):
   a peer that stalls mid-answer, a 5xx, garbage, too much) is logged, counted by a fixed
   result and otherwise ignored: it never takes or resolves anything. A peer that stalls,
   floods or garbles its answer is a health problem until it answers well again.
-- A peer's alerts are taken as soon as its answer is in, whatever the others are doing.
-- An alert is *taken as firing* when at least one answering peer has it active (or not
-  yet processed) with an endsAt still ahead (the first answer in that has it is the
-  alert). Silenced or inhibited alerts are not taken,
-  as the webhook would not deliver them, but they are *present*.
+- An alert is *taken as firing*, as soon as an answer that has it active (or not yet
+  processed) with an endsAt still ahead is in, whatever the other peers are doing (the
+  first such answer is the alert). Silenced or inhibited alerts are not taken, as the
+  webhook would not deliver them, but they are *present*.
 - An alert this intake took (its incident was opened by a pull) is *resolved* only when
   **every** configured peer answered this round and none lists it as present (any state,
   endsAt ahead). One peer down, slow or answering garbage: nothing resolves this round.
@@ -52,11 +51,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from macha_obs.config import Config
@@ -69,6 +68,7 @@ from macha_obs.intake.pull_rules import (
     Merged,
     PeerAnswer,
     RoundReport,
+    RoundState,
     Stored,
     gone,
     host_filter,
@@ -96,18 +96,7 @@ __all__ = [
 OnIncident = Callable[[IngestResult], None]
 API_PATH = "/api/v2/alerts/groups"
 DEFAULT_TIMEOUT = 10.0
-
-
-@dataclass
-class _Round:
-    """One round as its answers come in."""
-
-    report: RoundReport
-    present: set[str] = field(default_factory=set)
-    taken: set[str] = field(default_factory=set)  # fingerprints taken this round
-    ignored: set[str] = field(default_factory=set)
-    invalid: set[str] = field(default_factory=set)
-    problems: list[str] = field(default_factory=list)
+SPARE_SECONDS = 30.0  # beyond a peer's deadline, before the round stops waiting for it
 
 
 class StoreUnusable(RuntimeError):
@@ -199,15 +188,23 @@ class AlertmanagerPuller:
             self.stats.round("store_error", problem)
             return RoundReport("store_error", 0)
         now = datetime.fromtimestamp(self.clock(), UTC)
-        done = _Round(RoundReport("failed", 0))
+        done = RoundState(RoundReport("failed", 0))
         if self._restarted is None:
             self._restarted = self._firing_taken()
-        futures: list[Future[PeerAnswer]] = [
-            self._pool.submit(self._ask, i) for i in range(len(self.urls))
-        ]
+        # each answer is handed over as it comes in, and dropped once taken: at most the
+        # answers not yet taken are held, each bounded by its limits
+        answers: queue.SimpleQueue[PeerAnswer] = queue.SimpleQueue()
+        for i in range(len(self.urls)):
+            self._pool.submit(self._ask_into, i, answers)
         try:
-            for future in as_completed(futures):
-                self._answer_in(future.result(), now, done)
+            for _ in self.urls:
+                try:
+                    answer = answers.get(timeout=self.timeout + SPARE_SECONDS)
+                except queue.Empty:  # cannot be: every answer is bounded by its deadline
+                    done.problems.append("a peer's worker did not hand its answer over")
+                    break
+                self._answer_in(answer, now, done)
+                del answer
             report = done.report
             problems = "; ".join(done.problems)
             if not report.answered:
@@ -239,7 +236,7 @@ class AlertmanagerPuller:
         report.result = "store_error"
         return report
 
-    def _answer_in(self, answer: PeerAnswer, now: datetime, done: _Round) -> None:
+    def _answer_in(self, answer: PeerAnswer, now: datetime, done: RoundState) -> None:
         """One peer's answer is in: take what it holds now (committed), note what it lists."""
         if not answer.ok:
             done.problems.append(f"{answer.peer}: {answer.problem}")
@@ -264,6 +261,13 @@ class AlertmanagerPuller:
                     self.on_incident(result)
                 except Exception:  # stored already; analysis picks it up from the store
                     log.exception("on_incident failed for %s", result.incident_id)
+
+    def _ask_into(self, index: int, answers: queue.SimpleQueue[PeerAnswer]) -> None:
+        try:
+            answers.put(self._ask(index))
+        except Exception as exc:  # never leave the round waiting for this peer
+            log.exception("alertmanager pull from %s failed", self.peers[index])
+            answers.put(PeerAnswer(self.peers[index], "unreachable", problem=repr(exc)))
 
     def _ask(self, index: int) -> PeerAnswer:
         peer, url = self.peers[index], self.urls[index]

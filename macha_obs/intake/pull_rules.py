@@ -64,6 +64,18 @@ class RoundReport:
     resolved: int = 0
 
 
+@dataclass
+class RoundState:
+    """One round as its answers come in (the puller's, while the round runs)."""
+
+    report: RoundReport
+    present: set[str] = field(default_factory=set)
+    taken: set[str] = field(default_factory=set)  # fingerprints taken this round
+    ignored: set[str] = field(default_factory=set)
+    invalid: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
 def peer_name(url: str) -> str:
     """The label value for a peer: host:port of its URL, never its credentials or path."""
     parts = urlsplit(url)
