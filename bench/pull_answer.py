@@ -2,12 +2,18 @@
 against the whole-answer `json.loads` it replaced.
 
     python bench/pull_answer.py [--size-mb 60]
+    python bench/pull_answer.py --daemon [--size-mb 60] [--rounds 10]
 
 Each figure is measured in a fresh process: its peak RSS (VmHWM) after the read, minus
 its RSS before it, with the answer generated in 64 KiB chunks as a peer sends it. The
 "end to end" row asks a real HTTP peer on loopback (tests/harness/hostile_peer.py)
 through the intake's own fetch, deadline and bounds (the defaults of config.py); its
 "answer" column is what the intake holds of the answer once read (bytes as they came).
+
+`--daemon`: `macha-obs serve` on the lab systemd pulling every second from a real
+Alertmanager (this host's alert), a flood, a one-group flood, deep nesting (each of
+`--size-mb`) and a drip, all at once, for `--rounds` rounds past its 2 s deadline: the
+daemon's RSS before, and its peak (VmHWM, reset when the peers turn hostile).
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from macha_obs.intake.pull_answer import AnswerLimits, AnswerReader, AnswerRefused
 from macha_obs.intake.pull_fetch import fetch_answer
+from tests.harness.daemon_support import HOST, Daemon
 from tests.harness.hostile_peer import (
     MB,
     HostilePeer,
@@ -33,6 +43,8 @@ from tests.harness.hostile_peer import (
     flat_objects,
     real_groups,
 )
+from tests.harness.labsd import LabSystemd
+from tests.harness.stack import Alertmanager, poll
 
 SHAPES = ("flood", "alerts", "deep", "real")
 
@@ -101,12 +113,79 @@ def one(shape: str, method: str, size: int) -> dict[str, object]:
             "seconds": round(seconds, 2)}  # fmt: skip
 
 
+def daemon(size: int, rounds: int) -> None:
+    """The daemon's RSS under every hostile shape at once."""
+    route = "route:\n  receiver: nobody\n  group_wait: 0s\nreceivers:\n  - name: nobody\n"
+    with tempfile.TemporaryDirectory(prefix="pull-") as tmp, LabSystemd() as lab:
+        work = Path(tmp)
+        am = Alertmanager(work / "am", route)
+        am.start()
+        shapes = ("flood", "alerts", "deep", "drip")
+        peers = [HostilePeer("good", size).__enter__() for _ in shapes]
+        try:
+            body = [{"labels": {"alertname": "Ours", "instance": f"{HOST}:9100"}}]
+            requests.post(f"{am.url}/api/v2/alerts", json=body, timeout=10).raise_for_status()
+            urls = ",".join([am.url, *(p.url for p in peers)])
+            settings = {"alertmanager_pull_interval": 1, "alertmanager_pull_timeout": 2}
+            run = Daemon(lab, work / "state", alertmanager_urls=urls, **settings).start()
+            assert run.proc is not None
+            pid = run.proc.pid
+            poll(
+                lambda: (
+                    (run.metric("macha_alertmanager_pull_alerts_total", result="new") or 0) >= 1
+                ),
+                60,
+            )
+
+            def complete() -> float:
+                return run.metric("macha_alertmanager_pull_rounds_total", result="complete") or 0
+
+            poll(lambda: complete() >= 3, 30)  # a few quiet rounds: the baseline
+            before = vm(pid, "VmRSS")
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            for peer, shape in zip(peers, shapes, strict=True):
+                peer.mode = shape
+            began = time.monotonic()
+            drip = peers[-1].name
+
+            def timeouts() -> float:
+                return (
+                    run.metric("macha_alertmanager_pulls_total", peer=drip, result="timeout") or 0
+                )
+
+            poll(lambda: timeouts() >= rounds, 60 + 4 * rounds)
+            took = time.monotonic() - began
+            peak = vm(pid, "VmHWM")
+            reply = requests.get(f"{run.url}/readyz", timeout=5)
+            ready = f"{reply.status_code} {reply.text.strip()}"
+            run.stop()
+        finally:
+            for peer in peers:
+                peer.__exit__()
+            am.stop()
+    print(f"daemon: {rounds} rounds in {took:.1f} s against {', '.join(shapes)} ({size // MB} MiB"
+          f" each) and a real Alertmanager: RSS {before / 1024:.1f} MiB before, peak"
+          f" {peak / 1024:.1f} MiB (+{(peak - before) / 1024:.1f} MiB)")  # fmt: skip
+    print(f"/readyz: {ready}")
+
+
+def vm(pid: int, field: str) -> int:
+    found = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert found is not None
+    return int(found.group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=60)
     parser.add_argument("--one", nargs=2, metavar=("SHAPE", "METHOD"))
+    parser.add_argument("--daemon", action="store_true")
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     size = args.size_mb * MB
+    if args.daemon:
+        daemon(size, args.rounds)
+        return
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], size)))
         return
