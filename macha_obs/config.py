@@ -242,6 +242,15 @@ class Config(BaseModel):
     # instead of the webhook. Empty: push (webhook) only.
     alertmanager_urls: tuple[str, ...] = ()
     alertmanager_pull_interval: float = Field(15.0, ge=1, le=3600)
+    # Each peer's whole answer (connect, headers, body, a trickle included) within this
+    # many seconds, or it counts as a timeout; every peer is asked at once, each with its
+    # own deadline, so a slow one delays no other.
+    alertmanager_pull_timeout: float = Field(10.0, gt=0, le=600)
+    # Per answer, read as it streams: past any bound the answer is refused (too_large),
+    # nothing is taken or resolved on its account. Memory per answer is about its bytes.
+    alertmanager_pull_max_bytes: int = Field(16 * 1_048_576, ge=65_536, le=256 * 1_048_576)
+    alertmanager_pull_max_groups: int = Field(5_000, ge=1, le=1_000_000)
+    alertmanager_pull_max_alerts: int = Field(20_000, ge=1, le=1_000_000)
     # The fleet's blast radius: before an automatic action, ask this Prometheus how many
     # hosts acted within fleet_window (from the sidecars' own action counters); at
     # fleet_max_hosts or more, or when it cannot answer, queue instead. 0: off.

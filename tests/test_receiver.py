@@ -39,7 +39,7 @@ def app(incidents: IncidentStore) -> ReceiverApp:
         incidents,
         token=TOKEN,
         max_body_bytes=4096,
-        hosts=HostMatcher("web1.example.org", ["web1-alias"]),
+        hosts=HostMatcher("web1.example.org", ["web1-alias", "web1"]),
         on_incident=seen.append,
     )
     receiver.seen = seen  # type: ignore[attr-defined]
@@ -240,7 +240,7 @@ def test_truncated_alerts_are_counted(url: str, app: ReceiverApp) -> None:
 
 def test_host_matcher() -> None:
     m = HostMatcher("web1.example.org", ["www"], ["instance", "host"])
-    assert m.is_local(_a(instance="web1:9100"))
+    assert not m.is_local(_a(instance="web1:9100"))  # a short name only when declared
     assert m.is_local(_a(instance="WEB1.example.org"))
     assert m.is_local(_a(instance="[::1]:9100"))
     assert m.is_local(_a(host="www"))

@@ -82,7 +82,13 @@ class ReceiverStats:
 
 
 class HostMatcher:
-    """Is an alert about this host? Decided by the first host label present on it."""
+    """Is an alert about this host? Decided by the first host label present on it.
+
+    The label names this host when its whole name (port stripped, case-insensitive as
+    DNS is, a trailing dot ignored) is the hostname or a declared alias: `vm` is not
+    `vm.example.org`, nor `vm.evil.example`. A short name matches only when the hostname
+    or an alias is that short name; declare the others in `host_aliases`.
+    """
 
     def __init__(
         self,
@@ -93,8 +99,7 @@ class HostMatcher:
         loopback_is_local: bool = True,
         require_label: bool = False,
     ) -> None:
-        names = {hostname, *aliases}
-        self.names = {n.lower() for n in names} | {n.lower().split(".")[0] for n in names}
+        self.names = {host_name(n) for n in (hostname, *aliases)} - {""}
         if loopback_is_local:
             # a target scraped at 127.0.0.1 by a Prometheus beside us is this host
             self.names |= _LOOPBACK
@@ -107,9 +112,13 @@ class HostMatcher:
         for label in self.labels:
             value = alert.labels.get(label)
             if value:
-                host = _strip_port(value.strip().lower())
-                return host in self.names or host.split(".")[0] in self.names
+                return host_name(_strip_port(value.strip().lower())) in self.names
         return not self.require_label  # no host label: a host-local rule, ours
+
+
+def host_name(name: str) -> str:
+    """A host name as compared: lower case, no surrounding space, no trailing dot."""
+    return name.strip().lower().removesuffix(".")
 
 
 def for_this_host(alert: Alert, hosts: HostMatcher | None) -> bool:
