@@ -5,6 +5,7 @@ Read once at start (by the CLI) and passed down; nothing else reads the environm
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import os
@@ -457,9 +458,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if name == "config":
             continue  # the path of the file itself, handled by load()
         if name not in Config.model_fields:
-            raise ConfigError(
-                f"{key}: unknown setting (known: {', '.join(sorted(Config.model_fields))})"
-            )
+            raise ConfigError(f"{key}: unknown setting{_nearest(name, ENV_PREFIX, upper=True)}")
         try:
             out[name] = _split_list(raw) if name in _LIST_FIELDS else raw
         except ValueError as exc:
@@ -491,25 +490,54 @@ def load(
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
     raw: dict[str, Any] = read_toml(path) if path is not None else {}
-    raw.update(env_overrides(environ))
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate(raw, source=str(path) if path else "settings")
+    origins = dict.fromkeys(raw, str(path))
+    env = env_overrides(environ)
+    origins |= {name: ENV_PREFIX + name.upper() for name in env}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    origins |= {name: "--" + name.replace("_", "-") for name in flags}
+    raw |= env | flags
+    return validate(raw, source=str(path) if path else "settings", origins=origins)
 
 
-def validate(raw: Mapping[str, Any], source: str = "settings") -> Config:
+def validate(
+    raw: Mapping[str, Any], source: str = "settings", origins: Mapping[str, str] | None = None
+) -> Config:
+    """The config from merged raw values; a ConfigError names each bad field and, with
+    `origins` (field -> the file, variable or flag that set it), where it came from."""
     try:
         return Config.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
+        raise ConfigError(format_validation_error(exc, source, origins or {})) from exc
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(
+    exc: ValidationError, source: str, origins: Mapping[str, str] | None = None
+) -> str:
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        reason = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {field}: {reason} (got {err.get('input')!r})")
+        top = str(err["loc"][0]) if err["loc"] else ""
+        origin = (origins or {}).get(top)
+        where = f", from {origin}" if origin else ""
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown setting{_nearest(top)} (from {origin or source})")
+        else:
+            lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r}{where})")
     return "\n".join(lines)
+
+
+def _nearest(name: str, prefix: str = "", *, upper: bool = False) -> str:
+    """ "; did you mean X?" for an unknown setting: the snake_case spelling of a camelCase
+    name (the seed's `autonomyLevel`), else the closest known name."""
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower().replace("-", "_")
+    if snake in Config.model_fields:
+        found = snake
+    else:
+        close = difflib.get_close_matches(snake, list(Config.model_fields), n=1, cutoff=0.6)
+        if not close:
+            return ""
+        found = close[0]
+    return f"; did you mean {prefix}{found.upper() if upper else found}?"
 
 
 def to_toml_dict(cfg: Config) -> dict[str, Any]:

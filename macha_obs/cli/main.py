@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +21,7 @@ from macha_obs.agent.report import (
 )
 from macha_obs.cli.approve import approval_dict
 from macha_obs.cli.common import (
+    HELP,
     Group,
     config_options,
     ctx_config,
@@ -29,14 +29,14 @@ from macha_obs.cli.common import (
     open_store,
     who,
 )
-from macha_obs.cli.errors import EXIT_FAILED, EXIT_USAGE
+from macha_obs.cli.errors import EXIT_FAILED
 from macha_obs.cli.readiness import daemon_health, health_lines
 from macha_obs.cli.wiring import (
     build_analyzer,
 )
 from macha_obs.config import AnalysisMode
 from macha_obs.daemon import AlreadyRunning, StateLock
-from macha_obs.errors import ExecutorError
+from macha_obs.errors import ExecutorError, UsageError
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.privileged import run_as_root
 from macha_obs.execute.runner import subprocess_runner
@@ -66,7 +66,7 @@ from macha_obs.terminal import inert
 # ---------------------------------------------------------------- macha-obs
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings=HELP)
 @click.version_option(__version__, prog_name="macha-obs")
 @config_options
 @click.pass_context
@@ -112,8 +112,9 @@ def autonomy_group() -> None:
 @autonomy_group.command("show")
 @click.pass_context
 def autonomy_show(ctx: click.Context) -> None:
+    """The configured and the effective autonomy level, and the breaker's state."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         breaker = Breaker(cfg, store).state()
     click.echo(f"configured: {cfg.autonomy_level}")
     click.echo(f"effective:  {effective_autonomy(cfg, breaker)}")
@@ -150,9 +151,8 @@ def privileged(ctx: click.Context, instance: str) -> None:
             nix_root=cfg.nix_root,
         )
     except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    sys.exit(0 if code == 0 else EXIT_FAILED)
+        raise UsageError(str(exc)) from exc
+    ctx.exit(0 if code == 0 else EXIT_FAILED)
 
 
 @main.command("status")
@@ -162,7 +162,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Autonomy, breaker, approval queue and the last cycle."""
     cfg = ctx_config(ctx)
     try:
-        with open_store(cfg) as store:
+        with open_store(cfg, create=False) as store:
             store.expire_approvals()
             breaker = Breaker(cfg, store).state()
             pending = store.list_approvals({ApprovalStatus.PENDING})
@@ -175,13 +175,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
         if isinstance(exc, StoreError):
             raise
         raise StoreError(f"{cfg.state_dir / 'state.db'}: {exc}") from exc
-    lock = StateLock(cfg.state_dir)
-    try:
-        lock.acquire()
-        running = False
-        lock.release()
-    except AlreadyRunning:
-        running = True
+    running = False
+    if cfg.state_dir.is_dir():  # no state dir, no daemon: and none is made here
+        lock = StateLock(cfg.state_dir)
+        try:
+            lock.acquire()
+            lock.release()
+        except AlreadyRunning:
+            running = True
     health = daemon_health(cfg) if running else None
     data = {
         "daemon_running": running,
@@ -256,8 +257,7 @@ def _payload_text(file: IO[bytes], limit: int) -> str:
     except UnicodeDecodeError as exc:
         problem = problem or f"not UTF-8 ({exc.reason} at byte {exc.start})"
     if problem:
-        click.echo(f"error: not an Alertmanager v4 payload: {problem}", err=True)
-        sys.exit(EXIT_USAGE)
+        raise UsageError(f"not an Alertmanager v4 payload: {problem}")
     return text
 
 
@@ -344,6 +344,3 @@ def analyze(
     finally:
         bus.close()
     click.echo(render_json(report) if as_json else render_text(report))
-
-
-from macha_obs.cli import learn as _learn  # noqa: E402, F401  (registers learn on main)

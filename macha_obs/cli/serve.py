@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import tempfile
 import threading
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from macha_obs import __version__
 from macha_obs.cli.common import (
+    HELP,
+    config_options,
     ctx_config,
+    keep_options,
     log,
     open_store,
 )
-from macha_obs.cli.errors import EXIT_USAGE
+from macha_obs.cli.errors import Command
 from macha_obs.cli.learn import learn_state
-from macha_obs.cli.main import main
 from macha_obs.cli.wiring import (
     Sidecar,
     assemble,
@@ -30,6 +31,7 @@ from macha_obs.cli.wiring import (
 )
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
+from macha_obs.errors import UsageError
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
 from macha_obs.metrics import (
@@ -59,8 +61,7 @@ from macha_obs.web import Pages, approvals_pages
 
 def refuse(message: str) -> NoReturn:
     """A startup refusal: the message, exit 2 (bad configuration or usage)."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+    raise UsageError(message)
 
 
 def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, set[str]]:
@@ -189,7 +190,7 @@ def _listen(
         refuse(f"cannot listen on {cfg.listen_address}: {exc}")
 
 
-@main.command("serve")
+@click.command("serve")
 @click.option(
     "--start-fresh",
     is_flag=True,
@@ -301,10 +302,25 @@ def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
         click.echo("(the daemon is running: this check only recorded what it would do)")
 
 
-@main.command("check")
+@click.command("check")
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Run one full cycle now and print what was found, decided and done."""
+    _check(ctx)
+
+
+@click.command(cls=Command, context_settings=HELP)
+@click.version_option(__version__, prog_name="macha-check")
+@config_options
+@click.pass_context
+def check_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
+    """Run one full cycle now and print what was found, decided and done (one
+    `macha-obs check`, with the same options)."""
+    keep_options(ctx, config_path, flags)
+    _check(ctx)
+
+
+def _check(ctx: click.Context) -> None:
     cfg = ctx_config(ctx)
     open_store(cfg).close()  # the state dir exists and can be trusted before the lock
     lock = StateLock(cfg.state_dir)
@@ -343,8 +359,3 @@ def _check_beside_daemon(cfg: Config) -> None:
     with open_store(cfg) as daemon_store:
         pending = daemon_store.list_approvals({ApprovalStatus.PENDING})
     click.echo(f"the daemon's queue: {len(pending)} pending (macha-approve list)")
-
-
-def check_main() -> None:
-    """`macha-check`: `macha-obs check` with the same options."""
-    main(args=[*sys.argv[1:], "check"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from macha_obs.statedir.retention import RetentionReport, RetentionSettings, retain_files
-from macha_obs.store import approvals, breaker, incidents, ledger, meta, outcomes
+from macha_obs.store import approvals, breaker, incidents, ledger, meta, outcomes, outcomes_sync
 from macha_obs.store._group_commit import GroupCommitter
 from macha_obs.store.breaker import Breaker
 from macha_obs.store.ledger import Ledger
@@ -61,8 +61,8 @@ class Store(Ledger, Breaker, Outcomes, Meta):
         with self._tx() as cur:
             # learn from the queue and the ledger first, while every incident they
             # point at is still there to give its problem signature
-            outcomes.sync(cur)
-            learned = outcomes.prune(cur, now)
+            outcomes_sync.sync(cur)
+            learned = outcomes_sync.prune(cur, now)
             inbox, seen = incidents.prune_intake(
                 cur, now - settings.inbox_retention, settings.inbox_max_rows
             )
