@@ -131,6 +131,16 @@ class Database:
         # us, the daemon would write into a file nobody else reads (see `problem`)
         opened = os.stat(db)
         self._identity = (opened.st_dev, opened.st_ino)
+        # One descriptor on the file, held as long as the connection, to read its header
+        # from (`problem`). Never a fresh open and close: closing any descriptor of a
+        # file drops every POSIX lock this process holds on it, SQLite's included
+        # (sqlite.org/howtocorrupt.html, 2.2), which lets another process's connection
+        # run over ours.
+        try:
+            self._header_fd: int | None = statedir.open_file(db, os.O_RDONLY)
+        except (OSError, statedir.StateDirError) as exc:
+            self._db.close()
+            raise StoreError(f"{db}: cannot be read: {exc}") from exc
 
     def _watch(self, tables: Sequence[str]) -> None:
         """Note every write to `tables`, whoever's SQL makes it, for `_after_commit`."""
@@ -150,7 +160,10 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._db.close()  # SQLite's locks go with its own descriptors first
+            if self._header_fd is not None:
+                os.close(self._header_fd)
+                self._header_fd = None
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         """A `BEGIN IMMEDIATE` transaction for modules that keep their own tables here."""
@@ -230,16 +243,12 @@ class Database:
             return f"{path} was replaced while the daemon ran"
         if now.st_size == 0:
             return f"{path} was truncated to zero bytes while the daemon ran"
+        if self._header_fd is None:
+            return None  # closed: nothing is written through this handle any more
         try:
-            fd = statedir.open_file(path, os.O_RDONLY)
-        except (OSError, statedir.StateDirError) as exc:
-            return f"{path} cannot be read: {exc}"
-        try:
-            header = os.pread(fd, len(_HEADER), 0)
+            header = os.pread(self._header_fd, len(_HEADER), 0)  # the same inode, checked above
         except OSError as exc:
             return f"{path} cannot be read: {exc.strerror}"
-        finally:
-            os.close(fd)
         if header != _HEADER:
             return (
                 f"{path} is not a database any more (truncated or overwritten while the daemon ran)"
