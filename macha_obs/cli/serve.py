@@ -24,13 +24,13 @@ from macha_obs.cli.common import (
 from macha_obs.cli.errors import Command
 from macha_obs.cli.learn import learn_state
 from macha_obs.cli.wiring import (
-    Sidecar,
+    Parts,
     assemble,
     persistent_state,
     remediator,
 )
 from macha_obs.config import AutonomyLevel, Config
-from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
+from macha_obs.daemon import AlreadyRunning, Extra, Notifier, Sidecar, StateLock, setup_logging
 from macha_obs.errors import UsageError
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
@@ -98,7 +98,7 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
     return store, lock, {r.incident_id for r in interrupted}
 
 
-def _pull_intake(cfg: Config, store: Store, side: Sidecar) -> PullThread | None:
+def _pull_intake(cfg: Config, store: Store, side: Parts) -> PullThread | None:
     """The pull intake (`alertmanager_urls`: this host's alerts from Alertmanager's API
     v2), not started yet; None when no Alertmanager is configured."""
     if not cfg.alertmanager_urls:
@@ -109,7 +109,7 @@ def _pull_intake(cfg: Config, store: Store, side: Sidecar) -> PullThread | None:
     return PullThread(puller, cfg.alertmanager_pull_interval)
 
 
-def _approvals_pages(cfg: Config, store: Store, side: Sidecar) -> Pages:
+def _approvals_pages(cfg: Config, store: Store, side: Parts) -> Pages:
     """The approvals page (/approvals): it decides through macha-approve's path (the
     Remediator), on the daemon's executor."""
     try:
@@ -123,7 +123,7 @@ def _approvals_pages(cfg: Config, store: Store, side: Sidecar) -> Pages:
         refuse(f"approvals page: {exc}")
 
 
-def _recover(side: Sidecar, interrupted: set[str]) -> None:
+def _recover(side: Parts, interrupted: set[str]) -> None:
     """What a crash left behind, before anything else is decided."""
     # A rebuild a crash interrupted between its switch and its boot default is brought
     # back to the generation it recorded.
@@ -138,7 +138,7 @@ def _recover(side: Sidecar, interrupted: set[str]) -> None:
         log.info("%d open incident(s) will be looked at again", reopened)
 
 
-def _health(store: Store, side: Sidecar, pull: PullThread | None, threads: ThreadWatch) -> Health:
+def _health(store: Store, side: Parts, pull: PullThread | None, threads: ThreadWatch) -> Health:
     """What /readyz, macha_ready and `status` say, fed by every snapshot."""
     health = Health(
         store,
@@ -155,7 +155,7 @@ def _health(store: Store, side: Sidecar, pull: PullThread | None, threads: Threa
 def _listen(
     cfg: Config,
     store: Store,
-    side: Sidecar,
+    side: Parts,
     receiver: ReceiverApp,
     pull: PullThread | None,
     *,
@@ -225,46 +225,31 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
         if cfg.dbus_events
         else None
     )
+    extras = [Extra("alertmanager pull", pull, 2.0)] if pull is not None else []
+    if watcher is not None:
+        extras.insert(0, Extra("unit watcher", watcher, 1.0))
+    daemon = Sidecar(
+        lanes=side.orchestrator,
+        loop=side.loop,
+        threads=threads,
+        notifier=Notifier(os.environ),
+        stop_listening=partial(shutdown, server, server_thread),
+        status=f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}",
+        serving=(
+            f"macha-obs {__version__} serving on {cfg.listen_host}:{server.server_port}, "
+            f"autonomy {cfg.autonomy_level}, state {cfg.state_dir}"
+        ),
+        interrupt=side.remediator.interrupt_in_flight,
+        extras=extras,
+        closers=[side.close, store.close, lock.release],
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    side.orchestrator.start()
-    side.loop.start()
-    if watcher is not None:
-        watcher.start()
-    if pull is not None:
-        pull.start()
-    log.info("threads that must run, watched: %s", ", ".join(threads.adopt()))
-    notifier = Notifier(os.environ)
-    notifier.watchdog(side.orchestrator.healthy, stop)
-    notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
-    log.info(
-        "macha-obs %s serving on %s:%d, autonomy %s, state %s",
-        __version__,
-        cfg.listen_host,
-        server.server_port,
-        cfg.autonomy_level,
-        cfg.state_dir,
-    )
-    stop.wait()
-    # SIGTERM: stop taking work, let the step in flight finish (bounded), record the rest.
-    notifier.stopping()
-    threads.stopping.set()
-    log.info("stopping")
-    if watcher is not None:
-        watcher.stop(timeout=1.0)
-    if pull is not None and not pull.stop(timeout=2.0):
-        log.warning("alertmanager pull: a round was still in flight at shutdown")
-    side.loop.stop(timeout=1.0)
-    if not side.orchestrator.stop(timeout=7.0):
-        side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")
-    shutdown(server, server_thread, timeout=1.0)
-    side.close()
-    store.close()
-    lock.release()
+    daemon.run(stop)
 
 
-def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
+def _print_cycle(side: Parts, report: CycleReport, acted: bool) -> None:
     """The cycle for a person; alert, log and model text made inert on the terminal."""
     snap = side.loop.latest()
     findings = snap.findings if snap else []

@@ -81,8 +81,9 @@ def remediator(cfg: Config, store: Store, executor: HostExecutor | None = None) 
 
 
 @dataclass
-class Sidecar:
-    """Every room, wired. Built by `assemble` for `serve` and `macha-check`."""
+class Parts:
+    """Every room, wired: the parts `serve` hands to daemon.Sidecar, and `macha-check`
+    runs one cycle of. Built by `assemble`."""
 
     cfg: Config
     store: Store
@@ -125,7 +126,7 @@ def build_analyzer(
     )
 
 
-def assemble(cfg: Config, store: Store) -> Sidecar:
+def assemble(cfg: Config, store: Store) -> Parts:
     bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
     executor = build_executor(cfg, store, bus)
     llm_metrics = LlmMetrics()
@@ -153,7 +154,7 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
         cfg, store, incidents, analyzer, remediator, snapshot=loop.latest, stats=stats
     )
     loop.listeners.append(orchestrator.note_snapshot)
-    return Sidecar(
+    return Parts(
         cfg,
         store,
         executor,
