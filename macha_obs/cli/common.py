@@ -29,7 +29,7 @@ log = logging.getLogger("macha_obs")
 
 def open_store(cfg: Config) -> Store:
     """The state's store; a refusal (StoreError) is mapped by the group's error handler."""
-    return Store(cfg.state_dir)
+    return Store(cfg.state_dir, retention=cfg)
 
 
 def config_options(fn: F) -> F:

@@ -33,6 +33,7 @@ from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
 from macha_obs.metrics import (
+    IntakeDropCollector,
     ListenerCollector,
     LlmCollector,
     SelfCollector,
@@ -66,7 +67,7 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
     """The state dir, locked, checked for lost history, logging to it, and recovered;
     the incidents whose action a crash interrupted."""
     try:
-        store = Store(cfg.state_dir)
+        store = Store(cfg.state_dir, retention=cfg)
     except StoreError as exc:
         refuse(str(exc))
     lock = StateLock(cfg.state_dir)
@@ -157,6 +158,7 @@ def _listen(
                 health.problems,
             ),
             WebhookCollector(receiver.stats),
+            IntakeDropCollector(store.intake_drops),
             LlmCollector(side.llm_metrics),
             ListenerCollector(listener_stats),
             *([PullCollector(pull.puller.stats)] if pull is not None else []),
