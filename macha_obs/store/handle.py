@@ -58,6 +58,13 @@ class Store(Ledger, Breaker, Outcomes, Meta):
         self.retention: RetentionSettings = retention or Retention()
         self.intake_drops = intake_bounds.Drops()  # what the caps dropped since start
 
+    def _migrate(self) -> None:
+        super()._migrate()
+        with self._tx() as cur:
+            rebuilt = incidents.rowid_alerts(cur)
+        if rebuilt:
+            self._db.executescript(intake_bounds.DDL)  # the triggers and indexes, again
+
     def commit_shared(self, fn: Callable[[sqlite3.Cursor], T]) -> T:
         """Run `fn(cursor)` in a committed transaction that concurrent callers may share
         (one fsync for many webhook deliveries); returns once it is committed."""
