@@ -12,33 +12,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from macha_obs import config_checks as checks
 from macha_obs.config_checks import split_host_port as split_host_port  # noqa: PLC0414
 from macha_obs.config_checks import trust_refusal as trust_refusal  # noqa: PLC0414
+from macha_obs.config_source import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH  # noqa: PLC0414
 from macha_obs.config_source import ENV_PREFIX as ENV_PREFIX  # noqa: PLC0414
 from macha_obs.config_source import ConfigError as ConfigError  # noqa: PLC0414
-from macha_obs.config_source import env_values
+from macha_obs.config_source import env_values, gather
 from macha_obs.config_source import format_validation_error as format_validation_error  # noqa: PLC0414
 from macha_obs.config_source import read_toml as read_toml  # noqa: PLC0414
 from macha_obs.protected import BUILTIN_PROTECTED_UNITS, ProtectedClass, protection
 
-DEFAULT_CONFIG_PATH = Path("/etc/macha-obs/config.toml")
-_PATH_FIELDS: tuple[str, ...] = (
-    "state_dir",
-    "webhook_token_file",
-    "journal_dir",
-    "nixos_config_dir",
-)
-_PATH_FIELDS += ("nix_root", "openai_api_key_file")
+_PATH_FIELDS = ("state_dir", "webhook_token_file", "journal_dir", "nixos_config_dir", "nix_root")
 
 
 class AutonomyLevel(StrEnum):
@@ -206,6 +193,15 @@ class Config(BaseModel):
     # instead of the webhook. Empty: push (webhook) only.
     alertmanager_urls: tuple[str, ...] = ()
     alertmanager_pull_interval: float = Field(15.0, ge=1, le=3600)
+    # Each peer's whole answer (connect, headers, body, a trickle included) within this
+    # many seconds, or it counts as a timeout; every peer is asked at once, each with its
+    # own deadline, so a slow one delays no other.
+    alertmanager_pull_timeout: float = Field(10.0, gt=0, le=600)
+    # Per answer, read as it streams: past any bound the answer is refused (too_large),
+    # nothing is taken or resolved on its account. Memory per answer is about its bytes.
+    alertmanager_pull_max_bytes: int = Field(16 * 1_048_576, ge=65_536, le=256 * 1_048_576)
+    alertmanager_pull_max_groups: int = Field(5_000, ge=1, le=1_000_000)
+    alertmanager_pull_max_alerts: int = Field(20_000, ge=1, le=1_000_000)
     # The fleet's blast radius: before an automatic action, ask this Prometheus how many
     # hosts acted within fleet_window (from the sidecars' own action counters); at
     # fleet_max_hosts or more, or when it cannot answer, queue instead. 0: off.
@@ -309,7 +305,7 @@ class Config(BaseModel):
     def _strict_kinds(cls, value: Any, info: ValidationInfo) -> Any:
         return checks.same_kind(value, cls.model_fields[str(info.field_name)].annotation)
 
-    @field_validator(*_PATH_FIELDS, mode="before")
+    @field_validator(*_PATH_FIELDS, "openai_api_key_file", mode="before")
     @classmethod
     def _check_path(cls, value: Any) -> Any:
         return checks.no_nul(value)
@@ -375,21 +371,21 @@ def load(
 ) -> Config:
     """Build the config from file < environment < explicit overrides (CLI flags)."""
     environ = os.environ if environ is None else environ
-    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
-        path = Path(environ[ENV_PREFIX + "CONFIG"])
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
-    raw: dict[str, Any] = read_toml(path) if path is not None else {}
-    raw.update(env_overrides(environ))
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate(raw, source=str(path) if path else "settings")
+    raw, origins, source = gather(path, environ, overrides, Config.model_fields, _LIST_FIELDS)
+    return validate(raw, source=source, origins=origins)
 
 
-def validate(raw: Mapping[str, Any], source: str = "settings") -> Config:
+def validate(
+    raw: Mapping[str, Any], source: str = "settings", origins: Mapping[str, str] | None = None
+) -> Config:
+    """The config from merged raw values; a ConfigError names each bad field and, with
+    `origins` (field -> the file, variable or flag that set it), where it came from."""
     try:
         return Config.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
+        raise ConfigError(
+            format_validation_error(exc, source, origins or {}, Config.model_fields)
+        ) from exc
 
 
 def to_toml_dict(cfg: Config) -> dict[str, Any]:

@@ -190,7 +190,12 @@ class StateLogHandler(logging.handlers.WatchedFileHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.reopenIfNeeded()
-        except Exception:  # a refused reopen loses this line, never the caller
+            if self.stream is None:  # FileHandler.emit would open it outside its guard
+                self.stream = self._open()
+                self._statstream()
+        except Exception:  # a refused (re)open loses this line, never the caller
+            # (issue 21: a symlink planted at orchestrator.log raised StateDirError out of
+            # log.exception and killed the action lane)
             self.handleError(record)
             return
         logging.FileHandler.emit(self, record)

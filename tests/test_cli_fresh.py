@@ -243,7 +243,7 @@ def test_odd_ids_never_reach_another_approval(fresh: dict[str, str], tmp_path: P
         assert result.exit_code == 1, (args, result.output)
         assert "no approval with id" in result.output
     shown = CliRunner().invoke(approve_main, ["show", str(2**63 - 1)], env=fresh)
-    assert (shown.exit_code, shown.output.strip()) == (1, f"Error: no approval with id {2**63 - 1}")
+    assert (shown.exit_code, shown.output.strip()) == (1, f"error: no approval with id {2**63 - 1}")
     listed = CliRunner().invoke(approve_main, ["list", "--json"], env=fresh)
     assert [item["status"] for item in json.loads(listed.output)] == ["pending", "pending"]
     assert CliRunner().invoke(approve_main, ["show", "0001"], env=fresh).exit_code == 0

@@ -20,6 +20,7 @@ from macha_obs.metrics import (
     IntakeDropCollector,
     ListenerCollector,
     LlmCollector,
+    LoginCollector,
     LoopStats,
     PersistentState,
     SelfCollector,
@@ -32,6 +33,7 @@ from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
 from macha_obs.models import NixosReading, Snapshot
 from macha_obs.server import ListenerStats
 from macha_obs.store.intake_bounds import Drops
+from macha_obs.web import LoginStats
 from tests.harness.eyes_support import FIXTURES, fixture_snapshot
 
 GOLDEN = FIXTURES / "golden.metrics"
@@ -179,6 +181,7 @@ def whole_scrape(snapshot: Snapshot) -> str:
         IntakeDropCollector(Drops()),
         LlmCollector(LlmMetrics()),
         ListenerCollector(ListenerStats()),
+        LoginCollector(LoginStats()),
     ]
     registry = build_registry(lambda: snapshot, extra=extra, build_info=BUILD, process=False)
     return scrape_text(registry).decode()

@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
+from macha_obs import __version__
 from macha_obs.cli.common import (
+    HELP,
     Group,
     config_options,
     ctx_config,
@@ -103,7 +105,8 @@ def _print_table(
             click.echo(f"    history: {inert(history[item.id])}")
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings=HELP)
+@click.version_option(__version__, prog_name="macha-approve")
 @config_options
 @click.pass_context
 def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
@@ -118,7 +121,7 @@ def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) 
 def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """The queue (pending items; --all for history)."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         store.expire_approvals()
         items = store.list_approvals(None if show_all else {ApprovalStatus.PENDING})
         history = _histories(store, items)
@@ -147,7 +150,7 @@ def _histories(store: Store, items: list[Approval]) -> dict[int, str]:
 def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
     """One item with its evidence and the reason it was queued."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         approval = store.get_approval(_existing_id(approval_id))
         history = history_line(store, approval) if approval is not None else None
     if approval is None:
@@ -205,7 +208,7 @@ def approve_export(ctx: click.Context, approval_id: int) -> None:
     """Write a config_change's diff to stdout, byte for byte, to apply by hand:
     `macha-approve export ID > fix.patch`."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         approval = store.get_approval(_existing_id(approval_id))
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
@@ -237,7 +240,7 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
     if handled.approval is None or handled.approval.status is not ApprovalStatus.EXECUTED:
         if handled.approval and handled.approval.status is ApprovalStatus.ACKNOWLEDGED:
             return
-        sys.exit(EXIT_FAILED)
+        ctx.exit(EXIT_FAILED)
 
 
 @approve_main.command("reject")
@@ -245,6 +248,7 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @click.pass_context
 def approve_reject(ctx: click.Context, approval_id: int, reason: str) -> None:
+    """Refuse an item: nothing is done, and the reason is kept in the audit log."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
         remediator(cfg, store).reject(_existing_id(approval_id), who(), reason)

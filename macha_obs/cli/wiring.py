@@ -171,7 +171,8 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
 def persistent_state(
     cfg: Config, store: Store, remediator: Remediator, links: Links | None = None
 ) -> PersistentState:
-    """What the store knows for /metrics; with `links`, each pending item's signed link."""
+    """What the store knows for /metrics; with `links`, each pending item's page (its
+    plain URL: /metrics has no authentication, so it carries no capability)."""
     breaker = remediator.breaker()
     pause = PauseBook(store).current(store.clock())
     pending = links.pending(store.list_approvals({ApprovalStatus.PENDING})) if links else []

@@ -4,6 +4,7 @@
     sidecar.py   the sidecar's own metrics: decisions, actions, loop, health, the ledger
     webhook.py   llm.py   listener.py   the intake, model and HTTP listener counters
     intake.py    what the intake's caps dropped
+    web.py       the approvals page's refused logins
     stats.py     the small protocols those collectors read the counters through
     loop.py      LoopStats, the orchestrator's counters (the others live where they happen)
     registry.py  build_registry: the above plus process_* and python_info
@@ -25,10 +26,12 @@ from macha_obs.metrics.stats import (
     Histogram,
     ListenerStatsView,
     LlmStatsView,
+    LoginStatsView,
     LoopCounts,
     LoopStatsView,
     WebhookStatsView,
 )
+from macha_obs.metrics.web import LoginCollector
 from macha_obs.metrics.webhook import WebhookCollector
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "ListenerStatsView",
     "LlmCollector",
     "LlmStatsView",
+    "LoginCollector",
+    "LoginStatsView",
     "LoopCounts",
     "LoopStats",
     "LoopStatsView",

@@ -26,6 +26,11 @@ from macha_obs.statedir import StateDir
 
 # The -wal file is truncated back to this after a checkpoint: bounded like every state file.
 _WAL_LIMIT = 4 * 1024 * 1024
+# What every SQLite database file starts with (https://sqlite.org/fileformat.html).
+_HEADER = b"SQLite format 3\x00"
+# Errors that say the file is no longer the database it was: never cleared by a later
+# success (a write to the WAL succeeds over a truncated file).
+_LOST_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
 class StoreError(StateError):
@@ -99,6 +104,9 @@ class Database:
         # tables changed by the transaction in flight, noted by temporary triggers
         self._changed: set[str] = set()
         self.write_error: str | None = None
+        # a loss that no later success undoes (see `problem`): only a person, restarting
+        # the daemon after repairing the file, clears it
+        self._lost: str | None = None
         try:
             self._db = sqlite3.connect(
                 db,
@@ -155,7 +163,7 @@ class Database:
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                self.write_error = str(exc)
+                self._note_write_error(exc)
                 raise
             try:
                 yield cur
@@ -164,7 +172,7 @@ class Database:
                 if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
                     exc, sqlite3.IntegrityError
                 ):
-                    self.write_error = str(exc)
+                    self._note_write_error(exc)
                 with contextlib.suppress(sqlite3.Error):
                     cur.execute("ROLLBACK")
                 self._changed.clear()
@@ -172,7 +180,7 @@ class Database:
             try:
                 cur.execute("COMMIT")
             except sqlite3.Error as exc:
-                self.write_error = str(exc)
+                self._note_write_error(exc)
                 with contextlib.suppress(sqlite3.Error):
                     cur.execute("ROLLBACK")
                 self._changed.clear()
@@ -191,10 +199,26 @@ class Database:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def _note_write_error(self, exc: sqlite3.Error) -> None:
+        self.write_error = str(exc)
+        if getattr(exc, "sqlite_errorname", "") in _LOST_ERRORS:
+            self._lost = f"{self.paths.db} is not a database any more: {exc}"
+
     def problem(self) -> str | None:
         """Why this handle no longer holds the state dir's ledger, or None. Checked by
         identity, not just by name: a file replaced, truncated or deleted under a
-        running daemon is the silent state loss /readyz must report."""
+        running daemon is the silent state loss /readyz must report. Such a loss stays
+        reported: SQLite keeps writing its WAL and may checkpoint pages back into a
+        truncated file, which then has a size again but is no database (issue 21)."""
+        if self._lost is None:
+            self._lost = self._file_problem()
+        if self._lost is not None:
+            return self._lost
+        if self.write_error is not None:
+            return f"{self.paths.db} cannot be written: {self.write_error}"
+        return None
+
+    def _file_problem(self) -> str | None:
         path = self.paths.db
         try:
             now = os.stat(path)
@@ -206,8 +230,20 @@ class Database:
             return f"{path} was replaced while the daemon ran"
         if now.st_size == 0:
             return f"{path} was truncated to zero bytes while the daemon ran"
-        if self.write_error is not None:
-            return f"{path} cannot be written: {self.write_error}"
+        try:
+            fd = statedir.open_file(path, os.O_RDONLY)
+        except (OSError, statedir.StateDirError) as exc:
+            return f"{path} cannot be read: {exc}"
+        try:
+            header = os.pread(fd, len(_HEADER), 0)
+        except OSError as exc:
+            return f"{path} cannot be read: {exc.strerror}"
+        finally:
+            os.close(fd)
+        if header != _HEADER:
+            return (
+                f"{path} is not a database any more (truncated or overwritten while the daemon ran)"
+            )
         return None
 
     def has_history(self) -> bool:

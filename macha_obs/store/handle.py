@@ -19,7 +19,16 @@ from macha_obs.statedir.retention import (
     RetentionSettings,
     retain_files,
 )
-from macha_obs.store import approvals, breaker, incidents, intake_bounds, ledger, meta, outcomes
+from macha_obs.store import (
+    approvals,
+    breaker,
+    incidents,
+    intake_bounds,
+    ledger,
+    meta,
+    outcomes,
+    outcomes_sync,
+)
 from macha_obs.store._group_commit import GroupCommitter
 from macha_obs.store.breaker import Breaker
 from macha_obs.store.ledger import Ledger
@@ -93,8 +102,8 @@ class Store(Ledger, Breaker, Outcomes, Meta):
         with self._tx() as cur:
             # learn from the queue and the ledger first, while every incident they
             # point at is still there to give its problem signature
-            outcomes.sync(cur)
-            learned = outcomes.prune(cur, now)
+            outcomes_sync.sync(cur)
+            learned = outcomes_sync.prune(cur, now)
             inbox, seen = intake_bounds.prune_intake(
                 cur, now - settings.inbox_retention, settings.inbox_max_rows
             )
