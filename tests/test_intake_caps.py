@@ -153,6 +153,7 @@ def test_resolved_alerts_go_before_firing_ones(served: Served) -> None:
     # the five resolved made room for the five new ones: every firing alert is kept
     assert all(a.firing for a in state.incident.alerts)
     assert served.dropped("alert") == 5
+    assert_within_caps(served.store)  # the totals followed the updates (firing → resolved)
 
 
 def test_an_incident_a_pending_item_names_is_not_the_one_dropped(served: Served) -> None:
