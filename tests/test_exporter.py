@@ -17,6 +17,7 @@ from macha_obs.config import AutonomyLevel
 from macha_obs.intake.webhook import ReceiverStats
 from macha_obs.metrics import (
     UNIT_ACTIVE_STATES,
+    IntakeDropCollector,
     ListenerCollector,
     LlmCollector,
     LoginCollector,
@@ -31,6 +32,7 @@ from macha_obs.metrics import (
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
 from macha_obs.models import NixosReading, Snapshot
 from macha_obs.server import ListenerStats
+from macha_obs.store.intake_bounds import Drops
 from macha_obs.web import LoginStats
 from tests.harness.eyes_support import FIXTURES, fixture_snapshot
 
@@ -176,6 +178,7 @@ def whole_scrape(snapshot: Snapshot) -> str:
     extra = [
         SelfCollector(LoopStats(), lambda: state, dict),
         WebhookCollector(ReceiverStats()),
+        IntakeDropCollector(Drops()),
         LlmCollector(LlmMetrics()),
         ListenerCollector(ListenerStats()),
         LoginCollector(LoginStats()),

@@ -22,7 +22,10 @@ ROOMS: dict[str, set[str]] = {
     "__version__": set(),
     "terminal": set(),
     "protected": {"errors"},
-    "config": {"errors", "protected"},
+    # config.py's pure value checks and its sources (file, environment), split off it
+    "config_checks": {"errors", "protected"},
+    "config_source": {"config_checks", "errors"},
+    "config": {"config_checks", "config_source", "errors", "protected"},
     "statedir": {"errors", "config"},
     "models": {"config", "errors"},
     "systemd": {"errors", "models"},

@@ -47,7 +47,13 @@ def _approval_id(_ctx: click.Context, _param: click.Parameter, value: str) -> in
     would read U+0661 as 1."""
     if not (value.isascii() and value.isdigit()):
         raise click.BadParameter(f"'{inert(value)}' is not an approval id (ASCII digits, like 0)")
-    return int(value)
+    digits = value.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_APPROVAL_ID)):
+        # beyond any id, and beyond what int() converts past 4,300 digits: the message
+        # every missing id gets, the id shortened
+        shown = value if len(value) <= 40 else f"{value[:20]}… ({len(value)} digits)"
+        raise click.ClickException(f"no approval with id {shown}")
+    return int(digits)
 
 
 def _existing_id(approval_id: int) -> int:

@@ -36,7 +36,7 @@ def open_store(cfg: Config, *, create: bool = True) -> Store:
     reads an empty store of its own (an empty queue, a closed breaker, no history) and
     says so on stderr, instead of making a state dir, as root, where none should be."""
     if create or StateDir(cfg.state_dir).db.exists():
-        return Store(cfg.state_dir)
+        return Store(cfg.state_dir, retention=cfg)
     click.echo(f"note: nothing recorded yet in {cfg.state_dir} (no state.db there)", err=True)
     empty = click.get_current_context().with_resource(
         tempfile.TemporaryDirectory(prefix="macha-empty-")

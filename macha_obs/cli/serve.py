@@ -35,6 +35,7 @@ from macha_obs.errors import UsageError
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
 from macha_obs.metrics import (
+    IntakeDropCollector,
     ListenerCollector,
     LlmCollector,
     SelfCollector,
@@ -68,7 +69,7 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
     """The state dir, locked, checked for lost history, logging to it, and recovered;
     the incidents whose action a crash interrupted."""
     try:
-        store = Store(cfg.state_dir)
+        store = Store(cfg.state_dir, retention=cfg)
     except StoreError as exc:
         refuse(str(exc))
     lock = StateLock(cfg.state_dir)
@@ -173,6 +174,7 @@ def _listen(
                 health.problems,
             ),
             WebhookCollector(receiver.stats),
+            IntakeDropCollector(store.intake_drops),
             LlmCollector(side.llm_metrics),
             ListenerCollector(listener_stats),
             LoginCollector(pages.login_stats),
