@@ -45,6 +45,7 @@ from macha_obs.models import (
 from macha_obs.policy.scope import Scope, systemd_busy
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import Handled, Remediator, Settle
+from macha_obs.remediate.status import note_cycle
 from macha_obs.store import Store
 from macha_obs.store.incidents import OPEN
 from macha_obs.systemd.events import UnitEvent
@@ -52,7 +53,6 @@ from macha_obs.systemd.events import UnitEvent
 log = logging.getLogger(__name__)
 
 MAX_UNITS_LOOKED_UP = 32
-LAST_CYCLE_KEY = "last_cycle"
 
 
 @dataclass
@@ -390,7 +390,7 @@ class Orchestrator:
             "escalated": report.escalated,
             "cancelled": report.cancelled,
         }
-        self.store.set_meta(LAST_CYCLE_KEY, json.dumps(summary))
+        note_cycle(self.store, summary)
         if report.handled or report.escalated or report.deferred or report.cancelled:
             log.info("cycle %s: %s", report.trigger, json.dumps(summary))
 

@@ -31,6 +31,7 @@ from macha_obs.models import (
 )
 from macha_obs.remediate.learn import history_line
 from macha_obs.remediate.patches import PatchRefused, parse_diff
+from macha_obs.remediate.status import approval_json as approval_dict
 from macha_obs.store import Store
 from macha_obs.terminal import inert, is_unsafe
 
@@ -61,10 +62,6 @@ def _existing_id(approval_id: int) -> int:
     if approval_id > MAX_APPROVAL_ID:
         raise click.ClickException(f"no approval with id {approval_id}")
     return approval_id
-
-
-def approval_dict(a: Approval) -> dict[str, Any]:
-    return a.model_dump(mode="json") | {"label": describe_action(a.action)}
 
 
 def _print_table(

@@ -19,7 +19,6 @@ from macha_obs.agent.report import (
     render_json,
     render_text,
 )
-from macha_obs.cli.approve import approval_dict
 from macha_obs.cli.common import (
     HELP,
     Group,
@@ -43,7 +42,6 @@ from macha_obs.execute.runner import subprocess_runner
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
-    ApprovalStatus,
     Incident,
     JournalTail,
     UnitState,
@@ -51,12 +49,11 @@ from macha_obs.models import (
     Verdict,
     describe_action,
 )
-from macha_obs.orchestrator import LAST_CYCLE_KEY
 from macha_obs.policy.judge import PolicyContext, effective_autonomy, judge
 from macha_obs.policy.scope import Scope, confirm
 from macha_obs.remediate.patches import PatchChecker
-from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import context_of, patch_checked
+from macha_obs.remediate.status import status_json, status_of
 from macha_obs.remediate.verify import Breaker
 from macha_obs.statedir import StateDir
 from macha_obs.store import Store, StoreError
@@ -163,11 +160,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     cfg = ctx_config(ctx)
     try:
         with open_store(cfg, create=False) as store:
-            store.expire_approvals()
-            breaker = Breaker(cfg, store).state()
-            pending = store.list_approvals({ApprovalStatus.PENDING})
-            last = _meta_json(store.get_meta(LAST_CYCLE_KEY))
-            pause = PauseBook(store).current(store.clock())
+            now = status_of(cfg, store)
     except (StoreError, sqlite3.DatabaseError) as exc:
         # a lost state.db: what the daemon says of it is all there is to show
         for line in health_lines(daemon_health(cfg)):
@@ -184,25 +177,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         except AlreadyRunning:
             running = True
     health = daemon_health(cfg) if running else None
-    data = {
-        "daemon_running": running,
-        "health": health,
-        "autonomy": {
-            "configured": cfg.autonomy_level.value,
-            "effective": effective_autonomy(cfg, breaker).value,
-        },
-        "breaker": {"open": breaker.open, "failures": breaker.failures, "reason": breaker.reason},
-        "pause": None
-        if pause is None
-        else {
-            "since": pause.since.isoformat(),
-            "until": pause.until.isoformat() if pause.until else None,
-            "reason": pause.reason,
-            "by": pause.by,
-        },
-        "approvals_pending": [approval_dict(a) for a in pending],
-        "last_cycle": last,
-    }
+    data = {"daemon_running": running, "health": health, **status_json(now)}
+    breaker, pause, pending, last = now.breaker, now.pause, now.pending, now.last_cycle
     if as_json:
         # ensure_ascii: alert-derived text stays \u escapes, inert even when `cat`-ed
         click.echo(json.dumps(data, indent=2, ensure_ascii=True))
@@ -224,14 +200,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
         label = inert(describe_action(a.action))
         click.echo(f"  {a.id}: {label} ({a.risk.value}) {inert(a.incident_id)}")
     click.echo(f"last cycle: {_last_cycle(last)}")
-
-
-def _meta_json(raw: str | None) -> Any:
-    """A JSON value the daemon keeps in the store; a damaged one is shown, not a traceback."""
-    try:
-        return json.loads(raw or "null")
-    except ValueError:
-        return {"unreadable": raw}
 
 
 def _last_cycle(last: Any) -> str:

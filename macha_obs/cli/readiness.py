@@ -4,12 +4,13 @@ verdict, never a second opinion made up here."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from macha_obs.config import Config
 from macha_obs.terminal import inert
+
+if TYPE_CHECKING:
+    import requests
 
 # a loopback request to a daemon that answers /readyz without touching the disk
 TIMEOUT = 5.0
@@ -24,6 +25,8 @@ def readyz_url(cfg: Config) -> str:
 def daemon_health(cfg: Config, session: requests.Session | None = None) -> dict[str, Any]:
     """{"ready": bool | None, "problems": {name: reason}, "error": str | None}: None
     when the daemon could not be asked (not running, or not answering)."""
+    import requests  # `status` only: the daemon that imports this module never calls it
+
     url = readyz_url(cfg)
     try:
         resp = (session or requests).get(

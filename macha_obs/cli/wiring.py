@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import requests
-
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.history import History, no_history
 from macha_obs.agent.llm import LlmMetrics, client_from_config
@@ -134,7 +132,7 @@ def assemble(cfg: Config, store: Store) -> Parts:
     analyzer = build_analyzer(
         cfg, executor.diagnostics, llm_metrics, store.audit_decision, store.fix_history
     )
-    fleet = fleet_limit(cfg, requests.Session())
+    fleet = fleet_limit(cfg)
     remediator = Remediator(
         cfg,
         store,
