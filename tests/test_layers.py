@@ -23,9 +23,7 @@ ROOMS: dict[str, set[str]] = {
     "terminal": set(),
     "protected": {"errors"},
     # config.py's pure value checks and its sources (file, environment), split off it
-    "config_checks": {"errors", "protected"},
-    "config_source": {"config_checks", "errors"},
-    "config": {"config_checks", "config_source", "errors", "protected"},
+    "config": {"errors", "protected"},
     "statedir": {"errors", "config"},
     "models": {"config", "errors"},
     "systemd": {"errors", "models"},

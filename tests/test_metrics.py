@@ -202,8 +202,6 @@ ALLOWED: tuple[str, ...] = (
     "macha_obs.protected",
     "macha_obs.errors",
 )
-# and what config.py is split into (config_checks.py, config_source.py)
-ALLOWED += ("macha_obs.config_checks", "macha_obs.config_source")
 
 
 def _imports(path: Path) -> set[str]:

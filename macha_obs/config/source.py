@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from macha_obs.config_checks import split_list
+from macha_obs.config.checks import split_list
 from macha_obs.errors import UsageError
 
 ENV_PREFIX = "MACHA_"

@@ -14,15 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from macha_obs import config_checks as checks
-from macha_obs.config_checks import split_host_port as split_host_port  # noqa: PLC0414
-from macha_obs.config_checks import trust_refusal as trust_refusal  # noqa: PLC0414
-from macha_obs.config_source import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH  # noqa: PLC0414
-from macha_obs.config_source import ENV_PREFIX as ENV_PREFIX  # noqa: PLC0414
-from macha_obs.config_source import ConfigError as ConfigError  # noqa: PLC0414
-from macha_obs.config_source import env_values, gather
-from macha_obs.config_source import format_validation_error as format_validation_error  # noqa: PLC0414
-from macha_obs.config_source import read_toml as read_toml  # noqa: PLC0414
+from macha_obs.config import checks
+from macha_obs.config.checks import split_host_port
+from macha_obs.config.source import (
+    ConfigError,
+    env_values,
+    format_validation_error,
+    gather,
+)
 from macha_obs.protected import BUILTIN_PROTECTED_UNITS, ProtectedClass, protection
 
 _PATH_FIELDS = ("state_dir", "webhook_token_file", "journal_dir", "nixos_config_dir", "nix_root")
