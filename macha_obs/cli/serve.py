@@ -22,6 +22,7 @@ from macha_obs.cli.common import (
 from macha_obs.cli.errors import EXIT_USAGE
 from macha_obs.cli.learn import learn_state
 from macha_obs.cli.main import main
+from macha_obs.cli.mcp import McpTokenError, mount
 from macha_obs.cli.wiring import (
     Sidecar,
     assemble,
@@ -32,6 +33,8 @@ from macha_obs.config import AutonomyLevel, Config
 from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
+from macha_obs.mcp.http import McpHttp
+from macha_obs.mcp.stats import McpStats
 from macha_obs.metrics import (
     ListenerCollector,
     LlmCollector,
@@ -40,6 +43,7 @@ from macha_obs.metrics import (
     build_registry,
 )
 from macha_obs.metrics.learning import LearnCollector
+from macha_obs.metrics.mcp import McpCollector
 from macha_obs.metrics.pull import PullCollector
 from macha_obs.models import (
     ApprovalStatus,
@@ -136,8 +140,24 @@ def _recover(side: Sidecar, interrupted: set[str]) -> None:
         log.info("%d open incident(s) will be looked at again", reopened)
 
 
+def _mcp(cfg: Config, store: Store, side: Sidecar, stats: McpStats) -> McpHttp | None:
+    """/mcp (macha_obs/mcp/), or None when `mcp_enabled = false`."""
+    if not cfg.mcp_enabled:
+        return None
+    try:
+        return mount(cfg, store, side.executor, side.loop.latest, stats)
+    except (McpTokenError, StateDirError, OSError) as exc:
+        refuse(f"mcp: {exc}")
+
+
 def _listen(
-    cfg: Config, store: Store, side: Sidecar, receiver: ReceiverApp, pull: PullThread | None
+    cfg: Config,
+    store: Store,
+    side: Sidecar,
+    receiver: ReceiverApp,
+    pull: PullThread | None,
+    *,
+    mcp: tuple[McpHttp | None, McpStats],
 ) -> tuple[Listener, threading.Thread]:
     """Health, the registry and the pages behind one listener, serving."""
     pages = _approvals_pages(cfg, store, side)
@@ -163,10 +183,13 @@ def _listen(
             LearnCollector(
                 lambda: learn_state(store, cfg), unit_label=cfg.learn_metrics_unit_label
             ),
+            McpCollector(mcp[1].snapshot),
         ],
         node_exporter=cfg.node_exporter,
     )
-    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.ready)
+    app = make_app(
+        registry, alerts_app=receiver, pages_app=pages.app, mcp_app=mcp[0], health=health.ready
+    )
     try:
         return start_server(cfg.listen_host, cfg.listen_port, app, stats=listener_stats)
     except OSError as exc:
@@ -194,7 +217,9 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
         refuse(f"webhook: {exc}")
     pull = _pull_intake(cfg, store, side)
-    server, server_thread = _listen(cfg, store, side, receiver, pull)
+    mcp_stats = McpStats()
+    mcp_http = _mcp(cfg, store, side, mcp_stats)
+    server, server_thread = _listen(cfg, store, side, receiver, pull, mcp=(mcp_http, mcp_stats))
     watcher = (
         UnitWatcher(
             cfg.systemd_bus_address,
@@ -237,6 +262,8 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     if not side.orchestrator.stop(timeout=7.0):
         side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")
     shutdown(server, server_thread, timeout=1.0)
+    if mcp_http is not None:
+        mcp_http.close()
     side.close()
     store.close()
     lock.release()
