@@ -145,6 +145,9 @@ class McpHttp:
         if len(body) != int(environ.get("CONTENT_LENGTH") or 0):
             self.stats.count("none", "invalid")
             return _plain(start_response, "400 Bad Request", "request body cut short")
+        if body and not _is_json(body):  # the SDK answers undecodable bytes with a 500
+            self.stats.count("none", "invalid")
+            return _plain(start_response, "400 Bad Request", "the body is not JSON (UTF-8)")
         loop = self._loop
         if loop is None or loop.is_closed():
             return _plain(start_response, "503 Service Unavailable", "MCP is not running")
@@ -254,6 +257,14 @@ class _Stream:
 
     def close(self) -> None:
         self.gone.set()
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _bearer_ok(environ: WSGIEnvironment, token: str) -> bool:
