@@ -5,7 +5,7 @@ without a token (the daemon refuses to start)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -57,9 +57,11 @@ def mcp_request(
 
 
 @pytest.fixture(scope="module")
-def daemon(systemd_container: LabSystemd, tmp_path_factory: pytest.TempPathFactory) -> Daemon:
+def daemon(
+    systemd_container: LabSystemd, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
     started = Daemon(systemd_container, tmp_path_factory.mktemp("mcp-listener") / "state").start()
-    yield started  # type: ignore[misc]
+    yield started
     started.stop()
 
 
@@ -131,7 +133,7 @@ def test_mcp_fuzz_gets_4xx_never_5xx(
     daemon: Daemon, body: bytes, method: str, session: str | None, accept: str
 ) -> None:
     token = read_token(daemon.token_file)
-    extra = (("Mcp-Session-Id", session),) if session else ()
+    extra: tuple[tuple[str, str], ...] = (("Mcp-Session-Id", session),) if session else ()
     extra += (("Accept", accept),) if accept else ()
     status = status_of(mcp_request(daemon, body, token=token, method=method, extra=extra))
     assert status is not None

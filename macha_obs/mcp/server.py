@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
@@ -166,11 +167,18 @@ def build_server(
         )
         try:
             answer = await ctx.elicit(message, Confirm)
+        except anyio.get_cancelled_exc_class():  # the call or the session was cancelled
+            _RESULT.set("unconfirmed")
+            why = "the call ended before the person answered: nothing was done"
+            with anyio.CancelScope(shield=True):
+                await _run(lambda: desk.unconfirmed(who, call, approval_id, why))
+            raise
         except Exception as exc:  # the session ended or the client failed: nothing done
             log.info("mcp: %s %d not confirmed: %s", call, approval_id, exc)
             _RESULT.set("unconfirmed")
             why = f"no confirmation came back ({type(exc).__name__}): nothing was done"
-            return await _run(lambda: desk.unconfirmed(who, call, approval_id, why))
+            with anyio.CancelScope(shield=True):  # the session is ending: audit it still
+                return await _run(lambda: desk.unconfirmed(who, call, approval_id, why))
         if answer.action != "accept" or not answer.data.confirm:
             _RESULT.set("unconfirmed")
             why = f"the person did not confirm ({answer.action}): nothing was done"
