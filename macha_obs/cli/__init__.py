@@ -1,5 +1,6 @@
 """Command line: the entry points, and the only place that wires the rooms together."""
 
+from macha_obs.cli import ask as _ask  # noqa: F401  (registers ask on main)
 from macha_obs.cli import install as _install  # noqa: F401  (registers install and uninstall on main)
 from macha_obs.cli import mcp as _mcp  # noqa: F401  (registers mcp on main)
 from macha_obs.cli import pause as _pause  # noqa: F401  (registers pause and resume on main)

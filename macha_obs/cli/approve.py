@@ -17,6 +17,7 @@ from macha_obs.cli.common import (
     open_store,
     who,
 )
+from macha_obs.cli.discuss import discuss
 from macha_obs.cli.errors import EXIT_FAILED
 from macha_obs.cli.wiring import (
     remediator,
@@ -103,6 +104,9 @@ def _print_table(
 def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
     """Review and decide the actions waiting for a human."""
     keep_options(ctx, config_path, flags)
+
+
+approve_main.add_command(discuss)  # macha_obs/cli/discuss.py
 
 
 @approve_main.command("list")

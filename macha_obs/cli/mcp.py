@@ -10,56 +10,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import anyio
 import click
 
-import macha_obs
 from macha_obs.cli.common import ctx_config, open_store
 from macha_obs.cli.main import main
-from macha_obs.cli.wiring import build_executor, remediator
-from macha_obs.collect.snapshots import latest_snapshot
+from macha_obs.cli.talk import local_parts, parts, runbooks_dir, signed_links
+from macha_obs.cli.wiring import build_executor
 from macha_obs.config import Config
 from macha_obs.execute.dispatch import HostExecutor
 from macha_obs.intake.token import is_loopback, read_token
-from macha_obs.mcp.desk import Desk
-from macha_obs.mcp.facts import Facts, LinkOf
+from macha_obs.mcp.facts import LinkOf
 from macha_obs.mcp.http import McpHttp, allowed_hosts
 from macha_obs.mcp.server import MachaMcp, build_server
 from macha_obs.mcp.stats import McpStats
-from macha_obs.models import Approval, Snapshot
+from macha_obs.models import Snapshot
 from macha_obs.store import Store
-from macha_obs.web import Links, Signer, base_url, ensure_key, page_token
+from macha_obs.web import page_token
 
 log = logging.getLogger(__name__)
 
 
 class McpTokenError(ValueError):
     """/mcp cannot be served as configured; the message says what to change."""
-
-
-def runbooks_dir() -> Path | None:
-    """docs/runbooks/ beside the package (a checkout or an install that ships it)."""
-    found = Path(macha_obs.__file__).resolve().parents[1] / "docs" / "runbooks"
-    return found if found.is_dir() else None
-
-
-def signed_links(cfg: Config) -> LinkOf:
-    """Each pending item's approvals-page link; none where the key cannot be read."""
-    try:
-        links = Links(
-            base_url(cfg.external_url, cfg.listen_host, cfg.listen_port, cfg.hostname),
-            Signer(ensure_key(cfg.state_dir)),
-        )
-    except (OSError, ValueError) as exc:
-        log.warning("mcp: no approvals-page links (%s)", exc)
-        return lambda _item: None
-
-    def link_of(item: Approval) -> str | None:
-        return links.item(item)
-
-    return link_of
 
 
 def build(
@@ -72,16 +46,7 @@ def build(
     transport: str,
     stats: McpStats,
 ) -> MachaMcp:
-    desk_remediator = remediator(cfg, store, executor)
-    facts = Facts(
-        cfg,
-        store,
-        desk_remediator,
-        snapshot=snapshot,
-        diagnostics=executor.diagnostics,
-        link_of=link_of,
-    )
-    desk = Desk(facts, desk_remediator, store)
+    facts, desk = parts(cfg, store, executor, snapshot=snapshot, link_of=link_of)
     return build_server(facts, desk, transport=transport, stats=stats, runbooks_dir=runbooks_dir())
 
 
@@ -132,14 +97,9 @@ def mcp_stdio(ctx: click.Context) -> None:
     store = open_store(cfg)
     executor = build_executor(cfg, store)
     try:
-        server = build(
-            cfg,
-            store,
-            executor,
-            snapshot=lambda: latest_snapshot(cfg.state_dir),
-            link_of=signed_links(cfg),
-            transport="stdio",
-            stats=McpStats(),
+        facts, desk = local_parts(cfg, store, executor)
+        server = build_server(
+            facts, desk, transport="stdio", stats=McpStats(), runbooks_dir=runbooks_dir()
         )
         anyio.run(server.run_stdio_async)
     finally:
