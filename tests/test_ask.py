@@ -78,8 +78,9 @@ def test_invariant_15_ask_cites_the_record_and_acts_on_nothing(
     assert f"incident {incident_id}" in shown["cited"]
     assert f"unit {unit}" in shown["cited"]
     assert any(c.startswith(f"journal {unit}@") for c in shown["cited"])
-    # the model answered in the schema, or the answer says why not: never made up
-    assert (shown["answer"] is not None and shown["tokens_in"] > 0) or shown["error"]
+    # the real model answered within the schema (its quality is not judged)
+    assert shown["answer"] is not None, shown["error"]
+    assert shown["tokens_in"] > 0
     assert set(shown["used"]) <= set(shown["cited"])
     assert "Sup3rS3cretPassw0rd" not in done.stdout
     assert record(daemon) == before
@@ -112,6 +113,7 @@ def test_invariant_15_discuss_answers_and_only_the_person_decides(
     one = run([MACHA_APPROVE, "discuss", str(item), "--json", "-q", "what will approving do?"], env)
     assert one.returncode == 0, one.stderr
     shown = json.loads(one.stdout)
+    assert shown["answer"] is not None, shown["error"]
     assert f"approval {item}" in shown["cited"]
     assert f"policy on approving {item}" in shown["cited"]
     assert f"incident {incident_id}" in shown["cited"]

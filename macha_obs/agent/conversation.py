@@ -39,7 +39,8 @@ class Fact:
 class ConversationReply(BaseModel):
     """The model's answer: text, and the citations it relied on."""
 
-    answer: str = Field(max_length=2000)
+    # llama.cpp turns maxLength into a grammar rule per character: 2000 is over its limit
+    answer: str = Field(max_length=500)
     used: list[str] = Field(default_factory=list, max_length=10)
 
 
