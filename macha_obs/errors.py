@@ -20,7 +20,8 @@ untrusted text, so whoever prints it makes it inert first (`terminal.inert`).
     ├── InvalidInput                    untrusted text refused whole, never salvaged
     │   ├── models.InvalidUnitName          (also a ValueError, for pydantic validators)
     │   ├── patches.PatchRefused            a proposed config diff the checks refuse
-    │   └── agent.schema.OutputInvalid      a model's answer that does not fit the schema
+    │   ├── agent.schema.OutputInvalid      a model's answer that does not fit the schema
+    │   └── mcp.facts.NotInRecord           a client named what the record does not hold
     ├── store.ApprovalError             an approval that cannot be acted on (not pending)
     ├── webhook_token.WebhookTokenError the token file is missing or unsafe (a ValueError)
     ├── agent.llm_errors.LlmError       the model did not answer usefully
