@@ -12,7 +12,8 @@ untrusted text, so whoever prints it makes it inert first (`terminal.inert`).
     ├── UsageError                      exit 2: change the config or the command, run again
     │   ├── config.ConfigError              a config file, MACHA_* value or flag (names the field)
     │   ├── units.RenderError               a --prefix the units' ExecStart= cannot carry
-    │   └── agent.report.PayloadError       `analyze` FILE is no Alertmanager v4 payload
+    │   ├── agent.report.PayloadError       `analyze` FILE is no Alertmanager v4 payload
+    │   └── cli.mcp.McpTokenError           /mcp beyond loopback without a token
     ├── StateError                      the state dir cannot be used or trusted now
     │   ├── store.StateDirError             a state file is a symlink, a FIFO, someone else's
     │   ├── store.StoreError                the database cannot be opened or migrated

@@ -19,6 +19,7 @@ from macha_obs.cli.main import main
 from macha_obs.cli.talk import local_parts, parts, runbooks_dir, signed_links
 from macha_obs.cli.wiring import build_executor
 from macha_obs.config import Config
+from macha_obs.errors import UsageError
 from macha_obs.execute.dispatch import HostExecutor
 from macha_obs.intake.token import is_loopback, read_token
 from macha_obs.mcp.facts import LinkOf
@@ -32,7 +33,7 @@ from macha_obs.web import page_token
 log = logging.getLogger(__name__)
 
 
-class McpTokenError(ValueError):
+class McpTokenError(UsageError):
     """/mcp cannot be served as configured; the message says what to change."""
 
 

@@ -146,7 +146,7 @@ def _mcp(cfg: Config, store: Store, side: Sidecar, stats: McpStats) -> McpHttp |
         return None
     try:
         return mount(cfg, store, side.executor, side.loop.latest, stats)
-    except (McpTokenError, StateDirError, OSError) as exc:
+    except (McpTokenError, StateDirError, ValueError, OSError) as exc:  # a token file too
         refuse(f"mcp: {exc}")
 
 
