@@ -12,7 +12,8 @@ untrusted text, so whoever prints it makes it inert first (`terminal.inert`).
     ├── UsageError                      exit 2: change the config or the command, run again
     │   ├── config.ConfigError              a config file, MACHA_* value or flag (names the field)
     │   ├── units.RenderError               a --prefix the units' ExecStart= cannot carry
-    │   └── agent.report.PayloadError       `analyze` FILE is no Alertmanager v4 payload
+    │   ├── agent.report.PayloadError       `analyze` FILE is no Alertmanager v4 payload
+    │   └── cli.mcp.McpTokenError           /mcp beyond loopback without a token
     ├── StateError                      the state dir cannot be used or trusted now
     │   ├── store.StateDirError             a state file is a symlink, a FIFO, someone else's
     │   ├── store.StoreError                the database cannot be opened or migrated
@@ -20,7 +21,8 @@ untrusted text, so whoever prints it makes it inert first (`terminal.inert`).
     ├── InvalidInput                    untrusted text refused whole, never salvaged
     │   ├── models.InvalidUnitName          (also a ValueError, for pydantic validators)
     │   ├── patches.PatchRefused            a proposed config diff the checks refuse
-    │   └── agent.schema.OutputInvalid      a model's answer that does not fit the schema
+    │   ├── agent.schema.OutputInvalid      a model's answer that does not fit the schema
+    │   └── mcp.facts.NotInRecord           a client named what the record does not hold
     ├── store.ApprovalError             an approval that cannot be acted on (not pending)
     ├── webhook_token.WebhookTokenError the token file is missing or unsafe (a ValueError)
     ├── agent.llm_errors.LlmError       the model did not answer usefully

@@ -32,6 +32,7 @@ let
     webhookTokenFile = "webhook_token_file";
     maxActionsPerHour = "max_actions_per_hour";
     maxActionsPerTargetPerHour = "max_actions_per_target_per_hour";
+    "mcp.enable" = "mcp_enabled";
   };
 
   # Fields the module owns: the service's layout depends on them, so `settings` may not
@@ -89,6 +90,7 @@ let
       listen_address = listenAddress cfg.listenAddress cfg.port;
       max_actions_per_hour = cfg.maxActionsPerHour;
       max_actions_per_target_per_hour = cfg.maxActionsPerTargetPerHour;
+      mcp_enabled = cfg.mcp.enable;
       state_dir = names.stateDir;
       privileged_unit = names.privileged;
     }

@@ -318,6 +318,17 @@ in
       '';
     };
 
+    mcp.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        The MCP server at /mcp on the listener (an assistant's door: read-only tools,
+        proposals through the policy, approvals only with a person's confirmation). It
+        takes the webhook's token (or `settings.mcp_token_file`); `macha-obs mcp` serves
+        the same tools over stdio, e.g. over SSH. docs/mcp.md shows client configurations.
+      '';
+    };
+
     prometheus.enable = mkEnableOption "the scrape job and the alert rules in services.prometheus";
     alertmanager.enable = mkEnableOption "the webhook receiver and route in services.prometheus.alertmanager";
     grafana.enable = mkEnableOption "the dashboards in services.grafana's provisioning";

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from macha_obs.agent.llm import LlmMetrics
 from macha_obs.config import AutonomyLevel
 from macha_obs.intake.webhook import ReceiverStats
+from macha_obs.mcp.stats import McpStats
 from macha_obs.metrics import (
     UNIT_ACTIVE_STATES,
     IntakeDropCollector,
@@ -30,6 +31,7 @@ from macha_obs.metrics import (
     scrape_text,
 )
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
+from macha_obs.metrics.mcp import McpCollector
 from macha_obs.models import NixosReading, Snapshot
 from macha_obs.server import ListenerStats
 from macha_obs.store.intake_bounds import Drops
@@ -182,6 +184,7 @@ def whole_scrape(snapshot: Snapshot) -> str:
         LlmCollector(LlmMetrics()),
         ListenerCollector(ListenerStats()),
         LoginCollector(LoginStats()),
+        McpCollector(McpStats().snapshot),
     ]
     registry = build_registry(lambda: snapshot, extra=extra, build_info=BUILD, process=False)
     return scrape_text(registry).decode()

@@ -54,6 +54,8 @@ ROOMS: dict[str, set[str]] = {
         "systemd",
     },
     "web": {"config", "errors", "intake", "models", "remediate", "statedir", "store", "terminal"},
+    # the MCP server: the record and the host only through remediate/ (invariant 15)
+    "mcp": {"agent", "config", "errors", "intake", "models", "policy", "remediate", "store"},
     "server": {"metrics", "store"},
     "daemon": {"errors", "statedir"},
     "setup": {"config", "errors", "models", "protected"},

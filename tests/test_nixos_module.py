@@ -59,6 +59,8 @@ WIRING_OPTIONS = {
 }
 # listenAddress and port render together to one field.
 LISTEN_OPTIONS = {"listenAddress": "listen_address", "port": "listen_address"}
+# Options whose name is not the field's camelCase.
+NAMED_OPTIONS = {"mcp.enable": "mcp_enabled"}
 # Fields the module sets itself (the unit, polkit rule and CLI tools depend on them).
 MODULE_FIELDS = {"listen_address", "state_dir", "privileged_unit"}
 # Fields with no option of their own: set them through `settings`. A field added to
@@ -141,6 +143,9 @@ SETTINGS_ONLY = {
     "suppress_after_failures",
     "suppress_window",
     "learn_metrics_unit_label",
+    # the MCP server (docs/mcp.md): its own token file, and the loopback-only opt-out
+    "mcp_token_file",
+    "mcp_auth",
 }
 
 
@@ -246,7 +251,7 @@ def test_builtin_protected_units_are_read_from_config_py() -> None:
 def test_every_option_maps_to_a_config_field_and_back(options: dict[str, Any]) -> None:
     fields = set(Config.model_fields)
     mapped = {
-        name: LISTEN_OPTIONS.get(name, snake(name))
+        name: {**LISTEN_OPTIONS, **NAMED_OPTIONS}.get(name, snake(name))
         for name in options
         if name not in WIRING_OPTIONS
     }
@@ -285,6 +290,7 @@ def test_every_option_value_lands_in_its_field() -> None:
             "webhookTokenFile": "/run/secrets/macha-token",
             "maxActionsPerHour": 5,
             "maxActionsPerTargetPerHour": 1,
+            "mcp": {"enable": False},
             "settings": settings,
         }
     )
@@ -301,6 +307,7 @@ def test_every_option_value_lands_in_its_field() -> None:
     assert str(cfg.webhook_token_file) == f"/run/credentials/{SERVICE}.service/webhook-token"
     assert cfg.max_actions_per_hour == 5
     assert cfg.max_actions_per_target_per_hour == 1
+    assert cfg.mcp_enabled is False
     assert str(cfg.state_dir) == "/var/lib/macha-autonomous"
     assert cfg.privileged_unit == PRIVILEGED
     assert cfg.nixos_flake == "/etc/nixos#h"

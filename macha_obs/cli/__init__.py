@@ -4,7 +4,7 @@ Every `macha-obs` subcommand is registered here, by name, in one list: no module
 itself to the group as a side effect of being imported.
 """
 
-from macha_obs.cli import install, learn, pause, rules, serve, webhook
+from macha_obs.cli import ask, install, learn, mcp, pause, rules, serve, webhook
 from macha_obs.cli.approve import approve_main
 from macha_obs.cli.logs import logs_main
 from macha_obs.cli.main import main
@@ -14,6 +14,8 @@ from macha_obs.cli.wiring import build_executor
 for _command in (
     serve.serve,
     serve.check,
+    mcp.mcp_stdio,
+    ask.ask,
     install.install_command,
     install.uninstall_command,
     learn.learn_group,

@@ -19,6 +19,7 @@ from macha_obs.cli.common import (
     open_store,
     who,
 )
+from macha_obs.cli.discuss import discuss
 from macha_obs.cli.errors import EXIT_FAILED
 from macha_obs.cli.wiring import (
     remediator,
@@ -109,6 +110,9 @@ def _print_table(
 def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
     """Review and decide the actions waiting for a human."""
     keep_options(ctx, config_path, flags)
+
+
+approve_main.add_command(discuss)  # macha_obs/cli/discuss.py
 
 
 @approve_main.command("list")

@@ -23,6 +23,7 @@ from macha_obs.cli.common import (
 )
 from macha_obs.cli.errors import Command
 from macha_obs.cli.learn import learn_state
+from macha_obs.cli.mcp import McpTokenError, mount
 from macha_obs.cli.wiring import (
     Parts,
     assemble,
@@ -34,6 +35,8 @@ from macha_obs.daemon import AlreadyRunning, Extra, Notifier, Sidecar, StateLock
 from macha_obs.errors import UsageError
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
+from macha_obs.mcp.http import McpHttp
+from macha_obs.mcp.stats import McpStats
 from macha_obs.metrics import (
     IntakeDropCollector,
     ListenerCollector,
@@ -43,6 +46,7 @@ from macha_obs.metrics import (
     build_registry,
 )
 from macha_obs.metrics.learning import LearnCollector
+from macha_obs.metrics.mcp import McpCollector
 from macha_obs.metrics.pull import PullCollector
 from macha_obs.metrics.web import LoginCollector
 from macha_obs.models import (
@@ -139,6 +143,16 @@ def _recover(side: Parts, interrupted: set[str]) -> None:
         log.info("%d open incident(s) will be looked at again", reopened)
 
 
+def _mcp(cfg: Config, store: Store, side: Parts, stats: McpStats) -> McpHttp | None:
+    """/mcp (macha_obs/mcp/), or None when `mcp_enabled = false`."""
+    if not cfg.mcp_enabled:
+        return None
+    try:
+        return mount(cfg, store, side.executor, side.loop.latest, stats)
+    except (McpTokenError, StateDirError, ValueError, OSError) as exc:  # a token file too
+        refuse(f"mcp: {exc}")
+
+
 def _health(store: Store, side: Parts, pull: PullThread | None, threads: ThreadWatch) -> Health:
     """What /readyz, macha_ready and `status` say, fed by every snapshot."""
     health = Health(
@@ -161,6 +175,7 @@ def _listen(
     pull: PullThread | None,
     *,
     health: Health,
+    mcp: tuple[McpHttp | None, McpStats],
 ) -> tuple[Listener, threading.Thread]:
     """Health, the registry and the pages behind one listener, serving."""
     pages = _approvals_pages(cfg, store, side)
@@ -182,10 +197,17 @@ def _listen(
             LearnCollector(
                 lambda: learn_state(store, cfg), unit_label=cfg.learn_metrics_unit_label
             ),
+            McpCollector(mcp[1].snapshot),
         ],
         node_exporter=cfg.node_exporter,
     )
-    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.problems)
+    app = make_app(
+        registry,
+        alerts_app=receiver,
+        pages_app=pages.app,
+        mcp_app=mcp[0],
+        health=health.problems,
+    )
     try:
         return start_server(cfg.listen_host, cfg.listen_port, app, stats=listener_stats)
     except OSError as exc:
@@ -216,7 +238,11 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     threads = ThreadWatch()
     threading.excepthook = threads.excepthook  # a thread that dies is logged and reported
     health = _health(store, side, pull, threads)
-    server, server_thread = _listen(cfg, store, side, receiver, pull, health=health)
+    mcp_stats = McpStats()
+    mcp_http = _mcp(cfg, store, side, mcp_stats)
+    server, server_thread = _listen(
+        cfg, store, side, receiver, pull, health=health, mcp=(mcp_http, mcp_stats)
+    )
     watcher = (
         UnitWatcher(
             cfg.systemd_bus_address,
@@ -243,7 +269,12 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
         ),
         interrupt=side.remediator.interrupt_in_flight,
         extras=extras,
-        closers=[side.close, store.close, lock.release],
+        closers=[
+            *([mcp_http.close] if mcp_http is not None else []),
+            side.close,
+            store.close,
+            lock.release,
+        ],
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

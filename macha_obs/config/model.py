@@ -229,6 +229,13 @@ class Config(BaseModel):
     # Learning metrics carry a unit label only when asked (cardinality).
     learn_metrics_unit_label: bool = False
 
+    # --- talking to it: the MCP server at /mcp (macha_obs/mcp/) ----------------
+    mcp_enabled: bool = True
+    # The bearer token /mcp takes: this file, else the webhook's token. `mcp_auth =
+    # false` serves /mcp without one, and only on a loopback listener.
+    mcp_token_file: Path | None = None
+    mcp_auth: bool = True
+
     @field_validator("protected_units", mode="before")
     @classmethod
     def _merge_protected(cls, value: Any) -> tuple[str, ...]:

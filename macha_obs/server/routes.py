@@ -1,8 +1,8 @@
-"""The listener's routes: GET /metrics, /healthz, /readyz, POST /alerts and the approvals
-pages under /approvals, as one WSGI app.
+"""The listener's routes: GET /metrics, /healthz, /readyz, POST /alerts, the approvals
+pages under /approvals and the MCP server at /mcp, as one WSGI app.
 
-The webhook and the pages are injected WSGI callables, so the server imports neither the
-receiver nor the web room.
+The webhook, the pages and /mcp are injected WSGI callables, so the server imports neither
+the receiver nor the web or mcp rooms.
 /metrics is whatever the metrics room renders from the registry (gzip when asked for).
 """
 
@@ -89,11 +89,13 @@ def make_app(
     *,
     alerts_app: WSGIApplication | None = None,
     pages_app: WSGIApplication | None = None,
+    mcp_app: WSGIApplication | None = None,
     ready: Callable[[], bool] = lambda: True,
     health: Callable[[], Mapping[str, str]] | None = None,
 ) -> WSGIApplication:
     """Route the listener's paths; `alerts_app` None answers POST /alerts with 404, and
-    `pages_app` None /approvals (the pages check their own credentials).
+    `pages_app` None /approvals (the pages check their own credentials), `mcp_app`
+    None /mcp (the MCP server, macha_obs/mcp/http.py, checks its own).
 
     `health`, when given, decides /readyz: the problems that keep the sidecar from its
     job (macha_obs/server/health.py), none when ready; their reasons are the 503's body,
@@ -116,6 +118,8 @@ def make_app(
             if method != "POST":
                 return _not_allowed(start_response, "POST")
             return alerts_app(environ, start_response)
+        if path == "/mcp" and mcp_app is not None:  # it checks its own token, Host, Origin
+            return mcp_app(environ, start_response)
         if pages_app is not None and (path == "/approvals" or path.startswith("/approvals/")):
             return pages_app(environ, start_response)
         return _reply(start_response, "404 Not Found", b"not found\n")

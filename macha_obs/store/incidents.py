@@ -257,6 +257,12 @@ def open_ids(db: Database) -> list[str]:
     ]
 
 
+def recent_ids(db: Database, limit: int) -> list[str]:
+    """The newest incidents, open or not, newest first (for people and their assistants)."""
+    rows = db.query("SELECT id FROM incidents ORDER BY opened_at DESC, id DESC LIMIT ?", (limit,))
+    return [str(r["id"]) for r in rows]
+
+
 def pending_ids(db: Database) -> list[str]:
     """Open incidents whose latest revision has not been analysed yet, oldest change first."""
     rows = db.query(
