@@ -1,11 +1,26 @@
-# macha-obs, built from pyproject.toml: name, version and runtime dependencies are read
-# from it, so the package cannot drift from what pip installs.
+# macha-obs, built from pyproject.toml: name and runtime dependencies are read from it,
+# and the version from macha_obs/__init__.py, the one version source (pyproject.toml
+# reads it there too), so the package cannot drift from what pip installs.
 {
   lib,
   python3Packages,
 }:
 let
   project = (builtins.fromTOML (builtins.readFile ../pyproject.toml)).project;
+
+  # the line `__version__ = "X.Y.Z"` of macha_obs/__init__.py
+  versions = builtins.concatMap (
+    line:
+    let
+      m = if builtins.isString line then builtins.match "__version__ = \"([^\"]+)\"" line else null;
+    in
+    if m == null then [ ] else m
+  ) (builtins.split "\n" (builtins.readFile ../macha_obs/__init__.py));
+  version =
+    if builtins.length versions == 1 then
+      builtins.head versions
+    else
+      throw "nixos/package.nix: macha_obs/__init__.py must set __version__ once";
 
   # "prometheus-client>=0.20" → python3Packages.prometheus-client (PEP 503 normalised)
   requirementName =
@@ -22,13 +37,14 @@ let
 in
 python3Packages.buildPythonApplication {
   pname = project.name;
-  inherit (project) version;
+  inherit version;
   pyproject = true;
 
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
       ../pyproject.toml
+      ../LICENSE
       ../macha_obs
       (lib.fileset.maybeMissing ../README.md)
     ];

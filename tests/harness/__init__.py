@@ -8,7 +8,8 @@
   format in front of it)
 - the daemon: `daemon_support.py`, `sidecar_support.py`, `receiver_support.py`,
   `eyes_support.py`; `crash_worker.py` (a process to kill -9)
-- the NixOS module: `nix_support.py` (the real module system, unit rendering, polkit)
+- the NixOS module: `nix_support.py` (the real module system, unit rendering, polkit),
+  `nixpkgs_lib.py` (where nixpkgs' lib is found: NIXPKGS_LIB, ../shared, a pinned download)
 - fakes on the seams: `recording.py` (an executor that records, a model held on an event)
 
 Integration tests carry a marker (`systemd`, `stack`, `llm`): `pytest -m "not systemd and

@@ -1,9 +1,12 @@
 """Helpers for the NixOS module tests: Nix evaluation without nixpkgs, unit rendering, polkit.
 
-The module is evaluated by the real NixOS module system: nixpkgs' `lib` from
-../shared/nixpkgs-lib (lib.evalModules, beside tests/fixtures/nixos/nixos-options.nix).
-A clone without ../shared falls back to the stand-in evaluator (eval.nix) and says so
-with a warning; under CI or REQUIRE_REAL_COMPONENTS=1 the real lib is required.
+The module is evaluated by the real NixOS module system: nixpkgs' `lib` (lib.evalModules,
+beside tests/fixtures/nixos/nixos-options.nix), found as nixpkgs_lib.py says: NIXPKGS_LIB,
+../shared/nixpkgs-lib, or the pinned download. A clone with none of them (offline, nothing
+beside it) falls back to the stand-in evaluator (eval.nix), skips the tests that need the
+real module system and says so in one line at the end of the run; under CI the real lib
+is required. REQUIRE_REAL_COMPONENTS=1 (`./macha-dev test`) does not require it: the
+README's test command passes in a clone with nothing beside it.
 
 Nix never writes /nix here: every call passes `--store dummy://` (evaluation only) or a
 store under a temporary directory.
@@ -13,11 +16,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
 import tomllib
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,13 @@ import pytest
 
 from macha_obs import config as config_mod
 from macha_obs.config import Config
-from tests.harness.real import required, unavailable
+from tests.harness import nixpkgs_lib
+from tests.harness.real import in_ci, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "nixos"
 EVAL_NIX = FIXTURES / "eval.nix"  # the stand-in
 REAL_EVAL_NIX = FIXTURES / "real-eval.nix"
-# the real nixpkgs lib: ../shared beside the repository (CI has it)
-NIXPKGS_LIB = REPO.parent / "shared" / "nixpkgs-lib" / "lib"
 NIX_EVAL_TIMEOUT = 120
 
 
@@ -76,49 +78,48 @@ def nix_eval_json(*args: str) -> Any:
     return json.loads(nix_instantiate("--eval", "--strict", "--json", *args))
 
 
-class StandInEvaluatorWarning(UserWarning):
-    """The module was evaluated by the stand-in, not by the real NixOS module system."""
-
-
-def real_lib() -> Path | None:
-    """The real nixpkgs lib, or None (a clone without ../shared: outside CI only)."""
-    if (NIXPKGS_LIB / "default.nix").is_file():
-        return NIXPKGS_LIB
-    if required():
-        pytest.fail(
-            f"the real nixpkgs lib is missing ({NIXPKGS_LIB}); CI must evaluate the NixOS "
-            "module with it (see ../shared/nixpkgs-lib/README.md)",
-            pytrace=False,
-        )
-    _warn_stand_in()
-    return None
+STAND_IN_SKIP = "needs the real NixOS module system; the stand-in evaluator is in use"
 
 
 @functools.cache
-def _warn_stand_in() -> None:
-    # shown in pytest's warnings summary once, not turned into an error by
-    # filterwarnings = error: it reports how the tests ran, it is no fault of the code
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", StandInEvaluatorWarning)
-        _stand_in_warning()
+def lookup() -> nixpkgs_lib.Found:
+    """Looked up once a run (the download is tried at most once)."""
+    try:
+        return nixpkgs_lib.find(os.environ, REPO)
+    except nixpkgs_lib.LibPathError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
-def _stand_in_warning() -> None:
-    warnings.warn(
-        f"{NIXPKGS_LIB} is missing: the NixOS module is evaluated by the stand-in "
-        "tests/fixtures/nixos/eval.nix, which ignores priorities, NixOS' default service "
-        "path and the real option types. Tests of those are skipped.",
-        StandInEvaluatorWarning,
-        stacklevel=4,
-    )
+def real_lib() -> Path | None:
+    """The real nixpkgs lib, or None: the stand-in (outside CI only)."""
+    found = lookup()
+    if found.path is None and in_ci():
+        pytest.fail(
+            f"the real nixpkgs lib is missing: {found.source}. CI must evaluate the NixOS "
+            "module with it (see tests/harness/nixpkgs_lib.py)",
+            pytrace=False,
+        )
+    return found.path
 
 
 def need_real_lib() -> Path:
-    """For tests of what only the real module system does (priorities, merging, types)."""
+    """For tests of what only the real module system does (priorities, merging, types):
+    a skip with the stand-in (it cannot show them), a failure under CI."""
     lib = real_lib()
     if lib is None:
-        unavailable(f"the real nixpkgs lib is missing ({NIXPKGS_LIB})")
+        pytest.skip(STAND_IN_SKIP)
     return lib
+
+
+def stand_in_summary() -> str | None:
+    """The one line that ends a run whose NixOS tests used the stand-in, else None."""
+    if lookup.cache_info().currsize == 0 or lookup().path is not None:
+        return None
+    return (
+        "warning: the NixOS tests ran against the stand-in evaluator "
+        f"(tests/fixtures/nixos/eval.nix), those that need the real module system skipped: "
+        f"{lookup().source}"
+    )
 
 
 def eval_module(

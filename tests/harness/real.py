@@ -11,9 +11,13 @@ from typing import NoReturn
 import pytest
 
 
+def in_ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
 def required() -> bool:
     # Read when a fixture needs it, not at import: a test may set the variable itself.
-    return bool(os.environ.get("CI")) or os.environ.get("REQUIRE_REAL_COMPONENTS") == "1"
+    return in_ci() or os.environ.get("REQUIRE_REAL_COMPONENTS") == "1"
 
 
 def unavailable(message: str) -> NoReturn:
