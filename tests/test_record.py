@@ -221,36 +221,44 @@ def silent_model() -> Iterator[str]:
     server.close()
 
 
+def _verdicts(state: Path) -> list[str]:
+    log = state / "decisions.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(x)["outcome"] for x in lines if '"verdict"' in x]
+
+
 @pytest.mark.systemd
-def test_suggest_llm_first_queues_the_runbooks_item_before_the_model_answers(
+@pytest.mark.parametrize("level", ["suggest", "observe"])
+def test_llm_first_queues_or_records_the_runbooks_fix_before_the_model_answers(
     systemd_container: LabSystemd,
     unit_factory: UnitFactory,
     sidecar: Callable[..., Sidecar],
     silent_model: str,
+    level: str,
 ) -> None:
-    unit = broken(systemd_container, unit_factory, "rec-llm")
+    unit = broken(systemd_container, unit_factory, f"rec-llm-{level}")
     side = sidecar(
-        autonomy_level="suggest",
+        autonomy_level=level,
         analysis="llm-first",
         llm_enabled=True,
         ollama_url=silent_model,
         llm_timeout=600,
     )
+    state = side.cfg.state_dir
+    env = _env(state, systemd_container)
     side.orchestrator.analysis.start()
     try:
         side.loop.run_once()
         side.orchestrator.run_cycle("event")
-        env = _env(side.cfg.state_dir, systemd_container)
-        assert poll(lambda: bool(_listed(side.cfg.state_dir, env)), 30)
-        [item] = _listed(side.cfg.state_dir, env)
-        assert item["action"] == {"kind": "restart_unit", "unit": unit}
+        if level == "suggest":
+            assert poll(lambda: bool(_listed(state, env)), 30)  # on the queue, not a clock
+            [item] = _listed(state, env)
+            assert item["action"] == {"kind": "restart_unit", "unit": unit}
+            assert _verdicts(state) == ["queue"]  # the log and the queue agree
+        else:
+            assert poll(lambda: _verdicts(state) == ["record"], 30)
+            assert _listed(state, env) == []  # observe queues nothing, and says so
         assert side.orchestrator.analysis.busy()  # the model has still not answered
-        verdicts = [
-            json.loads(x)
-            for x in (side.cfg.state_dir / "decisions.jsonl").read_text().splitlines()
-            if '"verdict"' in x
-        ]
-        assert [v["outcome"] for v in verdicts] == ["queue"]  # the log and the queue agree
     finally:
         side.orchestrator.stop()
     systemd_container.run("systemctl", "stop", unit, check=False)
