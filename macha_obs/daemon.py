@@ -1,6 +1,9 @@
-"""Daemon hygiene: one instance per state dir, sd_notify, the watchdog, and logging.
+"""The daemon: its lifecycle (`Sidecar.run`), one instance per state dir, sd_notify, the
+watchdog, and logging.
 
-The service manager side of `macha-obs serve`; nothing here knows what the loop does.
+`macha-obs serve` wires the parts (cli/, the one place that may) and hands them to
+`Sidecar`, which owns the order they start in, the one wait, and the order they stop
+in; nothing here knows what the loop does or how a part was built.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from macha_obs import statedir
 from macha_obs.errors import StateError
 from macha_obs.statedir import StateDir
+
+log = logging.getLogger("macha_obs")
 
 # logging level -> syslog priority, for journald
 _PRIORITY = {
@@ -190,7 +196,90 @@ class StateLogHandler(logging.handlers.WatchedFileHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.reopenIfNeeded()
-        except Exception:  # a refused reopen loses this line, never the caller
+            if self.stream is None:  # FileHandler.emit would open it outside its guard
+                self.stream = self._open()
+                self._statstream()
+        except Exception:  # a refused (re)open loses this line, never the caller
+            # (issue 21: a symlink planted at orchestrator.log raised StateDirError out of
+            # log.exception and killed the action lane)
             self.handleError(record)
             return
         logging.FileHandler.emit(self, record)
+
+
+# ---------------------------------------------------------------- the lifecycle
+
+
+class Worker(Protocol):
+    """A part that runs on its own thread until stopped (timer, watcher, pull)."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float) -> bool | None: ...
+
+
+class Lanes(Worker, Protocol):
+    """The orchestrator's lanes: their stop says whether the step in flight finished."""
+
+    def healthy(self) -> bool: ...
+
+
+class Watched(Protocol):
+    """The threads that must run (server/health.py's ThreadWatch)."""
+
+    stopping: threading.Event
+
+    def adopt(self) -> list[str]: ...
+
+
+@dataclass
+class Extra:
+    """An optional worker (the unit watcher, the Alertmanager pull) and its stop budget."""
+
+    name: str
+    worker: Worker
+    timeout: float
+
+
+@dataclass
+class Sidecar:
+    """`macha-obs serve` once wired: `run(stop)` starts every part, waits for `stop`,
+    then stops them in the reverse order, each within a bounded time. A SIGTERM lets
+    the step in flight finish (bounded); an action still running then is recorded
+    interrupted, never left for the next start to guess (invariant 6)."""
+
+    lanes: Lanes
+    loop: Worker
+    threads: Watched
+    notifier: Notifier
+    # the bound listener's shutdown
+    stop_listening: Callable[[float], None]
+    status: str  # what systemd shows beside the unit (sd_notify STATUS=)
+    serving: str  # the log line that says it is up, and where
+    # records the action in flight as interrupted when the lanes did not stop in time
+    interrupt: Callable[[str], object]
+    extras: Sequence[Extra] = ()
+    # closed last, in order (the executor, the store, the lock)
+    closers: Sequence[Callable[[], None]] = field(default_factory=list)
+
+    def run(self, stop: threading.Event) -> None:
+        self.lanes.start()
+        self.loop.start()
+        for extra in self.extras:
+            extra.worker.start()
+        log.info("threads that must run, watched: %s", ", ".join(self.threads.adopt()))
+        self.notifier.watchdog(self.lanes.healthy, stop)
+        self.notifier.ready(self.status)
+        log.info("%s", self.serving)
+        stop.wait()
+        self.notifier.stopping()
+        self.threads.stopping.set()
+        log.info("stopping")
+        for extra in reversed(self.extras):
+            if extra.worker.stop(timeout=extra.timeout) is False:
+                log.warning("%s: still busy at shutdown", extra.name)
+        self.loop.stop(timeout=1.0)
+        if not self.lanes.stop(timeout=7.0):
+            self.interrupt("the daemon was stopped before the action finished")
+        self.stop_listening(1.0)
+        for close in self.closers:
+            close()

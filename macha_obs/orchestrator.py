@@ -44,6 +44,7 @@ from macha_obs.models import (
 from macha_obs.policy.scope import Scope, systemd_busy
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import Remediator, Settle
+from macha_obs.remediate.status import note_cycle
 from macha_obs.store import Store
 from macha_obs.store.incidents import OPEN
 from macha_obs.systemd.events import UnitEvent
@@ -51,7 +52,6 @@ from macha_obs.systemd.events import UnitEvent
 log = logging.getLogger(__name__)
 
 MAX_UNITS_LOOKED_UP = 32
-LAST_CYCLE_KEY = "last_cycle"
 
 
 class Orchestrator:
@@ -369,9 +369,9 @@ class Orchestrator:
     def _record(self, report: CycleReport) -> None:
         self.stats.note_cycle(report.started_at, report.duration_seconds)
         summary = report.summary()
-        self.store.set_meta(LAST_CYCLE_KEY, json.dumps(summary))
+        note_cycle(self.store, summary)
         if report.handled or report.escalated or report.deferred or report.cancelled:
             log.info("cycle %s: %s", report.trigger, json.dumps(summary))
 
 
-__all__ = ["LAST_CYCLE_KEY", "MAX_UNITS_LOOKED_UP", "CycleReport", "Orchestrator", "unknown_kinds"]
+__all__ = ["MAX_UNITS_LOOKED_UP", "CycleReport", "Orchestrator", "unknown_kinds"]

@@ -15,7 +15,7 @@ let
   units = fromJSON (readFile ../macha_obs/setup/units.json);
 
   # macha_obs/protected_units.json is the one source of truth for the built-in protected
-  # units (config.py reads it too); the test suite checks that both lists are equal.
+  # units (protected.py reads it too); the test suite checks that both lists are equal.
   builtinProtectedUnits = concatMap (c: c.units) (
     fromJSON (builtins.readFile ../macha_obs/protected_units.json)
   ).classes;

@@ -5,12 +5,17 @@ systemd, linked from a notification a real Alertmanager rendered.
    Prometheus fires MachaApprovalsPending from the shipped rules, real Alertmanager
    renders the shipped Slack and e-mail templates (exporters/templates/macha.tmpl,
    exporters/alertmanager-approvals.yml) to local recording servers and sends the
-   Matrix bridge's webhook; the link in the Slack message opens the item in Chromium,
-   Approve restarts the unit in the lab systemd and the next page says it was verified.
-2. Everything else a person or an attacker can do with a browser: the list after a login
+   Matrix bridge's webhook; the link in the Slack message lands in Chromium on the login
+   form, the token leads on to the item, Approve restarts the unit in the lab systemd and
+   the next page says it was verified.
+2. Nothing scraped or queried decides: as the real `nobody` (no token, no access to the
+   state dir), every URL on /metrics, in the real Prometheus's series, labels, alerts and
+   rules and in the real Alertmanager's alerts is opened and every form it leads to is
+   posted; the items stay pending (issue 20).
+3. Everything else a person or an attacker can do with a browser: the list after a login
    with the token, reject with a reason (seen in `macha-approve list --all`), a cancelled
    item's button, approving twice (two tabs; the browser and `macha-approve` at once),
-   forged, tampered and expired links, a form without its CSRF token, and plain GETs of
+   a form without its CSRF token, a logout that ends the session, and plain GETs of
    every link that change nothing. Screenshots at phone and desktop widths are written
    to $MACHA_SCREENSHOT_DIR (tests/artifacts/ by default).
 """
@@ -26,7 +31,6 @@ import socketserver
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
@@ -34,9 +38,9 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import pytest
 import requests
 
+from macha_obs.config import Config
 from macha_obs.models import ActionStatus, Approval, ApprovalStatus
-from macha_obs.web import Signer
-from macha_obs.web.keys import load_key
+from macha_obs.setup.rules import write_rules
 from tests.harness.browser import DESKTOP, PHONE, open_browser
 from tests.harness.daemon_support import MACHA_APPROVE, Daemon
 from tests.harness.eyes_support import PROJECT
@@ -70,7 +74,7 @@ def wait_pending(daemon: Daemon, unit: str) -> Approval:
 
 
 def item_links(daemon: Daemon) -> dict[int, str]:
-    """Each pending item's signed link, from the daemon's /metrics, as the alerts get it."""
+    """Each pending item's link, from the daemon's /metrics, as the alerts get it."""
     text = requests.get(f"{daemon.url}/metrics", timeout=10).text
     found = re.findall(
         r'macha_approval_pending_info\{approval_id="(\d+)",[^}]*url="([^"]+)"\}', text
@@ -81,6 +85,12 @@ def item_links(daemon: Daemon) -> dict[int, str]:
 def ledger(daemon: Daemon) -> str:
     """What a request could change: the queue and the ledger."""
     items = [a.model_dump(mode="json") for a in daemon.approvals()]
+    return json.dumps([items, [a.model_dump(mode="json") for a in daemon.actions()]])
+
+
+def decided(daemon: Daemon) -> str:
+    """What a decision would change: each item's state and who decided, and the actions."""
+    items = [(a.id, a.status.value, a.decided_by, a.action_id) for a in daemon.approvals()]
     return json.dumps([items, [a.model_dump(mode="json") for a in daemon.actions()]])
 
 
@@ -175,26 +185,38 @@ def shipped_config(tmp_path: Path, chat: str, smtp_port: int, token_file: Path, 
 # ---------------------------------------------------------------- 1. alert → page → fix
 
 
+def per_item_rules(workdir: Path) -> list[Path]:
+    """The rules as `rules render` writes them with approval_alert_per_item, every `for:`
+    at 0s."""
+    out = []
+    for path in write_rules(Config(approval_alert_per_item=True), workdir / "per-item"):
+        path.write_text(re.sub(r"^(\s+)for: \S+$", r"\1for: 0s", path.read_text(), flags=re.M))
+        out.append(path)
+    return out
+
+
 @pytest.fixture
 def alerting(
     prometheus_factory: Callable[[str, list[Path]], Prometheus],
     alertmanager_factory: Callable[[str], Alertmanager],
     smtp: SmtpSink,
     tmp_path: Path,
-) -> Callable[[Daemon, str], Alertmanager]:
-    """start(daemon, chat_url): real Alertmanager on the shipped approvals config and
-    templates, real Prometheus on the shipped rules (every `for:` at 0s) scraping the
-    daemon; the Alertmanager, for its log."""
+) -> Callable[..., tuple[Alertmanager, Prometheus]]:
+    """start(daemon, chat_url, per_item=False): real Alertmanager on the shipped approvals
+    config and templates, real Prometheus on the shipped rules (every `for:` at 0s; with
+    `per_item`, rendered with approval_alert_per_item) scraping the daemon; both, for
+    their APIs and logs."""
 
-    def start(daemon: Daemon, chat: str) -> Alertmanager:
+    def start(daemon: Daemon, chat: str, per_item: bool = False) -> tuple[Alertmanager, Prometheus]:
         am = alertmanager_factory(
             shipped_config(tmp_path, chat, smtp.server_address[1], daemon.token_file, daemon.port)
         )
         prometheus = prometheus_factory(
-            prometheus_config(daemon.port, am.port), fast_rules(tmp_path)
+            prometheus_config(daemon.port, am.port),
+            per_item_rules(tmp_path) if per_item else fast_rules(tmp_path),
         )
         prometheus.wait_targets_up(1)
-        return am
+        return am, prometheus
 
     return start
 
@@ -203,16 +225,17 @@ def test_the_link_in_the_rendered_alert_opens_the_item_and_approve_restarts_it(
     systemd_container: LabSystemd,
     unit_factory: UnitFactory,
     daemons: Callable[..., Daemon],
-    alerting: Callable[[Daemon, str], Alertmanager],
+    alerting: Callable[..., tuple[Alertmanager, Prometheus]],
     smtp: SmtpSink,
 ) -> None:
     lab = systemd_container
     unit = broken(lab, unit_factory, "page-a")
     daemon = daemons(autonomy_level="suggest")
     item = wait_pending(daemon, unit)
+    token = daemon.auth_headers()["Authorization"].removeprefix("Bearer ")
     recorder = Recorder()
     with serve_wsgi(recorder) as chat:
-        am = alerting(daemon, chat)
+        am, _ = alerting(daemon, chat)
 
         def slack_link() -> str | None:
             for body in recorder.bodies("/slack"):
@@ -244,12 +267,19 @@ def test_the_link_in_the_rendered_alert_opens_the_item_and_approve_restarts_it(
         hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]+)"', parts["text/html"])]
         assert link in hrefs
         assert f"Review and approve: {link}" in parts["text/plain"]
-    # the oldest pending item's signed link, as the daemon exports it
+    # the oldest pending item's page, as the daemon exports it: a plain URL
     assert link == item_links(daemon)[item.id]
-    assert link.startswith(f"{daemon.url}/approvals/{item.id}?exp=")
+    assert link == f"{daemon.url}/approvals/{item.id}"
 
     with open_browser() as browser:
-        page = browser.open(link)
+        # the link lands on the login form (it alone opens nothing), which leads back
+        landed = browser.open(link)
+        assert "401" in landed
+        assert f"restart_unit {unit}" not in landed
+        browser.screenshot("approvals-login", PHONE)
+        browser.type("#token", token)
+        page = browser.click("button.approve")
+        assert browser.url == link
         assert f"Approval {item.id}: restart_unit {unit}" in page
         assert "medium" in page or "low" in page or "high" in page
         assert "Why queued" in page
@@ -273,17 +303,143 @@ def test_the_link_in_the_rendered_alert_opens_the_item_and_approve_restarts_it(
     assert action.approval_id == item.id
     done = next(a for a in daemon.approvals() if a.id == item.id)
     assert done.status is ApprovalStatus.EXECUTED
-    assert done.decided_by == "web:127.0.0.1 (signed link)"
+    assert done.decided_by == "web:127.0.0.1 (token login)"
     web = [d for d in daemon.audit("decisions.jsonl") if d.get("event") == "approval_web"]
     assert web
     assert web[0]["remote"] == "127.0.0.1"
-    assert web[0]["credential"] == "signed link"
+    assert web[0]["credential"] == "token login"
 
 
-# ---------------------------------------------------------------- 2. all the rest
+# ---------------------------------------------------------------- 2. nobody decides
+
+# What someone who can only read metrics does, run as the real `nobody` with the system's
+# Python and its standard library: no token, no cookie, no state dir. It gathers every
+# text /metrics, Prometheus (series, label values, alerts, rules) and Alertmanager (its
+# alerts) give, opens every URL on the sidecar's address found there, posts every form
+# those pages hold (with their hidden fields) and approve/reject beside each item, and
+# prints what it found and got.
+NOBODY = r"""
+import json, re, sys, urllib.error, urllib.parse, urllib.request
+sidecar, prometheus, alertmanager, state_dir = sys.argv[1:5]
+
+def fetch(url, data=None):
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=20) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+texts = {"metrics": fetch(sidecar + "/metrics")[1]}
+api = prometheus + "/api/v1/"
+labels = json.loads(fetch(api + "labels")[1])["data"]
+for name in labels:
+    texts["label " + name] = fetch(api + "label/" + urllib.parse.quote(name) + "/values")[1]
+for path in ("series?match%5B%5D=%7B__name__%3D~%22.%2B%22%7D", "alerts", "rules",
+             "query?query=%7B__name__%3D~%22macha_.%2A%22%7D"):
+    texts[path.split("?")[0]] = fetch(api + path)[1]
+texts["alertmanager"] = fetch(alertmanager + "/api/v2/alerts")[1]
+found, where = set(), {}
+for source, text in texts.items():
+    text = text.replace("\\u0026", "&").replace("&amp;", "&")
+    urls = set(re.findall(r"https?://[^\s\"'<>\\,}]+", text))
+    where[source] = sorted(urls)
+    found |= urls
+mine = sorted(u for u in found if u.startswith(sidecar) and not u.endswith("/metrics"))
+tried = []
+for url in mine:
+    status, page = fetch(url)
+    tried.append([url, "GET", status])
+    targets = [(sidecar + a.replace("&amp;", "&"), b) for a, b in
+               re.findall(r'<form method=post action="([^"]*)">(.*?)</form>', page, re.S)]
+    item = url.split("?")[0].rstrip("/")
+    targets += [(item + "/approve", ""), (item + "/reject", "")]
+    for target, form in targets:
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form))
+        fields.update({"reason": "nobody", "token": ""})
+        tried.append([target, "POST", fetch(target, fields)[0]])
+try:
+    open(state_dir + "/webhook.token").read()
+    token = "read"
+except OSError as e:
+    token = type(e).__name__
+print(json.dumps({"where": where, "urls": mine, "tried": tried, "token": token}))
+"""
 
 
-def test_reject_cancel_twice_forged_links_and_plain_gets_in_the_browser(
+def test_nobody_reading_metrics_prometheus_or_alertmanager_decides_nothing(
+    systemd_container: LabSystemd,
+    unit_factory: UnitFactory,
+    daemons: Callable[..., Daemon],
+    alerting: Callable[..., tuple[Alertmanager, Prometheus]],
+) -> None:
+    """issue 20: no capability is readable by those who only read metrics."""
+    lab = systemd_container
+    units = {name: broken(lab, unit_factory, f"nobody-{name}") for name in "fg"}
+    daemon = daemons(autonomy_level="suggest", approval_alert_per_item="true")
+    items = {name: wait_pending(daemon, unit) for name, unit in units.items()}
+    with serve_wsgi(Recorder()) as chat:
+        am, prometheus = alerting(daemon, chat, per_item=True)
+        # wait until the links are everywhere a reader of metrics looks: both items'
+        # alerts firing, with their annotations, and in Alertmanager
+        want = {f"{daemon.url}/approvals/{a.id}" for a in items.values()}
+
+        def annotated() -> set[str]:
+            return {
+                str(a["annotations"].get("approval_url"))
+                for a in prometheus.alerts()
+                if a["labels"]["alertname"] == "MachaApprovalPendingItem" and a["state"] == "firing"
+            }
+
+        assert poll(lambda: annotated() >= want, 90), prometheus.alerts()
+        in_am = f"{am.url}/api/v2/alerts"
+        assert poll(lambda: bool(requests.get(in_am, timeout=10).json()), 60), am.log_tail()
+        before = decided(daemon)
+        attack = subprocess.run(
+            [
+                "/usr/bin/setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-",
+                daemon.url,
+                prometheus.url,
+                am.url,
+                str(daemon.state_dir),
+            ],
+            input=NOBODY,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert attack.returncode == 0, attack.stderr
+    report = json.loads(attack.stdout)
+    assert report["token"] == "PermissionError"  # nobody cannot read the state dir
+    where = {source: set(urls) for source, urls in report["where"].items()}
+    for source in ("metrics", "label url", "series", "query", "alerts", "alertmanager"):
+        assert where[source] >= want, (source, where[source])  # every item's link, ...
+    assert set(report["urls"]) >= want  # ... which it tried ...
+    statuses = {status for _, _, status in report["tried"]}
+    assert statuses <= {401, 405, 429}, report["tried"]  # ... and nothing opened or decided
+    posts = [t for t in report["tried"] if t[1] == "POST"]
+    assert len(posts) >= 3 * len(want), posts
+    # what an item's evidence gains meanwhile (the alerts come back to the daemon) is
+    # no decision: the items' states and the actions are what must not move
+    assert decided(daemon) == before
+    for name, item in items.items():
+        still = pending(daemon, units[name])
+        assert still is not None  # still pending, and undecided
+        assert (still.id, still.decided_by) == (item.id, "")
+        assert daemon.actions(units[name]) == []
+    assert not [d for d in daemon.audit("decisions.jsonl") if d.get("event") == "approval_web"]
+
+
+# ---------------------------------------------------------------- 3. all the rest
+
+
+def test_reject_cancel_twice_csrf_logout_and_plain_gets_in_the_browser(
     systemd_container: LabSystemd,
     unit_factory: UnitFactory,
     daemons: Callable[..., Daemon],
@@ -298,14 +454,12 @@ def test_reject_cancel_twice_forged_links_and_plain_gets_in_the_browser(
 
     # plain GETs of every link, with and without credentials, change nothing
     before = ledger(daemon)
-    for approval_id, url in links.items():
-        bare = url.partition("?")[0]
-        for target in (url, bare, f"{bare}/approve", f"{bare}/reject", f"{daemon.url}/approvals"):
+    for url in links.values():
+        for target in (url, f"{url}/approve", f"{url}/reject", f"{daemon.url}/approvals"):
             for headers in ({}, daemon.auth_headers()):
                 reply = requests.get(target, headers=headers, timeout=10, allow_redirects=False)
                 assert reply.status_code in (200, 401, 405), (target, reply.status_code)
                 assert "Traceback" not in reply.text
-        del approval_id
     assert ledger(daemon) == before
 
     with open_browser() as browser:
@@ -313,7 +467,6 @@ def test_reject_cancel_twice_forged_links_and_plain_gets_in_the_browser(
         page = browser.open(f"{daemon.url}/approvals")
         assert "401" in page
         assert "needs the sidecar's token" in page
-        browser.open(f"{daemon.url}/approvals/login")
         browser.type("#token", token)
         page = browser.click("button.approve")
         assert "Pending approvals" in page
@@ -323,93 +476,85 @@ def test_reject_cancel_twice_forged_links_and_plain_gets_in_the_browser(
         browser.screenshot("approvals-list", PHONE)
         browser.screenshot("approvals-list", DESKTOP)
 
-        # forged, tampered and expired links are refused, and say so
-        b = items["b"]
-        link = links[b.id]
-        base, _, query = link.partition("?")
-        exp, sig = (p.partition("=")[2] for p in query.split("&"))
-        flipped = sig[:-1] + ("B" if sig[-1] == "A" else "A")
-        key = load_key(daemon.state_dir / "approvals.key")
-        stale = b.model_copy(update={"expires_at": datetime.now(UTC) - timedelta(minutes=1)})
-        expired = Signer(key).link(stale)
-        refused = {
-            f"{base}?exp={exp}&sig={'A' * 43}": "not valid",  # forged
-            f"{base}?exp={exp}&sig={flipped}": "not valid",  # tampered signature
-            f"{base}?exp={int(exp) + 3600}&sig={sig}": "not valid",  # a longer life
-            f"{daemon.url}/approvals/{items['c'].id}?{query}": "not valid",  # another item
-            f"{base}?{expired.query}": "expired",  # signed with the real key, but over
-        }
-        with open_browser() as stranger:  # no cookie: only the link speaks for this browser
-            for url, why in refused.items():
+        with open_browser() as stranger:  # no cookie: every link lands on the login form
+            for url in links.values():
                 text = stranger.open(url)
-                assert "403" in text, (url, text)
-                assert why in text, (url, text)
-            # a form without its CSRF token is refused, and nothing runs
-            e = items["e"]
-            stranger.open(links[e.id])
-            stranger.remove("input[name=csrf]")
-            text = stranger.click("button.approve")
-            assert "403" in text
-            assert "missing its check" in text
-            assert "Nothing was done" in text
-            assert daemon.actions(units["e"]) == []
+                assert "401" in text, (url, text)
+                assert not stranger.has("button.reject")
 
-            # approving twice in the browser (two tabs): once
-            stranger.open(links[e.id])
-            first = stranger.new_tab(links[e.id])
-            text = stranger.click("button.approve")
-            assert "You approved it" in text, text
-            assert "verified" in text, text
-            stranger.switch(first)
-            text = stranger.click("button.approve")  # the other tab's stale button
-            assert "409" in text
-            assert "not pending" in text
-            assert len(daemon.actions(units["e"])) == 1
+        # a form without its CSRF token is refused, and nothing runs
+        e = items["e"]
+        browser.open(links[e.id])
+        browser.remove("input[name=csrf]")
+        text = browser.click("button.approve")
+        assert "403" in text
+        assert "missing its check" in text
+        assert "Nothing was done" in text
+        assert daemon.actions(units["e"]) == []
 
-            # the browser and macha-approve at the same moment: once
-            d = items["d"]
-            stranger.open(links[d.id])
-            cli = subprocess.Popen(
-                [MACHA_APPROVE, "approve", str(d.id)],
-                env=daemon.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            text = stranger.click("button.approve")
-            out, _ = cli.communicate(timeout=60)
-            assert len(daemon.actions(units["d"])) == 1, (text, out)
-            browser_won = "You approved it" in text
-            cli_won = cli.returncode == 0
-            assert browser_won != cli_won, (text, out)
-            assert "not pending" in (out if browser_won else text)
+        # approving twice in the browser (two tabs): once
+        browser.open(links[e.id])
+        first = browser.new_tab(links[e.id])
+        text = browser.click("button.approve")
+        assert "You approved it" in text, text
+        assert "verified" in text, text
+        browser.switch(first)
+        text = browser.click("button.approve")  # the other tab's stale button
+        assert "409" in text
+        assert "not pending" in text
+        assert len(daemon.actions(units["e"])) == 1
 
-            # a cancelled item: the page open before, its button does nothing
-            c = items["c"]
-            stranger.open(links[c.id])
-            lab.run("systemctl", "start", units["c"])  # it recovers by itself
-            assert poll(
-                lambda: any(
-                    a.id == c.id and a.status is ApprovalStatus.CANCELLED
-                    for a in daemon.approvals()
-                ),
-                60,
-            ), daemon.log_tail()
-            text = stranger.click("button.approve")
-            assert "409" in text
-            assert "cancelled" in text
-            assert "Nothing was done" in text
-            text = stranger.open(links[c.id])
-            assert "This item is cancelled" in text
-            assert not stranger.has("button.approve")
-            assert daemon.actions(units["c"]) == []
+        # the browser and macha-approve at the same moment: once
+        d = items["d"]
+        browser.open(links[d.id])
+        cli = subprocess.Popen(
+            [MACHA_APPROVE, "approve", str(d.id)],
+            env=daemon.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        text = browser.click("button.approve")
+        out, _ = cli.communicate(timeout=60)
+        assert len(daemon.actions(units["d"])) == 1, (text, out)
+        browser_won = "You approved it" in text
+        cli_won = cli.returncode == 0
+        assert browser_won != cli_won, (text, out)
+        assert "not pending" in (out if browser_won else text)
+
+        # a cancelled item: the page open before, its button does nothing
+        c = items["c"]
+        browser.open(links[c.id])
+        lab.run("systemctl", "start", units["c"])  # it recovers by itself
+        assert poll(
+            lambda: any(
+                a.id == c.id and a.status is ApprovalStatus.CANCELLED for a in daemon.approvals()
+            ),
+            60,
+        ), daemon.log_tail()
+        text = browser.click("button.approve")
+        assert "409" in text
+        assert "cancelled" in text
+        assert "Nothing was done" in text
+        text = browser.open(links[c.id])
+        assert "This item is cancelled" in text
+        assert not browser.has("button.approve")
+        assert daemon.actions(units["c"]) == []
 
         # reject with a reason, logged in with the token
-        browser.open(f"{daemon.url}/approvals/{b.id}")
+        b = items["b"]
+        browser.open(links[b.id])
         browser.type("#reason", "not at night <b>please</b>")
         text = browser.click("button.reject")
         assert "You rejected it: not at night <b>please</b>" in text
         assert daemon.actions(units["b"]) == []
+
+        # logging out ends the session: the list asks for the token again
+        browser.open(f"{daemon.url}/approvals")
+        text = browser.click("button.reject")  # "Log out"
+        assert "Approvals: log in" in text
+        text = browser.open(f"{daemon.url}/approvals")
+        assert "401" in text
     listed = daemon.approve("list", "--all")
     row = [line for line in listed.stdout.splitlines() if line.startswith(f"{b.id} ")]
     assert row, listed.stdout

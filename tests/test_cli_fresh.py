@@ -114,6 +114,11 @@ CASES = [
     case("macha-approve", "export 0x10", 2, "'0x10' is not an approval id"),
     case("macha-approve", f"approve {HUGE}", 1, f"no approval with id {HUGE}"),
     case("macha-approve", f"reject {HUGE}", 1, f"no approval with id {HUGE}"),
+    # issue 20: past Python's 4,300-digit int() limit, still the ordinary message
+    case("macha-approve", "approve {long_id}", 1, "no approval with id 10000"),
+    case("macha-approve", "show {long_id}", 1, "(5001 digits)"),
+    case("macha-approve", "reject {long_id} --reason no", 1, "no approval with id 1"),
+    case("macha-approve", "export {long_id}", 1, "no approval with id 1"),
     case("macha-approve", "show -1", 2, "No such option"),
     case("macha-approve", "approve -- -1", 2, "'-1' is not an approval id"),
     case("macha-approve", "show 0x10", 2, "'0x10' is not an approval id"),
@@ -162,7 +167,7 @@ def _argv(c: Case, tmp_path: Path) -> list[str]:
     files["{journal}"] = tmp_path / "journal.txt"
     out = []
     for arg in c.args:
-        text = arg
+        text = arg.replace("{long_id}", "1" + "0" * 5000)
         for key, path in files.items():
             text = text.replace(key, str(path))
         out.append(text)
@@ -238,7 +243,7 @@ def test_odd_ids_never_reach_another_approval(fresh: dict[str, str], tmp_path: P
         assert result.exit_code == 1, (args, result.output)
         assert "no approval with id" in result.output
     shown = CliRunner().invoke(approve_main, ["show", str(2**63 - 1)], env=fresh)
-    assert (shown.exit_code, shown.output.strip()) == (1, f"Error: no approval with id {2**63 - 1}")
+    assert (shown.exit_code, shown.output.strip()) == (1, f"error: no approval with id {2**63 - 1}")
     listed = CliRunner().invoke(approve_main, ["list", "--json"], env=fresh)
     assert [item["status"] for item in json.loads(listed.output)] == ["pending", "pending"]
     assert CliRunner().invoke(approve_main, ["show", "0001"], env=fresh).exit_code == 0

@@ -101,3 +101,58 @@ def test_show_roundtrips_through_validation(make_config) -> None:
     cfg = make_config(autonomy_level="auto-full")
     again = config_mod.validate(config_mod.to_toml_dict(cfg))
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "reason"),
+    [
+        ('state_dir = ""\n', "state_dir", "must not be empty"),
+        ('state_dir = "var/lib/macha"\n', "state_dir", "absolute path"),
+        ('state_dir = "/var/lib/\\u0000macha"\n', "state_dir", "NUL"),
+        ('journal_dir = "/var/log/\\u0000j"\n', "journal_dir", "NUL"),
+        ('listen_address = "[::1:9847"\n', "listen_address", "IPv6 address in brackets"),
+        ('listen_address = "::1:9847"\n', "listen_address", "IPv6 as [::1]"),
+        ('listen_address = "[10.0.0.1]:9847"\n', "listen_address", "IPv6 address in brackets"),
+        ('listen_address = "bad host:9847"\n', "listen_address", "not a host name"),
+        ('hostname = "web1\\nevil"\n', "hostname", "not a host name"),
+        ('hostname = "web1 "\n', "hostname", "not a host name"),
+        ('host_aliases = ["*"]\n', "host_aliases", "not patterns"),
+        ('host_aliases = ["web*.example.org"]\n', "host_aliases", "not patterns"),
+        ('host_aliases = [""]\n', "host_aliases", "empty alias"),
+        ('host_aliases = ["a\\nb"]\n', "host_aliases", "not a host name"),
+        ("check_interval = true\n", "check_interval", "not true or false"),
+        ("max_actions_per_hour = false\n", "max_actions_per_hour", "not true or false"),
+        ("dbus_events = 1\n", "dbus_events", "not a number"),
+    ],
+)
+def test_issue_20_values_are_refused_naming_the_field(
+    tmp_path: Path, text: str, field: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(write(tmp_path, text), environ={})
+    message = str(info.value)
+    assert f"  {field}: " in message
+    assert reason in message
+
+
+def test_what_the_stricter_checks_still_accept(tmp_path: Path) -> None:
+    text = (
+        'listen_address = "[::1]:9847"\nhostname = "web1.example.org."\n'
+        'host_aliases = ["web1", "10.0.0.5", "::1", "web_1"]\ncheck_interval = 30\n'
+    )
+    cfg = config_mod.load(write(tmp_path, text), environ={"MACHA_DBUS_EVENTS": "false"})
+    assert (cfg.listen_host, cfg.listen_port) == ("::1", 9847)
+    assert cfg.host_aliases == ("web1", "10.0.0.5", "::1", "web_1")
+    assert cfg.dbus_events is False
+    env = {"MACHA_CHECK_INTERVAL": "45", "MACHA_STATE_DIR": str(tmp_path)}
+    assert config_mod.load(None, environ=env).check_interval == 45.0
+
+
+def test_intake_caps_have_documented_defaults() -> None:
+    cfg = config_mod.validate({"hostname": "h"})
+    assert (cfg.incident_max_open, cfg.incident_max_alerts) == (500, 1000)
+    assert cfg.inbox_max_bytes == cfg.incident_alerts_max_bytes == 32 * 1024 * 1024
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ("incident_max_open", "incident_max_alerts", "incident_alerts_max_bytes"):
+        assert f"`{name}`" in readme
+    assert "`inbox_max_bytes`" in readme

@@ -284,7 +284,7 @@ def test_under_systemd_notify_and_watchdog(
     assert serving[0]["PRIORITY"] == "6"
     # libsystemd adds its own CODE_* of the C call site beside ours: a field may repeat
     func = serving[0]["CODE_FUNC"]
-    assert "serve" in (func if isinstance(func, list) else [func])
+    assert "run" in (func if isinstance(func, list) else [func])  # daemon.Sidecar.run
     assert "Logging error" not in lab.journal(unit)
     lab.run("systemctl", "stop", unit)
     assert lab.unit_state(unit)[0] in ("inactive", "failed")

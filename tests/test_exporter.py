@@ -17,8 +17,10 @@ from macha_obs.config import AutonomyLevel
 from macha_obs.intake.webhook import ReceiverStats
 from macha_obs.metrics import (
     UNIT_ACTIVE_STATES,
+    IntakeDropCollector,
     ListenerCollector,
     LlmCollector,
+    LoginCollector,
     LoopStats,
     PersistentState,
     SelfCollector,
@@ -30,6 +32,8 @@ from macha_obs.metrics import (
 from macha_obs.metrics.host import NODE_EXPORTER_FAMILIES
 from macha_obs.models import NixosReading, Snapshot
 from macha_obs.server import ListenerStats
+from macha_obs.store.intake_bounds import Drops
+from macha_obs.web import LoginStats
 from tests.harness.eyes_support import FIXTURES, fixture_snapshot
 
 GOLDEN = FIXTURES / "golden.metrics"
@@ -174,8 +178,10 @@ def whole_scrape(snapshot: Snapshot) -> str:
     extra = [
         SelfCollector(LoopStats(), lambda: state, dict),
         WebhookCollector(ReceiverStats()),
+        IntakeDropCollector(Drops()),
         LlmCollector(LlmMetrics()),
         ListenerCollector(ListenerStats()),
+        LoginCollector(LoginStats()),
     ]
     registry = build_registry(lambda: snapshot, extra=extra, build_info=BUILD, process=False)
     return scrape_text(registry).decode()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from macha_obs import config as config_mod
-from macha_obs.cli.wiring import Sidecar
+from macha_obs.cli.wiring import Parts
 from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     Action,
@@ -233,7 +233,7 @@ def test_invariant_6_a_signal_to_macha_approve_mid_action_records_it_interrupted
 def test_a_forged_resolve_then_real_resends_the_problem_is_still_handled(
     systemd_container: LabSystemd,
     unit_factory: Callable[[str, str], str],
-    sidecar: Callable[..., Sidecar],
+    sidecar: Callable[..., Parts],
 ) -> None:
     lab = systemd_container
     unit = broken(lab, unit_factory, "hard-forged")

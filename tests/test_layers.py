@@ -22,6 +22,7 @@ ROOMS: dict[str, set[str]] = {
     "__version__": set(),
     "terminal": set(),
     "protected": {"errors"},
+    # config.py's pure value checks and its sources (file, environment), split off it
     "config": {"errors", "protected"},
     "statedir": {"errors", "config"},
     "models": {"config", "errors"},

@@ -47,7 +47,7 @@ from macha_obs.remediate.learn import (
     render_json,
 )
 from macha_obs.store import Retention, Store
-from macha_obs.store.outcomes import OUTCOMES_MAX_ROWS
+from macha_obs.store.outcomes_sync import OUTCOMES_MAX_ROWS
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -146,7 +146,7 @@ def test_a_crash_mid_sync_counts_nothing_and_the_next_sync_counts_once(
             "inc", StartUnit(unit="a.service"), risk=Risk.LOW, reason="r", ttl=60
         )
         store.reject_approval(approval.id, "bob", "no")
-        from macha_obs.store import outcomes
+        from macha_obs.store import outcomes_sync as outcomes
 
         class Crash(Exception):
             pass

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from macha_obs.cli.wiring import Sidecar
+from macha_obs.cli.wiring import Parts
 from macha_obs.config import Config, ConfigError
 from macha_obs.models import (
     ApprovalStatus,
@@ -48,7 +48,7 @@ START_LIMITED = (
 def test_a_simulated_operator_is_recorded_scored_and_listened_to(
     systemd_container: LabSystemd,
     unit_factory: UnitFactory,
-    sidecar: Callable[..., Sidecar],
+    sidecar: Callable[..., Parts],
     lab_config: Callable[..., Config],
 ) -> None:
     lab = systemd_container
@@ -166,7 +166,7 @@ def test_a_simulated_operator_is_recorded_scored_and_listened_to(
 
 
 def test_a_per_action_allowance_runs_that_action_in_suggest_and_nothing_else(
-    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Sidecar]
+    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Parts]
 ) -> None:
     lab = systemd_container
     web = unit_factory("trust-web.service", CRASH_ONCE.format(name="trust-web"))

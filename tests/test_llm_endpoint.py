@@ -31,11 +31,11 @@ from macha_obs.agent.endpoint import (
     ApiKeyFileUnsafe,
     EndpointGuard,
     EndpointUntrusted,
-    GuardedAdapter,
     TcpSocket,
     load_api_key,
     parse_tcp_table,
 )
+from macha_obs.agent.endpoint_http import GuardedAdapter
 from macha_obs.agent.llm import LlmMetrics, OllamaChat, OpenAIChat, client_from_config
 from macha_obs.agent.report import analyze_payload
 from macha_obs.config import AnalysisMode

@@ -16,7 +16,7 @@ import pytest
 
 from macha_obs.agent.llm import LlmMetrics
 from macha_obs.agent.prompt import TOKEN_BUDGET, build_prompt
-from macha_obs.cli.wiring import Sidecar, build_analyzer
+from macha_obs.cli.wiring import Parts, build_analyzer
 from macha_obs.config import Config
 from tests.harness.labsd import LabSystemd
 from tests.harness.llm_fixtures import gguf_path
@@ -70,7 +70,7 @@ def noisy_journal(n: int = 4000) -> list[str]:
 def test_a_repeated_incident_s_prompt_carries_the_earlier_decisions_redacted_within_budget(
     systemd_container: LabSystemd,
     unit_factory: Callable[[str, str], str],
-    sidecar: Callable[..., Sidecar],
+    sidecar: Callable[..., Parts],
     lab_config: Callable[..., Config],
     model_tokens: Tokens,
 ) -> None:

@@ -22,8 +22,9 @@ from macha_obs.config import Config
 from macha_obs.intake.incidents import IncidentStore, analyze_pending
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread, host_filter
 from macha_obs.intake.webhook import HostMatcher
-from macha_obs.metrics import scrape_text
+from macha_obs.metrics import LoopStats, scrape_text
 from macha_obs.metrics.pull import PullCollector
+from macha_obs.server.health import Health
 from macha_obs.store import Store
 from tests.harness.daemon_support import Daemon
 from tests.harness.nix_support import run_tool
@@ -62,8 +63,10 @@ def listed(am: Alertmanager, **match: str) -> list[dict[str, Any]]:
     return [a for a in alerts if all(a["labels"].get(k) == v for k, v in match.items())]
 
 
-def puller(store: Store, *urls: str, timeout: float = 5.0) -> AlertmanagerPuller:
-    hosts = HostMatcher("testhost", loopback_is_local=False, require_label=True)
+def puller(
+    store: Store, *urls: str, timeout: float = 5.0, aliases: tuple[str, ...] = ()
+) -> AlertmanagerPuller:
+    hosts = HostMatcher("testhost", aliases, loopback_is_local=False, require_label=True)
     return AlertmanagerPuller(IncidentStore(store), urls, hosts, timeout=timeout)
 
 
@@ -106,9 +109,11 @@ def test_alert_pulled_from_two_peers_is_stored_and_analysed_once(
     assert analyze_pending(incidents, lambda _incident: None) == 1
     assert pull.poll_once().taken == []
     assert analyze_pending(incidents, lambda _incident: None) == 0
-    # a puller that starts afresh (the daemon restarted) meets it as a duplicate
-    fresh = puller(store, *(am.url for am in am_pair)).poll_once()
-    assert [(r.new_alerts, r.duplicates) for r in fresh.taken] == [(0, 1)]
+    # a puller that starts afresh (the daemon restarted) knows it from the store, from
+    # whichever peer answers first (each stamped its own startsAt): not taken again
+    restarted = puller(store, *(am.url for am in am_pair))
+    assert restarted.poll_once().taken == []
+    assert restarted.poll_once().taken == []
     assert analyze_pending(incidents, lambda _incident: None) == 0
     assert incidents.inbox_count() == 1
     snap = pull.stats.snapshot()
@@ -121,10 +126,13 @@ def test_only_this_hosts_alerts_are_taken(store: Store, am_pair: list[Alertmanag
     am = am_pair[0]
     ours = [
         am_alert("Ours", instance="testhost:9100"),
-        am_alert("OursFqdn", instance="TestHost.example.com:9100"),
+        am_alert("OursFqdn", instance="TestHost.example.com:9100"),  # a declared alias
         am_alert("OursBare", instance="testhost"),
+        am_alert("OursDot", instance="TESTHOST.:9100"),
     ]
     others = [
+        am_alert("Undeclared", instance="testhost.example.org:9100"),  # the whole name
+        am_alert("Evil", instance="testhost.evil.example:9100"),
         am_alert("Other", instance="otherhost:9100"),
         am_alert("Prefix", instance="testhost2:9100"),
         am_alert("Suffix", instance="mytesthost:9100"),
@@ -134,11 +142,12 @@ def test_only_this_hosts_alerts_are_taken(store: Store, am_pair: list[Alertmanag
         am_alert("Human", instance="testhost:9100", audience="human"),
     ]
     post(am, *ours, *others)
-    report = puller(store, am.url).poll_once()
+    report = puller(store, am.url, aliases=("testhost.example.com",)).poll_once()
     assert report.result == "complete"
     assert fired(IncidentStore(store)) == [
         ("Ours", "testhost:9100"),
         ("OursBare", "testhost"),
+        ("OursDot", "TESTHOST.:9100"),
         ("OursFqdn", "TestHost.example.com:9100"),
     ]
     assert len(listed(am)) == len(ours) + len(others)  # Alertmanager holds them all
@@ -334,11 +343,18 @@ def test_a_store_error_takes_the_alerts_again_next_round(
 
 def test_filter_is_a_matcher_alertmanager_accepts(am_pair: list[Alertmanager]) -> None:
     am = am_pair[0]
-    post(am, am_alert(instance="web-1.example.com:9100"), am_alert(instance="web-10:9100"))
-    matcher = host_filter("instance", ["web-1", 'we"ird\\name'])
+    instances = ["web-1.example.com:9100", "web-10:9100", "web-1.evil.example:9100"]
+    instances += ["WEB-1.:9100", "web-1", "[fe80::1]:9100", "db.example.org"]
+    post(am, *(am_alert(instance=i) for i in instances))
+    matcher = host_filter("instance", ["web-1", 'we"ird\\name', "fe80::1", "db.example.org"])
     reply = requests.get(f"{am.url}/api/v2/alerts", params={"filter": matcher}, timeout=10)
     assert reply.status_code == 200, reply.text
-    assert [a["labels"]["instance"] for a in reply.json()] == ["web-1.example.com:9100"]
+    assert sorted(a["labels"]["instance"] for a in reply.json()) == [
+        "WEB-1.:9100",
+        "[fe80::1]:9100",
+        "db.example.org",
+        "web-1",
+    ]
 
 
 def test_serve_config_starts_and_stops_the_pull_thread(
@@ -424,3 +440,58 @@ def test_the_pull_examples_settings_are_valid() -> None:
     cfg = Config.model_validate({"hostname": "host1", **tomllib.loads(toml)})
     assert len(cfg.alertmanager_urls) == 2
     assert cfg.alertmanager_pull_interval == 15
+
+
+# ---------------------------------------------------------------- a store it cannot keep
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_while_the_store_is_unusable_the_pull_takes_nothing_and_says_so(
+    store: Store, am_pair: list[Alertmanager], damage: str
+) -> None:
+    """Issue 21: the pull must not take what it cannot keep. With state.db gone under it,
+    it asks no peer and stores nothing; health says why; a store that works takes it."""
+    am = am_pair[0]
+    post(am, am_alert("UnitFailed", instance="testhost:9100", unit="nginx.service"))
+    pull = puller(store, am.url)
+    db = store.state_dir / "state.db"
+    if damage == "deleted":
+        db.unlink()
+    else:
+        db.write_bytes(b"")
+    report = pull.poll_once()
+    assert report.result == "store_error"
+    assert report.taken == []
+    assert not pull.incidents.open_incidents()
+    assert pull.stats.snapshot()["polls"][(am.url.removeprefix("http://"), "ok")] == 0
+    problem = pull.stats.problem()
+    assert problem is not None
+    assert f"the store is unusable, the pull takes nothing: {db} was" in problem
+    health = Health(store, lambda: True, LoopStats(), pull_problem=pull.stats.problem)
+    assert set(health.problems()) == {"store", "alertmanager_pull"}
+    assert listed(am, alertname="UnitFailed")  # Alertmanager still holds it
+    store.close()
+    with Store(store.state_dir) as fresh:  # a person restored the state: taken then
+        again = puller(fresh, am.url)
+        assert [r.new_alerts for r in again.poll_once().taken] == [1]
+        assert again.stats.problem() is None
+
+
+def test_a_store_that_breaks_mid_round_keeps_nothing_more(
+    store: Store, am_pair: list[Alertmanager]
+) -> None:
+    """The store is checked before every group it would commit, not only once a round."""
+    for am in am_pair:
+        post(am, am_alert("UnitFailed", instance="testhost:9100", unit="nginx.service"))
+    looks = iter([None])  # usable when the round starts, then not
+
+    def problem() -> str | None:
+        return next(looks, "state.db was deleted while the daemon ran")
+
+    hosts = HostMatcher("testhost", loopback_is_local=False, require_label=True)
+    pull = AlertmanagerPuller(
+        IncidentStore(store), [am.url for am in am_pair], hosts, store_problem=problem
+    )
+    assert pull.poll_once().result == "store_error"
+    assert not pull.incidents.open_incidents()
+    assert "the store is unusable" in str(pull.stats.problem())

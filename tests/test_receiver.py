@@ -39,7 +39,7 @@ def app(incidents: IncidentStore) -> ReceiverApp:
         incidents,
         token=TOKEN,
         max_body_bytes=4096,
-        hosts=HostMatcher("web1.example.org", ["web1-alias"]),
+        hosts=HostMatcher("web1.example.org", ["web1-alias", "web1"]),
         on_incident=seen.append,
     )
     receiver.seen = seen  # type: ignore[attr-defined]
@@ -240,7 +240,7 @@ def test_truncated_alerts_are_counted(url: str, app: ReceiverApp) -> None:
 
 def test_host_matcher() -> None:
     m = HostMatcher("web1.example.org", ["www"], ["instance", "host"])
-    assert m.is_local(_a(instance="web1:9100"))
+    assert not m.is_local(_a(instance="web1:9100"))  # a short name only when declared
     assert m.is_local(_a(instance="WEB1.example.org"))
     assert m.is_local(_a(instance="[::1]:9100"))
     assert m.is_local(_a(host="www"))
@@ -508,3 +508,20 @@ def test_default_bounds_sit_above_what_alertmanager_sends() -> None:
     from macha_obs.intake import webhook as receiver
 
     assert (receiver.MAX_ALERTS, receiver.MAX_LABELS, receiver.MAX_LABEL_CHARS) == (1000, 128, 2048)
+
+
+def test_a_lost_store_gets_a_503_though_the_write_went_through(
+    incidents: IncidentStore, store: Store
+) -> None:
+    """Issue 21: a write into a deleted or truncated state.db succeeds (SQLite writes its
+    WAL), so the store's own verdict, asked after the write, decides: 503, Alertmanager
+    keeps the delivery. A write error clears with the next write that succeeds."""
+    lost: list[str | None] = ["state.db was deleted while the daemon ran"]
+    receiver = ReceiverApp(incidents, token=TOKEN, store_problem=lambda: lost[0])
+    body = json.dumps(payload(alert(unit="nginx.service"))).encode()
+    assert call(receiver, body) == (503, {"error": "state.db was deleted while the daemon ran"})
+    assert receiver.stats.snapshot()["deliveries"]["store_error"] == 1
+    lost[0] = None  # the store usable again, the same delivery again: acknowledged (this
+    # store was never really lost, so it holds it already: a duplicate, harmless)
+    status, answer = call(receiver, body)
+    assert (status, answer["status"]) == (200, "duplicate")

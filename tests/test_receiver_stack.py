@@ -24,9 +24,11 @@ from macha_obs.intake.token import token_path
 from macha_obs.intake.webhook import HostMatcher, ReceiverApp
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.store import Store
+from tests.harness.daemon_support import Daemon
 from tests.harness.eyes_support import PROJECT
 from tests.harness.stack import Alertmanager, Prometheus, poll
 from tests.test_agent import ScriptedChat, answer
+from tests.test_health import backup, damage, readyz, repair
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("amtool")]
 TOKEN = "am-webhook-token"
@@ -290,3 +292,50 @@ def test_storm_of_100_alerts_in_5_groups_is_5_analyses(
     assert len(chat.sent) <= 5
     assert analyzer.llm_calls == 5
     assert analyze_pending(sidecar.incidents, analyzer.analyze) == 0  # nothing changed since
+
+
+@pytest.mark.systemd
+@pytest.mark.parametrize("how", ["truncated", "deleted", "replaced"])
+def test_a_lost_store_acknowledges_nothing_and_alertmanager_delivers_again_after_repair(
+    daemons: Callable[..., Daemon],
+    alertmanager_factory: Callable[[str], Alertmanager],
+    how: str,
+) -> None:
+    """Issue 21: the webhook answered 200 after state.db was truncated or deleted, and
+    those alerts were gone after the restart. Now a real Alertmanager's deliveries get
+    503 while the store is lost, /readyz stays 503 until a person repairs the file and
+    restarts the daemon, and then every alert sent meanwhile is delivered: none lost."""
+    daemon = daemons(autonomy_level="observe")
+    db = daemon.state_dir / "state.db"
+    saved = backup(daemon)
+    damage(db, how)
+    assert poll(lambda: readyz(daemon)[0] == 503, 30), daemon.log_tail()
+    am = alertmanager_factory(am_config(daemon.url, daemon.token_file))
+    names = [f"Lost{i}" for i in range(3)]
+    for name in names:  # group_by alertname: three notifications
+        amtool(am, f"alertname={name}", "unit=nginx.service", "instance=testhost:9100")
+
+    def refused() -> float:
+        return daemon.metric("macha_webhook_deliveries_total", result="store_error") or 0.0
+
+    assert poll(lambda: refused() >= len(names), 30), am.log_tail()
+    assert daemon.metric("macha_webhook_deliveries_total", result="accepted") == 0.0
+    assert readyz(daemon)[0] == 503  # still: nothing a later write does makes it whole
+    failed = sum(
+        float(line.rpartition(" ")[2])
+        for line in requests.get(f"{am.url}/metrics", timeout=5).text.splitlines()
+        if line.startswith("alertmanager_notification_requests_failed_total{")
+        and 'integration="webhook"' in line
+    )
+    assert failed >= len(names)  # Alertmanager saw each request fail: it sends again
+
+    # a person acts: stops the daemon, restores the backup, starts it again
+    repair(daemon, saved)
+    assert readyz(daemon)[0] == 200
+
+    def delivered() -> set[str]:
+        with daemon.store() as store:
+            states = IncidentStore(store).open_incidents()
+        return {a.labels.get("alertname", "") for s in states for a in s.incident.alerts}
+
+    assert poll(lambda: set(names) <= delivered(), 60), am.log_tail()

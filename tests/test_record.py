@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from macha_obs.cli.wiring import Sidecar
+from macha_obs.cli.wiring import Parts
 from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     ActionStatus,
@@ -176,7 +176,7 @@ def test_invariant_6_a_signal_at_each_step_of_approve_leaves_the_item_listed_and
 
 
 def test_invariant_6_the_running_daemon_recovers_a_claim_stranded_by_a_dead_cli(
-    sidecar: Callable[..., Sidecar], tmp_path: Path
+    sidecar: Callable[..., Parts], tmp_path: Path
 ) -> None:
     side = sidecar(autonomy_level="suggest")
     store = side.store
@@ -185,7 +185,9 @@ def test_invariant_6_the_running_daemon_recovers_a_claim_stranded_by_a_dead_cli(
     with store.transaction() as cur:  # its writer, a macha-approve, died (no such pid)
         cur.execute("UPDATE actions SET owner = '999999999:0.000' WHERE id = ?", (action_id,))
     side.orchestrator.run_cycle("timer")  # the daemon's next cycle, no restart
-    assert store.get_action(action_id).status is ActionStatus.INTERRUPTED  # type: ignore[union-attr]
+    action = store.get_action(action_id)
+    assert action is not None
+    assert action.status is ActionStatus.INTERRUPTED
     item = store.get_approval(0)
     assert item is not None
     assert item.status is ApprovalStatus.INTERRUPTED
@@ -232,7 +234,7 @@ def _verdicts(state: Path) -> list[str]:
 def test_llm_first_queues_or_records_the_runbooks_fix_before_the_model_answers(
     systemd_container: LabSystemd,
     unit_factory: UnitFactory,
-    sidecar: Callable[..., Sidecar],
+    sidecar: Callable[..., Parts],
     silent_model: str,
     level: str,
 ) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.llm import OllamaChat
+from macha_obs.agent.redact import redact
 from macha_obs.agent.report import analyze_payload
+from macha_obs.collect.journal import MESSAGE_MAX, parse_entries
 from macha_obs.config import AnalysisMode
 from macha_obs.policy.judge import PolicyContext, judge
 from tests.harness.llm_fixtures import ScriptedOllama
@@ -115,3 +117,54 @@ def test_corpus_through_analyze(scripted_ollama: ScriptedOllama, make_config: An
     )
     assert not leaks, "secrets reached the model:\n" + "\n".join(leaks)
     assert not changed, "ordinary lines changed:\n" + "\n".join(changed)
+
+
+AWS_SECRET = "7Hq2mZ9vB4xL1pW8nK3/rT6yF0sQe5Vd9Gj2Ub4A"  # 40 characters, made up
+
+
+def test_a_secret_cut_by_an_alerts_summary_bound_never_reaches_the_model(
+    scripted_ollama: ScriptedOllama, make_config: Any
+) -> None:
+    """The summary is shown to 160 characters: redacted first, then cut, so no prefix of
+    the key is left for the model, wherever the cut falls in it."""
+    cfg = make_config()
+    for at in (140, 150, 155):
+        a = alert(unit="app.service")
+        a["annotations"]["summary"] = "upload failed: " + "x " * ((at - 15) // 2) + AWS_SECRET
+        scripted_ollama.push(scripted_ollama.chat_reply(json.dumps(DECISION)))
+        analyzer = Analyzer(
+            mode=AnalysisMode.LLM_FIRST,
+            client=OllamaChat(scripted_ollama.url, "llama3.1:8b", sleep=lambda _s: None),
+            hostname="web1",
+            now=lambda: NOW,
+        )
+        analyze_payload(
+            json.dumps(payload(a)),
+            analyzer=analyzer,
+            judge=lambda action, _inc: judge(action, PolicyContext(config=cfg, now=NOW)),
+            journals={"app.service": [MARK]},
+        )
+        sent = "\n".join(m["content"] for m in scripted_ollama.chats()[-1]["messages"])
+        assert "upload failed" in sent
+        assert AWS_SECRET[:8] not in sent, at
+
+
+def test_a_secret_cut_by_the_journals_message_bound_is_redacted(
+    scripted_ollama: ScriptedOllama, make_config: Any
+) -> None:
+    """collect/journal.py keeps 300 characters of a message and marks the cut with "…";
+    what is left of a key before the mark is redacted like the key."""
+    message = "s3 sync failed: " + "a " * 130 + AWS_SECRET
+    record = {"__CURSOR": "c1", "_SYSTEMD_UNIT": "app.service", "PRIORITY": "3"}
+    [entry] = parse_entries(json.dumps(record | {"MESSAGE": message}))
+    assert entry.message.endswith("…")
+    assert len(entry.message) == MESSAGE_MAX
+    kept = entry.message.split()[-1].rstrip("…")
+    assert 12 <= len(kept) < len(AWS_SECRET)  # a prefix of the key survived the cut
+    # every reader redacts first: the cut-off prefix goes like the whole key would
+    assert kept not in redact(entry.message)
+    assert redact(entry.message).endswith(f"[REDACTED {len(kept)} chars]…")
+    sent = _prompt_for(
+        scripted_ollama, [f"2026-11-25T11:59:58+0000 web1 app[4242]: {entry.message}"], make_config
+    )
+    assert kept not in sent

@@ -404,10 +404,11 @@ def sidecar_cases() -> list[dict]:
             f'macha_health_problem{{{W1},problem="store"}}': "1x10",
         }, [("8m", "MachaNotReady", [({**human, "severity": "critical", "problem": "store"},
              "macha-obs on web1 cannot do its job (store)",
-             "macha-obs on web1 has not been ready for 5 minutes: store. `curl -s"
-             " http://127.0.0.1:9999/readyz` says why, `macha-logs service` shows the errors."
-             " A lost state.db is not replaced silently: restore it, or restart with"
-             " `macha-obs serve --start-fresh`.")])]),
+             "macha-obs on web1 has not been ready for 5 minutes: store. `macha-obs status`"
+             " or `curl -s http://127.0.0.1:9999/readyz` says why, `macha-logs service` shows"
+             " the errors. A lost state.db is not replaced silently: restore it and restart,"
+             " or restart with `macha-obs serve --start-fresh`; a dead thread needs a"
+             " restart; a failing collector clears when its source answers again.")])]),
     ]  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from macha_obs import config as config_mod
-from macha_obs.cli.wiring import Sidecar, assemble
+from macha_obs.cli.wiring import Parts, assemble
 from macha_obs.config import Config
 from macha_obs.errors import RefusedError
 from macha_obs.intake.incidents import IncidentStore
@@ -84,7 +84,7 @@ def test_invariant_12_an_alert_about_a_unit_a_person_stopped_does_nothing(
 
 @pytest.mark.systemd
 def test_invariant_12_a_running_unit_is_restarted_on_its_firing_alert_never_after_it_resolved(
-    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Sidecar]
+    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Parts]
 ) -> None:
     """prometheus-am-executor's case: a running service an alert says misbehaves."""
     lab = systemd_container
@@ -148,7 +148,7 @@ def test_invariant_12_the_executor_refuses_a_protected_alias(
 
 @pytest.mark.systemd
 def test_queue_stability_event_alert_cycles_and_a_failed_collector_keep_one_item(
-    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Sidecar]
+    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Parts]
 ) -> None:
     lab = systemd_container
     unit = broken(lab, unit_factory, "edge-queue")
@@ -210,7 +210,7 @@ def test_queue_stability_event_alert_cycles_and_a_failed_collector_keep_one_item
 
 @pytest.mark.systemd
 def test_an_item_is_cancelled_only_when_systemd_confirms_the_problem_gone(
-    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Sidecar]
+    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Parts]
 ) -> None:
     lab = systemd_container
     unit = broken(lab, unit_factory, "edge-cancel")
@@ -308,7 +308,7 @@ def test_invariant_7_a_crashing_executor_is_a_failed_fix_and_opens_the_breaker(
 
 @pytest.mark.systemd
 def test_a_unit_at_its_start_limit_is_investigated_and_the_reset_queued(
-    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Sidecar]
+    systemd_container: LabSystemd, unit_factory: UnitFactory, sidecar: Callable[..., Parts]
 ) -> None:
     lab = systemd_container
     unit = unit_factory(

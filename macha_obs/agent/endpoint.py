@@ -29,7 +29,6 @@ import errno
 import ipaddress
 import os
 import pwd
-import socket
 import stat
 import struct
 import time
@@ -37,11 +36,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from macha_obs.agent.llm_errors import LlmError
 
@@ -231,71 +225,5 @@ def _peer(sockaddr: Any) -> Address:
     return _plain(ipaddress.ip_address(sockaddr[0])), int(sockaddr[1])
 
 
-def _display(host: str, port: int | None) -> str:
+def display(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# ------------------------------------------------------------------ requests wiring
-
-
-def _checked(guard: EndpointGuard, sock: socket.socket, host: str, port: int | None) -> None:
-    try:
-        guard.check(sock, _display(host, port))
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _pools(guard: EndpointGuard) -> dict[str, type[HTTPConnectionPool]]:
-    """Connection pools whose connections are checked as soon as they connect."""
-
-    class Checked(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            _checked(guard, sock, self.host, self.port)
-            return sock
-
-    class CheckedTLS(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:  # before the TLS handshake
-            sock = super()._new_conn()
-            _checked(guard, sock, self.host, self.port)
-            return sock
-
-    class Pool(HTTPConnectionPool):
-        ConnectionCls = Checked
-
-    class TLSPool(HTTPSConnectionPool):
-        ConnectionCls = CheckedTLS
-
-    return {"http": Pool, "https": TLSPool}
-
-
-class GuardedAdapter(HTTPAdapter):
-    """requests' adapter whose every new connection passes `guard` first."""
-
-    def __init__(self, guard: EndpointGuard, **kw: Any) -> None:
-        self.guard = guard
-        self._pool_classes = _pools(guard)
-        super().__init__(**kw)
-
-    def init_poolmanager(self, *args: Any, **kw: Any) -> None:
-        super().init_poolmanager(*args, **kw)
-        self.poolmanager.pool_classes_by_scheme = self._pool_classes
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        if proxy.lower().startswith("socks"):
-            raise EndpointUntrusted(
-                f"the model endpoint is reached through the SOCKS proxy {proxy}, whose far "
-                "end cannot be checked; exclude it with no_proxy"
-            )
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = self._pool_classes  # the proxy's socket is checked
-        return manager
-
-
-def guard_session(session: requests.Session, guard: EndpointGuard) -> requests.Session:
-    """Mount the guard on `session` for every http(s) URL, redirects included."""
-    adapter = GuardedAdapter(guard)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session

@@ -14,16 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import requests
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from macha_obs.agent.endpoint import (
     ApiKeyFileUnsafe,
     EndpointGuard,
     EndpointUntrusted,
-    guard_session,
     load_api_key,
 )
 from macha_obs.agent.llm_errors import ERROR_KINDS as _TRANSPORT_KINDS
@@ -37,6 +35,9 @@ from macha_obs.agent.llm_errors import (
     retryable,
 )
 from macha_obs.config import Config
+
+if TYPE_CHECKING:
+    import requests
 
 Message = Mapping[str, str]
 # every outcome a chat can end in besides "ok", a fixed label set for the exporter
@@ -132,6 +133,7 @@ class _HttpChat:
         model: str,
         *,
         session: requests.Session | None = None,
+        guard: EndpointGuard | None = None,
         connect_timeout: float = 3.0,
         read_timeout: float = 120.0,
         attempts: int = 3,
@@ -144,7 +146,8 @@ class _HttpChat:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.session = session or requests.Session()
+        self._session = session
+        self._guard = guard
         self.timeout = (connect_timeout, read_timeout)
         self.attempts = attempts
         self.max_tokens = max_tokens
@@ -153,6 +156,20 @@ class _HttpChat:
         self.sleep = sleep
         self.clock = clock
         self.metrics = metrics or LlmMetrics()
+
+    @property
+    def session(self) -> requests.Session:
+        """The HTTP session, made (and guarded) at the first request: requests and
+        urllib3 load then, not when the daemon starts (README, "Idle cost")."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            if self._guard is not None:
+                from macha_obs.agent.endpoint_http import guard_session
+
+                guard_session(self._session, self._guard)
+        return self._session
 
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         retrying = Retrying(
@@ -168,6 +185,8 @@ class _HttpChat:
         return {}
 
     def _request_once(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
+        import requests  # loaded with the session
+
         url = self.base_url + path
         headers = self._headers()
         try:
@@ -366,11 +385,15 @@ def client_from_config(
     With `llm_endpoint_user`, every connection the client opens is checked first (on
     `session` too, when one is given): the server's socket must belong to that user.
     """
-    session = session or requests.Session()
-    if config.llm_endpoint_user:
-        guard_session(session, EndpointGuard(config.llm_endpoint_user))
+    guard = EndpointGuard(config.llm_endpoint_user) if config.llm_endpoint_user else None
+    if session is not None and guard is not None:
+        from macha_obs.agent.endpoint_http import guard_session
+
+        guard_session(session, guard)
+        guard = None  # guarded already
     common: dict[str, Any] = {
         "session": session,
+        "guard": guard,
         "read_timeout": config.llm_timeout,
         "metrics": metrics,
     }

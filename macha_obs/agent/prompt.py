@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 from string import Template
 
-from macha_obs.agent.redact import redact, redact_lines
+from macha_obs.agent.redact import cut, redact, redact_lines
 from macha_obs.models import Incident
 
 __all__ = [
@@ -278,7 +278,8 @@ def _alert_line(status: str, labels: Mapping[str, str], annotations: Mapping[str
     shown = {k: labels[k] for k in names if k in labels}
     text = " ".join(f"{k}={v}" for k, v in shown.items())
     summary = annotations.get("summary") or annotations.get("description") or ""
-    return clean_line(f"[{status}] {text} — {summary[:160]}")
+    # redacted before it is cut: a secret cut short would no longer look like one
+    return clean_line(f"[{status}] {text} — {cut(summary, 160)}")
 
 
 def _flags(source: str, lines: Sequence[str]) -> list[str]:

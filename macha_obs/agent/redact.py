@@ -25,13 +25,17 @@ Replaced, in this order (a value already replaced is left alone by the later rul
    mix upper and lower case, are not made of words or of plain pieces between - and _, and
    have at least 3.5 bits of Shannon entropy a character (random base64 of that length has
    4 or more); this catches all but about 1 in 5,000 random strings of 32 characters.
+   Before a "…" that marks a cut, a mixed-case run with digits of 12 or more (what a
+   truncation left of a secret) is replaced too; `cut` redacts before it shortens.
 
 Kept on purpose, so that systemd's own messages stay readable: hex strings of any length
-(machine, boot and invocation ids, UUIDs, digests, commit and container ids; a hex secret
-with no key or known prefix in front of it is not caught), digests and fingerprints
-labelled with their algorithm (`SHA256:…` of sshd, `sha256-…` of nix), file paths
-(judged segment by segment), and strings made of words or plain pieces (unit names,
-identifiers, device ids). Random mixed-case ids (an LVM UUID) are replaced like secrets.
+but 40 (machine, boot and invocation ids, UUIDs, digests, container ids), and a 40-hex
+string named as a commit or digest just before it (`commit …`, `HEAD is now at …`, a
+flake's `…/nixpkgs/…`); a bare 40-hex string is replaced (the size of a SHA-1 token or
+key: issue 20 planted one). Also kept: digests and fingerprints labelled with their
+algorithm (`SHA256:…` of sshd, `sha256-…` of nix), file paths (judged segment by
+segment), and strings made of words or plain pieces (unit names, identifiers, device
+ids). Random mixed-case ids (an LVM UUID) are replaced like secrets.
 Pure: no I/O.
 """
 
@@ -129,11 +133,45 @@ def _high_entropy(match: re.Match[str]) -> str:
 # ------------------------------------------------------------------ public
 
 
+# A run cut off by a truncation ("…" where the text was cut): what is left of a secret
+# is shorter than the high-entropy rule's 32 characters, but still a secret's prefix.
+_CUT_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}(?=…)")
+CUT = "…"
+
+
+def _partial(run: str) -> bool:
+    mixed = any(c.isupper() for c in run) and any(c.islower() for c in run)
+    if len(run) < 12 or not mixed or not any(c.isdigit() for c in run):
+        return False
+    return not (_HEX.fullmatch(run) or _wordiness(run) >= 0.8 or _structured(run))
+
+
+def _cut_partial(match: re.Match[str]) -> str:
+    """A cut-off run that looks like the start of a secret: mixed case with digits, not
+    hex, words or structure; a path is judged by its last segment, as `_high_entropy`
+    judges paths."""
+    run = match.group(0)
+    segments = run.split("/")
+    if run.startswith("/") or any(_LOWER_WORD.fullmatch(s) for s in segments):
+        if _partial(segments[-1]):
+            return "/".join([*segments[:-1], f"[REDACTED {len(segments[-1])} chars]"])
+        return run
+    return f"[REDACTED {len(run)} chars]" if _partial(run) else run
+
+
 def redact(text: str) -> str:
     """`text` with every secret this module knows replaced by a placeholder."""
     for rule in RULES:
         text = rule.pattern.sub(rule.replacement, text)
-    return _CANDIDATE.sub(_high_entropy, text)
+    text = _CANDIDATE.sub(_high_entropy, text)
+    return _CUT_RUN.sub(_cut_partial, text) if CUT in text else text
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` redacted, then shortened to `limit` characters with "…" where it was cut:
+    a secret is replaced whole before the cut, never left as a prefix too short to see."""
+    text = redact(text)
+    return text if len(text) <= limit else text[: limit - 1] + CUT
 
 
 def _message(line: str) -> str:

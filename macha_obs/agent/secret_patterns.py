@@ -176,6 +176,32 @@ _SAID_IS = re.compile(
 )
 
 
+# A password said in words without "is" (`secret Zq8!mK2#`, `password is now Tr0ub4dor&3`,
+# `new password set to K9#mPq2v`): only a value shaped like a password (6+ characters
+# with a letter, a digit, and a symbol or both cases), so ordinary words and counts stay.
+_SAID_STRONG = re.compile(
+    r"(?i)\b(?P<key>password|passphrase|passwd|secret|pin|token)"
+    r"(?P<sep>(?:\s*:|\s+(?:is|was|now|still|set|changed|to|:|=))*\s+)"
+    r"(?!\[REDACTED)(?P<value>(?=[^\s\"'<>]*[A-Za-z])(?=[^\s\"'<>]*[0-9])"
+    r"(?-i:(?=[^\s\"'<>]*(?:[^\w\s\"'<>]|[A-Z][^\s\"'<>]*[a-z]|[a-z][^\s\"'<>]*[A-Z])))"
+    r"[^\s\"'<>]{6,})"
+)
+# A bare 40-hex string: an old GitHub token, a SHA-1 HMAC key, a planted secret; but
+# also a git commit or a SHA-1 digest, which stay when named as such just before it.
+_HEX40 = re.compile(
+    r"(?<![\w/.@:#=+-])(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{40}(?![\w/+=-])"
+)
+_REVISION = re.compile(
+    r"(?i)(?:commit|rev(?:ision)?|sha-?1|git|tree|parent|head|merge|checkout|branch|tag|ref"
+    r"|object|nixpkgs|flake|version|fingerprint|digest|hash)\w*(?:\W+\w+){0,3}\W{0,3}$"
+)
+
+
+def _hex40(match: re.Match[str]) -> str:
+    before = match.string[max(0, match.start() - 24) : match.start()]
+    return match.group(0) if _REVISION.search(before) else "[REDACTED 40 hex]"
+
+
 def _key_value(match: re.Match[str]) -> str:
     key, value = match.group("key"), match.group("value")
     if key.upper() in {"PWD", "OLDPWD"} and value.lstrip("\"'").startswith(("/", "~")):
@@ -265,6 +291,7 @@ RULES: tuple[Rule, ...] = (
     # 6. keys and values
     Rule("secret key=value", _KEY_VALUE, _key_value),
     Rule("password is", _SAID_IS, _key_value),
+    Rule("password said", _SAID_STRONG, rf"\g<key>\g<sep>{REDACTED}"),
     # 7. a credential after its scheme, standing alone (not "basic authentication")
     Rule(
         "bearer credential",
@@ -274,4 +301,5 @@ RULES: tuple[Rule, ...] = (
         ),
         rf"\g<scheme> {REDACTED}",
     ),
+    Rule("bare 40-hex", _HEX40, _hex40),
 )

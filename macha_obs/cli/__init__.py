@@ -1,14 +1,27 @@
-"""Command line: the entry points, and the only place that wires the rooms together."""
+"""Command line: the entry points, and the only place that wires the rooms together.
 
-from macha_obs.cli import install as _install  # noqa: F401  (registers install and uninstall on main)
-from macha_obs.cli import pause as _pause  # noqa: F401  (registers pause and resume on main)
-from macha_obs.cli import rules as _rules  # noqa: F401  (registers rules render and show on main)
-from macha_obs.cli import serve as _serve  # noqa: F401  (registers serve and check on main)
-from macha_obs.cli import webhook as _webhook  # noqa: F401  (registers webhook-token on main)
+Every `macha-obs` subcommand is registered here, by name, in one list: no module adds
+itself to the group as a side effect of being imported.
+"""
+
+from macha_obs.cli import install, learn, pause, rules, serve, webhook
 from macha_obs.cli.approve import approve_main
 from macha_obs.cli.logs import logs_main
 from macha_obs.cli.main import main
 from macha_obs.cli.serve import check_main
 from macha_obs.cli.wiring import build_executor
+
+for _command in (
+    serve.serve,
+    serve.check,
+    install.install_command,
+    install.uninstall_command,
+    learn.learn_group,
+    pause.pause,
+    pause.resume,
+    rules.rules_group,
+    webhook.webhook_token,
+):
+    main.add_command(_command)
 
 __all__ = ["approve_main", "build_executor", "check_main", "logs_main", "main"]

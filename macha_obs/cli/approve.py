@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
+from macha_obs import __version__
 from macha_obs.cli.common import (
+    HELP,
     Group,
     config_options,
     ctx_config,
@@ -29,6 +31,7 @@ from macha_obs.models import (
 )
 from macha_obs.remediate.learn import history_line
 from macha_obs.remediate.patches import PatchRefused, parse_diff
+from macha_obs.remediate.status import approval_json as approval_dict
 from macha_obs.store import Store
 from macha_obs.store.approvals import DECIDABLE
 from macha_obs.terminal import inert, is_unsafe
@@ -46,7 +49,13 @@ def _approval_id(_ctx: click.Context, _param: click.Parameter, value: str) -> in
     would read U+0661 as 1."""
     if not (value.isascii() and value.isdigit()):
         raise click.BadParameter(f"'{inert(value)}' is not an approval id (ASCII digits, like 0)")
-    return int(value)
+    digits = value.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_APPROVAL_ID)):
+        # beyond any id, and beyond what int() converts past 4,300 digits: the message
+        # every missing id gets, the id shortened
+        shown = value if len(value) <= 40 else f"{value[:20]}… ({len(value)} digits)"
+        raise click.ClickException(f"no approval with id {shown}")
+    return int(digits)
 
 
 def _existing_id(approval_id: int) -> int:
@@ -54,10 +63,6 @@ def _existing_id(approval_id: int) -> int:
     if approval_id > MAX_APPROVAL_ID:
         raise click.ClickException(f"no approval with id {approval_id}")
     return approval_id
-
-
-def approval_dict(a: Approval) -> dict[str, Any]:
-    return a.model_dump(mode="json") | {"label": describe_action(a.action)}
 
 
 def _print_table(
@@ -98,7 +103,8 @@ def _print_table(
             click.echo(f"    history: {inert(history[item.id])}")
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings=HELP)
+@click.version_option(__version__, prog_name="macha-approve")
 @config_options
 @click.pass_context
 def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
@@ -121,7 +127,7 @@ def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """The queue: what waits for a decision (pending, or interrupted mid-action); --all
     for history."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         _recovered(store).expire_approvals()
         items = store.list_approvals(None if show_all else set(DECIDABLE))
         history = _histories(store, items)
@@ -150,7 +156,7 @@ def _histories(store: Store, items: list[Approval]) -> dict[int, str]:
 def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
     """One item with its evidence and the reason it was queued."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         approval = store.get_approval(_existing_id(approval_id))
         history = history_line(store, approval) if approval is not None else None
     if approval is None:
@@ -208,7 +214,7 @@ def approve_export(ctx: click.Context, approval_id: int) -> None:
     """Write a config_change's diff to stdout, byte for byte, to apply by hand:
     `macha-approve export ID > fix.patch`."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         approval = store.get_approval(_existing_id(approval_id))
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
@@ -241,7 +247,7 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
     if handled.approval is None or handled.approval.status is not ApprovalStatus.EXECUTED:
         if handled.approval and handled.approval.status is ApprovalStatus.ACKNOWLEDGED:
             return
-        sys.exit(EXIT_FAILED)
+        ctx.exit(EXIT_FAILED)
 
 
 @approve_main.command("reject")
@@ -249,6 +255,7 @@ def approve_approve(ctx: click.Context, approval_id: int) -> None:
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @click.pass_context
 def approve_reject(ctx: click.Context, approval_id: int, reason: str) -> None:
+    """Refuse an item: nothing is done, and the reason is kept in the audit log."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
         remediator(cfg, _recovered(store)).reject(_existing_id(approval_id), who(), reason)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import logging
 import signal
-import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,18 +18,30 @@ import click
 
 from macha_obs import config as config_mod
 from macha_obs import statedir
-from macha_obs.cli.errors import EXIT_USAGE, mapped_errors
-from macha_obs.config import AnalysisMode, AutonomyLevel, Config, ConfigError
+from macha_obs.cli.errors import Mapped
+from macha_obs.config import AnalysisMode, AutonomyLevel, Config
+from macha_obs.errors import UsageError
+from macha_obs.statedir import StateDir
 from macha_obs.store import Store
-from macha_obs.terminal import inert
 
 F = TypeVar("F", bound=Callable[..., Any])
+# every console script and command: -h as well as --help
+HELP: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 log = logging.getLogger("macha_obs")
 
 
-def open_store(cfg: Config) -> Store:
-    """The state's store; a refusal (StoreError) is mapped by the group's error handler."""
-    return Store(cfg.state_dir)
+def open_store(cfg: Config, *, create: bool = True) -> Store:
+    """The state's store; a refusal (StoreError) is mapped by the group's error handler.
+    A command that only reads passes create=False: where nothing was recorded yet it
+    reads an empty store of its own (an empty queue, a closed breaker, no history) and
+    says so on stderr, instead of making a state dir, as root, where none should be."""
+    if create or StateDir(cfg.state_dir).db.exists():
+        return Store(cfg.state_dir, retention=cfg)
+    click.echo(f"note: nothing recorded yet in {cfg.state_dir} (no state.db there)", err=True)
+    empty = click.get_current_context().with_resource(
+        tempfile.TemporaryDirectory(prefix="macha-empty-")
+    )
+    return Store(Path(empty))
 
 
 def config_options(fn: F) -> F:
@@ -59,26 +71,22 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-class Group(click.Group):
-    """A command group whose untrusted-state refusals end as a message and exit 1,
-    never a traceback, wherever in a command they are raised."""
+class Group(Mapped, click.Group):
+    """A command group whose errors end as `error: ...` and an exit code, never a
+    traceback, wherever in a command (or its command line) they are raised."""
+
+    group_class = type  # subgroups are Groups too
 
     def invoke(self, ctx: click.Context) -> Any:
         # SIGTERM unwinds like Ctrl-C: an action in flight is recorded interrupted, and
         # nothing is left half-done for the next start to find (serve sets its own)
         signal.signal(signal.SIGTERM, _terminated)
-        with mapped_errors():
-            return super().invoke(ctx)
+        return super().invoke(ctx)
 
 
 def load_config(config_path: Path | None = None, **flags: Any) -> Config:
-    try:
-        return config_mod.load(config_path, overrides=flags)
-    except ConfigError as exc:
-        # a line per field, as the message has them; what a value carries shows escaped
-        shown = "\n".join(inert(line) for line in str(exc).split("\n"))
-        click.echo(f"error: {shown}", err=True)
-        sys.exit(EXIT_USAGE)
+    """The config from file < env < flags; a ConfigError goes to the one error path."""
+    return config_mod.load(config_path, overrides=flags)
 
 
 _person: list[str] = []  # who ran the command, noted before a root CLI drops privileges
@@ -117,8 +125,7 @@ def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
         try:
             user = statedir.drop_to_owner(cfg.state_dir)
         except OSError as exc:
-            click.echo(f"error: cannot become the state dir's owner: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            raise UsageError(f"cannot become the state dir's owner: {exc}") from exc
         if user is not None:
             log.debug("running as %s, the owner of %s", user, cfg.state_dir)
     return cfg

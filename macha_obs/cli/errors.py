@@ -5,13 +5,15 @@ or the state says no, and EXIT_USAGE (2) when the configuration or the command l
 wrong (README, "Every command exits with one of three codes"). A MachaError that leaves a
 command is mapped here by its class (`macha_obs.errors`: a UsageError is 2, every other
 MachaError 1), shown on stderr with whatever it quotes made inert, never as a traceback.
+click's own errors (a bad option, a missing argument, a ClickException a command raises)
+get the same `error: ` prefix through `prefixed`, whichever console script it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -37,20 +39,67 @@ def message(exc: MachaError) -> str:
     return inert(exc)
 
 
+class Prefixed(click.ClickException):
+    """A click error shown as every other error is: usage and hint as click shows them,
+    then `error: ` and the message (click's own says `Error: `)."""
+
+    def __init__(self, inner: click.ClickException) -> None:
+        super().__init__(inner.format_message())
+        self.inner = inner
+        # click declares exit_code a class variable; a usage error's 2 and a failure's 1
+        # differ per instance here
+        self.exit_code = inner.exit_code  # type: ignore[misc]
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        ctx = getattr(self.inner, "ctx", None)
+        if isinstance(self.inner, click.UsageError) and ctx is not None:
+            names = ctx.command.get_help_option_names(ctx)
+            hint = f"Try '{ctx.command_path} {max(names, key=len)}' for help.\n" if names else ""
+            click.echo(f"{ctx.get_usage()}\n{hint}", file=file, err=file is None)
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+def prefixed(exc: click.ClickException) -> click.ClickException:
+    """`exc` as it is to be shown; a bare group's "no command" help stays click's."""
+    if isinstance(exc, Prefixed | click.exceptions.NoArgsIsHelpError):
+        return exc
+    return Prefixed(exc)
+
+
 @contextmanager
 def mapped_errors() -> Iterator[None]:
     """Run a command body; a MachaError leaving it ends the command: `error: ` and its
-    message on stderr, and its exit code (click's Exit, so standalone or not works)."""
+    message on stderr, and its exit code (click's Exit, so standalone or not works).
+    A click error is shown with the same prefix."""
     try:
         yield
     except MachaError as exc:
         click.echo(f"error: {message(exc)}", err=True)
         raise click.exceptions.Exit(exit_code(exc)) from exc
+    except click.ClickException as exc:
+        shown = prefixed(exc)
+        if shown is exc:
+            raise
+        raise shown from exc
 
 
-class Command(click.Command):
-    """A stand-alone command (not under a Group) whose MachaErrors are mapped likewise."""
+class Mapped(click.Command):
+    """Errors mapped from parsing (the command line) to the end of the command's body."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with mapped_errors():
+            return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         with mapped_errors():
             return super().invoke(ctx)
+
+
+class Command(Mapped):
+    """A stand-alone command (not under a Group) whose errors are mapped likewise."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from macha_obs.cli.main import main
 from macha_obs.setup import install as inst
 from macha_obs.setup.units import RenderError, check_prefix
 from macha_obs.terminal import inert
@@ -55,7 +54,7 @@ def _echo_report(report: inst.Report, dry_run: bool) -> None:
         click.echo(f"keep    {name}")
 
 
-@main.command("install")
+@click.command("install")
 @_ROOT
 @click.option(
     "--prefix",
@@ -85,7 +84,7 @@ def install_command(root: Path, prefix: Path | None, dry_run: bool, force: bool)
             click.echo(f"  {step}")
 
 
-@main.command("uninstall")
+@click.command("uninstall")
 @_ROOT
 @_DRY_RUN
 @click.option("--force", is_flag=True, help="Remove installed files even if changed since.")

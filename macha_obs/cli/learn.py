@@ -12,8 +12,7 @@ import json
 
 import click
 
-from macha_obs.cli.common import ctx_config, open_store, who
-from macha_obs.cli.main import main
+from macha_obs.cli.common import Group, ctx_config, open_store, who
 from macha_obs.config import Config
 from macha_obs.metrics.learning import LearnState
 from macha_obs.models import Signature
@@ -22,7 +21,7 @@ from macha_obs.store import Store
 from macha_obs.terminal import inert
 
 
-@main.group("learn", invoke_without_command=True)
+@click.group("learn", invoke_without_command=True, cls=Group)
 @click.option("--json", "as_json", is_flag=True, help="The same, as JSON.")
 @click.pass_context
 def learn_group(ctx: click.Context, as_json: bool) -> None:
@@ -30,7 +29,7 @@ def learn_group(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         found = learned(store, cfg)
     if as_json:
         click.echo(json.dumps(render_json(found), indent=2, ensure_ascii=True))

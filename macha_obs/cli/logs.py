@@ -14,7 +14,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,9 @@ from typing import IO, Any
 
 import click
 
+from macha_obs import __version__
 from macha_obs.cli.common import (
+    HELP,
     config_options,
     load_config,
 )
@@ -198,7 +199,8 @@ def _journal(lines: int, as_json: bool, follow: bool) -> int:
     return 0 if returncode == 0 else EXIT_FAILED
 
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings=HELP)
+@click.version_option(__version__, prog_name="macha-logs")
 @click.argument("kind", type=click.Choice(LOG_KINDS))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--json", "as_json", is_flag=True, help="Raw JSON lines (audit logs).")
@@ -210,7 +212,7 @@ def logs_main(
     """Read the sidecar's logs: its journal, the audit logs, or orchestrator.log."""
     cfg = load_config(config_path, **flags)
     if kind == "service":
-        sys.exit(_journal(lines, as_json, follow))
+        click.get_current_context().exit(_journal(lines, as_json, follow))
     state = StateDir(cfg.state_dir)
     path = log_path(state, kind)
 

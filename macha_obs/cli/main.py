@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -19,8 +19,8 @@ from macha_obs.agent.report import (
     render_json,
     render_text,
 )
-from macha_obs.cli.approve import approval_dict
 from macha_obs.cli.common import (
+    HELP,
     Group,
     config_options,
     ctx_config,
@@ -28,20 +28,20 @@ from macha_obs.cli.common import (
     open_store,
     who,
 )
-from macha_obs.cli.errors import EXIT_FAILED, EXIT_USAGE
+from macha_obs.cli.errors import EXIT_FAILED
+from macha_obs.cli.readiness import daemon_health, health_lines
 from macha_obs.cli.wiring import (
     build_analyzer,
 )
 from macha_obs.config import AnalysisMode
 from macha_obs.daemon import AlreadyRunning, StateLock
-from macha_obs.errors import ExecutorError
+from macha_obs.errors import ExecutorError, UsageError
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.privileged import run_as_root
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
-    ApprovalStatus,
     Incident,
     JournalTail,
     UnitState,
@@ -49,22 +49,21 @@ from macha_obs.models import (
     Verdict,
     describe_action,
 )
-from macha_obs.orchestrator import LAST_CYCLE_KEY
 from macha_obs.policy.judge import PolicyContext, effective_autonomy, judge
 from macha_obs.policy.scope import Scope, confirm
 from macha_obs.remediate.patches import PatchChecker
-from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import context_of, patch_checked
+from macha_obs.remediate.status import status_json, status_of
 from macha_obs.remediate.verify import Breaker
 from macha_obs.statedir import StateDir
-from macha_obs.store import Store
+from macha_obs.store import Store, StoreError
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.terminal import inert
 
 # ---------------------------------------------------------------- macha-obs
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings=HELP)
 @click.version_option(__version__, prog_name="macha-obs")
 @config_options
 @click.pass_context
@@ -110,8 +109,9 @@ def autonomy_group() -> None:
 @autonomy_group.command("show")
 @click.pass_context
 def autonomy_show(ctx: click.Context) -> None:
+    """The configured and the effective autonomy level, and the breaker's state."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
+    with open_store(cfg, create=False) as store:
         breaker = Breaker(cfg, store).state()
     click.echo(f"configured: {cfg.autonomy_level}")
     click.echo(f"effective:  {effective_autonomy(cfg, breaker)}")
@@ -148,9 +148,8 @@ def privileged(ctx: click.Context, instance: str) -> None:
             nix_root=cfg.nix_root,
         )
     except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    sys.exit(0 if code == 0 else EXIT_FAILED)
+        raise UsageError(str(exc)) from exc
+    ctx.exit(0 if code == 0 else EXIT_FAILED)
 
 
 @main.command("status")
@@ -159,43 +158,35 @@ def privileged(ctx: click.Context, instance: str) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Autonomy, breaker, approval queue and the last cycle."""
     cfg = ctx_config(ctx)
-    with open_store(cfg) as store:
-        store.expire_approvals()
-        breaker = Breaker(cfg, store).state()
-        pending = store.list_approvals({ApprovalStatus.PENDING})
-        last = _meta_json(store.get_meta(LAST_CYCLE_KEY))
-        pause = PauseBook(store).current(store.clock())
-    lock = StateLock(cfg.state_dir)
     try:
-        lock.acquire()
-        running = False
-        lock.release()
-    except AlreadyRunning:
-        running = True
-    data = {
-        "daemon_running": running,
-        "autonomy": {
-            "configured": cfg.autonomy_level.value,
-            "effective": effective_autonomy(cfg, breaker).value,
-        },
-        "breaker": {"open": breaker.open, "failures": breaker.failures, "reason": breaker.reason},
-        "pause": None
-        if pause is None
-        else {
-            "since": pause.since.isoformat(),
-            "until": pause.until.isoformat() if pause.until else None,
-            "reason": pause.reason,
-            "by": pause.by,
-        },
-        "approvals_pending": [approval_dict(a) for a in pending],
-        "last_cycle": last,
-    }
+        with open_store(cfg, create=False) as store:
+            now = status_of(cfg, store)
+    except (StoreError, sqlite3.DatabaseError) as exc:
+        # a lost state.db: what the daemon says of it is all there is to show
+        for line in health_lines(daemon_health(cfg)):
+            click.echo(line, err=True)
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"{cfg.state_dir / 'state.db'}: {exc}") from exc
+    running = False
+    if cfg.state_dir.is_dir():  # no state dir, no daemon: and none is made here
+        lock = StateLock(cfg.state_dir)
+        try:
+            lock.acquire()
+            lock.release()
+        except AlreadyRunning:
+            running = True
+    health = daemon_health(cfg) if running else None
+    data = {"daemon_running": running, "health": health, **status_json(now)}
+    breaker, pause, pending, last = now.breaker, now.pause, now.pending, now.last_cycle
     if as_json:
         # ensure_ascii: alert-derived text stays \u escapes, inert even when `cat`-ed
         click.echo(json.dumps(data, indent=2, ensure_ascii=True))
         return
     # the text view: every field from an alert, a model or a person made inert
     click.echo(f"daemon:    {'running' if running else 'not running'} ({cfg.state_dir})")
+    for line in health_lines(health) if health is not None else []:
+        click.echo(line)
     click.echo(
         f"autonomy:  {data['autonomy']['effective']} (configured {cfg.autonomy_level.value})"
     )
@@ -209,14 +200,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
         label = inert(describe_action(a.action))
         click.echo(f"  {a.id}: {label} ({a.risk.value}) {inert(a.incident_id)}")
     click.echo(f"last cycle: {_last_cycle(last)}")
-
-
-def _meta_json(raw: str | None) -> Any:
-    """A JSON value the daemon keeps in the store; a damaged one is shown, not a traceback."""
-    try:
-        return json.loads(raw or "null")
-    except ValueError:
-        return {"unreadable": raw}
 
 
 def _last_cycle(last: Any) -> str:
@@ -242,8 +225,7 @@ def _payload_text(file: IO[bytes], limit: int) -> str:
     except UnicodeDecodeError as exc:
         problem = problem or f"not UTF-8 ({exc.reason} at byte {exc.start})"
     if problem:
-        click.echo(f"error: not an Alertmanager v4 payload: {problem}", err=True)
-        sys.exit(EXIT_USAGE)
+        raise UsageError(f"not an Alertmanager v4 payload: {problem}")
     return text
 
 
@@ -330,6 +312,3 @@ def analyze(
     finally:
         bus.close()
     click.echo(render_json(report) if as_json else render_text(report))
-
-
-from macha_obs.cli import learn as _learn  # noqa: E402, F401  (registers learn on main)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import click
 
 from macha_obs.cli.common import ctx_config, open_store, who
-from macha_obs.cli.main import main
 from macha_obs.intake.incidents import IncidentStore
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.terminal import inert
@@ -64,7 +63,7 @@ def _utc(epoch: float) -> str:
     return f"{datetime.fromtimestamp(epoch, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
-@main.command("pause")
+@click.command("pause")
 @click.option(
     "--for",
     "duration",
@@ -95,7 +94,7 @@ def pause(ctx: click.Context, duration: int | None, reason: str) -> None:
     )
 
 
-@main.command("resume")
+@click.command("resume")
 @click.pass_context
 def resume(ctx: click.Context) -> None:
     """End a pause: open incidents are analysed again and fixed if policy allows."""

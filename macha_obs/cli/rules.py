@@ -11,13 +11,12 @@ from pathlib import Path
 
 import click
 
-from macha_obs.cli.common import ctx_config
-from macha_obs.cli.main import main
+from macha_obs.cli.common import Group, ctx_config
 from macha_obs.setup.rules import RULE_FILES, render, write_rules
 from macha_obs.terminal import inert
 
 
-@main.group("rules")
+@click.group("rules", cls=Group)
 def rules_group() -> None:
     """The Prometheus alert rules, rendered from the thresholds in the config."""
 

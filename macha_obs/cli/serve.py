@@ -4,35 +4,38 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import tempfile
 import threading
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from macha_obs import __version__
 from macha_obs.cli.common import (
+    HELP,
+    config_options,
     ctx_config,
+    keep_options,
     log,
     open_store,
 )
-from macha_obs.cli.errors import EXIT_USAGE
+from macha_obs.cli.errors import Command
 from macha_obs.cli.learn import learn_state
-from macha_obs.cli.main import main
 from macha_obs.cli.wiring import (
-    Sidecar,
+    Parts,
     assemble,
     persistent_state,
     remediator,
 )
 from macha_obs.config import AutonomyLevel, Config
-from macha_obs.daemon import AlreadyRunning, Notifier, StateLock, setup_logging
+from macha_obs.daemon import AlreadyRunning, Extra, Notifier, Sidecar, StateLock, setup_logging
+from macha_obs.errors import UsageError
 from macha_obs.intake.pull import AlertmanagerPuller, PullThread
 from macha_obs.intake.webhook import ReceiverApp
 from macha_obs.metrics import (
+    IntakeDropCollector,
     ListenerCollector,
     LlmCollector,
     SelfCollector,
@@ -41,6 +44,7 @@ from macha_obs.metrics import (
 )
 from macha_obs.metrics.learning import LearnCollector
 from macha_obs.metrics.pull import PullCollector
+from macha_obs.metrics.web import LoginCollector
 from macha_obs.models import (
     ApprovalStatus,
     describe_action,
@@ -48,7 +52,7 @@ from macha_obs.models import (
 from macha_obs.orchestrator import CycleReport
 from macha_obs.remediate.learn import history_line
 from macha_obs.server import Listener, ListenerStats, make_app, shutdown, start_server
-from macha_obs.server.health import Health
+from macha_obs.server.health import CollectorStreaks, Health, ThreadWatch
 from macha_obs.statedir import StateDirError
 from macha_obs.store import Store, StoreError
 from macha_obs.systemd.events import UnitWatcher
@@ -58,15 +62,14 @@ from macha_obs.web import Pages, approvals_pages
 
 def refuse(message: str) -> NoReturn:
     """A startup refusal: the message, exit 2 (bad configuration or usage)."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+    raise UsageError(message)
 
 
 def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, set[str]]:
     """The state dir, locked, checked for lost history, logging to it, and recovered;
     the incidents whose action a crash interrupted."""
     try:
-        store = Store(cfg.state_dir)
+        store = Store(cfg.state_dir, retention=cfg)
     except StoreError as exc:
         refuse(str(exc))
     lock = StateLock(cfg.state_dir)
@@ -96,7 +99,7 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
     return store, lock, {r.incident_id for r in interrupted}
 
 
-def _pull_intake(cfg: Config, store: Store, side: Sidecar) -> PullThread | None:
+def _pull_intake(cfg: Config, store: Store, side: Parts) -> PullThread | None:
     """The pull intake (`alertmanager_urls`: this host's alerts from Alertmanager's API
     v2), not started yet; None when no Alertmanager is configured."""
     if not cfg.alertmanager_urls:
@@ -107,7 +110,7 @@ def _pull_intake(cfg: Config, store: Store, side: Sidecar) -> PullThread | None:
     return PullThread(puller, cfg.alertmanager_pull_interval)
 
 
-def _approvals_pages(cfg: Config, store: Store, side: Sidecar) -> Pages:
+def _approvals_pages(cfg: Config, store: Store, side: Parts) -> Pages:
     """The approvals page (/approvals): it decides through macha-approve's path (the
     Remediator), on the daemon's executor."""
     try:
@@ -121,7 +124,7 @@ def _approvals_pages(cfg: Config, store: Store, side: Sidecar) -> Pages:
         refuse(f"approvals page: {exc}")
 
 
-def _recover(side: Sidecar, interrupted: set[str]) -> None:
+def _recover(side: Parts, interrupted: set[str]) -> None:
     """What a crash left behind, before anything else is decided."""
     # A rebuild a crash interrupted between its switch and its boot default is brought
     # back to the generation it recorded.
@@ -136,17 +139,31 @@ def _recover(side: Sidecar, interrupted: set[str]) -> None:
         log.info("%d open incident(s) will be looked at again", reopened)
 
 
-def _listen(
-    cfg: Config, store: Store, side: Sidecar, receiver: ReceiverApp, pull: PullThread | None
-) -> tuple[Listener, threading.Thread]:
-    """Health, the registry and the pages behind one listener, serving."""
-    pages = _approvals_pages(cfg, store, side)
+def _health(store: Store, side: Parts, pull: PullThread | None, threads: ThreadWatch) -> Health:
+    """What /readyz, macha_ready and `status` say, fed by every snapshot."""
     health = Health(
         store,
         side.loop.ready,
         side.stats,
         pull_problem=pull.puller.stats.problem if pull is not None else lambda: None,
+        collectors=CollectorStreaks(),
+        threads=threads,
     )
+    side.loop.listeners.append(health.note)
+    return health
+
+
+def _listen(
+    cfg: Config,
+    store: Store,
+    side: Parts,
+    receiver: ReceiverApp,
+    pull: PullThread | None,
+    *,
+    health: Health,
+) -> tuple[Listener, threading.Thread]:
+    """Health, the registry and the pages behind one listener, serving."""
+    pages = _approvals_pages(cfg, store, side)
     listener_stats = ListenerStats()
     registry = build_registry(
         side.loop.latest,
@@ -157,8 +174,10 @@ def _listen(
                 health.problems,
             ),
             WebhookCollector(receiver.stats),
+            IntakeDropCollector(store.intake_drops),
             LlmCollector(side.llm_metrics),
             ListenerCollector(listener_stats),
+            LoginCollector(pages.login_stats),
             *([PullCollector(pull.puller.stats)] if pull is not None else []),
             LearnCollector(
                 lambda: learn_state(store, cfg), unit_label=cfg.learn_metrics_unit_label
@@ -166,14 +185,14 @@ def _listen(
         ],
         node_exporter=cfg.node_exporter,
     )
-    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.ready)
+    app = make_app(registry, alerts_app=receiver, pages_app=pages.app, health=health.problems)
     try:
         return start_server(cfg.listen_host, cfg.listen_port, app, stats=listener_stats)
     except OSError as exc:
         refuse(f"cannot listen on {cfg.listen_address}: {exc}")
 
 
-@main.command("serve")
+@click.command("serve")
 @click.option(
     "--start-fresh",
     is_flag=True,
@@ -194,7 +213,10 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
     except (ValueError, OSError) as exc:  # e.g. no token on a non-loopback listener
         refuse(f"webhook: {exc}")
     pull = _pull_intake(cfg, store, side)
-    server, server_thread = _listen(cfg, store, side, receiver, pull)
+    threads = ThreadWatch()
+    threading.excepthook = threads.excepthook  # a thread that dies is logged and reported
+    health = _health(store, side, pull, threads)
+    server, server_thread = _listen(cfg, store, side, receiver, pull, health=health)
     watcher = (
         UnitWatcher(
             cfg.systemd_bus_address,
@@ -205,44 +227,31 @@ def serve(ctx: click.Context, start_fresh: bool) -> None:
         if cfg.dbus_events
         else None
     )
+    extras = [Extra("alertmanager pull", pull, 2.0)] if pull is not None else []
+    if watcher is not None:
+        extras.insert(0, Extra("unit watcher", watcher, 1.0))
+    daemon = Sidecar(
+        lanes=side.orchestrator,
+        loop=side.loop,
+        threads=threads,
+        notifier=Notifier(os.environ),
+        stop_listening=partial(shutdown, server, server_thread),
+        status=f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}",
+        serving=(
+            f"macha-obs {__version__} serving on {cfg.listen_host}:{server.server_port}, "
+            f"autonomy {cfg.autonomy_level}, state {cfg.state_dir}"
+        ),
+        interrupt=side.remediator.interrupt_in_flight,
+        extras=extras,
+        closers=[side.close, store.close, lock.release],
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    side.orchestrator.start()
-    side.loop.start()
-    if watcher is not None:
-        watcher.start()
-    if pull is not None:
-        pull.start()
-    notifier = Notifier(os.environ)
-    notifier.watchdog(side.orchestrator.healthy, stop)
-    notifier.ready(f"{cfg.autonomy_level} on {cfg.listen_host}:{server.server_port}")
-    log.info(
-        "macha-obs %s serving on %s:%d, autonomy %s, state %s",
-        __version__,
-        cfg.listen_host,
-        server.server_port,
-        cfg.autonomy_level,
-        cfg.state_dir,
-    )
-    stop.wait()
-    # SIGTERM: stop taking work, let the step in flight finish (bounded), record the rest.
-    notifier.stopping()
-    log.info("stopping")
-    if watcher is not None:
-        watcher.stop(timeout=1.0)
-    if pull is not None and not pull.stop(timeout=2.0):
-        log.warning("alertmanager pull: a round was still in flight at shutdown")
-    side.loop.stop(timeout=1.0)
-    if not side.orchestrator.stop(timeout=7.0):
-        side.remediator.interrupt_in_flight("the daemon was stopped before the action finished")
-    shutdown(server, server_thread, timeout=1.0)
-    side.close()
-    store.close()
-    lock.release()
+    daemon.run(stop)
 
 
-def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
+def _print_cycle(side: Parts, report: CycleReport, acted: bool) -> None:
     """The cycle for a person; alert, log and model text made inert on the terminal."""
     snap = side.loop.latest()
     findings = snap.findings if snap else []
@@ -280,10 +289,25 @@ def _print_cycle(side: Sidecar, report: CycleReport, acted: bool) -> None:
         click.echo("(the daemon is running: this check only recorded what it would do)")
 
 
-@main.command("check")
+@click.command("check")
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Run one full cycle now and print what was found, decided and done."""
+    _check(ctx)
+
+
+@click.command(cls=Command, context_settings=HELP)
+@click.version_option(__version__, prog_name="macha-check")
+@config_options
+@click.pass_context
+def check_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) -> None:
+    """Run one full cycle now and print what was found, decided and done (one
+    `macha-obs check`, with the same options)."""
+    keep_options(ctx, config_path, flags)
+    _check(ctx)
+
+
+def _check(ctx: click.Context) -> None:
     cfg = ctx_config(ctx)
     open_store(cfg).close()  # the state dir exists and can be trusted before the lock
     lock = StateLock(cfg.state_dir)
@@ -322,8 +346,3 @@ def _check_beside_daemon(cfg: Config) -> None:
     with open_store(cfg) as daemon_store:
         pending = daemon_store.list_approvals({ApprovalStatus.PENDING})
     click.echo(f"the daemon's queue: {len(pending)} pending (macha-approve list)")
-
-
-def check_main() -> None:
-    """`macha-check`: `macha-obs check` with the same options."""
-    main(args=[*sys.argv[1:], "check"])

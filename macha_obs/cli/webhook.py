@@ -7,12 +7,11 @@ import os
 import click
 
 from macha_obs.cli.common import ctx_config
-from macha_obs.cli.main import main
 from macha_obs.intake.token import ensure_token, load_token, token_path
 from macha_obs.terminal import inert
 
 
-@main.command("webhook-token")
+@click.command("webhook-token")
 @click.option("--create", is_flag=True, help="Generate the token now if it does not exist yet.")
 @click.pass_context
 def webhook_token(ctx: click.Context, create: bool) -> None:

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import requests
-
 from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.history import History, no_history
 from macha_obs.agent.llm import LlmMetrics, client_from_config
@@ -90,8 +88,9 @@ def verifier(cfg: Config, store: Store) -> Verifier:
 
 
 @dataclass
-class Sidecar:
-    """Every room, wired. Built by `assemble` for `serve` and `macha-check`."""
+class Parts:
+    """Every room, wired: the parts `serve` hands to daemon.Sidecar, and `macha-check`
+    runs one cycle of. Built by `assemble`."""
 
     cfg: Config
     store: Store
@@ -134,7 +133,7 @@ def build_analyzer(
     )
 
 
-def assemble(cfg: Config, store: Store) -> Sidecar:
+def assemble(cfg: Config, store: Store) -> Parts:
     bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
     executor = build_executor(cfg, store, bus)
     llm_metrics = LlmMetrics()
@@ -142,7 +141,7 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
     analyzer = build_analyzer(
         cfg, executor.diagnostics, llm_metrics, store.audit_decision, store.fix_history
     )
-    fleet = fleet_limit(cfg, requests.Session())
+    fleet = fleet_limit(cfg)
     remediator = Remediator(
         cfg,
         store,
@@ -163,7 +162,7 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
         cfg, store, incidents, analyzer, remediator, snapshot=loop.latest, stats=stats
     )
     loop.listeners.append(orchestrator.note_snapshot)
-    return Sidecar(
+    return Parts(
         cfg,
         store,
         executor,
@@ -181,7 +180,8 @@ def assemble(cfg: Config, store: Store) -> Sidecar:
 def persistent_state(
     cfg: Config, store: Store, remediator: Remediator, links: Links | None = None
 ) -> PersistentState:
-    """What the store knows for /metrics; with `links`, each pending item's signed link."""
+    """What the store knows for /metrics; with `links`, each pending item's page (its
+    plain URL: /metrics has no authentication, so it carries no capability)."""
     breaker = remediator.breaker()
     pause = PauseBook(store).current(store.clock())
     pending = links.pending(store.list_approvals({ApprovalStatus.PENDING})) if links else []

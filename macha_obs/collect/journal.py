@@ -78,7 +78,9 @@ def _message(value: Any) -> str:
         value = bytes(v for v in value if isinstance(v, int) and 0 <= v < 256).decode(
             errors="replace"
         )
-    return str(value or "").replace("\n", " ")[:MESSAGE_MAX]
+    text = str(value or "").replace("\n", " ")
+    # "…" marks the cut, so the prompt's redaction can tell a secret's cut-off prefix
+    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
 
 
 def _unit_of(record: dict[str, Any]) -> str:

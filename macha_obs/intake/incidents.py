@@ -13,10 +13,12 @@ transactions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,6 +29,7 @@ from macha_obs.store import incidents as tables
 
 # an incident's status, compared by the orchestrator: exported from here, its room
 from macha_obs.store.incidents import OPEN as OPEN  # noqa: PLC0414
+from macha_obs.store.intake_bounds import hold_caps
 
 FINDING_GROUP = "finding:"
 
@@ -60,6 +63,8 @@ class IngestResult:
     duplicates: int
     firing: int = 0
     resolved: bool = False
+    # what the caps dropped to make room (store/intake_bounds.py), by what
+    dropped: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -101,7 +106,20 @@ class IncidentStore:
         """
         now = self.store.clock()
         # concurrent deliveries share a commit (and its fsync); each waits for it
-        return self.store.commit_shared(lambda cur: self._ingest(cur, group, body, alerts, now))
+        result = self.store.commit_shared(
+            lambda cur: self._capped(cur, self._ingest(cur, group, body, alerts, now))
+        )
+        if result.dropped:
+            self.store.intake_drops.add(Counter(result.dropped))
+        return result
+
+    def _capped(self, cur: sqlite3.Cursor, result: IngestResult) -> IngestResult:
+        """Every intake table back under its cap, in the delivery's own transaction: a
+        storm never grows the state dir beyond them, even between retention passes."""
+        if not result.inbox_id:
+            return result  # nothing stored
+        dropped = hold_caps(cur, self.store.retention, result.incident_id)
+        return dataclasses.replace(result, dropped=dict(dropped)) if dropped else result
 
     def _ingest(
         self,

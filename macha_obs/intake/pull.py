@@ -13,15 +13,23 @@ keys, incidents, revisions), one committed transaction per group before the next
 So an alert pulled from two HA peers, or pulled and also pushed, is one alert state
 (fingerprint, startsAt, status) stored and analysed once, whichever came first.
 
-The rules, in the order they apply each round:
+The rules, in the order they apply each round (the pure ones are pull_rules.py):
 
-- A peer's answer counts only when it is a 200 with a JSON list of groups, read whole
-  within the timeout and the size bound. Anything else (connection refused, a timeout or
-  a peer that stalls mid-answer, a 5xx, garbage) is logged, counted by a fixed result and
-  otherwise ignored: it never takes or resolves anything.
-- An alert is *taken as firing* when at least one answering peer has it active (or not
-  yet processed) with an endsAt still ahead. Silenced or inhibited alerts are not taken,
-  as the webhook would not deliver them, but they are *present*.
+- While the store is unusable (`Store.problem()`: the database replaced, truncated,
+  deleted or unwritable), the pull asks no peer and takes nothing: it cannot keep it.
+  Health says so (`alertmanager_pull`), and Alertmanager still holds every alert.
+- Every peer is asked at once, each in its own worker with its own wall-clock deadline
+  for the whole answer (`alertmanager_pull_timeout`, a trickle included: pull_fetch.py).
+  A peer's answer counts only when it is a 200 with a JSON list of groups, read whole
+  within the deadline and the bounds (`alertmanager_pull_max_bytes`, `_max_groups`,
+  `_max_alerts`, depth: pull_answer.py). Anything else (connection refused, a timeout or
+  a peer that stalls mid-answer, a 5xx, garbage, too much) is logged, counted by a fixed
+  result and otherwise ignored: it never takes or resolves anything. A peer that stalls,
+  floods or garbles its answer is a health problem until it answers well again.
+- An alert is *taken as firing*, as soon as an answer that has it active (or not yet
+  processed) with an endsAt still ahead is in, whatever the other peers are doing (the
+  first such answer is the alert). Silenced or inhibited alerts are not taken, as the
+  webhook would not deliver them, but they are *present*.
 - An alert this intake took (its incident was opened by a pull) is *resolved* only when
   **every** configured peer answered this round and none lists it as present (any state,
   endsAt ahead). One peer down, slow or answering garbage: nothing resolves this round.
@@ -33,167 +41,66 @@ The rules, in the order they apply each round:
 - Each group is committed before the next; a store error stops the round: what was not
   committed is taken on the next poll (Alertmanager still holds it). Nothing is lost.
   An alert state stored by an earlier round is not ingested again while it fires (the
-  dedupe would drop it anyway; this spares a transaction per group per round).
+  dedupe would drop it anyway; this spares a transaction per group per round). After a
+  restart, until a peer answers, an alert the pull's incidents hold firing is such a
+  state whatever startsAt a peer gives it: answers come in any order, and HA peers that
+  stamped their own startsAt must not make it new by answering first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
+import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
-
-import requests
-from pydantic import ValidationError
 
 from macha_obs.config import Config
 from macha_obs.intake.incidents import IncidentStore, IngestResult
-from macha_obs.intake.webhook import MAX_LABEL_CHARS, MAX_LABELS, HostMatcher, for_this_host
-from macha_obs.models import ZERO_TIME, Alert, AlertGroup
+from macha_obs.intake.pull_answer import AnswerLimits
+from macha_obs.intake.pull_fetch import fetch_answer
+from macha_obs.intake.pull_rules import (
+    GROUP_KEY_PREFIX,
+    POLL_RESULTS,
+    Merged,
+    PeerAnswer,
+    RoundReport,
+    RoundState,
+    Stored,
+    gone,
+    host_filter,
+    peer_name,
+    sort_answer,
+)
+from macha_obs.intake.pull_stats import ALERT_RESULTS, ROUND_RESULTS, PullStats
+from macha_obs.intake.webhook import HostMatcher
+from macha_obs.models import Alert, AlertGroup
 from macha_obs.store import Store
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ALERT_RESULTS",
+    "POLL_RESULTS",
+    "ROUND_RESULTS",
+    "AlertmanagerPuller",
+    "PullStats",
+    "PullThread",
+    "host_filter",
+    "peer_name",
+]
+
 OnIncident = Callable[[IngestResult], None]
-
-# One poll of one peer ends in one of these (a label value: a small fixed set).
-POLL_RESULTS = ("ok", "unreachable", "timeout", "http_error", "invalid", "too_large")
-# A round (every peer asked once): all answered / some / none / could not store.
-ROUND_RESULTS = ("complete", "partial", "failed", "store_error")
-# What became of pulled alerts (alert states, counted once per round they are met).
-ALERT_RESULTS = ("new", "duplicate", "ignored", "invalid", "resolved")
-GROUP_KEY_PREFIX = "pull/"
 API_PATH = "/api/v2/alerts/groups"
-MAX_ANSWER_BYTES = 64 * 1_048_576  # ~100,000 alerts; a bigger answer is refused, not cut
 DEFAULT_TIMEOUT = 10.0
-FAILING_ROUNDS = 3  # rounds in a row without a usable answer before health reports it
+SPARE_SECONDS = 30.0  # beyond a peer's deadline, before the round stops waiting for it
 
 
-class PullStats:
-    """Pull counters since start, and each peer's last success (Prometheus copes with
-    resets). Peers are the configured URLs' host:port: bounded by the config."""
-
-    def __init__(self, peers: Iterable[str] = ()) -> None:
-        self._lock = threading.Lock()
-        self.polls: Counter[tuple[str, str]] = Counter()
-        self.rounds: Counter[str] = Counter(dict.fromkeys(ROUND_RESULTS, 0))
-        self.alerts: Counter[str] = Counter(dict.fromkeys(ALERT_RESULTS, 0))
-        self.last_success: dict[str, float] = {}
-        self.up: dict[str, bool] = {}
-        self.failing_rounds = 0
-        self.last_problem = ""
-        for peer in peers:
-            self.up[peer] = False
-            for result in POLL_RESULTS:
-                self.polls[(peer, result)] = 0
-
-    def poll(self, peer: str, result: str, when: float) -> None:
-        with self._lock:
-            self.polls[(peer, result)] += 1
-            self.up[peer] = result == "ok"
-            if result == "ok":
-                self.last_success[peer] = when
-
-    def round(self, result: str, problem: str = "") -> None:
-        with self._lock:
-            self.rounds[result] += 1
-            usable = result in ("complete", "partial")
-            self.failing_rounds = 0 if usable else self.failing_rounds + 1
-            self.last_problem = "" if usable else problem
-
-    def count_alerts(self, **n: int) -> None:
-        with self._lock:
-            self.alerts.update(n)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "polls": dict(self.polls),
-                "rounds": dict(self.rounds),
-                "alerts": dict(self.alerts),
-                "last_success": dict(self.last_success),
-                "up": dict(self.up),
-                "failing_rounds": self.failing_rounds,
-            }
-
-    def problem(self, failing: int = FAILING_ROUNDS) -> str | None:
-        """Why the pull intake is not taking alerts, or None (for health)."""
-        with self._lock:
-            if self.failing_rounds < failing:
-                return None
-            rounds, problem = self.failing_rounds, self.last_problem
-        return f"no Alertmanager answered the last {rounds} pulls: {problem}"
-
-
-@dataclass
-class PeerAnswer:
-    """One peer's answer: its groups (raw JSON objects), or why there are none."""
-
-    peer: str
-    result: str
-    groups: list[dict[str, Any]] = field(default_factory=list)
-    problem: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.result == "ok"
-
-
-@dataclass
-class Merged:
-    """One round's answers, merged: what to take, what is present, what was not ours."""
-
-    firing: dict[str, dict[str, Alert]] = field(default_factory=dict)  # group key → fp →
-    present: set[str] = field(default_factory=set)  # listed, not ended, on some peer
-    starts: dict[str, set[str]] = field(default_factory=dict)  # fp → startsAt as written
-    owner: dict[str, str] = field(default_factory=dict)  # fp → its group key
-    ignored: set[str] = field(default_factory=set)
-    invalid: set[str] = field(default_factory=set)
-
-
-@dataclass
-class RoundReport:
-    """What one round did (for tests, the bench and the log)."""
-
-    result: str
-    answered: int
-    taken: list[IngestResult] = field(default_factory=list)
-    resolved: int = 0
-
-
-def peer_name(url: str) -> str:
-    """The label value for a peer: host:port of its URL, never its credentials or path."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{parts.port}" if parts.port else host
-
-
-def host_filter(label: str, names: Iterable[str]) -> str:
-    """Alertmanager matcher (anchored RE2) for `label` naming one of `names`, with any
-    domain suffix after a bare name and an optional port, case-insensitive: the same
-    hosts `HostMatcher` accepts, so the server sends (about) only ours."""
-    alternatives = "|".join(sorted({re.escape(n.lower()) for n in names if n}))
-    pattern = f"(?i)(?:{alternatives})(?:\\.[^:]*)?(?::[0-9]+)?"
-    quoted = pattern.replace("\\", "\\\\").replace('"', '\\"')
-    return f'{label}=~"{quoted}"'
-
-
-def _parse_time(text: object) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
+class StoreUnusable(RuntimeError):
+    """The store cannot keep what the pull would take."""
 
 
 class AlertmanagerPuller:
@@ -207,10 +114,12 @@ class AlertmanagerPuller:
         *,
         label: str = "instance",
         timeout: float = DEFAULT_TIMEOUT,
+        limits: AnswerLimits | None = None,
         on_incident: OnIncident | None = None,
         stats: PullStats | None = None,
         clock: Callable[[], float] = time.time,
-        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        monotonic: Callable[[], float] = time.monotonic,
+        store_problem: Callable[[], str | None] | None = None,
     ) -> None:
         self.incidents = incidents
         self.urls = [u.rstrip("/") for u in urls]
@@ -218,17 +127,21 @@ class AlertmanagerPuller:
         self.hosts = hosts
         self.matcher = host_filter(label, hosts.names)
         self.timeout = timeout
+        self.limits = limits or AnswerLimits()
         self.on_incident = on_incident
         self.stats = stats or PullStats(self.peers)
         self.clock = clock
-        self.max_answer_bytes = max_answer_bytes
-        self._sessions = [requests.Session() for _ in self.urls]
+        self.monotonic = monotonic
+        self._store_problem = store_problem
         # fingerprint → startsAt (as the API wrote it) of the alert states stored by
         # earlier rounds: while one fires it comes back every round, and is neither
         # validated nor ingested again (the dedupe would drop it; this spares the work)
         self._taken: dict[str, frozenset[str]] = {}
         # fingerprints firing in the pull's own incidents (None: read them again)
         self._candidates: set[str] | None = None
+        # until a peer answered once: what the pull's incidents hold firing (a restart)
+        self._restarted: set[str] | None = None
+        # one worker per peer: each answer is bounded by its deadline, so none waits
         self._pool = ThreadPoolExecutor(max(1, len(self.urls)), thread_name_prefix="am-pull")
 
     @classmethod
@@ -242,176 +155,153 @@ class AlertmanagerPuller:
             loopback_is_local=False,
             require_label=True,
         )
+        limits = AnswerLimits(
+            max_bytes=config.alertmanager_pull_max_bytes,
+            max_groups=config.alertmanager_pull_max_groups,
+            max_alerts=config.alertmanager_pull_max_alerts,
+        )
         return cls(
             IncidentStore(store),
             config.alertmanager_urls,
             hosts,
             label=config.host_labels[0],
-            timeout=DEFAULT_TIMEOUT,
+            timeout=config.alertmanager_pull_timeout,
+            limits=limits,
             on_incident=on_incident,
         )
 
     # ------------------------------------------------------------ one round
 
+    def store_problem(self) -> str | None:
+        """Why the store cannot keep what the pull would take, or None."""
+        if self._store_problem is not None:
+            return self._store_problem()
+        return self.incidents.store.problem()
+
     def poll_once(self) -> RoundReport:
-        """Ask every peer once, take what is ours, resolve what every peer dropped."""
-        answers = list(self._pool.map(self._ask, range(len(self.urls))))
-        good = [a for a in answers if a.ok]
-        problems = "; ".join(f"{a.peer}: {a.problem}" for a in answers if not a.ok)
-        if not good:
-            self.stats.round("failed", problems)
-            return RoundReport("failed", 0)
-        merged = self._merge(good)
-        complete = len(good) == len(answers)
-        report = RoundReport("complete" if complete else "partial", len(good))
+        """Ask every peer at once, take each answer's alerts as it comes in, and resolve
+        what every peer dropped once all have answered."""
+        problem = self.store_problem()
+        self.stats.store(problem)
+        if problem is not None:
+            log.warning("alertmanager pull: taking nothing, the store is unusable: %s", problem)
+            self.stats.round("store_error", problem)
+            return RoundReport("store_error", 0)
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        done = RoundState(RoundReport("failed", 0))
+        if self._restarted is None:
+            self._restarted = self._firing_taken()
+        # each answer is handed over as it comes in, and dropped once taken: at most the
+        # answers not yet taken are held, each bounded by its limits
+        answers: queue.SimpleQueue[PeerAnswer] = queue.SimpleQueue()
+        for i in range(len(self.urls)):
+            self._pool.submit(self._ask_into, i, answers)
         try:
-            self._take(merged, report)
-            if complete:
-                report.resolved = self._resolve(merged.present)
+            for _ in self.urls:
+                try:
+                    answer = answers.get(timeout=self.timeout + SPARE_SECONDS)
+                except queue.Empty:  # cannot be: every answer is bounded by its deadline
+                    done.problems.append("a peer's worker did not hand its answer over")
+                    break
+                self._answer_in(answer, now, done)
+                del answer
+            report = done.report
+            problems = "; ".join(done.problems)
+            if not report.answered:
+                self.stats.round("failed", problems)
+                return report
+            self._restarted = set()  # what a peer lists is known from now on
+            report.result = "complete" if report.answered == len(self.urls) else "partial"
+            if report.result == "complete":
+                report.resolved = self._resolve(done.present)
+        except StoreUnusable as exc:
+            log.warning("alertmanager pull: stopped taking, the store is unusable: %s", exc)
+            self.stats.store(str(exc))
+            return self._store_failed(done.report)
         except Exception:  # the store: what was committed stays, the rest comes next round
             log.exception("alertmanager pull: cannot store the pulled alerts; next poll retries")
-            self.stats.round("store_error", "cannot store the pulled alerts")
-            report.result = "store_error"
-            return report
+            return self._store_failed(done.report)
         self.stats.round(report.result, problems)
         self.stats.count_alerts(
             new=sum(r.new_alerts for r in report.taken),
             duplicate=sum(r.duplicates for r in report.taken),
             resolved=report.resolved,
-            ignored=len(merged.ignored),
-            invalid=len(merged.invalid),
+            ignored=len(done.ignored),
+            invalid=len(done.invalid),
         )
-        for result in report.taken:
+        return report
+
+    def _store_failed(self, report: RoundReport) -> RoundReport:
+        self.stats.round("store_error", "cannot store the pulled alerts")
+        report.result = "store_error"
+        return report
+
+    def _answer_in(self, answer: PeerAnswer, now: datetime, done: RoundState) -> None:
+        """One peer's answer is in: take what it holds now (committed), note what it lists."""
+        if not answer.ok:
+            done.problems.append(f"{answer.peer}: {answer.problem}")
+            return
+        done.report.answered += 1
+        merged = Merged()
+        stored = Stored(self._taken, self._restarted or ())
+        sort_answer(answer, merged, hosts=self.hosts, now=now, stored=stored, this_round=done.taken)
+        for fp, starts in merged.known.items():
+            self._taken[fp] = self._taken.get(fp, frozenset()) | starts
+        done.present |= merged.present
+        done.ignored |= merged.ignored
+        done.invalid |= merged.invalid
+        taken = self._take(merged, done.report)
+        done.taken |= {fp for alerts in merged.firing.values() for fp in alerts}
+        for fp, starts in merged.starts.items():  # another peer's own startsAt: stored too
+            if fp in done.taken:
+                self._taken[fp] = self._taken.get(fp, frozenset()) | starts
+        for result in taken:
             if result.changed and result.firing and self.on_incident is not None:
                 try:
                     self.on_incident(result)
                 except Exception:  # stored already; analysis picks it up from the store
                     log.exception("on_incident failed for %s", result.incident_id)
-        return report
+
+    def _ask_into(self, index: int, answers: queue.SimpleQueue[PeerAnswer]) -> None:
+        try:
+            answers.put(self._ask(index))
+        except Exception as exc:  # never leave the round waiting for this peer
+            log.exception("alertmanager pull from %s failed", self.peers[index])
+            answers.put(PeerAnswer(self.peers[index], "unreachable", problem=repr(exc)))
 
     def _ask(self, index: int) -> PeerAnswer:
         peer, url = self.peers[index], self.urls[index]
-        answer = self._fetch(self._sessions[index], peer, url)
-        self.stats.poll(peer, answer.result, self.clock())
+        params = {"filter": self.matcher, "active": "true", "silenced": "true",
+                  "inhibited": "true"}  # fmt: skip
+        answer = fetch_answer(
+            url + API_PATH,
+            params,
+            peer=peer,
+            timeout=self.timeout,
+            limits=self.limits,
+            clock=self.monotonic,
+        )
+        self.stats.poll(peer, answer.result, self.clock(), answer.problem)
         if not answer.ok:
             log.warning("alertmanager pull from %s: %s: %s", peer, answer.result, answer.problem)
         return answer
 
-    def _fetch(self, session: requests.Session, peer: str, url: str) -> PeerAnswer:
-        params = {"filter": self.matcher, "active": "true", "silenced": "true",
-                  "inhibited": "true"}  # fmt: skip
-        deadline = time.monotonic() + self.timeout
-        try:
-            with session.get(
-                url + API_PATH, params=params, timeout=self.timeout, stream=True
-            ) as reply:
-                if reply.status_code != 200:
-                    return PeerAnswer(peer, "http_error", problem=f"HTTP {reply.status_code}")
-                raw = bytearray()
-                for chunk in reply.iter_content(65536):
-                    raw += chunk
-                    if len(raw) > self.max_answer_bytes:
-                        message = f"answer over {self.max_answer_bytes} bytes"
-                        return PeerAnswer(peer, "too_large", problem=message)
-                    if time.monotonic() > deadline:  # a peer that drips its answer
-                        return PeerAnswer(peer, "timeout", problem="answer not read in time")
-        except requests.Timeout:
-            return PeerAnswer(peer, "timeout", problem=f"no answer within {self.timeout:g}s")
-        except (requests.RequestException, OSError) as exc:
-            return PeerAnswer(peer, "unreachable", problem=_cause(exc))
-        try:
-            groups = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            return PeerAnswer(peer, "invalid", problem=f"invalid JSON: {exc}")
-        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
-            return PeerAnswer(peer, "invalid", problem="not a list of alert groups")
-        return PeerAnswer(peer, "ok", groups)
-
-    # ------------------------------------------------------------ merging answers
-
-    def _merge(self, answers: Sequence[PeerAnswer]) -> Merged:
-        """Every answering peer's alerts, sorted into what to take and what is present."""
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        merged = Merged()
-        for answer in answers:
-            for group in answer.groups:
-                key = _group_key(group)
-                raw_alerts = group.get("alerts")
-                for raw in raw_alerts if isinstance(raw_alerts, list) else []:
-                    self._sort(raw, key, now, merged)
-        return merged
-
-    def _sort(self, raw: object, key: str, now: datetime, merged: Merged) -> None:
-        fp = raw.get("fingerprint") if isinstance(raw, dict) else None
-        if not isinstance(raw, dict) or not isinstance(fp, str):
-            merged.invalid.add(str(fp))
-            return
-        ends = _parse_time(raw.get("endsAt"))
-        ended = ends is not None and ends <= now  # ended on this peer: not present here
-        starts = str(raw.get("startsAt"))
-        if starts in self._taken.get(fp, ()):  # this state is stored already
-            if not ended:
-                merged.present.add(fp)
-            return
-        alert = self._alert(raw)
-        if alert is None:
-            merged.invalid.add(fp)
-            merged.present.add(fp)  # unreadable: never resolve it for that
-            return
-        if not for_this_host(alert, self.hosts):
-            merged.ignored.add(fp)
-            return
-        if ended:
-            return
-        merged.present.add(fp)
-        if _state(raw) in ("active", "unprocessed"):
-            # In several groups (routes), or on several peers: the first one met is the
-            # alert. Peers that stamped their own startsAt (an alert posted without one)
-            # give one fingerprint several starts: one alert still, taken once.
-            owner = merged.owner.setdefault(fp, key)
-            merged.firing.setdefault(owner, {}).setdefault(fp, alert)
-            merged.starts.setdefault(fp, set()).add(starts)
-
-    @staticmethod
-    def _alert(raw: object) -> Alert | None:
-        """A pulled alert as the webhook would carry it (firing, no end yet), or None
-        when it is not a readable alert within the webhook's label bounds."""
-        if not isinstance(raw, dict):
-            return None
-        try:
-            alert = Alert.model_validate(
-                {
-                    "status": "firing",
-                    "labels": raw.get("labels"),
-                    "annotations": raw.get("annotations") or {},
-                    "startsAt": raw.get("startsAt"),
-                    "endsAt": ZERO_TIME,
-                    "generatorURL": raw.get("generatorURL") or "",
-                    "fingerprint": raw.get("fingerprint"),
-                }
-            )
-        except ValidationError:
-            return None
-        labels = [alert.labels, alert.annotations]
-        if len(alert.labels) > MAX_LABELS or any(
-            max(len(k), len(v)) > MAX_LABEL_CHARS for d in labels for k, v in d.items()
-        ):
-            return None
-        return alert
-
     # ------------------------------------------------------------ storing
 
-    def _take(self, merged: Merged, report: RoundReport) -> None:
+    def _take(self, merged: Merged, report: RoundReport) -> list[IngestResult]:
         """Ingest each group's alerts, one committed transaction per group."""
+        taken = []
         for key in sorted(merged.firing):
             alerts = list(merged.firing[key].values())
             result = self._ingest(key, alerts)  # committed when it returns
-            report.taken.append(result)
+            taken.append(result)
             for alert in alerts:
                 fp = alert.fingerprint
                 self._taken[fp] = self._taken.get(fp, frozenset()) | merged.starts[fp]
             if result.new_alerts:
                 self._candidates = None  # the pull's firing alerts changed: read them again
+        report.taken += taken
+        return taken
 
     def _resolve(self, present: set[str]) -> int:
         """After a complete round: resolve what every peer dropped, if anything was."""
@@ -434,6 +324,9 @@ class AlertmanagerPuller:
         }
 
     def _ingest(self, key: str, alerts: list[Alert], status: str = "firing") -> IngestResult:
+        problem = self.store_problem()
+        if problem is not None:  # it broke mid-round: keep nothing we cannot keep
+            raise StoreUnusable(problem)
         body = {
             "version": "4",
             "groupKey": key,
@@ -453,16 +346,13 @@ class AlertmanagerPuller:
             incident = state.incident
             if incident.source != "alert" or not incident.group_key.startswith(GROUP_KEY_PREFIX):
                 continue
-            gone = [
+            ends = [
                 a.model_copy(update={"status": "resolved", "ends_at": ended})
                 for a in incident.alerts
-                if a.firing
-                and self.hosts.is_local(a)
-                and a.fingerprint
-                and a.fingerprint not in present
+                if gone(a, present, self.hosts)
             ]
-            if gone:
-                result = self._ingest(incident.group_key, gone, "resolved")
+            if ends:
+                result = self._ingest(incident.group_key, ends, "resolved")
                 resolved += result.new_alerts
         return resolved
 
@@ -481,8 +371,6 @@ class AlertmanagerPuller:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for session in self._sessions:
-            session.close()
 
 
 class PullThread:
@@ -500,7 +388,7 @@ class PullThread:
         self._thread.start()
 
     def stop(self, timeout: float) -> bool:
-        """Stop after the round in flight (each request is bounded by the timeout); True
+        """Stop after the round in flight (each answer is bounded by its deadline); True
         when the thread ended within `timeout`."""
         self._stop.set()
         self._thread.join(timeout)
@@ -508,32 +396,3 @@ class PullThread:
         if not alive:
             self.puller.close()
         return not alive
-
-
-def _group_key(group: Mapping[str, Any]) -> str:
-    """Our key for an Alertmanager group: pull/<receiver>:{group labels}, the same for
-    every peer (the route's own key is not in the API; the groupKey of the webhook is
-    `<route>:{labels}`)."""
-    receiver = group.get("receiver")
-    name = receiver.get("name") if isinstance(receiver, dict) else None
-    labels = group.get("labels")
-    pairs = sorted(labels.items()) if isinstance(labels, dict) else []
-    text = ", ".join(f"{k}={json.dumps(str(v))}" for k, v in pairs)
-    return f"{GROUP_KEY_PREFIX}{name or ''}:{{{text}}}"
-
-
-def _cause(exc: BaseException) -> str:
-    """The root cause of a request error, short ("[Errno 111] Connection refused"),
-    not requests' retelling with the whole URL."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return f"{type(exc).__name__}: [Errno {seen.errno}] {seen.strerror}"
-        seen = seen.__cause__ or seen.__context__
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _state(raw: Mapping[str, Any]) -> str:
-    status = raw.get("status")
-    state = status.get("state") if isinstance(status, dict) else None
-    return state if isinstance(state, str) else "unprocessed"

@@ -82,7 +82,13 @@ class ReceiverStats:
 
 
 class HostMatcher:
-    """Is an alert about this host? Decided by the first host label present on it."""
+    """Is an alert about this host? Decided by the first host label present on it.
+
+    The label names this host when its whole name (port stripped, case-insensitive as
+    DNS is, a trailing dot ignored) is the hostname or a declared alias: `vm` is not
+    `vm.example.org`, nor `vm.evil.example`. A short name matches only when the hostname
+    or an alias is that short name; declare the others in `host_aliases`.
+    """
 
     def __init__(
         self,
@@ -93,8 +99,7 @@ class HostMatcher:
         loopback_is_local: bool = True,
         require_label: bool = False,
     ) -> None:
-        names = {hostname, *aliases}
-        self.names = {n.lower() for n in names} | {n.lower().split(".")[0] for n in names}
+        self.names = {host_name(n) for n in (hostname, *aliases)} - {""}
         if loopback_is_local:
             # a target scraped at 127.0.0.1 by a Prometheus beside us is this host
             self.names |= _LOOPBACK
@@ -107,9 +112,13 @@ class HostMatcher:
         for label in self.labels:
             value = alert.labels.get(label)
             if value:
-                host = _strip_port(value.strip().lower())
-                return host in self.names or host.split(".")[0] in self.names
+                return host_name(_strip_port(value.strip().lower())) in self.names
         return not self.require_label  # no host label: a host-local rule, ours
+
+
+def host_name(name: str) -> str:
+    """A host name as compared: lower case, no surrounding space, no trailing dot."""
+    return name.strip().lower().removesuffix(".")
 
 
 def for_this_host(alert: Alert, hosts: HostMatcher | None) -> bool:
@@ -144,8 +153,12 @@ class ReceiverApp:
         max_alerts: int = MAX_ALERTS,
         max_labels: int = MAX_LABELS,
         max_label_chars: int = MAX_LABEL_CHARS,
+        store_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """`store_problem`: why the store cannot keep what is acknowledged now (the
+        store's `problem`), or None; while it says why, every delivery gets a 503."""
         self.incidents = incidents
+        self.store_problem = store_problem
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.max_alerts = max_alerts
@@ -167,6 +180,7 @@ class ReceiverApp:
             max_body_bytes=config.webhook_max_body_bytes,
             hosts=HostMatcher(config.hostname, config.host_aliases, config.host_labels),
             on_incident=on_incident,
+            store_problem=store.problem,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
@@ -300,13 +314,22 @@ class ReceiverApp:
             self.stats.count("ignored", ignored=ignored)
             reason = "alerts for other hosts or for people (audience=human)"
             return "200 OK", {"status": "ignored", "reason": reason}, []
+        result: IngestResult | None = None
+        unusable: str | None = None
         try:
             result = self.incidents.ingest(group, text, local)
         except Exception:
-            # could not store: a 5xx makes Alertmanager deliver it again later
             log.exception("cannot store webhook delivery for %r", group.group_key)
+            unusable = "cannot store the alerts now"
+        # asked after the write: a store lost under the daemon takes a write into a file
+        # nobody will read (a deleted, replaced or truncated state.db) without an error,
+        # so a committed write is no proof; nothing is acknowledged until it is repaired
+        unusable = unusable or self.store_problem()
+        if unusable is not None or result is None:
+            # a 5xx makes Alertmanager deliver it again later; a duplicate then is harmless
+            log.warning("webhook delivery for %r refused: %s", group.group_key, unusable)
             self.stats.count("store_error")
-            return "503 Service Unavailable", {"error": "cannot store the alerts now"}, []
+            return "503 Service Unavailable", {"error": unusable or "cannot store"}, []
         duplicate = result.new_alerts == 0 and result.duplicates > 0
         self.stats.count(
             "duplicate" if duplicate else "accepted",

@@ -15,8 +15,9 @@ from prometheus_client.registry import Collector
 
 
 class PullStatsView(Protocol):
-    """The pull intake's counters (`macha_obs.intake.pull.PullStats.snapshot`): polls by
-    (peer, result), rounds and alerts by result, each peer's last success and up."""
+    """The pull intake's counters (`macha_obs.intake.pull_stats.PullStats.snapshot`):
+    polls by (peer, result), rounds and alerts by result, each peer's last success and
+    up, and why each failing peer's last poll failed ("failing", over "reasons")."""
 
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -56,6 +57,20 @@ class PullCollector(Collector):
             "1 when the last poll of the peer gave a usable answer",
             ["peer"],
             {(peer,): 1.0 if ok else 0.0 for peer, ok in snap["up"].items()},
+        )
+        # peers (bounded by the config) x the fixed failure results: at most 16 x 5
+        failing = snap.get("failing", {})
+        yield _family(
+            GaugeMetricFamily,
+            "macha_alertmanager_pull_peer_failing",
+            "1 for the reason the peer's last poll failed (timeout: it stalled past its"
+            " deadline; too_large: past a bound; invalid; http_error; unreachable)",
+            ["peer", "reason"],
+            {
+                (peer, reason): 1.0 if failing.get(peer) == reason else 0.0
+                for peer in snap["up"]
+                for reason in snap.get("reasons", ())
+            },
         )
         yield _family(
             GaugeMetricFamily,

@@ -32,7 +32,14 @@ from macha_obs.models import Action, Assessment, DecisionSource, Outcome
 log = logging.getLogger(__name__)
 
 # What can keep the sidecar from its job (macha_obs/server/health.py decides each one).
-HEALTH_PROBLEMS = ("no_snapshot", "store", "cycles_failing", "alertmanager_pull")
+HEALTH_PROBLEMS = (
+    "no_snapshot",
+    "store",
+    "cycles_failing",
+    "alertmanager_pull",
+    "collector_failing",
+    "thread_died",
+)
 ACTION_RESULTS = ("verified", "failed")
 
 
@@ -53,7 +60,8 @@ LINKS_EXPORTED = 100
 
 @dataclass(frozen=True)
 class ApprovalLink:
-    """A pending item and the signed link to its page (web/links.py makes it)."""
+    """A pending item and the plain URL of its page (web/links.py makes it): never a
+    capability, since /metrics has no authentication (opening it needs the token)."""
 
     approval_id: int
     kind: str
@@ -144,7 +152,7 @@ def _health_families(problems: Mapping[str, str]) -> Iterator[Metric]:
         "1 when the sidecar can do its job (what /readyz says)",
         value=0.0 if problems else 1.0,
     )
-    # a fixed set of problems: 3 series
+    # a fixed set of problems (HEALTH_PROBLEMS): 6 series
     problem = GaugeMetricFamily(
         "macha_health_problem",
         "1 while this problem keeps the sidecar from its job (/readyz says why)",
@@ -192,14 +200,15 @@ def _state_families(state: PersistentState) -> Iterator[Metric]:
 def _link_families(links: tuple[ApprovalLink, ...]) -> Iterator[Metric]:
     """The approvals page's links, for the alerts' annotations (alert_rules: the
     `approvals_url` of MachaApprovalsPending, MachaApprovalPendingItem). A URL as a label
-    value is deliberate: it is the alert's link. Each is stable while its item waits (its
-    expiry is the item's TTL end), so the series, and the alert, do not flap."""
+    value is deliberate: it is the alert's link. It is the item's plain address, which
+    decides nothing (the page asks for the token), and stable while the item waits, so
+    the series, and the alert, do not flap."""
     if not links:
         return  # no series at all while nothing waits: the alert has nothing to link
     # one series: the oldest pending item's page
     oldest = GaugeMetricFamily(
         "macha_approvals_link_info",
-        "1 while approvals wait: url is a signed link to the oldest pending item's page",
+        "1 while approvals wait: url is the oldest pending item's page (it needs a login)",
         labels=["url"],
     )
     oldest.add_metric([links[0].url], 1.0)
@@ -208,7 +217,7 @@ def _link_families(links: tuple[ApprovalLink, ...]) -> Iterator[Metric]:
     # action, so this is a handful; the labels never change while the item waits
     each = GaugeMetricFamily(
         "macha_approval_pending_info",
-        "1 per pending approval, with the signed link to its page",
+        "1 per pending approval, with its page's URL (it needs a login)",
         labels=["approval_id", "kind", "risk", "url"],
     )
     for link in links[:LINKS_EXPORTED]:

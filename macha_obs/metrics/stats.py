@@ -39,6 +39,12 @@ class LlmStatsView(Protocol):
     def durations(self) -> Histogram: ...
 
 
+class LoginStatsView(Protocol):
+    """The approvals page's refused tokens by reason, every known reason present."""
+
+    def snapshot(self) -> dict[str, int]: ...
+
+
 class ListenerStatsView(Protocol):
     """The listener's own decisions by outcome, every known outcome present."""
 

@@ -27,7 +27,8 @@ from macha_obs.models.actions import (
     NixGc,
 )
 from macha_obs.models.findings import FindingKind
-from macha_obs.models.incidents import Incident
+from macha_obs.models.incidents import Incident, Outcome
+from macha_obs.models.ledger import ApprovalStatus
 
 # Rejection reasons kept per record (newest last): enough to say why, never a history.
 REASONS_KEPT = 5
@@ -231,3 +232,66 @@ def investigation_instead(action: Action) -> Investigate:
     if isinstance(action, JournalVacuum | NixGc):
         return Investigate(diagnostic=DiskUsage())
     return Investigate(diagnostic=FailedUnits())
+
+
+# ---------------------------------------------------------------- what an outcome says
+
+# A queue item in one of these states is settled: its decision can be counted.
+SETTLED = frozenset(
+    {
+        ApprovalStatus.EXECUTED,
+        ApprovalStatus.FAILED,
+        ApprovalStatus.REJECTED,
+        ApprovalStatus.EXPIRED,
+        ApprovalStatus.CANCELLED,
+        ApprovalStatus.REFUSED,
+        ApprovalStatus.ACKNOWLEDGED,
+        ApprovalStatus.INTERRUPTED,
+    }
+)
+
+
+def decision_outcomes(
+    status: ApprovalStatus, *, by_person: bool, merged: bool
+) -> list[LearnOutcome]:
+    """What a settled item says: a person approved or rejected it, it expired, or the
+    problem went away without the sidecar (cancelled as gone; merged items say nothing)."""
+    match status:
+        case ApprovalStatus.REJECTED:
+            return [LearnOutcome.REJECTED]
+        case ApprovalStatus.EXPIRED:
+            return [LearnOutcome.EXPIRED]
+        case ApprovalStatus.CANCELLED:
+            if merged:
+                return []
+            gone = [LearnOutcome.FIXED_ELSEWHERE]
+            return [LearnOutcome.APPROVED, *gone] if by_person else gone
+        case _:
+            return [LearnOutcome.APPROVED] if by_person else []
+
+
+def shadow_agrees(
+    shadow: str | None, status: ApprovalStatus, *, by_person: bool, merged: bool
+) -> bool | None:
+    """Shadow scoring: whether a person's decision agrees with what auto-safe would have
+    done (`shadow`, a policy outcome); None when there is nothing to score (no shadow
+    noted, nobody decided, or the item was merged into another)."""
+    if shadow is None or not by_person:
+        return None
+    if status is ApprovalStatus.REJECTED:
+        return shadow != Outcome.EXECUTE.value
+    if status is ApprovalStatus.CANCELLED and merged:
+        return None
+    return shadow == Outcome.EXECUTE.value
+
+
+def execution_outcomes(*, automatic: bool, status: str) -> list[LearnOutcome]:
+    """An automatic execution is proposed and auto-executed; any fix that ran is then
+    verified or failed verification (the executor's check on the host)."""
+    outcomes = [LearnOutcome.PROPOSED, LearnOutcome.AUTO_EXECUTED] if automatic else []
+    match status:
+        case "succeeded":
+            outcomes.append(LearnOutcome.VERIFIED)
+        case "failed":
+            outcomes.append(LearnOutcome.FAILED_VERIFICATION)
+    return outcomes

@@ -24,13 +24,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from macha_obs.config import Config
 from macha_obs.errors import MachaError
 from macha_obs.models import Action
+
+if TYPE_CHECKING:
+    import requests
 
 HOST_LABEL = "instance"  # the label the fleet's scrape config names hosts by
 QUERY_TIMEOUT = 5.0  # the check runs in the action lane, right before a fix: keep it short
@@ -105,6 +106,8 @@ class FleetLimit:
 
     def hosts_acted(self, kind: str) -> set[str]:
         """Every host (this one too) whose sidecar did `kind` within the window."""
+        import requests  # only where the fleet's Prometheus is asked (README, "Idle cost")
+
         params = {"query": hosts_query(kind, self.window), "time": f"{self.clock():.3f}"}
         try:
             reply = self.session.get(
@@ -139,10 +142,14 @@ class FleetLimit:
         )
 
 
-def fleet_limit(cfg: Config, session: requests.Session) -> FleetLimit | None:
+def fleet_limit(cfg: Config, session: requests.Session | None = None) -> FleetLimit | None:
     """The configured limit, or None when it is off (fleet_max_hosts 0: no query at all)."""
     if cfg.fleet_max_hosts == 0 or cfg.fleet_prometheus_url is None:
         return None
+    if session is None:
+        import requests
+
+        session = requests.Session()
     return FleetLimit(
         cfg.fleet_prometheus_url,
         cfg.fleet_max_hosts,

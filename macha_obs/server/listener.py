@@ -101,6 +101,11 @@ class Listener(WSGIServer):
             if self._closing:
                 times.append(next(iter(self._closing.values())))
             for key, _ in selector.select(max(0.0, min(times) - now)):
+                if selector.get_map().get(key.fd) is not key:
+                    # Stale: an earlier event of this batch closed this socket (making
+                    # room, evicting) or registered it anew (answered, now lingering).
+                    # Its fd may even be a newer socket's: that one's events come next.
+                    continue
                 if key.fileobj is self.socket:
                     if not self._accept(selector):
                         selector.unregister(self.socket)
@@ -250,7 +255,8 @@ class Listener(WSGIServer):
 
     def _forget(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
         self._pending.pop(sock, None)
-        selector.unregister(sock)
+        with contextlib.suppress(KeyError, ValueError):  # never registered twice over
+            selector.unregister(sock)
 
     def _linger(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
         """Read and drop what the client still sends, so closing does not reset the
@@ -268,8 +274,9 @@ class Listener(WSGIServer):
             return
         except OSError:
             pass
-        del self._closing[sock]
-        selector.unregister(sock)
+        self._closing.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(sock)
         sock.close()
 
     def _take_finished(self, selector: selectors.BaseSelector) -> None:

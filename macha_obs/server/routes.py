@@ -9,8 +9,9 @@ receiver nor the web room.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry
@@ -61,19 +62,43 @@ def _metrics(
     return _reply(start_response, "200 OK", body, headers, head=method == "HEAD")
 
 
+def _readyz(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    health: Callable[[], Mapping[str, str]] | None,
+    ready: Callable[[], bool],
+    *,
+    head: bool,
+) -> list[bytes]:
+    if health is not None:
+        problems = dict(health())
+    else:
+        problems = {} if ready() else {"no_snapshot": "no snapshot yet"}
+    status = "503 Service Unavailable" if problems else "200 OK"
+    if "application/json" in environ.get("HTTP_ACCEPT", ""):
+        body = json.dumps({"ready": not problems, "problems": problems}).encode()
+        return _reply(
+            start_response, status, body, [("Content-Type", "application/json")], head=head
+        )
+    text = "\n".join(problems.values()) if problems else "ready"
+    return _reply(start_response, status, f"{text}\n".encode(), head=head)
+
+
 def make_app(
     registry: CollectorRegistry,
     *,
     alerts_app: WSGIApplication | None = None,
     pages_app: WSGIApplication | None = None,
     ready: Callable[[], bool] = lambda: True,
-    health: Callable[[], str | None] | None = None,
+    health: Callable[[], Mapping[str, str]] | None = None,
 ) -> WSGIApplication:
     """Route the listener's paths; `alerts_app` None answers POST /alerts with 404, and
     `pages_app` None /approvals (the pages check their own credentials).
 
-    `health`, when given, decides /readyz: None is ready, else the reasons it is not,
-    in the 503's body (macha_obs/server/health.py); without it, `ready()` does."""
+    `health`, when given, decides /readyz: the problems that keep the sidecar from its
+    job (macha_obs/server/health.py), none when ready; their reasons are the 503's body,
+    or, asked for JSON (`macha-obs status`), {"ready", "problems": {name: reason}}.
+    Without it, `ready()` does."""
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
@@ -86,10 +111,7 @@ def make_app(
             head = method == "HEAD"
             if path == "/healthz":
                 return _reply(start_response, "200 OK", b"ok\n", head=head)
-            why = health() if health is not None else (None if ready() else "no snapshot yet")
-            if why is None:
-                return _reply(start_response, "200 OK", b"ready\n", head=head)
-            return _reply(start_response, "503 Service Unavailable", f"{why}\n".encode(), head=head)
+            return _readyz(environ, start_response, health, ready, head=head)
         if path == "/alerts" and alerts_app is not None:
             if method != "POST":
                 return _not_allowed(start_response, "POST")

@@ -3,32 +3,29 @@
 `install` writes what `macha_obs.setup.units` renders and records each file with its SHA-256 in a
 manifest; `uninstall` removes a file only while it still has the recorded content (a file
 someone edited since, like the config, is kept and named) and never the state directory
-unless asked. Nothing here starts, enables or reloads anything: the person who runs it as
-root does that, with the commands `next_steps` prints.
+unless asked. Nothing is read, written or removed outside `--root` (setup/rooted.py: no
+symlink inside it is followed, no manifest path may leave it). Nothing here starts,
+enables or reloads anything: the person who runs it as root does that, with the commands
+`next_steps` prints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from macha_obs.config import ConfigError, read_toml, validate
-from macha_obs.errors import MachaError
+from macha_obs.config import ConfigError, validate
 from macha_obs.protected import BUILTIN_PROTECTED_UNITS
 from macha_obs.setup import units
+from macha_obs.setup.rooted import InstallError as InstallError  # noqa: PLC0414
+from macha_obs.setup.rooted import Root, normal
 
 MANIFEST = PurePosixPath("/etc/macha-obs/install-manifest.json")
-
-
-class InstallError(MachaError):
-    """Installing or uninstalling cannot go on; nothing more was changed."""
 
 
 @dataclass(frozen=True)
@@ -53,21 +50,26 @@ def plan(prefix: Path, protected_units: Sequence[str] = BUILTIN_PROTECTED_UNITS)
     ]
 
 
-def on_root(root: Path, path: PurePosixPath) -> Path:
-    return root / path.relative_to("/")
-
-
 def configured_protected_units(root: Path) -> tuple[str, ...]:
     """The protected list of an existing config (built-ins first), for the polkit rule."""
-    path = on_root(root, units.paths().config)
-    if not path.exists():
+    config = units.paths().config
+    text = Root(root).read(config)
+    if text is None:
         return BUILTIN_PROTECTED_UNITS
+    path = Root(root).where(config)
     try:
-        return validate(read_toml(path), source=str(path)).protected_units
+        return validate(parse_toml(text, path), source=str(path)).protected_units
     except ConfigError as exc:
         raise InstallError(
             f"{exc}\nfix the config first: the polkit rule is rendered from it"
         ) from exc
+
+
+def parse_toml(text: bytes, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def _digest(text: bytes) -> str:
@@ -76,21 +78,26 @@ def _digest(text: bytes) -> str:
 
 @dataclass
 class Manifest:
-    """What install wrote: file → SHA-256, and the directories it created."""
+    """What install wrote: file → SHA-256, and the directories it created. Every path in
+    it is checked to be absolute and normal: one that is not is refused, whatever its hash."""
 
     files: dict[str, str] = field(default_factory=dict)
     directories: list[str] = field(default_factory=list)
 
     @classmethod
     def read(cls, root: Path) -> Manifest:
-        path = on_root(root, MANIFEST)
-        if not path.exists():
+        path = Root(root).where(MANIFEST)
+        text = Root(root).read(MANIFEST)
+        if text is None:
             return cls()
         try:
-            data = json.loads(path.read_text())
-            return cls(files=dict(data["files"]), directories=list(data["directories"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            data = json.loads(text)
+            manifest = cls(files=dict(data["files"]), directories=list(data["directories"]))
+            for name in [*manifest.files, *(d for d in manifest.directories if d != "/")]:
+                normal(name)  # "/": an older release recorded a root it created
+        except (ValueError, KeyError, TypeError, InstallError) as exc:
             raise InstallError(f"{path}: not a manifest macha-obs wrote ({exc})") from exc
+        return manifest
 
     def text(self) -> str:
         return json.dumps({"files": self.files, "directories": self.directories}, indent=2)
@@ -103,47 +110,33 @@ class Report:
     removed: list[str] = field(default_factory=list)
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _mkdirs(root: Root, path: PurePosixPath, manifest: Manifest) -> None:
+    """A dry run: the parents of `path` that install would create, recorded."""
+    for directory in root.missing_dirs(path):
+        if directory not in manifest.directories:  # a dry run's earlier file made it
+            manifest.directories.append(directory)
 
 
-def _mkdirs(root: Path, path: PurePosixPath, manifest: Manifest, dry_run: bool) -> None:
-    """Create the parents of `path` under root, recording the ones that were missing."""
-    missing = [p for p in reversed(path.parents) if not on_root(root, p).exists()]
-    for directory in missing:
-        if str(directory) in manifest.directories:
-            continue  # a dry run's earlier file made it already
-        if not dry_run:
-            on_root(root, directory).mkdir(mode=0o755)
-        manifest.directories.append(str(directory))
-
-
-def _refusals(root: Path, files: Sequence[File], manifest: Manifest, force: bool) -> list[str]:
+def _refusals(root: Root, files: Sequence[File], manifest: Manifest, force: bool) -> list[str]:
     """Files in the way: there already, not ours (or changed since we wrote them)."""
     wrong = []
     for f in files:
-        target = on_root(root, f.path)
-        if f.keep_existing or force or not target.exists():
+        if f.keep_existing or force:
             continue
-        have = _digest(target.read_bytes())
-        if have not in (manifest.files.get(str(f.path)), _digest(f.text.encode())):
+        have = root.read(f.path)
+        if have is not None and _digest(have) not in (
+            manifest.files.get(str(f.path)),
+            _digest(f.text.encode()),
+        ):
             wrong.append(str(f.path))
     return wrong
 
 
-def install(root: Path, files: Sequence[File], *, dry_run: bool, force: bool) -> Report:
+def install(root_dir: Path, files: Sequence[File], *, dry_run: bool, force: bool) -> Report:
     """Write `files` under root and record them; refuse, changing nothing, when a file
     that is not ours (or was changed since) is in the way, unless `force`."""
-    manifest = Manifest.read(root)
+    root = Root(root_dir)
+    manifest = Manifest.read(root_dir)
     wrong = _refusals(root, files, manifest, force)
     if wrong:
         raise InstallError(
@@ -152,60 +145,63 @@ def install(root: Path, files: Sequence[File], *, dry_run: bool, force: bool) ->
             + "; move them away, or pass --force"
         )
     report = Report()
-    for f in files:
-        target = on_root(root, f.path)
-        if f.keep_existing and target.exists():
+    if not dry_run:
+        root_dir.mkdir(mode=0o755, exist_ok=True)
+    for f in [*files, File(MANIFEST, "")]:
+        if f.keep_existing and root.read(f.path) is not None:
             report.kept.append(f"{f.path} (there already: left as it is)")
             continue
-        _mkdirs(root, f.path, manifest, dry_run)
-        if not dry_run:
-            _write_atomic(target, f.text, f.mode)
-        manifest.files[str(f.path)] = _digest(f.text.encode())
+        if dry_run:
+            _mkdirs(root, f.path, manifest)
+        elif f.path != MANIFEST:
+            root.write(f.path, f.text, f.mode, manifest.directories)
+        if f.path != MANIFEST:
+            manifest.files[str(f.path)] = _digest(f.text.encode())
         report.written.append(str(f.path))
-    _mkdirs(root, MANIFEST, manifest, dry_run)
     if not dry_run:
-        _write_atomic(on_root(root, MANIFEST), manifest.text(), 0o644)
-    report.written.append(str(MANIFEST))
+        root.write(MANIFEST, manifest.text(), 0o644, manifest.directories)
     return report
 
 
-def uninstall(root: Path, *, dry_run: bool, force: bool, purge_state: bool) -> Report:
+def uninstall(root_dir: Path, *, dry_run: bool, force: bool, purge_state: bool) -> Report:
     """Remove what the manifest lists while it is unchanged (all of it with `force`), the
     directories install created once empty, and the state directory only if asked."""
-    manifest_path = on_root(root, MANIFEST)
-    if not manifest_path.exists():
-        raise InstallError(f"{manifest_path} not found: nothing was installed by macha-obs here")
-    manifest = Manifest.read(root)
+    root = Root(root_dir)
+    if root.read(MANIFEST) is None:
+        raise InstallError(
+            f"{root.where(MANIFEST)} not found: nothing was installed by macha-obs here"
+        )
+    manifest = Manifest.read(root_dir)
     report = Report()
     for name, digest in manifest.files.items():
-        target = on_root(root, PurePosixPath(name))
-        if not target.exists():
+        path = normal(name)
+        have = root.read(path)
+        if have is None:
             continue
-        if not force and _digest(target.read_bytes()) != digest:
+        if not force and _digest(have) != digest:
             report.kept.append(f"{name} (changed since install: remove it yourself, or --force)")
             continue
         if not dry_run:
-            target.unlink()
+            root.unlink(path)
         report.removed.append(name)
     if not dry_run:
-        manifest_path.unlink()
+        root.unlink(MANIFEST)
     report.removed.append(str(MANIFEST))
     for name in sorted(
-        manifest.directories, key=lambda d: len(PurePosixPath(d).parts), reverse=True
+        (d for d in manifest.directories if d != "/"),  # never the root itself
+        key=lambda d: len(PurePosixPath(d).parts),
+        reverse=True,
     ):
-        directory = on_root(root, PurePosixPath(name))
-        if not dry_run:
-            with contextlib.suppress(OSError):  # not empty: something of someone else's
-                directory.rmdir()
-        if dry_run or not directory.exists():
+        # not empty: something of someone else's is in it, and it stays
+        if dry_run or root.rmdir(normal(name)):
             report.removed.append(name)
-    state = on_root(root, PurePosixPath(units.names()["stateDir"]))
-    if purge_state and state.exists():
+    state = PurePosixPath(units.names()["stateDir"])
+    if purge_state and root.is_dir(state):
         if not dry_run:
-            shutil.rmtree(state)
-        report.removed.append(str(PurePosixPath(units.names()["stateDir"])))
-    elif state.exists():
-        report.kept.append(f"{units.names()['stateDir']} (the state: --purge-state removes it)")
+            root.rmtree(state)
+        report.removed.append(str(state))
+    elif root.is_dir(state):
+        report.kept.append(f"{state} (the state: --purge-state removes it)")
     return report
 
 

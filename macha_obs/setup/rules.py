@@ -161,7 +161,7 @@ def readyz_url(cfg: Config) -> str:
 
 
 def approvals_url(cfg: Config) -> str:
-    """The approvals page when no signed link is exported: external_url, or the listener."""
+    """The approvals page when no item's link is exported: external_url, or the listener."""
     base = cfg.external_url.rstrip("/") if cfg.external_url else listener_url(cfg)
     return f"{base}/approvals"
 
@@ -495,9 +495,10 @@ groups:
         annotations:
           summary: "Actions wait for approval on {{ $labels.instance }}"
           description: "macha-obs on {{ $labels.instance }} has had actions waiting for a human for over [[approvals_for_spoken]] ({{ $value | printf \\"%.0f\\" }} now). Review them with `macha-approve list` and `macha-approve show ID`, then `macha-approve approve ID` or `macha-approve reject ID`; unanswered, they expire and nothing is done."
-          # The signed link to the oldest pending item, which the sidecar exports while
-          # one waits; a template query, so the link is no label: a link signed anew is
-          # the same alert. Without the series or its url, the approvals page.
+          # The page of the oldest pending item, which the sidecar exports while one
+          # waits: its plain URL, no capability (opening it needs a login with the token,
+          # so Prometheus and whoever reads it cannot decide). A template query, so the
+          # link is no label. Without the series or its url, the approvals page.
           approvals_url: '{{ $url := "" }}{{ with printf `macha_approvals_link_info{instance=%q,job=%q}` $labels.instance $labels.job | query }}{{ $url = . | first | label "url" }}{{ end }}{{ or $url "[[approvals_url]]" }}'
           runbook_url: "[[runbook_base]]/MachaApprovalsPending.md"
 [[approval_item_rule]]      - alert: MachaRemediationFailed
@@ -545,7 +546,9 @@ groups:
       - alert: MachaNotReady
         # /readyz fails while the process still answers (MachaDown does not fire): its
         # database was replaced, truncated or deleted under it, cannot be written, or its
-        # cycles keep failing. Whatever it decides then is lost or never made.
+        # cycles keep failing; the systemd collector it decides by keeps failing (the bus
+        # is unreachable); or a thread that must run died. Whatever it decides then is
+        # lost, blind or never made. One alert per problem (server/health.py).
         expr: macha_health_problem == 1
         for: 5m
         labels:
@@ -553,7 +556,7 @@ groups:
           audience: human
         annotations:
           summary: "macha-obs on {{ $labels.instance }} cannot do its job ({{ $labels.problem }})"
-          description: "macha-obs on {{ $labels.instance }} has not been ready for 5 minutes: {{ $labels.problem }}. `curl -s [[readyz_url]]` says why, `macha-logs service` shows the errors. A lost state.db is not replaced silently: restore it, or restart with `macha-obs serve --start-fresh`."
+          description: "macha-obs on {{ $labels.instance }} has not been ready for 5 minutes: {{ $labels.problem }}. `macha-obs status` or `curl -s [[readyz_url]]` says why, `macha-logs service` shows the errors. A lost state.db is not replaced silently: restore it and restart, or restart with `macha-obs serve --start-fresh`; a dead thread needs a restart; a failing collector clears when its source answers again."
           runbook_url: "[[runbook_base]]/MachaNotReady.md"
       - alert: MachaLoopStalled
         # Cycles run on every snapshot and at least every check_interval; the watchdog
@@ -572,8 +575,8 @@ groups:
 _APPROVAL_ITEM_TEMPLATE = """\
       - alert: MachaApprovalPendingItem
         # approval_alert_per_item: one alert per pending approval, to route by kind or
-        # risk. Its signed link stays out of the labels (a link signed anew is the same
-        # alert, not a second one): `max without (url)`, and the link as an annotation.
+        # risk. Its page's plain URL (it needs a login) stays out of the labels (an
+        # external_url changed is the same alert): `max without (url)`, an annotation.
         expr: max without (url) (macha_approval_pending_info) == 1
         for: [[approvals_for]]
         labels:

@@ -205,8 +205,8 @@ class StateDir:
 
     @property
     def approvals_key(self) -> Path:
-        """The approvals page's HMAC key (signed links, CSRF, sessions), 0600: deleting
-        it invalidates every link and session handed out (web/keys.py makes it)."""
+        """The approvals page's HMAC key (its forms' CSRF tokens), 0600: deleting it
+        voids every form handed out (web/keys.py makes it)."""
         return self.root / "approvals.key"
 
     @property

@@ -9,8 +9,9 @@ file that was current when it was written, and a torn last line from a crash sta
 the end of the rotated file, where the reader already expects it. The daemon's log
 handler reopens `orchestrator.log` when its name moves (`daemon.py`).
 
-The database tables (inbox, seen alerts, resolved incidents) are pruned by
-`store/incidents.py`; `Store.retain` runs both, and the daemon's timer cycle calls it.
+The database tables (inbox, seen alerts, incidents and their alerts) are pruned and
+capped by `store/intake_bounds.py` (the caps also at every delivery); `Store.retain` runs
+both, and the daemon's timer cycle calls it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class RetentionSettings(Protocol):
     @property
     def incident_max_resolved(self) -> int: ...
     @property
+    def inbox_max_bytes(self) -> int: ...
+    @property
+    def incident_max_open(self) -> int: ...
+    @property
+    def incident_max_alerts(self) -> int: ...
+    @property
+    def incident_alerts_max_bytes(self) -> int: ...
+    @property
     def log_max_bytes(self) -> int: ...
     @property
     def log_keep(self) -> int: ...
@@ -52,6 +61,10 @@ class Retention:
     inbox_max_rows: int = 10_000
     incident_retention: float = 30 * 86400.0
     incident_max_resolved: int = 10_000
+    inbox_max_bytes: int = 32 * 1024 * 1024
+    incident_max_open: int = 500
+    incident_max_alerts: int = 1000
+    incident_alerts_max_bytes: int = 32 * 1024 * 1024
     log_max_bytes: int = 16 * 1024 * 1024
     log_keep: int = 5
     snapshot_retention: int = 20

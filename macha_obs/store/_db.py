@@ -26,6 +26,11 @@ from macha_obs.statedir import StateDir
 
 # The -wal file is truncated back to this after a checkpoint: bounded like every state file.
 _WAL_LIMIT = 4 * 1024 * 1024
+# What every SQLite database file starts with (https://sqlite.org/fileformat.html).
+_HEADER = b"SQLite format 3\x00"
+# Errors that say the file is no longer the database it was: never cleared by a later
+# success (a write to the WAL succeeds over a truncated file).
+_LOST_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
 class StoreError(StateError):
@@ -103,6 +108,9 @@ class Database:
         # tables changed by the transaction in flight, noted by temporary triggers
         self._changed: set[str] = set()
         self.write_error: str | None = None
+        # a loss that no later success undoes (see `problem`): only a person, restarting
+        # the daemon after repairing the file, clears it
+        self._lost: str | None = None
         try:
             self._db = sqlite3.connect(
                 db,
@@ -127,6 +135,16 @@ class Database:
         # us, the daemon would write into a file nobody else reads (see `problem`)
         opened = os.stat(db)
         self._identity = (opened.st_dev, opened.st_ino)
+        # One descriptor on the file, held as long as the connection, to read its header
+        # from (`problem`). Never a fresh open and close: closing any descriptor of a
+        # file drops every POSIX lock this process holds on it, SQLite's included
+        # (sqlite.org/howtocorrupt.html, 2.2), which lets another process's connection
+        # run over ours.
+        try:
+            self._header_fd: int | None = statedir.open_file(db, os.O_RDONLY)
+        except (OSError, statedir.StateDirError) as exc:
+            self._db.close()
+            raise StoreError(f"{db}: cannot be read: {exc}") from exc
 
     def _watch(self, tables: Sequence[str]) -> None:
         """Note every write to `tables`, whoever's SQL makes it, for `_after_commit`."""
@@ -149,7 +167,10 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._db.close()  # SQLite's locks go with its own descriptors first
+            if self._header_fd is not None:
+                os.close(self._header_fd)
+                self._header_fd = None
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         """A `BEGIN IMMEDIATE` transaction for modules that keep their own tables here."""
@@ -164,7 +185,7 @@ class Database:
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                self.write_error = str(exc)
+                self._note_write_error(exc)
                 raise
             try:
                 yield cur
@@ -173,7 +194,7 @@ class Database:
                 if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
                     exc, sqlite3.IntegrityError
                 ):
-                    self.write_error = str(exc)
+                    self._note_write_error(exc)
                 with contextlib.suppress(sqlite3.Error):
                     cur.execute("ROLLBACK")
                 self._changed.clear()
@@ -187,7 +208,7 @@ class Database:
                 self._committed = not (isinstance(exc, sqlite3.Error) or self._db.in_transaction)
                 if not self._committed:
                     if isinstance(exc, sqlite3.Error):
-                        self.write_error = str(exc)
+                        self._note_write_error(exc)
                     with contextlib.suppress(sqlite3.Error):
                         cur.execute("ROLLBACK")
                     self._changed.clear()
@@ -208,10 +229,26 @@ class Database:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def _note_write_error(self, exc: sqlite3.Error) -> None:
+        self.write_error = str(exc)
+        if getattr(exc, "sqlite_errorname", "") in _LOST_ERRORS:
+            self._lost = f"{self.paths.db} is not a database any more: {exc}"
+
     def problem(self) -> str | None:
         """Why this handle no longer holds the state dir's ledger, or None. Checked by
         identity, not just by name: a file replaced, truncated or deleted under a
-        running daemon is the silent state loss /readyz must report."""
+        running daemon is the silent state loss /readyz must report. Such a loss stays
+        reported: SQLite keeps writing its WAL and may checkpoint pages back into a
+        truncated file, which then has a size again but is no database (issue 21)."""
+        if self._lost is None:
+            self._lost = self._file_problem()
+        if self._lost is not None:
+            return self._lost
+        if self.write_error is not None:
+            return f"{self.paths.db} cannot be written: {self.write_error}"
+        return None
+
+    def _file_problem(self) -> str | None:
         path = self.paths.db
         try:
             now = os.stat(path)
@@ -223,8 +260,16 @@ class Database:
             return f"{path} was replaced while the daemon ran"
         if now.st_size == 0:
             return f"{path} was truncated to zero bytes while the daemon ran"
-        if self.write_error is not None:
-            return f"{path} cannot be written: {self.write_error}"
+        if self._header_fd is None:
+            return None  # closed: nothing is written through this handle any more
+        try:
+            header = os.pread(self._header_fd, len(_HEADER), 0)  # the same inode, checked above
+        except OSError as exc:
+            return f"{path} cannot be read: {exc.strerror}"
+        if header != _HEADER:
+            return (
+                f"{path} is not a database any more (truncated or overwritten while the daemon ran)"
+            )
         return None
 
     def has_history(self) -> bool:

@@ -2,8 +2,8 @@
 
 Only the SQL lives here; what an alert or a finding does to an incident (dedupe rules,
 when one closes, grouping) is `macha_obs/intake/incidents.py`, which calls these inside the
-store's transactions (writes take the transaction's cursor). Retention prunes the inbox,
-the seen-alert keys and resolved incidents by age and by count (`prune`).
+store's transactions (writes take the transaction's cursor). Their caps and retention
+are `intake_bounds.py`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS incidents_open_group
 CREATE INDEX IF NOT EXISTS incidents_group ON incidents(group_key, status);
 CREATE INDEX IF NOT EXISTS incidents_pending ON incidents(status, revision, analyzed_revision);
 CREATE INDEX IF NOT EXISTS incidents_resolved ON incidents(status, resolved_at);
+-- A rowid table: an alert is often over the ~1 KB a WITHOUT ROWID row keeps on its page,
+-- and each spill took a page of its own (4x the bytes: issue 20's 2.35 GB)
 CREATE TABLE IF NOT EXISTS incident_alerts (
     incident_id TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
@@ -61,8 +63,24 @@ CREATE TABLE IF NOT EXISTS incident_alerts (
     alert TEXT NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (incident_id, fingerprint)
-) WITHOUT ROWID;
+);
 """
+
+
+def rowid_alerts(cur: sqlite3.Cursor) -> bool:
+    """Rebuild an older release's WITHOUT ROWID `incident_alerts` as a rowid table (its
+    triggers and indexes go with it: the caller creates them again); True if it did."""
+    row = cur.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'incident_alerts'"
+    ).fetchone()
+    if row is None or "WITHOUT ROWID" not in str(row[0]).upper():
+        return False
+    cur.execute("ALTER TABLE incident_alerts RENAME TO incident_alerts_old")
+    cur.execute(DDL[DDL.index("CREATE TABLE IF NOT EXISTS incident_alerts") :])
+    cur.execute("INSERT INTO incident_alerts SELECT * FROM incident_alerts_old")
+    cur.execute("DROP TABLE incident_alerts_old")
+    return True
+
 
 # ---------------------------------------------------------------- writes (in a transaction)
 
@@ -251,59 +269,3 @@ def pending_ids(db: Database) -> list[str]:
 
 def inbox_count(db: Database) -> int:
     return int(db.query("SELECT COUNT(*) AS n FROM inbox")[0]["n"])
-
-
-# ---------------------------------------------------------------- retention
-
-
-def _beyond(cur: sqlite3.Cursor, table: str, order: str, keep: int, where: str = "") -> int:
-    """Delete all but the newest `keep` rows of `table` by `order`; how many went."""
-    cur.execute(
-        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} {where}"  # noqa: S608
-        f" ORDER BY {order} DESC LIMIT -1 OFFSET ?)",
-        (keep,),
-    )
-    return cur.rowcount
-
-
-def prune_intake(cur: sqlite3.Cursor, older_than: float, max_rows: int) -> tuple[int, int]:
-    """Forget inbox bodies and seen-alert keys older than `older_than` or beyond the
-    newest `max_rows` of each; (inbox rows, seen keys) removed. A state forgotten and
-    delivered again counts as new once: one more analysis, never a missed alert."""
-    cur.execute("DELETE FROM inbox WHERE received_at < ?", (older_than,))
-    inbox = cur.rowcount + _beyond(cur, "inbox", "id", max_rows)
-    cur.execute("DELETE FROM alerts_seen WHERE seen_at < ?", (older_than,))
-    seen = cur.rowcount
-    # WITHOUT ROWID: by key, newest first
-    cur.execute(
-        "DELETE FROM alerts_seen WHERE (fingerprint, starts_at, status) IN (SELECT"
-        " fingerprint, starts_at, status FROM alerts_seen ORDER BY seen_at DESC"
-        " LIMIT -1 OFFSET ?)",
-        (max_rows,),
-    )
-    return inbox, seen + cur.rowcount
-
-
-def prune_resolved(cur: sqlite3.Cursor, older_than: float, max_kept: int) -> int:
-    """Forget resolved incidents (and their alerts) resolved before `older_than`, or
-    beyond the newest `max_kept`. Never one a pending or in-flight approval names: its
-    evidence is the scope lock that approval is checked against."""
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS doomed_incidents (id TEXT PRIMARY KEY)")
-    cur.execute(
-        "INSERT OR IGNORE INTO temp.doomed_incidents SELECT id FROM incidents"
-        " WHERE status = ? AND (resolved_at < ? OR id NOT IN (SELECT id FROM incidents"
-        " WHERE status = ? ORDER BY resolved_at DESC LIMIT ?))",
-        (RESOLVED, older_than, RESOLVED, max_kept),
-    )
-    cur.execute(
-        "DELETE FROM temp.doomed_incidents WHERE id IN (SELECT j.value FROM approvals,"
-        " json_each(approvals.incident_ids) AS j WHERE approvals.status IN (?, ?))",
-        ("pending", "approved"),
-    )
-    cur.execute(
-        "DELETE FROM incident_alerts WHERE incident_id IN (SELECT id FROM temp.doomed_incidents)"
-    )
-    cur.execute("DELETE FROM incidents WHERE id IN (SELECT id FROM temp.doomed_incidents)")
-    gone = cur.rowcount
-    cur.execute("DELETE FROM temp.doomed_incidents")
-    return gone

@@ -1,8 +1,8 @@
 """What became of every proposal, per problem signature and fix (models/learning.py).
 
 Derived from the approvals queue and the action ledger, idempotently: each approvals
-and actions row carries a `learned` mark (bits below) saying which of its events are
-already counted, and `learn_sync` counts the rest and sets the marks in ONE
+and actions row carries a `learned` mark (outcomes_sync.py) saying which of its events
+are already counted, and `learn_sync` counts the rest and sets the marks in ONE
 transaction. A crash at any instant leaves both or neither, so nothing is counted twice
 or lost, whichever path (the daemon, `macha-approve`, the web page) changed the row.
 
@@ -28,24 +28,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from macha_obs.models import (
-    REASONS_KEPT,
-    Alert,
-    ApprovalStatus,
-    Finding,
     FixKey,
     FixRecord,
-    Incident,
     LearnOutcome,
     Outcome,
     Signature,
     Suppression,
-    learns_from,
-    parse_action,
-    signature_of,
     suppression_of,
 )
 from macha_obs.store._db import ts
 from macha_obs.store.audit import Audit
+from macha_obs.store.outcomes_sync import UNCOUNTED, Key, count_late_failure, sync
 
 DDL = """
 CREATE TABLE IF NOT EXISTS fix_outcomes (
@@ -97,39 +90,8 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS approvals_learning ON approvals(learned);
 CREATE INDEX IF NOT EXISTS actions_learning ON actions(learned);
 """
-# `learned` bits on an approvals row; an actions row is 0 (not yet) or DONE.
-PROPOSED_COUNTED = 1
-DECISION_COUNTED = 2
-DONE = PROPOSED_COUNTED | DECISION_COUNTED
 
-# Bounds: records not seen for a year go, and at most this many stay (least recently
-# seen first); dated events older than the longest suppress_window cannot matter.
-OUTCOMES_RETENTION = 366 * 86400.0
-OUTCOMES_MAX_ROWS = 5000
-EVENTS_MAX_ROWS = 20_000
-
-_FINAL = {
-    ApprovalStatus.EXECUTED,
-    ApprovalStatus.FAILED,
-    ApprovalStatus.REJECTED,
-    ApprovalStatus.EXPIRED,
-    ApprovalStatus.CANCELLED,
-    ApprovalStatus.REFUSED,
-    ApprovalStatus.ACKNOWLEDGED,
-    ApprovalStatus.INTERRUPTED,
-}
 _COUNTS = tuple(o.value for o in LearnOutcome)
-_FINAL_SQL = ",".join(f"'{status.value}'" for status in sorted(_FINAL))
-# rows with an event not yet counted: new items, items settled since, finished actions
-_UNCOUNTED_APPROVALS = (
-    f"SELECT * FROM approvals WHERE learned = 0 OR (learned < {DONE}"  # noqa: S608
-    f" AND status IN ({_FINAL_SQL})) ORDER BY id"
-)
-_UNCOUNTED_ACTIONS = "SELECT * FROM actions WHERE learned = 0 AND status != 'intent' ORDER BY id"
-_UNCOUNTED = (
-    f"SELECT EXISTS({_UNCOUNTED_APPROVALS.replace(' ORDER BY id', '')})"
-    f" OR EXISTS({_UNCOUNTED_ACTIONS.replace(' ORDER BY id', '')}) AS any"
-)
 
 
 class SuppressSettings(Protocol):
@@ -141,9 +103,6 @@ class SuppressSettings(Protocol):
     def suppress_after_failures(self) -> int: ...
     @property
     def suppress_window(self) -> float: ...
-
-
-Key = tuple[str, str, str, str]  # problem, subject, kind, target
 
 
 class Outcomes(Audit):
@@ -163,7 +122,7 @@ class Outcomes(Audit):
     def learn_sync(self) -> int:
         """Count what happened since the last sync; how many events were counted. A
         read finds out first whether there is anything to count (no write otherwise)."""
-        if not self._query(_UNCOUNTED)[0]["any"]:
+        if not self._query(UNCOUNTED)[0]["any"]:
             return 0
         with self._tx() as cur:
             return sync(cur)
@@ -173,19 +132,7 @@ class Outcomes(Audit):
         resolve in time: the failed verification (breaker) and the learning record's
         failed_verification, in one transaction."""
         with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO verifications(at, action_id, ok) VALUES (?,?,0)",
-                (self.clock(), action_id),
-            )
-            row = cur.execute("SELECT * FROM actions WHERE id = ?", (action_id,)).fetchone()
-            if row is None:
-                return
-            action = parse_action(row["action"])
-            if learns_from(action):
-                key = (*_Signatures(cur).of(row["incident_id"], action), action.kind, action.target)
-                _bump(
-                    cur, key, LearnOutcome.FAILED_VERIFICATION, at=self.clock(), unit=_unit(action)
-                )
+            count_late_failure(cur, action_id, self.clock())
 
     def note_shadow(self, approval_id: int, outcome: Outcome) -> None:
         """What auto-safe would have done with a queued item (the first note wins)."""
@@ -304,222 +251,6 @@ def _suppression(
         window=timedelta(seconds=settings.suppress_window),
         now=now,
     )
-
-
-# ---------------------------------------------------------------- the derivation
-
-
-def sync(cur: sqlite3.Cursor) -> int:
-    """Count every uncounted event of the queue and the ledger, and mark it counted, in
-    the caller's transaction. Idempotent: a second run counts nothing."""
-    signatures = _Signatures(cur)
-    counted = 0
-    for row in cur.execute(_UNCOUNTED_APPROVALS).fetchall():
-        counted += _approval_events(cur, row, signatures)
-    for row in cur.execute(_UNCOUNTED_ACTIONS).fetchall():
-        counted += _action_events(cur, row, signatures)
-    return counted
-
-
-def _approval_events(cur: sqlite3.Cursor, row: sqlite3.Row, signatures: _Signatures) -> int:
-    """The events of one queue item not yet counted: proposed, then what a person (or
-    the TTL, or the host) decided."""
-    learned = int(row["learned"])
-    status = ApprovalStatus(row["status"])
-    action = parse_action(row["action"])
-    final = status in _FINAL
-    mark = learned | PROPOSED_COUNTED | (DECISION_COUNTED if final else 0)
-    if mark == learned:
-        return 0
-    cur.execute("UPDATE approvals SET learned = ? WHERE id = ?", (mark, row["id"]))
-    if not learns_from(action):
-        return 0
-    key = (*signatures.of(row["incident_id"], action), action.kind, action.target)
-    decided_at = float(row["decided_at"] or row["created_at"])
-    outcomes: list[tuple[LearnOutcome, float]] = []
-    if not learned & PROPOSED_COUNTED:
-        outcomes.append((LearnOutcome.PROPOSED, float(row["created_at"])))
-    if final and not learned & DECISION_COUNTED:
-        outcomes.extend((o, decided_at) for o in _decision(status, row))
-        _score(cur, row, action.kind, status, unit=_unit(action))
-    for outcome, at in outcomes:
-        reason = str(row["note"]) if outcome is LearnOutcome.REJECTED else None
-        _bump(cur, key, outcome, at=at, unit=_unit(action), reason=reason)
-    return len(outcomes)
-
-
-def _decision(status: ApprovalStatus, row: sqlite3.Row) -> list[LearnOutcome]:
-    """What a settled item says: a person approved or rejected it, it expired, or the
-    problem went away without the sidecar (cancelled as gone; merged items say nothing)."""
-    by_person = bool(row["decided_by"])
-    match status:
-        case ApprovalStatus.REJECTED:
-            return [LearnOutcome.REJECTED]
-        case ApprovalStatus.EXPIRED:
-            return [LearnOutcome.EXPIRED]
-        case ApprovalStatus.CANCELLED:
-            if str(row["note"]).startswith("merged into"):
-                return []
-            gone = [LearnOutcome.FIXED_ELSEWHERE]
-            return [LearnOutcome.APPROVED, *gone] if by_person else gone
-        case _:
-            return [LearnOutcome.APPROVED] if by_person else []
-
-
-def _score(
-    cur: sqlite3.Cursor, row: sqlite3.Row, kind: str, status: ApprovalStatus, *, unit: str
-) -> None:
-    """Shadow scoring of a person's decision against what auto-safe would have done."""
-    shadow = row["shadow"]
-    if shadow is None or not row["decided_by"]:
-        return
-    if status is ApprovalStatus.REJECTED:
-        agreed = shadow != Outcome.EXECUTE.value
-    elif status is ApprovalStatus.CANCELLED and str(row["note"]).startswith("merged into"):
-        return
-    else:
-        agreed = shadow == Outcome.EXECUTE.value
-    _total(cur, "shadow", kind, "true" if agreed else "false", unit)
-
-
-def _action_events(cur: sqlite3.Cursor, row: sqlite3.Row, signatures: _Signatures) -> int:
-    """An automatic execution is proposed and auto-executed; any fix that ran is then
-    verified or failed verification (the executor's check on the host)."""
-    cur.execute("UPDATE actions SET learned = ? WHERE id = ?", (DONE, row["id"]))
-    action = parse_action(row["action"])
-    if not learns_from(action):
-        return 0
-    key = (*signatures.of(row["incident_id"], action), action.kind, action.target)
-    at = float(row["finished_at"] or row["started_at"])
-    outcomes: list[LearnOutcome] = []
-    if row["approval_id"] is None:
-        outcomes += [LearnOutcome.PROPOSED, LearnOutcome.AUTO_EXECUTED]
-    match row["status"]:
-        case "succeeded":
-            outcomes.append(LearnOutcome.VERIFIED)
-        case "failed":
-            outcomes.append(LearnOutcome.FAILED_VERIFICATION)
-    for outcome in outcomes:
-        _bump(cur, key, outcome, at=at, unit=_unit(action))
-    return len(outcomes)
-
-
-def _unit(action: object) -> str:
-    return str(getattr(action, "unit", "") or "")
-
-
-def _bump(
-    cur: sqlite3.Cursor,
-    key: Key,
-    outcome: LearnOutcome,
-    *,
-    at: float,
-    unit: str,
-    reason: str | None = None,
-) -> None:
-    """One event: the record's count, the metric's total and, for what suppression reads,
-    the dated event."""
-    column = outcome.value  # a LearnOutcome: one of the fixed column names, never input
-    cur.execute(
-        "INSERT INTO fix_outcomes(problem, subject, kind, target, first_seen, last_seen)"
-        " VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
-        " last_seen = MAX(last_seen, excluded.last_seen)",
-        (*key, at, at),
-    )
-    cur.execute(
-        f"UPDATE fix_outcomes SET {column} = {column} + 1"  # noqa: S608
-        " WHERE problem = ? AND subject = ? AND kind = ? AND target = ?",
-        key,
-    )
-    if reason is not None:
-        old = cur.execute(
-            "SELECT reasons FROM fix_outcomes WHERE problem = ? AND subject = ? AND kind = ?"
-            " AND target = ?",
-            key,
-        ).fetchone()
-        kept = [*json.loads(old["reasons"]), reason[:300]][-REASONS_KEPT:]
-        cur.execute(
-            "UPDATE fix_outcomes SET reasons = ? WHERE problem = ? AND subject = ? AND kind = ?"
-            " AND target = ?",
-            (json.dumps(kept), *key),
-        )
-    if outcome in (LearnOutcome.REJECTED, LearnOutcome.FAILED_VERIFICATION):
-        cur.execute(
-            "INSERT INTO learn_events(problem, subject, kind, target, outcome, at)"
-            " VALUES (?,?,?,?,?,?)",
-            (*key, outcome.value, at),
-        )
-    _total(cur, "outcome", key[2], outcome.value, unit)
-
-
-def _total(cur: sqlite3.Cursor, metric: str, kind: str, label: str, unit: str) -> None:
-    cur.execute(
-        "INSERT INTO learn_totals(metric, kind, label, unit, value) VALUES (?,?,?,?,1)"
-        " ON CONFLICT DO UPDATE SET value = value + 1",
-        (metric, kind, label, unit),
-    )
-
-
-class _Signatures:
-    """The problem signature of each incident's proposals, read once per sync. An
-    incident retention already removed is `manual` on the action's target."""
-
-    def __init__(self, cur: sqlite3.Cursor) -> None:
-        self.cur = cur
-        self.incidents: dict[str, Incident] = {}
-
-    def of(self, incident_id: str, action: object) -> tuple[str, str]:
-        incident = self.incidents.get(incident_id)
-        if incident is None:
-            incident = self._load(incident_id)
-            self.incidents[incident_id] = incident
-        signature = signature_of(incident, action)  # type: ignore[arg-type]
-        return signature.problem, signature.subject
-
-    def _load(self, incident_id: str) -> Incident:
-        row = self.cur.execute(
-            "SELECT source, findings FROM incidents WHERE id = ?", (incident_id,)
-        ).fetchone()
-        if row is None:
-            return Incident(id=incident_id[:100] or "-", source="manual")
-        alerts = [
-            Alert.model_validate_json(r["alert"])
-            for r in self.cur.execute(
-                "SELECT alert FROM incident_alerts WHERE incident_id = ? ORDER BY fingerprint",
-                (incident_id,),
-            )
-        ]
-        return Incident(
-            id=incident_id,
-            source=row["source"],
-            alerts=[a for a in alerts if a.firing] or alerts,
-            findings=[Finding.model_validate(f) for f in json.loads(row["findings"])],
-        )
-
-
-# ---------------------------------------------------------------- retention
-
-
-def prune(cur: sqlite3.Cursor, now: float) -> int:
-    """Keep the learning tables bounded: records unseen for a year and beyond the row
-    cap go (least recently seen first), and so do dated events beyond a year or the
-    cap. The totals stay: the metrics they back are counters."""
-    cur.execute("DELETE FROM fix_outcomes WHERE last_seen < ?", (now - OUTCOMES_RETENTION,))
-    gone = cur.rowcount
-    cur.execute(
-        "DELETE FROM fix_outcomes WHERE (problem, subject, kind, target) IN"
-        " (SELECT problem, subject, kind, target FROM fix_outcomes"
-        " ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
-        (OUTCOMES_MAX_ROWS,),
-    )
-    gone += cur.rowcount
-    cur.execute("DELETE FROM learn_events WHERE at < ?", (now - OUTCOMES_RETENTION,))
-    cur.execute(
-        "DELETE FROM learn_events WHERE rowid IN (SELECT rowid FROM learn_events"
-        " ORDER BY at DESC LIMIT -1 OFFSET ?)",
-        (EVENTS_MAX_ROWS,),
-    )
-    return gone
 
 
 def _record(row: sqlite3.Row) -> FixRecord:

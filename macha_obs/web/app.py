@@ -1,25 +1,26 @@
 """The approvals page as a WSGI app under /approvals (routes.py mounts it).
 
-    GET  /approvals                  the pending items          token (bearer or login)
+    GET  /approvals                  the pending items          the token (bearer or login)
     GET  /approvals/login            the login form             nobody
     POST /approvals/login            token → session cookie     nobody (the token is it)
-    POST /approvals/logout           clears the cookie          nobody
-    GET  /approvals/<id>             one item                   token, or its signed link
+    POST /approvals/logout           ends the session           nobody
+    GET  /approvals/<id>             one item                   the token
     POST /approvals/<id>/approve     carry it out               the same, and a CSRF token
     POST /approvals/<id>/reject      reject it, with a reason   the same, and a CSRF token
 
-A GET never changes anything, so a chat preview or a link scanner that fetches a link only
-reads. A decision is a POST with a CSRF token bound to the item and to the credential
-that loaded the form, and runs exactly the path `macha-approve` runs (`Desk` is the
-Remediator: the policy judged again, the scope lock, exactly once); the browser is then
-redirected to the item's page, which shows what happened (POST → redirect → GET). Every
-refusal is a page with its status and why; nothing that fails reaches the client as a
-trace.
+No URL is a credential: what the alerts and /metrics carry is the item's plain address,
+and a browser without the token lands on the login form, which leads back to the item
+(account.py). A GET never changes anything, so a chat preview or a link scanner that
+fetches a link only reads. A decision is a POST with a CSRF token bound to the item and
+to the credential that loaded the form, and runs exactly the path `macha-approve` runs
+(`Desk` is the Remediator: the policy judged again, the scope lock, exactly once); the
+browser is then redirected to the item's page, which shows what happened (POST →
+redirect → GET). Every refusal is a page with its status and why; nothing that fails
+reaches the client as a trace.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import secrets
@@ -27,10 +28,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
-from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from macha_obs.errors import MachaError
@@ -38,20 +37,19 @@ from macha_obs.models import Approval, ApprovalStatus
 from macha_obs.remediate.remediator import Handled
 from macha_obs.store import ApprovalError
 from macha_obs.web import render
-from macha_obs.web.signing import CSRF_SECONDS, SESSION_SECONDS, Signer, parse_expiry
+from macha_obs.web.account import Account, LoginStats
+from macha_obs.web.sessions import LoginGuard, Sessions
+from macha_obs.web.signing import Signer
+from macha_obs.web.wsgi import Refused, Reply, Request, read_request, redirect, send
 
 log = logging.getLogger(__name__)
 
-COOKIE = "macha_approvals"
-MAX_FORM_BYTES = 16 * 1024
 MAX_REASON = 500
 MAX_APPROVAL_ID = 2**63 - 1  # SQLite's INTEGER
 _ID = re.compile(r"[0-9]{1,19}")
-_FORWARDED = re.compile(r"[0-9A-Fa-f.:, \[\]]{1,200}")  # addresses only, never free text
 OUTCOMES_KEPT = 256
 
 History = Callable[[Approval], str | None]
-Reply = tuple[HTTPStatus, list[tuple[str, str]], bytes]  # status, headers, page
 
 
 class Desk(Protocol):
@@ -72,49 +70,10 @@ class Queue(Protocol):
     def audit_decision(self, record: Mapping[str, Any]) -> None: ...
 
 
-class Refused(MachaError):
-    """A request the page refuses: its status and a message for the person."""
-
-    def __init__(self, status: HTTPStatus, message: str, *, login: bool = False) -> None:
-        super().__init__(message)
-        self.status, self.message, self.login = status, message, login
-
-
-@dataclass(frozen=True)
-class Credential:
-    """Who may see (and decide) what: the token opens everything, a link one item."""
-
-    kind: str  # "token", "token login", "signed link": recorded with each decision
-    binding: str  # what a CSRF token is bound to
-    until: float  # when it ends
-    approval_id: int | None = None  # a link's item
-    link_query: str = ""  # a link's `exp=…&sig=…`, carried to the next page
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str  # after /approvals
-    query: dict[str, str]
-    form: dict[str, str]
-    environ: WSGIEnvironment
-
-
-def _first(values: Mapping[str, list[str]]) -> dict[str, str]:
-    return {k: v[0] for k, v in values.items() if v}
-
-
-def _cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        key, eq, value = part.strip().partition("=")
-        if eq and key == name:
-            return value
-    return None
-
-
 class ApprovalsApp:
     """The pages; `history` is an optional seam giving a line such as "approved 12 times
-    before, verified 12/12" for an item (None: nothing known)."""
+    before, verified 12/12" for an item (None: nothing known). `sessions`, `guard` and
+    `login_stats` are account.py's, injectable for tests."""
 
     def __init__(
         self,
@@ -127,12 +86,23 @@ class ApprovalsApp:
         secure_cookie: bool = False,
         clock: Callable[[], float] = time.time,
         history: History | None = None,
+        sessions: Sessions | None = None,
+        guard: LoginGuard | None = None,
+        login_stats: LoginStats | None = None,
     ) -> None:
-        self.queue, self.desk, self.signer, self.token = queue, desk, signer, token
+        self.queue, self.desk, self.signer = queue, desk, signer
         self.root = f"{base_path.rstrip('/')}/approvals"  # as the browser sees it
-        self.secure_cookie = secure_cookie
         self.clock = clock
         self.history = history
+        self.account = Account(
+            token,
+            self.root,
+            secure_cookie=secure_cookie,
+            clock=clock,
+            sessions=sessions,
+            guard=guard,
+            stats=login_stats,
+        )
         self._deciding = threading.Lock()  # one decision at a time from the web
         self._outcomes: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
         self._outcomes_lock = threading.Lock()
@@ -142,18 +112,10 @@ class ApprovalsApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         try:
-            request = self._request(environ, method)
+            request = read_request(environ, method)
             status, headers, body = self._route(request)
         except Refused as refused:
-            status, headers = refused.status, []
-            if refused.status is HTTPStatus.UNAUTHORIZED:
-                headers.append(("WWW-Authenticate", 'Bearer realm="macha-obs approvals"'))
-            if refused.status is HTTPStatus.METHOD_NOT_ALLOWED:
-                headers.append(("Allow", "GET, HEAD, POST"))
-            login = f"{self.root}/login" if refused.login and self.token else None
-            body = render.refusal_page(
-                f"{status.value} {status.phrase}", refused.message, login_path=login
-            )
+            status, headers, body = self._refusal(refused, environ, method)
         except Exception:
             log.exception("approvals page: %s %s failed", method, environ.get("PATH_INFO"))
             status, headers = HTTPStatus.INTERNAL_SERVER_ERROR, []
@@ -162,75 +124,32 @@ class ApprovalsApp:
                 "The page failed. The sidecar's log says why, and `macha-approve list "
                 "--all` what became of the item.",
             )
-        return self._send(start_response, status, headers, body, head=method == "HEAD")
+        return send(start_response, status, headers, body, head=method == "HEAD")
 
-    def _send(
-        self,
-        start_response: StartResponse,
-        status: HTTPStatus,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        *,
-        head: bool,
-    ) -> list[bytes]:
-        start_response(
-            f"{status.value} {status.phrase}",
-            [
-                *headers,
-                ("Content-Type", "text/html; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-                ("Referrer-Policy", "no-referrer"),
-                ("X-Content-Type-Options", "nosniff"),
-                ("X-Frame-Options", "DENY"),
-                (
-                    "Content-Security-Policy",
-                    f"default-src 'none'; style-src '{render.CSS_HASH}'; form-action 'self'; "
-                    "frame-ancestors 'none'; base-uri 'none'",
-                ),
-            ],
-        )
-        return [] if head else [body]
-
-    def _request(self, environ: WSGIEnvironment, method: str) -> Request:
-        path = environ.get("PATH_INFO", "")
-        rest = path[len("/approvals") :] if path.startswith("/approvals") else path
-        try:
-            query = _first(
-                parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=10, errors="strict")
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Refused(HTTPStatus.BAD_REQUEST, "The link's query cannot be read.") from exc
-        form = self._form(environ) if method == "POST" else {}
-        return Request(method, rest.rstrip("/") if rest != "/" else "", query, form, environ)
-
-    @staticmethod
-    def _form(environ: WSGIEnvironment) -> dict[str, str]:
-        kind = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-        if kind != "application/x-www-form-urlencoded":
-            raise Refused(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Decisions come from the page's own forms."
-            )
-        length_text = environ.get("CONTENT_LENGTH") or "0"
-        length = int(length_text) if length_text.isascii() and length_text.isdigit() else -1
-        if not 0 <= length <= MAX_FORM_BYTES:
-            raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "The form is too large.")
-        body = environ["wsgi.input"].read(length)
-        if len(body) != length:
-            raise Refused(HTTPStatus.BAD_REQUEST, "The form arrived cut short.")
-        try:
-            text = body.decode("ascii")
-            return _first(
-                parse_qs(text, keep_blank_values=True, max_num_fields=10, errors="strict")
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Refused(HTTPStatus.BAD_REQUEST, "The form cannot be read.") from exc
+    def _refusal(self, refused: Refused, environ: WSGIEnvironment, method: str) -> Reply:
+        status, headers = refused.status, list(refused.headers)
+        if status is HTTPStatus.UNAUTHORIZED:
+            headers.append(("WWW-Authenticate", 'Bearer realm="macha-obs approvals"'))
+        if status is HTTPStatus.METHOD_NOT_ALLOWED:
+            headers.append(("Allow", "GET, HEAD, POST"))
+        title = f"{status.value} {status.phrase}"
+        if refused.login and self.account.token is not None:
+            # the login form right where the link landed; it leads back here
+            path = str(environ.get("PATH_INFO", ""))
+            here = self.root + path.removeprefix("/approvals") if method == "GET" else None
+            return status, headers, self.account.login_page(f"{title}. {refused.message}", here)
+        return status, headers, render.refusal_page(title, refused.message)
 
     # ------------------------------------------------------------ routing
 
     def _route(self, req: Request) -> Reply:
-        if req.path in ("", "/login", "/logout"):
-            return self._account(req)
+        if req.path in ("/login", "/logout"):
+            return self.account.handle(req)
+        if req.path == "":
+            if req.method not in ("GET", "HEAD"):
+                raise Refused(HTTPStatus.METHOD_NOT_ALLOWED, "This page is only read.")
+            self.account.credential(req)
+            return HTTPStatus.OK, [], self._list_page()
         item, _, verb = req.path.lstrip("/").partition("/")
         known = verb in ("", "approve", "reject")
         if not known or not _ID.fullmatch(item) or int(item) > MAX_APPROVAL_ID:
@@ -247,116 +166,11 @@ class ApprovalsApp:
             )
         return self._decide(req, approval_id, verb)
 
-    def _account(self, req: Request) -> Reply:
-        if req.path == "":
-            if req.method not in ("GET", "HEAD"):
-                raise Refused(HTTPStatus.METHOD_NOT_ALLOWED, "This page is only read.")
-            self._token_credential(req)
-            return HTTPStatus.OK, [], self._list_page()
-        if req.path == "/logout":
-            if req.method != "POST":
-                raise Refused(HTTPStatus.METHOD_NOT_ALLOWED, "Log out with the button.")
-            return self._redirect(f"{self.root}/login", [("Set-Cookie", self._cookie("", 0))])
-        if req.method in ("GET", "HEAD"):
-            return HTTPStatus.OK, [], render.login_page(f"{self.root}/login")
-        if req.method != "POST":
-            raise Refused(HTTPStatus.METHOD_NOT_ALLOWED, "Log in with the form.")
-        if self.token is None:
-            raise Refused(HTTPStatus.FORBIDDEN, "No token is set up here: use a signed link.")
-        given = req.form.get("token", "").strip()
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            page = render.login_page(f"{self.root}/login", message="That is not the token.")
-            return HTTPStatus.UNAUTHORIZED, [], page
-        session = self.signer.session(self.token, self.clock())
-        return self._redirect(self.root, [("Set-Cookie", self._cookie(session, SESSION_SECONDS))])
-
-    def _cookie(self, value: str, max_age: int) -> str:
-        secure = "; Secure" if self.secure_cookie else ""
-        return (
-            f"{COOKIE}={value}; Path={self.root}; Max-Age={max_age}; HttpOnly; "
-            f"SameSite=Strict{secure}"
-        )
-
-    @staticmethod
-    def _redirect(location: str, headers: list[tuple[str, str]] | None = None) -> Reply:
-        page = render.page("See other", f'<p><a href="{render.esc(location)}">Continue</a></p>')
-        return HTTPStatus.SEE_OTHER, [("Location", location), *(headers or [])], page
-
-    # ------------------------------------------------------------ credentials
-
-    def _token_credential(self, req: Request) -> Credential:
-        """The token, as a bearer header or as the session its login set; else refuse."""
-        found = self._maybe_token(req)
-        if found is None:
-            raise Refused(
-                HTTPStatus.UNAUTHORIZED,
-                "This page needs the sidecar's token (or the signed link from the alert).",
-                login=True,
-            )
-        return found
-
-    def _maybe_token(self, req: Request) -> Credential | None:
-        now = self.clock()
-        header = req.environ.get("HTTP_AUTHORIZATION", "")
-        if header:
-            scheme, _, given = header.partition(" ")
-            if (
-                self.token is None
-                or scheme.lower() != "bearer"
-                or not hmac.compare_digest(given.strip().encode(), self.token.encode())
-            ):
-                raise Refused(HTTPStatus.UNAUTHORIZED, "Wrong bearer token.", login=True)
-            return Credential("token", "token", now + CSRF_SECONDS)
-        session = _cookie(req.environ.get("HTTP_COOKIE", ""), COOKIE)
-        if (
-            session
-            and self.token is not None
-            and self.signer.session_valid(session, self.token, now)
-        ):
-            until = float(parse_expiry(session.partition(".")[0]) or now)
-            return Credential("token login", f"session:{session}", until)
-        return None
-
-    def _item_credential(self, req: Request, approval_id: int) -> tuple[Credential, Approval]:
-        """The token, or a signed link for this very item (query on GET, form on POST)."""
-        found = self._maybe_token(req)
+    def _approval(self, approval_id: int) -> Approval:
         approval = self.queue.get_approval(approval_id)
-        if found is not None:
-            if approval is None:
-                raise Refused(HTTPStatus.NOT_FOUND, f"There is no approval {approval_id}.")
-            return found, approval
-        fields = req.query if req.method in ("GET", "HEAD") else req.form
-        if "sig" not in fields:
-            raise Refused(
-                HTTPStatus.UNAUTHORIZED,
-                "This page needs the signed link from the alert, or the sidecar's token.",
-                login=True,
-            )
-        expires = parse_expiry(fields.get("exp"))
-        now = self.clock()
-        if expires is not None and now >= expires:
-            raise Refused(
-                HTTPStatus.FORBIDDEN,
-                "This link has expired (a link ends when its item's time to wait ends). "
-                "Nothing was done.",
-                login=True,
-            )
-        # a missing item and a bad signature read alike: a link reveals nothing it
-        # does not sign
-        sig = fields.get("sig")
-        if (
-            approval is None
-            or expires is None
-            or not self.signer.link_valid(approval, expires, sig, now)
-        ):
-            raise Refused(
-                HTTPStatus.FORBIDDEN,
-                "This link is not valid: it was changed, or not made by this sidecar. "
-                "Nothing was done.",
-                login=True,
-            )
-        query = f"exp={expires}&sig={sig}"
-        return Credential("signed link", f"link:{sig}", expires, approval_id, query), approval
+        if approval is None:
+            raise Refused(HTTPStatus.NOT_FOUND, f"There is no approval {approval_id}.")
+        return approval
 
     # ------------------------------------------------------------ pages
 
@@ -365,22 +179,16 @@ class ApprovalsApp:
         items = [(a, f"{self.root}/{a.id}") for a in pending]
         return render.list_page(items, logout_path=f"{self.root}/logout")
 
-    def _item_path(self, cred: Credential, approval_id: int, extra: str = "") -> str:
-        query = "&".join(q for q in (cred.link_query, extra) if q)
-        return f"{self.root}/{approval_id}" + (f"?{query}" if query else "")
-
     def _item(self, req: Request, approval_id: int) -> Reply:
-        cred, approval = self._item_credential(req, approval_id)
+        cred = self.account.credential(req)
+        approval = self._approval(approval_id)
         outcome = self._outcome(req.query.get("outcome"), approval_id)
         approve = reject = None
         if approval.status is ApprovalStatus.PENDING:
             token = self.signer.csrf(approval_id, cred.binding, self.clock(), cred.until)
-            hidden = [("csrf", token)]
-            if cred.kind == "signed link":
-                exp, _, sig = cred.link_query.partition("&")
-                hidden += [("exp", exp.removeprefix("exp=")), ("sig", sig.removeprefix("sig="))]
-            approve = render.Form(f"{self.root}/{approval_id}/approve", tuple(hidden))
-            reject = render.Form(f"{self.root}/{approval_id}/reject", tuple(hidden))
+            hidden = (("csrf", token),)
+            approve = render.Form(f"{self.root}/{approval_id}/approve", hidden)
+            reject = render.Form(f"{self.root}/{approval_id}/reject", hidden)
         view = render.ItemView(
             approval,
             approve,
@@ -388,7 +196,7 @@ class ApprovalsApp:
             history=self._history(approval),
             outcome=outcome[0] if outcome else None,
             outcome_good=outcome[1] if outcome else False,
-            list_path=self.root if cred.kind != "signed link" else None,
+            list_path=self.root,
         )
         return HTTPStatus.OK, [], render.item_page(view)
 
@@ -404,7 +212,8 @@ class ApprovalsApp:
     # ------------------------------------------------------------ decisions
 
     def _decide(self, req: Request, approval_id: int, verb: str) -> Reply:
-        cred, _ = self._item_credential(req, approval_id)
+        cred = self.account.credential(req)
+        self._approval(approval_id)
         if not self.signer.csrf_valid(
             req.form.get("csrf"), approval_id, cred.binding, self.clock()
         ):
@@ -413,7 +222,7 @@ class ApprovalsApp:
                 "This form is missing its check or is too old: open the item's page again "
                 "and decide there. Nothing was done.",
             )
-        remote = self._remote(req.environ)
+        remote = req.remote
         by = f"web:{remote} ({cred.kind})"
         self.queue.audit_decision(
             {
@@ -438,7 +247,7 @@ class ApprovalsApp:
                     "the audit log has the details.",
                 ) from exc
         nonce = self._keep_outcome(approval_id, text, good)
-        return self._redirect(self._item_path(cred, approval_id, f"outcome={nonce}"))
+        return redirect(f"{self.root}/{approval_id}?outcome={nonce}")
 
     def _carry_out(
         self, approval_id: int, verb: str, by: str, form: Mapping[str, str]
@@ -465,16 +274,6 @@ class ApprovalsApp:
             f"it is {state}.",
             False,
         )
-
-    @staticmethod
-    def _remote(environ: WSGIEnvironment) -> str:
-        """The peer's address; behind a proxy, with what its X-Forwarded-For says (only
-        an address list is kept: the header is the client's to write)."""
-        remote = str(environ.get("REMOTE_ADDR", "?"))
-        forwarded = str(environ.get("HTTP_X_FORWARDED_FOR", "")).strip()
-        if forwarded and _FORWARDED.fullmatch(forwarded):
-            return f"{remote} for {forwarded}"
-        return remote
 
     def _keep_outcome(self, approval_id: int, text: str, good: bool) -> str:
         nonce = secrets.token_urlsafe(16)

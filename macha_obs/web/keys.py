@@ -2,9 +2,8 @@
 
 Made once, atomically (written under a temporary name, fsynced, then hard-linked into
 place, so nobody ever reads half a key), never through a symlink, and trusted afterwards
-only while it is a regular file of ours that neither group nor others can read: whoever
-reads it can sign links to every item. Deleting it (and restarting) revokes every link,
-session and form handed out.
+only while it is a regular file of ours that neither group nor others can read: it signs
+the pages' forms (CSRF). Deleting it (and restarting) voids every form handed out.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def load_key(path: Path) -> bytes:
         if mode & 0o077:
             raise SigningKeyError(
                 f"{path} is readable by others (mode {mode:04o}): anyone who read it can "
-                f"sign approval links. Remove it (rm {path}) and restart for a new one"
+                f"forge the approvals page's forms. Remove it (rm {path}) and restart for a new one"
             )
         data = os.read(fd, KEY_BYTES + 1)
     finally:

@@ -1,9 +1,10 @@
-"""The URLs the alerts carry: where people reach the pages, and each item's signed link.
+"""The URLs the alerts carry: where people reach the pages, and each item's page.
 
 Built from `external_url` (the reverse proxy's public URL) or else from the listener's
-own address: a wildcard listener (0.0.0.0, ::) is reached by the host's name. A link
-is the same for as long as its item waits (its expiry is the item's TTL end), so an
-alert carrying it keeps one URL and does not flap.
+own address: a wildcard listener (0.0.0.0, ::) is reached by the host's name. A link is
+the item's plain address, no capability: it is exported on the unauthenticated /metrics
+and passes through Prometheus and Alertmanager, so opening it needs the token (a login)
+like every page. It is the same for as long as the item waits: the alert does not flap.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from macha_obs.models import Approval
-from macha_obs.web.signing import Signer
 
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104  # names, never bound here
 
@@ -33,15 +33,13 @@ def base_path(base: str) -> str:
 
 
 class Links:
-    """Signed links to the items, for the alerts."""
+    """The items' pages, for the alerts."""
 
-    def __init__(self, base: str, signer: Signer) -> None:
+    def __init__(self, base: str) -> None:
         self.base = base.rstrip("/")
-        self.signer = signer
 
     def item(self, approval: Approval) -> str:
-        link = self.signer.link(approval)
-        return f"{self.base}/approvals/{approval.id}?{link.query}"
+        return f"{self.base}/approvals/{approval.id}"
 
     def pending(self, approvals: list[Approval]) -> list[tuple[Approval, str]]:
         """Each item with its link, oldest first (the first is the alert's link)."""

@@ -233,14 +233,15 @@ def list_page(items: list[tuple[Approval, str]], *, logout_path: str) -> bytes:
     return page("Pending approvals", body)
 
 
-def login_page(action: str, *, message: str = "") -> bytes:
+def login_page(action: str, *, message: str = "", next_path: str = "") -> bytes:
     note = f'<div class="banner bad" role=alert>{esc(message)}</div>' if message else ""
+    after = f'<input type=hidden name="next" value="{esc(next_path)}">' if next_path else ""
     body = (
         f"<h1>Approvals: log in</h1>{note}"
         "<p>Paste the sidecar's webhook token (<code>macha-obs webhook-token</code> prints "
-        "where it is). It is checked here and kept only as a signed cookie for this "
-        "page, for 12 hours.</p>"
-        f'<form method=post action="{esc(action)}"><label for=token>Token</label>'
+        "where it is). It is checked here and starts a session for this page, for 12 "
+        "hours or until you log out.</p>"
+        f'<form method=post action="{esc(action)}">{after}<label for=token>Token</label>'
         "<input type=password id=token name=token autocomplete=current-password required>"
         "<button class=approve type=submit>Log in</button></form>"
     )

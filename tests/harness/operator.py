@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from macha_obs.cli.wiring import Sidecar
+from macha_obs.cli.wiring import Parts
 from macha_obs.models import AlertGroup, Approval, ApprovalStatus, describe_action
 from tests.harness.labsd import LabSystemd, wait_until
 from tests.harness.receiver_support import alert, payload
@@ -14,7 +14,7 @@ from tests.harness.receiver_support import alert, payload
 class Operator:
     """The lab, the sidecar, and a person working through incidents one at a time."""
 
-    def __init__(self, lab: LabSystemd, side: Sidecar) -> None:
+    def __init__(self, lab: LabSystemd, side: Parts) -> None:
         self.lab = lab
         self.side = side
         self.round = 0

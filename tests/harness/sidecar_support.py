@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from macha_obs import config as config_mod
-from macha_obs.cli.wiring import Sidecar, assemble
+from macha_obs.cli.wiring import Parts, assemble
 from macha_obs.config import Config
 from macha_obs.intake.incidents import IngestResult
 from macha_obs.models import AlertGroup
@@ -45,11 +45,11 @@ def lab_config(systemd_container: LabSystemd, tmp_path: Path) -> Callable[..., C
 
 
 @pytest.fixture
-def sidecar(lab_config: Callable[..., Config]) -> Iterator[Callable[..., Sidecar]]:
+def sidecar(lab_config: Callable[..., Config]) -> Iterator[Callable[..., Parts]]:
     """Every room wired as `serve` wires them, driven cycle by cycle by the test."""
-    made: list[Sidecar] = []
+    made: list[Parts] = []
 
-    def make(**overrides: object) -> Sidecar:
+    def make(**overrides: object) -> Parts:
         cfg = lab_config(**overrides)
         side = assemble(cfg, Store(cfg.state_dir))
         made.append(side)
@@ -75,7 +75,7 @@ def main_pid(lab: LabSystemd, unit: str) -> str:
 
 
 def deliver(
-    side: Sidecar, unit: str, name: str = "MachaUnitFailed", *, firing: bool = True, **labels: str
+    side: Parts, unit: str, name: str = "MachaUnitFailed", *, firing: bool = True, **labels: str
 ) -> IngestResult:
     body = alert(name, unit=unit, status="firing" if firing else "resolved", **labels)
     group = AlertGroup.model_validate(payload(body, group_key=f'{{}}:{{unit="{unit}"}}'))

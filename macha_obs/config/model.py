@@ -5,84 +5,26 @@ Read once at start (by the CLI) and passed down; nothing else reads the environm
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import os
-import re
 import socket
-import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from macha_obs.config import checks
+from macha_obs.config.checks import split_host_port
+from macha_obs.config.source import (
+    ConfigError,
+    env_values,
+    format_validation_error,
+    gather,
 )
+from macha_obs.protected import BUILTIN_PROTECTED_UNITS, ProtectedClass, protection
 
-from macha_obs.errors import UsageError
-from macha_obs.protected import (
-    BUILTIN_PROTECTED_UNITS,
-    PROTECTED_CLASSES,
-    USER_PROTECTED,
-    ProtectedClass,
-    protection,
-)
-
-DEFAULT_CONFIG_PATH = Path("/etc/macha-obs/config.toml")
-ENV_PREFIX = "MACHA_"
-
-# Per-action trust (trusted_actions): what a person may let run below the autonomy
-# level. Unit verbs need a unit (or a glob of units): "restart_unit" alone, or
-# "restart_unit:*", is not per-action trust but autonomy (autonomy_level = "auto-safe").
-_TRUST_UNIT_KINDS = ("restart_unit", "start_unit", "reset_failed")
-_TRUST_HOST_KINDS = ("journal_vacuum", "nix_gc", "nix_rebuild", "investigate")
-_NEVER_TRUSTED = {
-    "nix_rollback": "rolls the whole system back: always a human's decision (high risk)",
-    "config_change": "a configuration change is only ever read and applied by a human",
-}
-_HUMAN_ONLY_TYPES = ("mount", "automount", "swap")
-
-
-def trust_refusal(entry: str, protected: tuple[str, ...]) -> str | None:
-    """Why a `trusted_actions` entry ("KIND" or "KIND:TARGET_GLOB") cannot be granted,
-    or None. A target that is, or whose glob could name, a protected unit is refused
-    with the protected class and why (invariants 3 and 11 hold whatever is trusted)."""
-    kind, _, target = entry.partition(":")
-    if kind in _NEVER_TRUSTED:
-        return f"{kind} cannot be trusted: {_NEVER_TRUSTED[kind]}"
-    known = (*_TRUST_UNIT_KINDS, *_TRUST_HOST_KINDS)
-    if kind not in known:
-        return f"unknown action kind {kind!r} (trustable: {', '.join(known)})"
-    if kind not in _TRUST_UNIT_KINDS:
-        if target and kind != "investigate":
-            return f"{kind} acts on the whole host: write just {kind!r}"
-        return None
-    if not target.strip("*?"):
-        return (
-            f"{kind} on every unit is an autonomy level, not per-action trust: name the "
-            f'unit(s), e.g. {kind}:nginx.service, or set autonomy_level = "auto-safe"'
-        )
-    if target.rsplit(".", 1)[-1] in _HUMAN_ONLY_TYPES:
-        return f"{target}: mounts and swaps change what every service sees; always a human's"
-    for cls in (*PROTECTED_CLASSES, USER_PROTECTED):
-        patterns = cls.units or tuple(p for p in protected if p not in BUILTIN_PROTECTED_UNITS)
-        for pattern in patterns:
-            if fnmatch.fnmatchcase(target, pattern) or fnmatch.fnmatchcase(pattern, target):
-                return (
-                    f"{target} names protected units ({cls.name}: {cls.why}); protected "
-                    "units are never acted on, trusted or not"
-                )
-    return None
-
-
-class ConfigError(UsageError):
-    """The configuration cannot be loaded; the message names the field and the reason."""
+_PATH_FIELDS = ("state_dir", "webhook_token_file", "journal_dir", "nixos_config_dir", "nix_root")
 
 
 class AutonomyLevel(StrEnum):
@@ -209,6 +151,14 @@ class Config(BaseModel):
         7 * 86400.0, ge=86400, le=365 * 86400, description="seconds webhook bodies are kept"
     )
     inbox_max_rows: int = Field(10_000, ge=100, le=1_000_000)
+    # Caps held at every delivery, so a storm of distinct alerts cannot grow the state
+    # dir between retention passes (store/intake_bounds.py): webhook bodies kept, open
+    # incidents, alerts per incident, and alerts of all incidents together. Past a cap
+    # the oldest evidence goes first, counted in macha_intake_dropped_total{what}.
+    inbox_max_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024**3)
+    incident_max_open: int = Field(500, ge=10, le=100_000)
+    incident_max_alerts: int = Field(1000, ge=10, le=100_000)
+    incident_alerts_max_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024**3)
     # Resolved incidents and their alerts; never one a pending approval still names.
     incident_retention: float = Field(30 * 86400.0, ge=86400, le=3650 * 86400)
     incident_max_resolved: int = Field(10_000, ge=100, le=1_000_000)
@@ -242,6 +192,15 @@ class Config(BaseModel):
     # instead of the webhook. Empty: push (webhook) only.
     alertmanager_urls: tuple[str, ...] = ()
     alertmanager_pull_interval: float = Field(15.0, ge=1, le=3600)
+    # Each peer's whole answer (connect, headers, body, a trickle included) within this
+    # many seconds, or it counts as a timeout; every peer is asked at once, each with its
+    # own deadline, so a slow one delays no other.
+    alertmanager_pull_timeout: float = Field(10.0, gt=0, le=600)
+    # Per answer, read as it streams: past any bound the answer is refused (too_large),
+    # nothing is taken or resolved on its account. Memory per answer is about its bytes.
+    alertmanager_pull_max_bytes: int = Field(16 * 1_048_576, ge=65_536, le=256 * 1_048_576)
+    alertmanager_pull_max_groups: int = Field(5_000, ge=1, le=1_000_000)
+    alertmanager_pull_max_alerts: int = Field(20_000, ge=1, le=1_000_000)
     # The fleet's blast radius: before an automatic action, ask this Prometheus how many
     # hosts acted within fleet_window (from the sidecars' own action counters); at
     # fleet_max_hosts or more, or when it cannot answer, queue instead. 0: off.
@@ -275,14 +234,8 @@ class Config(BaseModel):
     def _merge_protected(cls, value: Any) -> tuple[str, ...]:
         """User additions merge with the built-ins; the built-ins cannot be removed."""
         if isinstance(value, str):
-            value = _split_list(value)
-        extra = [str(v).strip() for v in (value or ()) if str(v).strip()]
-        for pattern in extra:
-            if any(c.isspace() for c in pattern) or "/" in pattern:
-                raise ValueError(f"{pattern!r} is not a unit name or glob")
-        merged = list(BUILTIN_PROTECTED_UNITS)
-        merged += [p for p in extra if p not in merged]
-        return tuple(merged)
+            value = checks.split_list(value)
+        return checks.merged_protected([str(v) for v in (value or ())])
 
     @field_validator("trusted_actions", mode="before")
     @classmethod
@@ -290,14 +243,9 @@ class Config(BaseModel):
         """Per-action trust a person grants (`trust_refusal` says what is refused and
         why); the protected units are the ones this config merges."""
         if isinstance(value, str):
-            value = _split_list(value)
-        entries = [str(v).strip() for v in (value or ()) if str(v).strip()]
+            value = checks.split_list(value)
         protected = info.data.get("protected_units", BUILTIN_PROTECTED_UNITS)
-        for entry in entries:
-            refused = trust_refusal(entry, protected)
-            if refused is not None:
-                raise ValueError(f"{entry!r}: {refused}")
-        return tuple(dict.fromkeys(entries))
+        return checks.trusted([str(v) for v in (value or ())], protected)
 
     @field_validator("nix_gc_keep_generations")
     @classmethod
@@ -309,55 +257,29 @@ class Config(BaseModel):
     @field_validator("rebuild_check_units")
     @classmethod
     def _check_unit_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for unit in value:
-            if not re.fullmatch(r"[A-Za-z0-9:_][A-Za-z0-9:_.@\-]*\.[a-z]+", unit):
-                raise ValueError(f"{unit!r} is not a unit name")
-        return value
+        return tuple(checks.unit_name(unit) for unit in value)
 
     @field_validator("listen_address")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        host, port = split_host_port(value)
-        if not host:
-            raise ValueError("needs HOST:PORT, e.g. 127.0.0.1:9847")
-        del port
-        return value
+        return split_host_port(value) and value
 
     @field_validator("alertmanager_urls", mode="before")
     @classmethod
     def _check_alertmanager_urls(cls, value: Any) -> tuple[str, ...]:
-        """http(s) base URLs of Alertmanager peers (API v2 below them), no duplicates."""
         if isinstance(value, str):
-            value = _split_list(value)
-        urls = [str(v).strip().rstrip("/") for v in (value or ()) if str(v).strip()]
-        for url in urls:
-            if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
-                raise ValueError(f"{url!r}: needs http(s)://HOST[:PORT][/PATH]")
-        if len(set(urls)) != len(urls) or len(urls) > 16:
-            raise ValueError("at most 16 Alertmanager URLs, each once")
-        return tuple(urls)
+            value = checks.split_list(value)
+        return checks.alertmanager_urls([str(v) for v in (value or ())])
 
     @field_validator("external_url")
     @classmethod
     def _check_external_url(cls, value: str | None) -> str | None:
-        """The base of the links alerts carry: an http(s) URL, no query or fragment, and
-        nothing that could leave a label value or an HTML attribute."""
-        if value is None:
-            return None
-        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/%\-]*)?", value):
-            raise ValueError(
-                "must be an http:// or https:// URL with no query, fragment or spaces, "
-                "e.g. https://proxy.example.org/macha"
-            )
-        return value.rstrip("/")
+        return None if value is None else checks.external_url(value)
 
     @field_validator("runbook_url_base")
     @classmethod
     def _check_runbook_base(cls, value: str) -> str:
-        """It goes into every rule file: an http(s) URL with nothing a rule would read."""
-        if not re.fullmatch(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]+", value):
-            raise ValueError("must be an http:// or https:// URL without spaces, quotes or braces")
-        return value.rstrip("/")
+        return checks.runbook_base(value)
 
     @field_validator("disk_predict_critical_hours")
     @classmethod
@@ -370,18 +292,38 @@ class Config(BaseModel):
     @field_validator("ollama_url", "openai_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return checks.http_url(value)
 
     @field_validator("fleet_prometheus_url")
     @classmethod
     def _check_fleet_url(cls, value: str | None) -> str | None:
-        if not value:  # "" (an empty MACHA_ variable) is unset
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return checks.http_url(value) if value else None  # "" (an empty variable) is unset
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_kinds(cls, value: Any, info: ValidationInfo) -> Any:
+        return checks.same_kind(value, cls.model_fields[str(info.field_name)].annotation)
+
+    @field_validator(*_PATH_FIELDS, "openai_api_key_file", mode="before")
+    @classmethod
+    def _check_path(cls, value: Any) -> Any:
+        return checks.no_nul(value)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_absolute(cls, value: Path) -> Path:
+        # a relative state dir would follow the daemon's working directory
+        return checks.absolute(value)
+
+    @field_validator("hostname")
+    @classmethod
+    def _check_hostname(cls, value: str) -> str:
+        return checks.host_name(value)
+
+    @field_validator("host_aliases")
+    @classmethod
+    def _check_aliases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(checks.host_alias(v) for v in value)
 
     @field_validator("fleet_max_hosts")
     @classmethod
@@ -411,28 +353,6 @@ class Config(BaseModel):
         return split_host_port(self.listen_address)[1]
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """'127.0.0.1:9847' or '[::1]:9847' → (host, port); ValueError otherwise."""
-    host, sep, port_text = address.rpartition(":")
-    # ASCII digits only: str.isdigit() also takes "²" and "٨٠"
-    if not sep or not re.fullmatch(r"[0-9]{1,5}", port_text):
-        raise ValueError("needs HOST:PORT, e.g. 127.0.0.1:9847")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError("port must be 0..65535")
-    return host.strip("[]"), port
-
-
-def _split_list(text: str) -> list[str]:
-    text = text.strip()
-    if text.startswith("["):
-        loaded = json.loads(text)
-        if not isinstance(loaded, list):
-            raise ValueError("expected a JSON list")
-        return [str(v) for v in loaded]
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 _LIST_FIELDS = {
     name for name, field in Config.model_fields.items() if "tuple" in str(field.annotation)
 }
@@ -440,34 +360,7 @@ _LIST_FIELDS = {
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """MACHA_<FIELD> variables as a dict of raw values; unknown MACHA_ names are an error."""
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name == "config":
-            continue  # the path of the file itself, handled by load()
-        if name not in Config.model_fields:
-            raise ConfigError(
-                f"{key}: unknown setting (known: {', '.join(sorted(Config.model_fields))})"
-            )
-        try:
-            out[name] = _split_list(raw) if name in _LIST_FIELDS else raw
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from exc
-    return out
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return env_values(environ, Config.model_fields, _LIST_FIELDS)
 
 
 def load(
@@ -477,30 +370,21 @@ def load(
 ) -> Config:
     """Build the config from file < environment < explicit overrides (CLI flags)."""
     environ = os.environ if environ is None else environ
-    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
-        path = Path(environ[ENV_PREFIX + "CONFIG"])
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
-    raw: dict[str, Any] = read_toml(path) if path is not None else {}
-    raw.update(env_overrides(environ))
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate(raw, source=str(path) if path else "settings")
+    raw, origins, source = gather(path, environ, overrides, Config.model_fields, _LIST_FIELDS)
+    return validate(raw, source=source, origins=origins)
 
 
-def validate(raw: Mapping[str, Any], source: str = "settings") -> Config:
+def validate(
+    raw: Mapping[str, Any], source: str = "settings", origins: Mapping[str, str] | None = None
+) -> Config:
+    """The config from merged raw values; a ConfigError names each bad field and, with
+    `origins` (field -> the file, variable or flag that set it), where it came from."""
     try:
         return Config.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        reason = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {field}: {reason} (got {err.get('input')!r})")
-    return "\n".join(lines)
+        raise ConfigError(
+            format_validation_error(exc, source, origins or {}, Config.model_fields)
+        ) from exc
 
 
 def to_toml_dict(cfg: Config) -> dict[str, Any]:
