@@ -20,16 +20,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from macha_obs.agent.runbooks import runbook_decision
 from macha_obs.collect.systemd import unit_failed_finding
 from macha_obs.config import Config
+from macha_obs.cycle import CycleReport, describe_state, units_of, unknown_kinds
 from macha_obs.intake.incidents import IncidentState, IncidentStore, Queued, sync_findings
 from macha_obs.lanes import ActionLane, AnalysisLane, Analyze, Job
 from macha_obs.metrics import LoopStats
 from macha_obs.models import (
-    FINDING_SOURCE,
     UNIT_ACTIONS,
     Decision,
     FindingKind,
@@ -44,7 +43,7 @@ from macha_obs.models import (
 )
 from macha_obs.policy.scope import Scope, systemd_busy
 from macha_obs.remediate.pause import PauseBook
-from macha_obs.remediate.remediator import Handled, Remediator, Settle
+from macha_obs.remediate.remediator import Remediator, Settle
 from macha_obs.remediate.status import note_cycle
 from macha_obs.store import Store
 from macha_obs.store.incidents import OPEN
@@ -53,25 +52,6 @@ from macha_obs.systemd.events import UnitEvent
 log = logging.getLogger(__name__)
 
 MAX_UNITS_LOOKED_UP = 32
-
-
-@dataclass
-class CycleReport:
-    trigger: str
-    started_at: float
-    duration_seconds: float = 0.0
-    analysed: list[tuple[Incident, Decision]] = field(default_factory=list)
-    handled: list[tuple[str, Proposal, Handled]] = field(default_factory=list)
-    deferred: list[str] = field(default_factory=list)
-    escalated: list[int] = field(default_factory=list)
-    expired: list[int] = field(default_factory=list)
-    cancelled: list[int] = field(default_factory=list)
-
-
-def unknown_kinds(snapshot: Snapshot) -> frozenset[FindingKind]:
-    """Finding kinds whose collector failed in this snapshot: what they say is unknown."""
-    failed = {name for name, run in snapshot.collectors.items() if not run.success}
-    return frozenset(k for k, source in FINDING_SOURCE.items() if source in failed)
 
 
 class Orchestrator:
@@ -169,6 +149,8 @@ class Orchestrator:
         with self._cycle:
             report = CycleReport(trigger=trigger, started_at=self.clock())
             began = self.monotonic()
+            # a `macha-approve` that died mid-action strands nothing until a restart
+            self.remediator.recover_stranded()
             report.expired = self.remediator.expire_queue()
             if self.pauses.expire() is not None:
                 # what was only recorded while paused is decided anew from the host now
@@ -217,15 +199,16 @@ class Orchestrator:
                 }
             )
             return
-        status_text = {u: _describe(s) for u, s in statuses.items()}
+        status_text = {u: describe_state(s) for u, s in statuses.items()}
         journals = self._journals(incident.units)
         runbooks = runbook_decision(incident, unit_status=status_text)
         if not self.analysis.needed(runbooks):
             decision = self.analyzer.analyze(incident, unit_status=status_text, journals=journals)
             self._conclude(state, state.revision, decision, statuses, kept=(), report=report)
             return
-        # the fast lane: the runbooks' unit fixes run now, before the model is asked
-        fixes = [p for p in runbooks.proposals if isinstance(p.action, UNIT_ACTIONS)]
+        # the fast lane, before the model is asked: the runbooks' fixes run now, and what
+        # they propose for a person is queued (or, in observe, recorded) now
+        fixes = runbooks.proposals
         fast: list[tuple[Proposal, Verdict]] = []
         if fixes:
             fast_decision = runbooks.model_copy(update={"proposals": fixes})
@@ -236,9 +219,9 @@ class Orchestrator:
             self.stats.count_decision(fast_decision)
             fast = self._judge(incident, fixes, statuses, report)
             self._act(state, fast, settle=None, report=report)
-            acted = _units([p for p, v in fast if v.outcome is Outcome.EXECUTE])
+            acted = units_of([p for p, v in fast if v.outcome is Outcome.EXECUTE])
             for unit, seen in self._unit_states(acted).items():
-                status_text[unit] = _describe(seen)  # the model sees the host as it is now
+                status_text[unit] = describe_state(seen)  # the model sees the host as it is now
         job = Job(incident, state.revision, status_text, journals, tuple(fast))
         self.analysis.submit(job)
 
@@ -254,9 +237,11 @@ class Orchestrator:
                 continue
             judged = {p.action.model_dump_json() for p, _ in job.fast}
             fresh = [p for p in decision.proposals if p.action.model_dump_json() not in judged]
+            # what the fast lane queued or recorded is settled again (into the same item),
+            # not reported twice
             kept = tuple((p, v) for p, v in job.fast if v.outcome is not Outcome.EXECUTE)
             answer = decision.model_copy(update={"proposals": fresh})
-            statuses = self._unit_states(_units(fresh))
+            statuses = self._unit_states(units_of(fresh))
             self._conclude(state, job.revision, answer, statuses, kept=kept, report=report)
 
     def _conclude(
@@ -280,7 +265,7 @@ class Orchestrator:
             ttl = self.config.approval_ttl
             return self.incidents.settle_analysis(incident.id, revision, queued, ttl)
 
-        self._act(state, judged, settle=settle, report=report)
+        self._act(state, judged, settle=settle, report=report, seen=kept)
 
     def _judge(
         self,
@@ -318,8 +303,12 @@ class Orchestrator:
         *,
         settle: Settle | None,
         report: CycleReport,
+        seen: Sequence[tuple[Proposal, Verdict]] = (),
     ) -> None:
+        """Through the remediator; what the fast lane already reported (`seen`) is not
+        reported again."""
         incident = state.incident
+        reported = {id(p) for p, _ in seen}
         done = self.remediator.act(
             incident.id,
             judged,
@@ -328,6 +317,8 @@ class Orchestrator:
             settle=settle,
         )
         for proposal, handled in done:
+            if id(proposal) in reported:
+                continue
             report.handled.append((incident.id, proposal, handled))
             self.stats.count_handled(proposal.action, handled.verdict, handled.result)
             if handled.escalation is not None:
@@ -377,30 +368,10 @@ class Orchestrator:
 
     def _record(self, report: CycleReport) -> None:
         self.stats.note_cycle(report.started_at, report.duration_seconds)
-        summary = {
-            "at": report.started_at,
-            "trigger": report.trigger,
-            "duration_seconds": round(report.duration_seconds, 4),
-            "analysed": [i.id for i, _ in report.analysed],
-            "handled": [
-                {"incident_id": i, "action": describe_action(p.action), "outcome": h.summary}
-                for i, p, h in report.handled
-            ],
-            "deferred": report.deferred,
-            "escalated": report.escalated,
-            "cancelled": report.cancelled,
-        }
+        summary = report.summary()
         note_cycle(self.store, summary)
         if report.handled or report.escalated or report.deferred or report.cancelled:
             log.info("cycle %s: %s", report.trigger, json.dumps(summary))
 
 
-def _units(proposals: Sequence[Proposal]) -> list[str]:
-    return [p.action.unit for p in proposals if isinstance(p.action, UNIT_ACTIONS)]
-
-
-def _describe(state: UnitState) -> str:
-    return (
-        f"{state.active_state}/{state.sub_state} (load {state.load_state}, result "
-        f"{state.result or '-'}, restarts {state.n_restarts})"
-    )
+__all__ = ["MAX_UNITS_LOOKED_UP", "CycleReport", "Orchestrator", "unknown_kinds"]

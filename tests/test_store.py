@@ -343,13 +343,19 @@ def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
     assert recovered.id == intent.id
     assert recovered.status is ActionStatus.INTERRUPTED
     assert restarted.get_approval(0).status is ApprovalStatus.INTERRUPTED
-    # ... and nothing re-runs: approving again is refused, the runner never ran
-    with pytest.raises(ApprovalError, match="interrupted, not pending"):
-        remediator.approve(0, "again")
+    # ... and nothing re-runs by itself: the runner never ran, the record says so
     assert not Path(counter).exists()
     assert restarted.recover_interrupted() == []
     events = [json.loads(x)["event"] for x in restarted.actions_log.read_text().splitlines()]
     assert events == ["intent", "interrupted"]
+    # the item stays decidable: a person's explicit approval judges it again and runs it
+    # once (a second attempt, a new ledger row); approving once more is refused
+    handled = remediator.approve(0, "again")
+    assert handled.approval is not None
+    assert handled.approval.status is ApprovalStatus.EXECUTED
+    assert len(Path(counter).read_text().splitlines()) == 1
+    with pytest.raises(ApprovalError, match="executed, not pending"):
+        remediator.approve(0, "again")
 
 
 def test_recovery_leaves_live_intents_alone(store: Store) -> None:

@@ -34,6 +34,7 @@ from macha_obs.remediate.learn import history_line
 from macha_obs.remediate.patches import PatchRefused, parse_diff
 from macha_obs.remediate.status import approval_json as approval_dict
 from macha_obs.store import Store
+from macha_obs.store.approvals import DECIDABLE
 from macha_obs.terminal import inert, is_unsafe
 
 # ---------------------------------------------------------------- macha-approve
@@ -115,16 +116,24 @@ def approve_main(ctx: click.Context, /, config_path: Path | None, **flags: Any) 
 approve_main.add_command(discuss)  # macha_obs/cli/discuss.py
 
 
+def _recovered(store: Store) -> Store:
+    """The store, with what a `macha-approve` that died mid-action left recorded
+    `interrupted` (and so listed and decidable), without waiting for the daemon."""
+    store.recover_interrupted()
+    return store
+
+
 @approve_main.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--all", "show_all", is_flag=True, help="Include decided items.")
 @click.pass_context
 def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
-    """The queue (pending items; --all for history)."""
+    """The queue: what waits for a decision (pending, or interrupted mid-action); --all
+    for history."""
     cfg = ctx_config(ctx)
     with open_store(cfg, create=False) as store:
-        store.expire_approvals()
-        items = store.list_approvals(None if show_all else {ApprovalStatus.PENDING})
+        _recovered(store).expire_approvals()
+        items = store.list_approvals(None if show_all else set(DECIDABLE))
         history = _histories(store, items)
     if as_json:
         listed = [approval_dict(a) | {"history": history.get(a.id)} for a in items]
@@ -134,10 +143,10 @@ def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 
 def _histories(store: Store, items: list[Approval]) -> dict[int, str]:
-    """Each item's history line (only the pending ones: history is for deciding)."""
+    """Each item's history line (only the decidable ones: history is for deciding)."""
     found: dict[int, str] = {}
     for item in items:
-        if item.status is ApprovalStatus.PENDING:
+        if item.status in DECIDABLE:
             line = history_line(store, item)
             if line is not None:
                 found[item.id] = line
@@ -233,10 +242,11 @@ def approve_export(ctx: click.Context, approval_id: int) -> None:
 @click.argument("approval_id", callback=_approval_id)
 @click.pass_context
 def approve_approve(ctx: click.Context, approval_id: int) -> None:
-    """Carry out an item now, if the policy still allows it."""
+    """Carry out an item now (pending, or interrupted: approved again), if the policy
+    still allows it."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        handled = remediator(cfg, store).approve(_existing_id(approval_id), who())
+        handled = remediator(cfg, _recovered(store)).approve(_existing_id(approval_id), who())
     click.echo(f"approval {approval_id}: {inert(handled.summary)}")
     if handled.approval is None or handled.approval.status is not ApprovalStatus.EXECUTED:
         if handled.approval and handled.approval.status is ApprovalStatus.ACKNOWLEDGED:
@@ -252,5 +262,5 @@ def approve_reject(ctx: click.Context, approval_id: int, reason: str) -> None:
     """Refuse an item: nothing is done, and the reason is kept in the audit log."""
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        remediator(cfg, store).reject(_existing_id(approval_id), who(), reason)
+        remediator(cfg, _recovered(store)).reject(_existing_id(approval_id), who(), reason)
     click.echo(f"approval {approval_id}: rejected")

@@ -11,6 +11,7 @@ from macha_obs.agent.analyze import Analyzer
 from macha_obs.agent.history import History, no_history
 from macha_obs.agent.llm import LlmMetrics, client_from_config
 from macha_obs.collect import CollectionLoop, build_collectors
+from macha_obs.collect.unit_journal import PersonCheck
 from macha_obs.config import AnalysisMode, Config
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.dispatch import HostExecutor
@@ -30,6 +31,7 @@ from macha_obs.remediate.fleet import fleet_limit
 from macha_obs.remediate.patches import config_files
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import Remediator
+from macha_obs.remediate.verify import Verifier
 from macha_obs.store import Store, owner_alive
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.web import Links
@@ -75,7 +77,14 @@ def remediator(cfg: Config, store: Store, executor: HostExecutor | None = None) 
     """The Remediator `macha-approve` decides through; the approvals page passes the
     daemon's executor (its one D-Bus child) and gets the same path."""
     executor = executor or build_executor(cfg, store)
-    return Remediator(cfg, store, executor, scope_of=IncidentStore(store).scope_of)
+    return Remediator(
+        cfg, store, executor, scope_of=IncidentStore(store).scope_of, verifier=verifier(cfg, store)
+    )
+
+
+def verifier(cfg: Config, store: Store) -> Verifier:
+    """Verification, told by the journal whether a person changed a unit meanwhile."""
+    return Verifier(cfg, store, person=PersonCheck(cfg.journal_dir))
 
 
 @dataclass
@@ -138,6 +147,7 @@ def assemble(cfg: Config, store: Store) -> Parts:
         store,
         executor,
         scope_of=incidents.scope_of,
+        verifier=verifier(cfg, store),
         fleet_check=fleet.check if fleet is not None else None,
     )
     stats = LoopStats()

@@ -19,6 +19,9 @@ class ActionStatus(StrEnum):
     FAILED = "failed"  # done (or tried) and not verified
     REFUSED = "refused"  # the executor refused before any side effect
     INTERRUPTED = "interrupted"  # the process died between intent and outcome
+    # done; then a person stopped or changed the unit before it was verified: neither a
+    # verified nor a failed fix (it never feeds the breaker)
+    CHANGED = "changed"
 
 
 class ExecutionResult(BaseModel):
@@ -34,6 +37,8 @@ class ExecutionResult(BaseModel):
     duration_seconds: float = 0.0
     # nix gc: bytes the store's filesystem got back (None: not measured)
     freed_bytes: int | None = Field(None, ge=0)
+    # not verified because a person changed the unit meanwhile: what they did
+    changed_by_person: str = ""
 
 
 class ApprovalStatus(StrEnum):

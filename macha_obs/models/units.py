@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 from macha_obs.errors import InvalidInput
 
@@ -70,6 +70,20 @@ def canonical_unit_name(name: str) -> str:
 UnitName = Annotated[str, AfterValidator(validate_unit_name)]
 
 
+START_LIMIT_HIT = "start-limit-hit"
+
+
+def start_limit_refused(state: UnitState) -> bool:
+    """A failed unit that systemd restarted as often as its start limit allows: its next
+    restart was refused by that limit (a unit settles in `failed` with restarts left only
+    when its Restart= rule does not apply, which does not count restarts up). Pure."""
+    return (
+        state.active_state == "failed"
+        and state.start_limit_burst > 0
+        and state.n_restarts >= state.start_limit_burst
+    )
+
+
 class UnitState(BaseModel):
     """A unit's state as systemd reports it over D-Bus."""
 
@@ -85,6 +99,16 @@ class UnitState(BaseModel):
     state_change_usec: int = 0
     job_id: int = 0  # a job systemd is running on the unit; 0: none
     names: tuple[str, ...] = ()  # every name systemd knows the unit by (aliases)
+    start_limit_burst: int = 0  # StartLimitBurst; 0: unknown or no limit
+
+    @model_validator(mode="after")
+    def _start_limit(self) -> UnitState:
+        """systemd 252 leaves a unit whose automatic restart its start limit refused with
+        the last crash's result (`exit-code`), not `start-limit-hit`: read from the
+        counters, it is the start limit (frozen model: set once, here)."""
+        if start_limit_refused(self) and self.result != START_LIMIT_HIT:
+            object.__setattr__(self, "result", START_LIMIT_HIT)
+        return self
 
     @property
     def healthy(self) -> bool:

@@ -10,8 +10,7 @@ queue's upkeep (expiry, cancelling what is confirmed gone) is kept here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -21,10 +20,10 @@ from macha_obs.intake.incidents import IncidentStore, Queued
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
+    ActionRecord,
     ActionStatus,
     Approval,
     ApprovalStatus,
-    ConfigChange,
     ExecutionResult,
     Incident,
     Outcome,
@@ -40,7 +39,6 @@ from macha_obs.models import (
     signature_of,
 )
 from macha_obs.policy.judge import (
-    RATE_WINDOW,
     BreakerState,
     PolicyContext,
     held_for_human,
@@ -50,9 +48,12 @@ from macha_obs.policy.judge import (
     suppressed_verdict,
 )
 from macha_obs.policy.scope import Confirmation, Scope, confirm, out_of_scope
+from macha_obs.remediate import approvals
+from macha_obs.remediate.approvals import Incidents
+from macha_obs.remediate.handled import Handled
 from macha_obs.remediate.patches import PatchChecker
-from macha_obs.remediate.pause import PauseBook
-from macha_obs.remediate.verify import Breaker, Verifier
+from macha_obs.remediate.verdicts import context_of, patch_checked, queue_reason
+from macha_obs.remediate.verify import Verifier
 from macha_obs.store import ApprovalError, Store
 
 ScopeOf = Callable[[Sequence[str]], Scope]
@@ -63,73 +64,15 @@ FleetCheck = Callable[[Action], str | None]
 Settle = Callable[[Sequence[Queued]], list[int]]
 
 
-class Incidents(Protocol):
-    """What the queue's upkeep asks of the incidents (incidents.IncidentStore)."""
-
-    def scope_of(self, incident_ids: Iterable[str]) -> Scope: ...
-
-    def is_open(self, incident_id: str) -> bool: ...
-
-
 class Executor(Protocol):
     def run(self, action: Action) -> ExecutionResult: ...
 
     def unit_state(self, unit: str) -> UnitState: ...
 
 
-@dataclass(frozen=True)
-class Handled:
-    """What became of one proposal or approval."""
-
-    verdict: Verdict
-    approval: Approval | None = None
-    action_id: int | None = None
-    result: ExecutionResult | None = None
-    escalation: Approval | None = None  # the fix failed verification: queued for a human
-
-    @property
-    def summary(self) -> str:
-        if self.result is not None:
-            state = "verified" if self.result.verified else "NOT verified"
-            return f"{self.verdict.outcome}: {state}: {self.result.detail}"
-        if self.approval is not None:
-            return f"{self.verdict.outcome} as approval {self.approval.id}: {self.verdict.reason}"
-        return f"{self.verdict.outcome}: {self.verdict.reason}"
-
-
-def queue_reason(verdict: Verdict, proposal: Proposal) -> str:
-    """What a person reads first about a queued item: the policy's reason and the why."""
-    return f"{verdict.reason}. Proposed because: {proposal.reason or '-'}"
-
-
-def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Verdict:
-    """A config_change reaches a person only as a diff that applies to the file it
-    names, inside the configured directory, and leaves it parseable; otherwise the
-    verdict is a refusal naming the check that failed. Other actions pass unchanged."""
-    if not isinstance(action, ConfigChange) or verdict.outcome is Outcome.REFUSE:
-        return verdict
-    refused = patches.refusal(action)
-    if refused is None:
-        return verdict
-    return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {refused}"})
-
-
 # Autonomy levels whose decisions are shadow-scored against auto-safe.
 _SHADOWED = frozenset({AutonomyLevel.OBSERVE, AutonomyLevel.SUGGEST})
 _SHADOWS_KEPT = 1000
-
-
-def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
-    """Everything the policy needs from the ledger (recent executions, the breaker, a
-    human's pause)."""
-    since = (now - RATE_WINDOW).timestamp()
-    return PolicyContext(
-        config=config,
-        now=now,
-        recent=store.recent_executions(since),
-        breaker=Breaker(config, store, clock=now.timestamp).state(),
-        pause=PauseBook(store).current(now.timestamp()),
-    )
 
 
 class Remediator:
@@ -257,16 +200,19 @@ class Remediator:
         return Handled(verdict)
 
     def _queue(self, incident_id: str, proposal: Proposal, verdict: Verdict) -> Handled:
-        approval = self.store.enqueue(
+        approval_id = self._enqueue(incident_id, proposal, verdict)
+        self._note_shadow(incident_id, proposal.action, approval_id)
+        return Handled(verdict, approval=self.store.get_approval(approval_id))
+
+    def _enqueue(self, incident_id: str, proposal: Proposal, verdict: Verdict) -> int:
+        return self.store.enqueue(
             incident_id,
             proposal.action,
             risk=verdict.risk,
             reason=queue_reason(verdict, proposal),
             evidence=list(proposal.evidence),
             ttl=self.config.approval_ttl,
-        )
-        self._note_shadow(incident_id, proposal.action, approval.id)
-        return Handled(verdict, approval=approval)
+        ).id
 
     def _fleet_hold(self, verdict: Verdict, action: Action) -> Verdict:
         """The verdict, or QUEUE when the fleet check says a person should decide. A
@@ -291,26 +237,27 @@ class Remediator:
         """Carry out judged proposals, each fix judged once more just before it runs. With
         `settle` the analysis is complete: what waits for a human is queued in the
         transaction that marks the incident analysed (a crash leaves both or neither).
-        Without it (the fast lane, ahead of a model) only fixes run; the rest waits."""
+        Without it (the fast lane, ahead of a model) it is queued now, so the person
+        paged sees it whatever the model is doing; the complete analysis queues it again
+        into the same item (one pending item per action) when it settles."""
         queued = [(p, v) for p, v in judged if v.outcome is Outcome.QUEUE]
-        ids: list[int] = []
         if settle is not None:
             ids = settle(
                 [Queued(p.action, v.risk, queue_reason(v, p), tuple(p.evidence)) for p, v in queued]
             )
-        approvals = dict(zip((id(p) for p, _ in queued), ids, strict=False))
+        else:
+            ids = [self._enqueue(incident_id, p, v) for p, v in queued]
+        queued_ids = dict(zip((id(p) for p, _ in queued), ids, strict=False))
         for (proposal, _), approval_id in zip(queued, ids, strict=False):
             self._note_shadow(incident_id, proposal.action, approval_id)
         done: list[tuple[Proposal, Handled]] = []
         for proposal, verdict in judged:
             if verdict.outcome is Outcome.EXECUTE:
                 handled = self.carry_out(incident_id, proposal, scope, alert_driven=alert_driven)
-            elif id(proposal) in approvals:
+            elif id(proposal) in queued_ids:
                 handled = Handled(
-                    verdict, approval=self.store.get_approval(approvals[id(proposal)])
+                    verdict, approval=self.store.get_approval(queued_ids[id(proposal)])
                 )
-            elif settle is None:
-                continue  # judged, not yet settled: the complete analysis queues it
             else:
                 handled = Handled(verdict)
             done.append((proposal, handled))
@@ -328,88 +275,21 @@ class Remediator:
         return self.verifier.settle(is_open)
 
     def reconcile_queue(self, incidents: Incidents) -> list[int]:
-        """Cancel a pending item only when its problem is confirmed gone, by the test the
-        scope lock uses: for a unit, systemd's state (a resolved alert is a hint to look,
-        never proof by itself); otherwise every incident it carries has resolved. A
-        state that cannot be read now cancels nothing."""
-        cancelled: list[int] = []
-        for approval in self.store.list_approvals({ApprovalStatus.PENDING}):
-            action = approval.action
-            if isinstance(action, UNIT_ACTIONS):
-                scope = incidents.scope_of(approval.incident_ids)
-                seen = confirm(action.unit, self.unit_state(action.unit), scope)
-                if seen.present is not False:
-                    continue
-                why = f"the problem is gone: {seen.reason}"
-            elif any(incidents.is_open(i) for i in approval.incident_ids):
-                continue
-            else:
-                why = "the problem is gone: every incident it was queued for has resolved"
-            if self.store.cancel_approval(approval.id, why):
-                cancelled.append(approval.id)
-                self.store.audit_decision(
-                    {
-                        "event": "cancelled",
-                        "incident_id": approval.incident_id,
-                        "approval_id": approval.id,
-                        "label": describe_action(action),
-                        "reason": why,
-                    }
-                )
-        return cancelled
+        """Cancel what is confirmed gone (approvals.py)."""
+        return approvals.reconcile_queue(self, incidents)
+
+    def recover_stranded(self) -> list[ActionRecord]:
+        """Claims of processes that died, recorded interrupted (approvals.py)."""
+        return approvals.recover_stranded(self)
 
     # ------------------------------------------------------------ approvals
 
     def approve(self, approval_id: int, by: str) -> Handled:
-        """Carry out a human's approval, once, if the policy still allows it now.
-
-        The item stays pending until the moment something happens to it: claiming it
-        and writing the intent are one transaction, and every other outcome settles it
-        in one step, so an interruption at any instant leaves it approvable or done.
-        """
-        approval = self.store.pending_approval(approval_id)
-        action = approval.action
-        if isinstance(action, ConfigChange):
-            verdict = judge(action, self.context())
-            settled = self.store.decide_approval(
-                approval_id, ApprovalStatus.ACKNOWLEDGED, "read by a human; nothing executed", by=by
-            )
-            self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
-            return Handled(verdict, approval=settled)
-        scope = self.scope_of(approval.incident_ids) if self.scope_of else None
-        problem = self.confirm(action, scope) if scope is not None else None
-        verdict = judge(action, self.context(), approved=True, scope=scope, problem=problem)
-        self._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
-        if verdict.outcome is not Outcome.EXECUTE:
-            # Refusals that can pass (observe mode, a pause, a rate limit, a state that
-            # cannot be read now) keep the item pending so nothing a human asked for is
-            # lost; permanent ones settle it.
-            if verdict.outcome is Outcome.RECORD or verdict.rate_limited:
-                return Handled(verdict, approval=self.store.get_approval(approval_id))
-            status = ApprovalStatus.REFUSED
-            if problem is not None and problem.present is False:
-                status = ApprovalStatus.CANCELLED
-            settled = self.store.decide_approval(approval_id, status, verdict.reason, by=by)
-            return Handled(verdict, approval=settled)
-        action_id, result = self._execute(approval.incident_id, action, approval_id, by=by)
-        status = ApprovalStatus.EXECUTED if result.verified else ApprovalStatus.FAILED
-        settled = self.store.settle_approval(
-            approval_id, status, result.detail, action_id=action_id
-        )
-        return Handled(verdict, approval=settled, action_id=action_id, result=result)
+        """Carry out a human's approval, once, if the policy still allows it now."""
+        return approvals.approve(self, approval_id, by)
 
     def reject(self, approval_id: int, by: str, reason: str = "") -> Approval:
-        approval = self.store.reject_approval(approval_id, by, reason)
-        self.store.audit_decision(
-            {
-                "event": "rejected",
-                "incident_id": approval.incident_id,
-                "approval_id": approval_id,
-                "by": by,
-                "reason": reason,
-            }
-        )
-        return approval
+        return approvals.reject(self, approval_id, by, reason)
 
     # ------------------------------------------------------------ execution
 
@@ -426,26 +306,37 @@ class Remediator:
     def _execute(
         self, incident_id: str, action: Action, approval_id: int | None, *, by: str | None = None
     ) -> tuple[int, ExecutionResult]:
-        action_id = self.store.record_intent(incident_id, action, approval_id=approval_id, by=by)
-        self.in_flight = action_id
+        started = self.clock()
         try:
-            result = self.executor.run(action)
+            action_id = self.store.record_intent(
+                incident_id, action, approval_id=approval_id, by=by
+            )
+            self.in_flight = action_id
+            try:
+                result = self.executor.run(action)
+            except RefusedError as exc:  # the executor's own guard, before any side effect
+                result = ExecutionResult(ok=False, detail=f"refused: {exc}")
+                self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
+                return action_id, result
+            except Exception as exc:
+                # a crashing fix is a failed fix: recorded, and it feeds the breaker (inv. 7)
+                detail = f"executor error: {type(exc).__name__}: {exc}"
+                result = ExecutionResult(ok=False, detail=detail)
+            result = self.verifier.classify(action, result, since=started)
+            status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED
+            if result.changed_by_person:
+                status = ActionStatus.CHANGED
+            self.store.record_outcome(action_id, status, result)
         except (KeyboardInterrupt, SystemExit):
-            # Ctrl-C or SIGTERM in the CLI mid-action: say so, never leave an open intent
-            self.interrupt_in_flight("interrupted (SIGINT/SIGTERM) while the action ran")
+            # Ctrl-C or SIGTERM anywhere from the intent's commit to the outcome's: say
+            # so, never leave an open intent (before the commit there is none to close)
+            self.in_flight = None
+            self.store.interrupt_own(
+                approval_id, action, "interrupted (SIGINT/SIGTERM) while the action ran"
+            )
             raise
-        except RefusedError as exc:  # the executor's own guard, before any side effect
-            result = ExecutionResult(ok=False, detail=f"refused: {exc}")
-            self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
-            return action_id, result
-        except Exception as exc:
-            # a crashing fix is a failed fix: recorded, and it feeds the breaker (inv. 7)
-            detail = f"executor error: {type(exc).__name__}: {exc}"
-            result = ExecutionResult(ok=False, detail=detail)
         finally:
             self.in_flight = None
-        status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED
-        self.store.record_outcome(action_id, status, result)
         self.verifier.record(action, action_id, result)
         return action_id, result
 
@@ -495,5 +386,6 @@ __all__ = [
     "FleetCheck",
     "Handled",
     "Remediator",
+    "context_of",
     "patch_checked",
 ]

@@ -6,6 +6,11 @@ breaker and escalates it: the fix waits for a human, with what was seen. An aler
 fix is verified once more: its incident must resolve (its alert stop firing) within
 `alert_verify_window`, or it counts as a failed verification too.
 
+A person's hand is not a failed fix: a fix that did not hold because a person stopped
+the unit meanwhile (a stop job the sidecar never issues, found by `person`, a seam the
+CLI wires to the journal: collect/unit_journal.py) ends "changed by a person". It is
+recorded as such, never escalated, never fed to the breaker or the learning record.
+
 The breaker, whole: `breaker_threshold` failed verifications within `breaker_window`
 open it (`breaker_rule`, pure); it is persisted open in the ledger, so it stays open
 across restarts, until a human's `macha-obs autonomy reset` (`Breaker.reset`). While it
@@ -21,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 from macha_obs.config import Config
 from macha_obs.models import (
+    UNIT_ACTIONS,
     Action,
     Approval,
     ExecutionResult,
@@ -99,20 +105,64 @@ class Watch:
     deadline: float
 
 
+# What a person did to a unit since a time (seconds since the epoch), or None: a stop,
+# start or restart job the sidecar did not issue.
+PersonCheck = Callable[[str, float], str | None]
+
+
 class Verifier:
     """Records verifications, escalates failures, watches alert-driven fixes."""
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        *,
+        person: PersonCheck | None = None,
+    ):
         self.config = config
         self.store = store
         self.clock = clock
+        self.person = person
         self.breaker = Breaker(config, store, clock)
         self.watching: list[Watch] = []
 
+    def classify(self, action: Action, result: ExecutionResult, *, since: float) -> ExecutionResult:
+        """A unit fix that did not verify, because a person changed the unit since
+        `since` (when the sidecar began): the result says so (`changed_by_person`). A
+        check that fails leaves the result as it is: a failed fix (fail closed)."""
+        if result.verified or self.person is None or not isinstance(action, UNIT_ACTIONS):
+            return result
+        try:
+            what = self.person(action.unit, since)
+        except Exception:  # unknown: never an excuse for a failed fix
+            what = None
+        if not what:
+            return result
+        return result.model_copy(
+            update={
+                "changed_by_person": what[:200],
+                "detail": f"changed by a person during verification ({what[:200]}); "
+                f"{result.detail}"[:2000],
+            }
+        )
+
     def record(self, action: Action, action_id: int, result: ExecutionResult) -> None:
         """The executor's verdict on a fix, in the ledger; a failure feeds the breaker. A
-        diagnostic is not a fix: it is never a verification."""
+        diagnostic is not a fix: it is never a verification, and a fix a person changed
+        before it could be verified is neither verified nor failed."""
         if isinstance(action, Investigate):
+            return
+        if result.changed_by_person:
+            self.store.audit_action(
+                {
+                    "event": "changed_by_person",
+                    "action_id": action_id,
+                    "action": action.model_dump(mode="json"),
+                    "detail": result.changed_by_person,
+                }
+            )
             return
         self.store.record_verification(action_id, result.verified)
         if not result.verified:
@@ -129,6 +179,8 @@ class Verifier:
     ) -> Approval | None:
         """A fix that did not hold is escalated (the approval); one an alert asked for is
         watched until the alert resolves."""
+        if result.changed_by_person:
+            return None  # the person who changed it is already looking
         if not result.verified:
             return self.escalate(incident_id, proposal, result.detail)
         if alert_driven:

@@ -101,6 +101,10 @@ class Database:
         except OSError as exc:
             raise StoreError(f"cannot use state dir {self.state_dir}: {exc.strerror}") from exc
         self._lock = threading.RLock()
+        # audit records written inside the transaction in flight (audit.py), and whether
+        # its COMMIT went through: a record whose change did not commit is undone
+        self._tx_records: list[tuple[Path, dict[str, Any]]] = []
+        self._committed = False
         # tables changed by the transaction in flight, noted by temporary triggers
         self._changed: set[str] = set()
         self.write_error: str | None = None
@@ -158,6 +162,9 @@ class Database:
     def _after_commit(self, changed: set[str]) -> None:
         """Called with the watched tables a committed transaction changed."""
 
+    def _rolled_back(self) -> None:
+        """Called when a transaction did not commit (audit.py undoes its records)."""
+
     def close(self) -> None:
         with self._lock:
             self._db.close()  # SQLite's locks go with its own descriptors first
@@ -173,6 +180,8 @@ class Database:
     def _tx(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             cur = self._db.cursor()
+            self._tx_records = []
+            self._committed = False
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -189,15 +198,23 @@ class Database:
                 with contextlib.suppress(sqlite3.Error):
                     cur.execute("ROLLBACK")
                 self._changed.clear()
+                self._rolled_back()
                 raise
             try:
                 cur.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._note_write_error(exc)
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                self._changed.clear()
+                self._committed = True
+            except BaseException as exc:
+                # a signal right after the COMMIT ran: it committed if no transaction is open
+                self._committed = not (isinstance(exc, sqlite3.Error) or self._db.in_transaction)
+                if not self._committed:
+                    if isinstance(exc, sqlite3.Error):
+                        self._note_write_error(exc)
+                    with contextlib.suppress(sqlite3.Error):
+                        cur.execute("ROLLBACK")
+                    self._changed.clear()
+                    self._rolled_back()
                 raise
+            self._tx_records = []
             self.write_error = None
             if self._changed:
                 changed = set(self._changed)

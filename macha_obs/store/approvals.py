@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
 from macha_obs.errors import MachaError
 from macha_obs.models import Action, Approval, ApprovalStatus, Risk, action_json, parse_action
@@ -59,6 +61,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS approvals_pending_action
     ON approvals(action) WHERE status = 'pending';
 """
 EVIDENCE_KEPT = 10
+# What a person can still decide: a pending item, or one whose action was interrupted
+# (recorded, never re-run by itself: a person approves it again or rejects it).
+DECIDABLE = frozenset({ApprovalStatus.PENDING, ApprovalStatus.INTERRUPTED})
 
 
 class ApprovalError(MachaError):
@@ -180,21 +185,21 @@ class Approvals(Audit):
         )
         return int(row["id"])
 
-    def cancel_approval(self, approval_id: int, reason: str) -> bool:
-        """A pending item whose problem is confirmed gone is cancelled, with why."""
+    def cancel_approval(
+        self, approval_id: int, reason: str, record: Mapping[str, Any] | None = None
+    ) -> bool:
+        """An item whose problem is confirmed gone is cancelled, with why; `record` is
+        its audit line, written in the same step (audit.py)."""
         with self._tx() as cur:
             cur.execute(
                 "UPDATE approvals SET status = ?, decided_at = ?, note = ? WHERE id = ?"
-                " AND status = ?",
-                (
-                    ApprovalStatus.CANCELLED.value,
-                    self.clock(),
-                    reason,
-                    approval_id,
-                    ApprovalStatus.PENDING.value,
-                ),
+                " AND status IN ('pending', 'interrupted')",
+                (ApprovalStatus.CANCELLED.value, self.clock(), reason, approval_id),
             )
-            return cur.rowcount > 0
+            done = cur.rowcount > 0
+            if done and record is not None:
+                self.audit_in(self.decisions_log, record)
+            return done
 
     def get_approval(self, approval_id: int) -> Approval | None:
         rows = self._query("SELECT * FROM approvals WHERE id = ?", (approval_id,))
@@ -218,7 +223,9 @@ class Approvals(Audit):
         return int(rows[0]["n"])
 
     def pending_approval(self, approval_id: int) -> Approval:
-        """The item, if it is still pending (one past its TTL expires here); else raise."""
+        """The item, if a person can still decide it: pending (one past its TTL expires
+        here), or interrupted (its action was cut short; a person decides again). Else
+        raise."""
         now = self.clock()
         with self._tx() as cur:
             row = cur.execute(
@@ -234,22 +241,31 @@ class Approvals(Audit):
                 )
                 status = ApprovalStatus.EXPIRED
         # raised after the commit, so an expiry found here is kept
-        if status is not ApprovalStatus.PENDING:
+        if status not in DECIDABLE:
             raise ApprovalError(f"approval {approval_id} is {status.value}, not pending")
         return self._must_get_approval(approval_id)
 
     def decide_approval(
-        self, approval_id: int, status: ApprovalStatus, note: str, *, by: str
+        self,
+        approval_id: int,
+        status: ApprovalStatus,
+        note: str,
+        *,
+        by: str,
+        record: Mapping[str, Any] | None = None,
     ) -> Approval:
-        """A pending item settled without running anything (refused, cancelled,
-        acknowledged), in one step: only one caller can decide it."""
+        """An item settled without running anything (refused, cancelled, acknowledged,
+        rejected), in one step with its audit line `record`: only one caller can decide
+        it, and a decision the audit cannot take is not taken (audit.py)."""
         with self._tx() as cur:
             cur.execute(
                 "UPDATE approvals SET status = ?, note = ?, decided_at = ?, decided_by = ?"
-                " WHERE id = ? AND status = ?",
-                (status.value, note, self.clock(), by, approval_id, ApprovalStatus.PENDING.value),
+                " WHERE id = ? AND status IN ('pending', 'interrupted')",
+                (status.value, note, self.clock(), by, approval_id),
             )
             won = cur.rowcount > 0
+            if won and record is not None:
+                self.audit_in(self.decisions_log, record)
         if not won:
             current = self._must_get_approval(approval_id)
             raise ApprovalError(f"approval {approval_id} is {current.status.value}, not pending")
@@ -274,20 +290,19 @@ class Approvals(Audit):
         return self._must_get_approval(approval_id)
 
     def reject_approval(self, approval_id: int, by: str, reason: str = "") -> Approval:
-        with self._tx() as cur:
-            row = cur.execute(
-                "SELECT status FROM approvals WHERE id = ?", (approval_id,)
-            ).fetchone()
-            if row is None:
-                raise ApprovalError(f"no approval with id {approval_id}")
-            if row["status"] != ApprovalStatus.PENDING.value:
-                raise ApprovalError(f"approval {approval_id} is {row['status']}, not pending")
-            cur.execute(
-                "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, note = ?"
-                " WHERE id = ?",
-                (ApprovalStatus.REJECTED.value, self.clock(), by, reason, approval_id),
-            )
-        return self._must_get_approval(approval_id)
+        """A person's no, audited in the same step: if the audit line cannot be written
+        the item stays as it was (pending or interrupted) and the error is raised."""
+        approval = self._must_get_approval(approval_id)
+        record = {
+            "event": "rejected",
+            "incident_id": approval.incident_id,
+            "approval_id": approval_id,
+            "by": by,
+            "reason": reason,
+        }
+        return self.decide_approval(
+            approval_id, ApprovalStatus.REJECTED, reason, by=by, record=record
+        )
 
     def expire_approvals(self) -> list[int]:
         """Pending approvals past their TTL become `expired`; returns their ids."""

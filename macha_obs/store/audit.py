@@ -4,6 +4,12 @@ Several processes append at once (the daemon, `macha-approve`), and retention ro
 the files by rename (`retention.py`). A writer locks the file, then checks that the name
 still points at what it opened; if it was rotated meanwhile it opens the new file. So a
 record is whole, in the file current when it was written, and never lost.
+
+A decision and its record are one step (`audit_in`): the line is written and fsynced
+inside the transaction that makes the decision, before its COMMIT. A line that cannot be
+written rolls the decision back; a decision that then fails to commit gets a second
+line, `not_recorded`, naming the one it undoes. So the database never holds a decision
+the audit does not, and the audit never claims one the database lost without saying so.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +25,8 @@ from typing import Any
 
 from macha_obs import statedir
 from macha_obs.store._db import Database, ts
+
+_log = logging.getLogger(__name__)
 
 
 def append_line(log: Path, data: bytes) -> None:
@@ -71,6 +80,23 @@ class Audit(Database):
         """Append one JSON line and fsync it before returning (invariant 10)."""
         line = json.dumps({"ts": ts(self.clock()).isoformat(), **record}, default=str)  # type: ignore[union-attr]
         append_line(log, (line.replace("\n", " ") + "\n").encode())
+
+    def audit_in(self, log: Path, record: Mapping[str, Any]) -> None:
+        """Append `record` as part of the transaction in flight (see the module doc)."""
+        self.audit(log, record)
+        self._tx_records.append((log, dict(record)))
+
+    def _rolled_back(self) -> None:
+        super()._rolled_back()
+        records, self._tx_records = self._tx_records, []
+        for log, record in records:
+            undo = {"event": "not_recorded", "undoes": record.get("event")}
+            keep = ("incident_id", "approval_id", "action_id")
+            undo |= {k: record[k] for k in keep if k in record}
+            try:
+                self.audit(log, undo)
+            except Exception as exc:  # the log took the line it undoes; say it here
+                _log.error("%s: cannot record that %s was not recorded: %s", log, undo, exc)
 
     def audit_decision(self, record: Mapping[str, Any]) -> None:
         self.audit(self.decisions_log, record)

@@ -38,9 +38,10 @@ CREATE TABLE IF NOT EXISTS actions (
     owner TEXT NOT NULL,             -- "pid:create_time" of the process that wrote the intent
     result TEXT
 );
--- an approval is carried out at most once, whatever races happen above
-CREATE UNIQUE INDEX IF NOT EXISTS actions_once_per_approval
-    ON actions(approval_id) WHERE approval_id IS NOT NULL;
+-- an approval is carried out at most once at a time, whatever races happen above; once
+-- an attempt is recorded interrupted, a person may approve it again (a new row)
+CREATE UNIQUE INDEX IF NOT EXISTS actions_once_per_live_approval
+    ON actions(approval_id) WHERE approval_id IS NOT NULL AND status != 'interrupted';
 CREATE INDEX IF NOT EXISTS actions_started ON actions(started_at);
 """
 
@@ -50,12 +51,22 @@ _APPROVAL_AFTER = {
     ActionStatus.FAILED: ApprovalStatus.FAILED,
     ActionStatus.REFUSED: ApprovalStatus.REFUSED,
     ActionStatus.INTERRUPTED: ApprovalStatus.INTERRUPTED,
+    ActionStatus.CHANGED: ApprovalStatus.EXECUTED,
     ActionStatus.INTENT: ApprovalStatus.APPROVED,
 }
 
 
+# the latest attempt at an approval (an interrupted one may be followed by another)
+_LATEST = "actions.id = (SELECT MAX(a2.id) FROM actions a2 WHERE a2.approval_id = approvals.id)"
+
+
 class Ledger(Approvals):
     """The actions table's queries; builds on the approvals it claims and settles."""
+
+    def _migrate(self) -> None:
+        super()._migrate()
+        # the older index forbade a second attempt after an interrupted one
+        self._db.execute("DROP INDEX IF EXISTS actions_once_per_approval")
 
     def record_intent(
         self,
@@ -67,10 +78,11 @@ class Ledger(Approvals):
     ) -> int:
         """Write the intent row (fsynced) and its audit line before any side effect.
 
-        For an approval, `by` claims it in the same transaction: pending → approved and
-        the intent together, so no instant leaves an item claimed with nothing to show
-        for it. A second intent violates the unique index: that is the "approving
-        twice executes once" guarantee, enforced by the database.
+        For an approval, `by` claims it in the same transaction: pending (or
+        interrupted) → approved and the intent together, so no instant leaves an item
+        claimed with nothing to show for it. A second live intent violates the unique
+        index: that is the "approving twice executes once" guarantee, enforced by the
+        database. The audit line is written inside the transaction (audit.py).
         """
         now = self.clock()
         try:
@@ -78,7 +90,7 @@ class Ledger(Approvals):
                 if approval_id is not None and by is not None:
                     cur.execute(
                         "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?"
-                        " WHERE id = ? AND status = ? AND expires_at > ?",
+                        " WHERE id = ? AND (status = ? AND expires_at > ? OR status = ?)",
                         (
                             ApprovalStatus.APPROVED.value,
                             now,
@@ -86,6 +98,7 @@ class Ledger(Approvals):
                             approval_id,
                             ApprovalStatus.PENDING.value,
                             now,
+                            ApprovalStatus.INTERRUPTED.value,
                         ),
                     )
                     if cur.rowcount == 0:
@@ -105,17 +118,18 @@ class Ledger(Approvals):
                     ),
                 )
                 action_id = int(cur.lastrowid or 0)
+                self.audit_in(
+                    self.actions_log,
+                    {
+                        "event": "intent",
+                        "action_id": action_id,
+                        "incident_id": incident_id,
+                        "approval_id": approval_id,
+                        "action": action.model_dump(mode="json"),
+                    },
+                )
         except sqlite3.IntegrityError as exc:
             raise ApprovalError(f"approval {approval_id} was already carried out") from exc
-        self.audit_action(
-            {
-                "event": "intent",
-                "action_id": action_id,
-                "incident_id": incident_id,
-                "approval_id": approval_id,
-                "action": action.model_dump(mode="json"),
-            }
-        )
         return action_id
 
     def record_outcome(
@@ -141,47 +155,33 @@ class Ledger(Approvals):
                         row["approval_id"],
                     ),
                 )
-        self.audit_action(
-            {
-                "event": "outcome",
-                "action_id": action_id,
-                "incident_id": row["incident_id"] if row else None,
-                "approval_id": row["approval_id"] if row else None,
-                "status": status.value,
-                "result": result.model_dump(mode="json") if result else None,
-            }
-        )
+            self.audit_in(
+                self.actions_log,
+                {
+                    "event": "outcome",
+                    "action_id": action_id,
+                    "incident_id": row["incident_id"] if row else None,
+                    "approval_id": row["approval_id"] if row else None,
+                    "status": status.value,
+                    "result": result.model_dump(mode="json") if result else None,
+                },
+            )
 
     def recover_interrupted(self) -> list[ActionRecord]:
         """Intent rows whose writer is gone become `interrupted` (invariant 6).
 
-        Nothing is re-run: the record and its approval say what happened, and a human
-        or the next cycle decides again from the host's current state.
+        Nothing is re-run: the record and its approval say what happened, and a person
+        (the approval stays decidable) or the next cycle decides again from the host's
+        current state. Cheap enough for every cycle and every `macha-approve`: a process
+        that died mid-approval strands nothing until the next restart.
         """
-        interrupted: list[int] = []
-        now = self.clock()
         with self._tx() as cur:
             rows = cur.execute(
-                "SELECT id, owner, approval_id FROM actions WHERE status = ?",
-                (ActionStatus.INTENT.value,),
+                "SELECT * FROM actions WHERE status = ?", (ActionStatus.INTENT.value,)
             ).fetchall()
-            for row in rows:
-                if owner_alive(row["owner"]):
-                    continue
-                interrupted.append(int(row["id"]))
-                cur.execute(
-                    "UPDATE actions SET status = ?, finished_at = ? WHERE id = ?",
-                    (ActionStatus.INTERRUPTED.value, now, row["id"]),
-                )
-                if row["approval_id"] is not None:
-                    cur.execute(
-                        "UPDATE approvals SET status = ?, note = ? WHERE id = ?",
-                        (
-                            ApprovalStatus.INTERRUPTED.value,
-                            "the process carrying it out died; not re-run",
-                            row["approval_id"],
-                        ),
-                    )
+            dead = [r for r in rows if not owner_alive(r["owner"])]
+            why = "the process carrying it out died; not re-run"
+            records = self._interrupt_in(cur, dead, why, event="interrupted")
             # An item claimed by an older release that died before writing its intent
             # (claim and intent are one transaction now): back in the queue.
             cur.execute(
@@ -193,26 +193,74 @@ class Ledger(Approvals):
                     ApprovalStatus.APPROVED.value,
                 ),
             )
-            # ... or one whose action ended before its approval was settled
+            # ... or one whose latest attempt ended before its approval was settled
             for after_action, after_approval in _APPROVAL_AFTER.items():
                 if after_action is ActionStatus.INTENT:
                     continue
                 cur.execute(
+                    # the latest attempt (an interrupted one may be followed by another)
                     "UPDATE approvals SET status = ? WHERE status = ? AND EXISTS (SELECT 1"
-                    " FROM actions WHERE actions.approval_id = approvals.id AND"
-                    " actions.status = ?)",
+                    " FROM actions WHERE actions.id = (SELECT MAX(a2.id) FROM actions a2"
+                    " WHERE a2.approval_id = approvals.id) AND actions.status = ?)",
                     (after_approval.value, ApprovalStatus.APPROVED.value, after_action.value),
                 )
-        records = [r for r in (self.get_action(i) for i in interrupted) if r is not None]
-        for rec in records:
-            self.audit_action(
+        return records
+
+    def interrupt_own(self, approval_id: int | None, action: Action, reason: str) -> list[int]:
+        """This process's open intent for `approval_id` (or, without one, for `action`)
+        becomes `interrupted`, with its approval: Ctrl-C or SIGTERM landed anywhere
+        between the intent's commit and the outcome. The ids."""
+        with self._tx() as cur:
+            if approval_id is not None:
+                rows = cur.execute(
+                    "SELECT * FROM actions WHERE status = ? AND owner = ? AND approval_id = ?",
+                    (ActionStatus.INTENT.value, self.owner, approval_id),
+                ).fetchall()
+            else:
+                rows = cur.execute(
+                    "SELECT * FROM actions WHERE status = ? AND owner = ? AND action = ?"
+                    " AND approval_id IS NULL",
+                    (ActionStatus.INTENT.value, self.owner, action_json(action)),
+                ).fetchall()
+            records = self._interrupt_in(cur, rows, reason, event="interrupted")
+        return [r.id for r in records]
+
+    def _interrupt_in(
+        self, cur: sqlite3.Cursor, rows: list[sqlite3.Row], why: str, *, event: str
+    ) -> list[ActionRecord]:
+        """Mark these intent rows interrupted, and their approvals, audited in the
+        transaction (audit.py)."""
+        now = self.clock()
+        records: list[ActionRecord] = []
+        for row in rows:
+            cur.execute(
+                "UPDATE actions SET status = ?, finished_at = ? WHERE id = ?",
+                (ActionStatus.INTERRUPTED.value, now, row["id"]),
+            )
+            if row["approval_id"] is not None:
+                cur.execute(
+                    "UPDATE approvals SET status = ?, note = ?, action_id = ? WHERE id = ?",
+                    (
+                        ApprovalStatus.INTERRUPTED.value,
+                        f"{why}; approve again or reject it",
+                        row["id"],
+                        row["approval_id"],
+                    ),
+                )
+            record = self._action(row).model_copy(
+                update={"status": ActionStatus.INTERRUPTED, "finished_at": ts(now)}
+            )
+            records.append(record)
+            self.audit_in(
+                self.actions_log,
                 {
-                    "event": "interrupted",
-                    "action_id": rec.id,
-                    "incident_id": rec.incident_id,
-                    "approval_id": rec.approval_id,
-                    "action": rec.action.model_dump(mode="json"),
-                }
+                    "event": event,
+                    "action_id": record.id,
+                    "incident_id": record.incident_id,
+                    "approval_id": record.approval_id,
+                    "action": record.action.model_dump(mode="json"),
+                    "reason": why,
+                },
             )
         return records
 

@@ -121,6 +121,7 @@ class Worker:
             "main_pid": int(service.get(b"MainPID", 0) or 0),
             "state_change_usec": int(props.get(b"StateChangeTimestamp", 0) or 0),
             "job_id": _job_id(props.get(b"Job")),
+            "start_limit_burst": int(props.get(b"StartLimitBurst", 0) or 0),
             "names": [_text(n) for n in props.get(b"Names", []) or []],
         }
 

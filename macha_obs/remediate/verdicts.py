@@ -1,0 +1,44 @@
+"""The verdict's helpers: the policy's context from the ledger, the diff check a
+config_change passes before a person sees it, and what a queued item says first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from macha_obs.config import Config
+from macha_obs.models import Action, ConfigChange, Outcome, Proposal, Verdict
+from macha_obs.policy.judge import RATE_WINDOW, PolicyContext
+from macha_obs.remediate.patches import PatchChecker
+from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.verify import Breaker
+from macha_obs.store import Store
+
+
+def queue_reason(verdict: Verdict, proposal: Proposal) -> str:
+    """What a person reads first about a queued item: the policy's reason and the why."""
+    return f"{verdict.reason}. Proposed because: {proposal.reason or '-'}"
+
+
+def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Verdict:
+    """A config_change reaches a person only as a diff that applies to the file it
+    names, inside the configured directory, and leaves it parseable; otherwise the
+    verdict is a refusal naming the check that failed. Other actions pass unchanged."""
+    if not isinstance(action, ConfigChange) or verdict.outcome is Outcome.REFUSE:
+        return verdict
+    refused = patches.refusal(action)
+    if refused is None:
+        return verdict
+    return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {refused}"})
+
+
+def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
+    """Everything the policy needs from the ledger (recent executions, the breaker, a
+    human's pause)."""
+    since = (now - RATE_WINDOW).timestamp()
+    return PolicyContext(
+        config=config,
+        now=now,
+        recent=store.recent_executions(since),
+        breaker=Breaker(config, store, clock=now.timestamp).state(),
+        pause=PauseBook(store).current(now.timestamp()),
+    )
