@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from macha_obs.agent.runbooks import runbook_decision
 from macha_obs.collect.systemd import unit_failed_finding
 from macha_obs.config import Config
-from macha_obs.cycle import CycleReport, describe_state, units_of, unknown_kinds
 from macha_obs.intake.incidents import IncidentState, IncidentStore, Queued, sync_findings
 from macha_obs.lanes import ActionLane, AnalysisLane, Analyze, Job
 from macha_obs.metrics import LoopStats
@@ -42,6 +41,7 @@ from macha_obs.models import (
     investigation_instead,
 )
 from macha_obs.policy.scope import Scope, systemd_busy
+from macha_obs.remediate.cycle import CycleReport, describe_state, units_of, unknown_kinds
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.remediator import Remediator, Settle
 from macha_obs.remediate.status import note_cycle

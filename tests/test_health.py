@@ -20,8 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from macha_obs.lanes import ActionLane
 from macha_obs.metrics import LoopStats, PersistentState, SelfCollector
-from macha_obs.models import Snapshot
-from macha_obs.models.snapshot import CollectorRun
+from macha_obs.models import CollectorRun, Snapshot
 from macha_obs.server import make_app, shutdown, start_server
 from macha_obs.server.health import FAILED_CYCLES, CollectorStreaks, Health, ThreadWatch
 from macha_obs.store import Store

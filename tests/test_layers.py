@@ -40,13 +40,10 @@ ROOMS: dict[str, set[str]] = {
     # when an incident is open live there, once)
     "remediate": {"config", "errors", "execute", "intake", "models", "policy", "store"},
     "lanes": {"config", "models"},
-    # what one cycle did (the orchestrator's report), read by the CLI
-    "cycle": {"models", "remediate"},
     "orchestrator": {
         "agent",
         "collect",
         "config",
-        "cycle",
         "intake",
         "lanes",
         "metrics",

@@ -33,6 +33,10 @@ _HEADER = b"SQLite format 3\x00"
 _LOST_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
+# Tables a new database is created with rows in: derived counters, not history.
+_BORN_WITH = frozenset({"intake_totals"})
+
+
 class StoreError(StateError):
     """The state directory cannot be used."""
 
@@ -273,11 +277,13 @@ class Database:
         return None
 
     def has_history(self) -> bool:
-        """The database holds any row at all: every audit record is written with one."""
+        """The database holds any row at all: every audit record is written with one.
+        Bookkeeping a new database is born with (intake_totals: counters of other
+        tables' rows, seeded at creation) is no history."""
         tables = [
             r["name"]
             for r in self._query("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if not str(r["name"]).startswith("sqlite_")
+            if not str(r["name"]).startswith("sqlite_") and r["name"] not in _BORN_WITH
         ]
         return any(
             self._query(f'SELECT EXISTS(SELECT 1 FROM "{t}") AS any')[0]["any"]  # noqa: S608

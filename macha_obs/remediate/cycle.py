@@ -1,5 +1,6 @@
-"""What one cycle of the action lane did, as the CLI prints it and `status` reads it back;
-and the small pure readings of the host the triage shares (orchestrator.py)."""
+"""What one cycle of the action lane did (what was analysed, handled, deferred,
+escalated), as the CLI prints it and status.py records it; and the small pure readings
+of the host the triage shares (orchestrator.py)."""
 
 from __future__ import annotations
 
