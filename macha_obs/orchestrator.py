@@ -42,9 +42,8 @@ from macha_obs.models import (
 )
 from macha_obs.policy.scope import Scope, systemd_busy
 from macha_obs.remediate.cycle import CycleReport, describe_state, units_of, unknown_kinds
-from macha_obs.remediate.pause import PauseBook
+from macha_obs.remediate.record import CycleRecord
 from macha_obs.remediate.remediator import Remediator, Settle
-from macha_obs.remediate.status import note_cycle
 from macha_obs.store import Store
 from macha_obs.store.incidents import OPEN
 from macha_obs.systemd.events import UnitEvent
@@ -69,7 +68,6 @@ class Orchestrator:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.store = store
         self.incidents = incidents
         self.analyzer = analyzer
         self.remediator = remediator
@@ -77,7 +75,7 @@ class Orchestrator:
         self.stats = stats or LoopStats()
         self.clock = clock
         self.monotonic = monotonic
-        self.pauses = PauseBook(store)
+        self.record = CycleRecord(config, store)  # every write the lanes cause
         self.analysis = AnalysisLane(analyzer, lambda: self.wake("analysis"))
         bound = config.check_interval + 10 * (config.verify_timeout + 30)
         self.lane = ActionLane(self._guarded_cycle, config.check_interval, bound, monotonic)
@@ -152,7 +150,7 @@ class Orchestrator:
             # a `macha-approve` that died mid-action strands nothing until a restart
             self.remediator.recover_stranded()
             report.expired = self.remediator.expire_queue()
-            if self.pauses.expire() is not None:
+            if self.record.pause_expired():
                 # what was only recorded while paused is decided anew from the host now
                 self.incidents.reopen_all()
             self._close_confirmed()
@@ -177,7 +175,7 @@ class Orchestrator:
         now = self.monotonic()
         if self._retained_at is None or now - self._retained_at >= self.config.check_interval:
             self._retained_at = now
-            self.store.retain(self.config)
+            self.record.retain()
 
     def _triage(self, incident_id: str, report: CycleReport) -> None:
         state = self.incidents.get(incident_id)
@@ -191,12 +189,8 @@ class Orchestrator:
         if busy and len(busy) == len(incident.units):
             # Left pending: when systemd gives up, the unit's failed event wakes us again.
             report.deferred.append(incident.id)
-            self.store.audit_decision(
-                {
-                    "event": "deferred",
-                    "incident_id": incident.id,
-                    "reason": f"systemd is restarting {', '.join(busy)}; left to systemd",
-                }
+            self.record.deferred(
+                incident.id, f"systemd is restarting {', '.join(busy)}; left to systemd"
             )
             return
         status_text = {u: describe_state(s) for u, s in statuses.items()}
@@ -212,9 +206,7 @@ class Orchestrator:
         fast: list[tuple[Proposal, Verdict]] = []
         if fixes:
             fast_decision = runbooks.model_copy(update={"proposals": fixes})
-            self.store.audit_decision(
-                {**fast_decision.model_dump(mode="json"), "event": "decision", "lane": "fast"}
-            )
+            self.record.decision(fast_decision, lane="fast")
             report.analysed.append((incident, fast_decision))
             self.stats.count_decision(fast_decision)
             fast = self._judge(incident, fixes, statuses, report)
@@ -340,13 +332,10 @@ class Orchestrator:
             ):
                 continue
             self.incidents.resolve(state.incident.id)
-            self.store.audit_decision(
-                {
-                    "event": "closed",
-                    "incident_id": state.incident.id,
-                    "reason": "its alerts resolved and systemd confirms "
-                    + ", ".join(f"{u} is {s.active_state}" for u, s in seen.items() if s),
-                }
+            self.record.closed(
+                state.incident.id,
+                "its alerts resolved and systemd confirms "
+                + ", ".join(f"{u} is {s.active_state}" for u, s in seen.items() if s),
             )
 
     # ------------------------------------------------------------ context
@@ -369,7 +358,7 @@ class Orchestrator:
     def _record(self, report: CycleReport) -> None:
         self.stats.note_cycle(report.started_at, report.duration_seconds)
         summary = report.summary()
-        note_cycle(self.store, summary)
+        self.record.cycle(summary)
         if report.handled or report.escalated or report.deferred or report.cancelled:
             log.info("cycle %s: %s", report.trigger, json.dumps(summary))
 
