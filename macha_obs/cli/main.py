@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -33,15 +36,15 @@ from macha_obs.cli.readiness import daemon_health, health_lines
 from macha_obs.cli.wiring import (
     build_analyzer,
 )
-from macha_obs.config import AnalysisMode
+from macha_obs.config import AnalysisMode, Config
 from macha_obs.daemon import AlreadyRunning, StateLock
-from macha_obs.errors import ExecutorError, UsageError
+from macha_obs.errors import RefusedError, UsageError
 from macha_obs.execute.diagnostics import Diagnostics
 from macha_obs.execute.privileged import run_as_root
 from macha_obs.execute.runner import subprocess_runner
 from macha_obs.models import (
-    UNIT_ACTIONS,
     Action,
+    ExecutionResult,
     Incident,
     JournalTail,
     UnitState,
@@ -49,10 +52,10 @@ from macha_obs.models import (
     Verdict,
     describe_action,
 )
-from macha_obs.policy.judge import PolicyContext, effective_autonomy, judge
-from macha_obs.policy.scope import Scope, confirm
+from macha_obs.policy.judge import effective_autonomy
+from macha_obs.policy.scope import Scope
 from macha_obs.remediate.patches import PatchChecker
-from macha_obs.remediate.remediator import context_of, patch_checked
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.remediate.status import status_json, status_of
 from macha_obs.remediate.verify import Breaker
 from macha_obs.statedir import StateDir
@@ -268,6 +271,58 @@ def analyze(
     bus = IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout)
     diagnostics = Diagnostics(bus, subprocess_runner, journal_dir=cfg.journal_dir)
 
+    # The ledger's rate limits and breaker when a state dir exists; never create one here.
+    with contextlib.ExitStack() as held:
+        if StateDir(cfg.state_dir).db.exists():
+            store = held.enter_context(Store(cfg.state_dir))
+        else:
+            store = held.enter_context(
+                Store(Path(held.enter_context(tempfile.TemporaryDirectory())))
+            )
+        patches = PatchChecker(cfg.nixos_config_dir)
+        looking = Remediator(cfg, store, _LookOnly(bus), patches=patches)
+
+        def verdict(action: Action, incident: Incident) -> Verdict:
+            """The remediator's own judgement of a proposal (scope lock, systemd's state
+            now, limits, the patch check), recording nothing."""
+            return looking.preview(None, action, Scope.of([incident])).verdict
+
+        _analyze_and_print(
+            cfg,
+            payload,
+            verdict,
+            supplied=supplied,
+            diagnostics=diagnostics,
+            bus=bus,
+            as_json=as_json,
+            analysis_mode=analysis_mode,
+        )
+
+
+class _LookOnly:
+    """What `analyze` lends the remediator: systemd's state, never an action."""
+
+    def __init__(self, bus: IsolatedBus) -> None:
+        self.bus = bus
+
+    def unit_state(self, unit: str) -> UnitState:
+        return self.bus.unit_state(unit)
+
+    def run(self, action: Action) -> ExecutionResult:
+        raise RefusedError(f"analyze executes nothing ({describe_action(action)})")
+
+
+def _analyze_and_print(
+    cfg: Config,
+    payload: str,
+    verdict: Callable[[Action, Incident], Verdict],
+    *,
+    supplied: dict[str, list[str]],
+    diagnostics: Diagnostics,
+    bus: IsolatedBus,
+    as_json: bool,
+    analysis_mode: str | None,
+) -> None:
     def journal_source(unit: str) -> list[str]:
         done = diagnostics.run(JournalTail(unit=unit, lines=100))
         return done.output.splitlines() if done.ok else []
@@ -276,27 +331,6 @@ def analyze(
         done = diagnostics.run(UnitStatus(unit=unit))
         return done.output if done.ok else f"unavailable ({done.detail})"
 
-    # The ledger's rate limits and breaker when a state dir exists; never create one here.
-    policy = PolicyContext(config=cfg, now=datetime.now(UTC))
-
-    patches = PatchChecker(cfg.nixos_config_dir)
-
-    def verdict(action: Action, incident: Incident) -> Verdict:
-        """The daemon's judgement, scope lock and patch check included, from systemd's state now."""
-        scope = Scope.of([incident])
-        problem = None
-        if isinstance(action, UNIT_ACTIONS):
-            try:
-                state: UnitState | None = bus.unit_state(action.unit)
-            except ExecutorError:
-                state = None
-            problem = confirm(action.unit, state, scope)
-        judged = judge(action, policy, scope=scope, problem=problem)
-        return patch_checked(action, judged, patches)
-
-    if StateDir(cfg.state_dir).db.exists():
-        with Store(cfg.state_dir) as store:
-            policy = context_of(cfg, store, datetime.now(UTC))
     if analysis_mode:
         cfg = cfg.model_copy(update={"analysis": AnalysisMode(analysis_mode)})
     analyzer = build_analyzer(cfg, diagnostics, LlmMetrics())

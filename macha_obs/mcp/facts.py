@@ -31,11 +31,11 @@ from macha_obs.models import (
     UnitStatus,
     describe_action,
 )
-from macha_obs.policy.judge import effective_autonomy, judge
+from macha_obs.policy.judge import effective_autonomy
 from macha_obs.policy.scope import Scope
 from macha_obs.remediate.learn import history_line, learned, render_json
 from macha_obs.remediate.pause import PauseBook
-from macha_obs.remediate.remediator import Remediator, patch_checked
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from macha_obs.store import incidents as tables
 
@@ -253,11 +253,8 @@ class Facts:
         """What the policy would decide about `action` for this incident now, and why.
         Judged exactly as a proposal is (scope lock, systemd's state, limits, trust,
         suppression); nothing is recorded, queued or run."""
-        scope = self.scope(incident_id)
-        problem = self.remediator.confirm(action, scope)
-        verdict = judge(action, self.remediator.context(), scope=scope, problem=problem)
-        verdict = patch_checked(action, verdict, self.remediator.patches)
-        suppressed = self.remediator.suppressed(incident_id, action)
+        seen = self.remediator.preview(incident_id, action, self.scope(incident_id))
+        verdict, problem, suppressed = seen.verdict, seen.problem, seen.suppressed
         return {
             "action": describe_action(action),
             "outcome": verdict.outcome.value,
@@ -275,9 +272,8 @@ class Facts:
         """What approving `item` would do now: judged as an approval is (the scope lock
         and systemd's state again, limits, protection), recording nothing."""
         scope = self.incidents.scope_of(item.incident_ids or [item.incident_id])
-        problem = self.remediator.confirm(item.action, scope)
-        ctx = self.remediator.context()
-        verdict = judge(item.action, ctx, approved=True, scope=scope, problem=problem)
+        seen = self.remediator.preview(None, item.action, scope, approved=True)
+        verdict, problem = seen.verdict, seen.problem
         return {
             "action": describe_action(item.action),
             "outcome": verdict.outcome.value,

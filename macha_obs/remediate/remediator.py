@@ -16,7 +16,7 @@ from typing import Protocol
 
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.errors import RefusedError
-from macha_obs.intake.incidents import IncidentStore, Queued
+from macha_obs.intake.incidents import Queued
 from macha_obs.models import (
     UNIT_ACTIONS,
     Action,
@@ -25,7 +25,6 @@ from macha_obs.models import (
     Approval,
     ApprovalStatus,
     ExecutionResult,
-    Incident,
     Outcome,
     Proposal,
     Risk,
@@ -34,9 +33,7 @@ from macha_obs.models import (
     Verdict,
     action_json,
     describe_action,
-    fix_of,
     learns_from,
-    signature_of,
 )
 from macha_obs.policy.judge import (
     BreakerState,
@@ -52,7 +49,13 @@ from macha_obs.remediate import approvals
 from macha_obs.remediate.approvals import Incidents
 from macha_obs.remediate.handled import Handled
 from macha_obs.remediate.patches import PatchChecker
-from macha_obs.remediate.verdicts import context_of, patch_checked, queue_reason
+from macha_obs.remediate.verdicts import (
+    Preview,
+    context_of,
+    patch_checked,
+    queue_reason,
+    suppression_for,
+)
 from macha_obs.remediate.verify import Verifier
 from macha_obs.store import ApprovalError, Store
 
@@ -138,30 +141,35 @@ class Remediator:
         suggest and observe, what auto-safe would have done is noted too (the shadow,
         scored against the person's decision by store/outcomes.py)."""
         action = proposal.action
-        ctx = self.context()
-        problem = self.confirm(action, scope)
-        verdict = judge(action, ctx, scope=scope, problem=problem)
-        verdict = patch_checked(action, verdict, self.patches)
-        suppressed = self.suppressed(incident_id, action)
-        if suppressed is not None:
-            verdict = suppressed_verdict(verdict, suppressed, action)
+        seen = self.preview(incident_id, action, scope)
+        verdict, problem, suppressed = seen.verdict, seen.problem, seen.suppressed
         shadow = None
         if self.config.autonomy_level in _SHADOWED and learns_from(action):
-            shadow = shadow_outcome(action, ctx, scope, problem, suppressed=suppressed)
+            shadow = shadow_outcome(action, seen.context, scope, problem, suppressed=suppressed)
             self._shadows[(incident_id, action_json(action))] = shadow
             while len(self._shadows) > _SHADOWS_KEPT:
                 self._shadows.pop(next(iter(self._shadows)))
         self._audit_verdict(incident_id, action, verdict, proposal.reason, shadow=shadow)
         return verdict
 
+    def preview(
+        self, incident_id: str | None, action: Action, scope: Scope, *, approved: bool = False
+    ) -> Preview:
+        """The verdict a proposal (or, `approved`, an approval) gets from systemd's state
+        now, recording nothing: what `decide` judges by, and analyze and MCP show."""
+        ctx = self.context()
+        problem = self.confirm(action, scope)
+        verdict = judge(action, ctx, approved=approved, scope=scope, problem=problem)
+        if not approved:
+            verdict = patch_checked(action, verdict, self.patches)
+        suppressed = self.suppressed(incident_id, action) if incident_id and not approved else None
+        if suppressed is not None:
+            verdict = suppressed_verdict(verdict, suppressed, action)
+        return Preview(verdict, problem, suppressed, ctx)
+
     def suppressed(self, incident_id: str, action: Action) -> Suppression | None:
         """The suppression of this fix for this incident's problem, if one is active."""
-        if not learns_from(action):
-            return None
-        state = IncidentStore(self.store).get(incident_id)
-        incident = state.incident if state is not None else Incident(id="-", source="manual")
-        signature = signature_of(incident, action)
-        return self.store.suppression(signature, fix_of(action), self.config, self.clock())
+        return suppression_for(self.config, self.store, incident_id, action, self.clock())
 
     def _note_shadow(self, incident_id: str, action: Action, approval_id: int) -> None:
         shadow = self._shadows.pop((incident_id, action_json(action)), None)

@@ -3,11 +3,25 @@ config_change passes before a person sees it, and what a queued item says first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from macha_obs.config import Config
-from macha_obs.models import Action, ConfigChange, Outcome, Proposal, Verdict
+from macha_obs.intake.incidents import IncidentStore
+from macha_obs.models import (
+    Action,
+    ConfigChange,
+    Incident,
+    Outcome,
+    Proposal,
+    Suppression,
+    Verdict,
+    fix_of,
+    learns_from,
+    signature_of,
+)
 from macha_obs.policy.judge import RATE_WINDOW, PolicyContext
+from macha_obs.policy.scope import Confirmation
 from macha_obs.remediate.patches import PatchChecker
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.verify import Breaker
@@ -42,3 +56,25 @@ def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
         breaker=Breaker(config, store, clock=now.timestamp).state(),
         pause=PauseBook(store).current(now.timestamp()),
     )
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A judgement without a record: the verdict, the scope lock's confirmation (None
+    for a host action), an active suppression, and the context it was judged in."""
+
+    verdict: Verdict
+    problem: Confirmation | None
+    suppressed: Suppression | None
+    context: PolicyContext
+
+
+def suppression_for(
+    config: Config, store: Store, incident_id: str, action: Action, now: float
+) -> Suppression | None:
+    """The suppression of this fix for this incident's problem, if one is active."""
+    if not learns_from(action):
+        return None
+    state = IncidentStore(store).get(incident_id)
+    incident = state.incident if state is not None else Incident(id="-", source="manual")
+    return store.suppression(signature_of(incident, action), fix_of(action), config, now)
