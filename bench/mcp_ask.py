@@ -273,7 +273,7 @@ def main() -> None:
         ap.error("--calls must be ≥ 1 and --ask ≥ 0")
     try:
         rows, answers = run(args.calls, args.ask)
-    except (BenchError, RuntimeError, AssertionError, TimeoutError) as exc:
+    except (BenchError, RuntimeError, AssertionError, TimeoutError, ExceptionGroup) as exc:
         raise SystemExit(f"bench failed: {exc}") from exc
     print(
         f"MCP tool calls against `macha-obs serve` (suggest) on the lab systemd, {args.calls}"
