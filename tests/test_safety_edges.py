@@ -37,7 +37,7 @@ from macha_obs.policy.scope import Scope
 from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from macha_obs.systemd.events import UnitEvent
-from tests.harness.daemon_support import MACHA_APPROVE, MACHA_OBS, Daemon
+from tests.harness.daemon_support import MACHA_APPROVE, MACHA_CHECK, MACHA_OBS, Daemon
 from tests.harness.labsd import LabSystemd
 from tests.harness.receiver_support import alert, payload
 from tests.harness.sidecar_support import broken, deliver, main_pid
@@ -261,7 +261,7 @@ def test_macha_check_beside_the_daemon_consumes_nothing(
 
     assert poll(lambda: state() == state(), 10)  # the daemon has settled
     before = state()
-    checked = subprocess.run(["/usr/bin/env", MACHA_OBS.replace("macha-obs", "macha-check")],
+    checked = subprocess.run(["/usr/bin/env", MACHA_CHECK],
                              env=daemon.env, capture_output=True, text=True, check=False,
                              timeout=120)  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -19,9 +19,8 @@ import pytest
 
 from macha_obs import statedir
 from macha_obs.store import Store, StoreError
-from tests.harness.daemon_support import MACHA_APPROVE, MACHA_OBS
+from tests.harness.daemon_support import MACHA_APPROVE, MACHA_LOGS, MACHA_OBS
 
-MACHA_LOGS = MACHA_OBS.replace("macha-obs", "macha-logs")
 NOBODY = 65534
 STATE_FILES = [
     "state.db",

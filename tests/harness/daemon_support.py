@@ -26,6 +26,8 @@ from tests.harness.stack import free_port, poll
 
 MACHA_OBS = str(Path(sys.executable).parent / "macha-obs")
 MACHA_APPROVE = str(Path(sys.executable).parent / "macha-approve")
+MACHA_CHECK = str(Path(sys.executable).parent / "macha-check")
+MACHA_LOGS = str(Path(sys.executable).parent / "macha-logs")
 HOST = "testhost"
 
 
