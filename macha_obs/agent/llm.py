@@ -7,10 +7,7 @@ servers.
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,6 @@ from macha_obs.agent.endpoint import (
     EndpointUntrusted,
     load_api_key,
 )
-from macha_obs.agent.llm_errors import ERROR_KINDS as _TRANSPORT_KINDS
 from macha_obs.agent.llm_errors import (
     LlmError,
     LlmProtocolError,
@@ -34,6 +30,7 @@ from macha_obs.agent.llm_errors import (
     ModelMissing,
     retryable,
 )
+from macha_obs.agent.llm_stats import ERROR_KINDS, LlmMetrics
 from macha_obs.config import Config
 
 if TYPE_CHECKING:
@@ -41,7 +38,6 @@ if TYPE_CHECKING:
 
 Message = Mapping[str, str]
 # every outcome a chat can end in besides "ok", a fixed label set for the exporter
-ERROR_KINDS = (*_TRANSPORT_KINDS, EndpointUntrusted.kind)
 __all__ = [
     "ERROR_KINDS",
     "ApiKeyFileUnsafe",
@@ -68,51 +64,6 @@ class ChatReply:
     tokens_out: int
     duration_seconds: float
     finish_reason: str = ""
-
-
-class LlmMetrics:
-    """Request counts, errors by kind, tokens and time, read by the exporter (through
-    metrics.LlmStatsView: `outcomes`, `snapshot()`, `durations()`)."""
-
-    outcomes = ("ok", *ERROR_KINDS)
-    # seconds: a small model on a GPU answers in 0.1 s, a 70B model on CPU in minutes
-    buckets = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter[str] = Counter()  # "ok" or an error kind
-        self.tokens_in = 0
-        self.tokens_out = 0
-        self.duration_sum = 0.0
-        self.duration_count = 0
-        self.duration_buckets = [0] * (len(self.buckets) + 1)  # per bucket, +Inf last
-
-    def snapshot(self) -> tuple[dict[str, int], int, int, int, float]:
-        """(requests by outcome, tokens in, tokens out, request count, seconds), consistent."""
-        with self._lock:
-            return (
-                dict(self.requests),
-                self.tokens_in,
-                self.tokens_out,
-                self.duration_count,
-                self.duration_sum,
-            )
-
-    def observe(
-        self, outcome: str, duration: float, tokens_in: int = 0, tokens_out: int = 0
-    ) -> None:
-        with self._lock:
-            self.requests[outcome] += 1
-            self.tokens_in += tokens_in
-            self.tokens_out += tokens_out
-            self.duration_sum += duration
-            self.duration_count += 1
-            self.duration_buckets[bisect.bisect_left(self.buckets, duration)] += 1
-
-    def durations(self) -> tuple[tuple[float, ...], tuple[int, ...], float]:
-        """(bucket upper bounds, count per bucket with +Inf last, seconds), consistent."""
-        with self._lock:
-            return self.buckets, tuple(self.duration_buckets), self.duration_sum
 
 
 class ChatClient(Protocol):
