@@ -222,6 +222,11 @@ class Config(BaseModel):
     disk_fill_threshold: float = Field(0.90, gt=0, le=1)
     inode_threshold: float = Field(0.90, gt=0, le=1)
     memory_pressure_threshold: float = Field(0.90, gt=0, le=1)
+    # the host is busy (resources findings, and the rules rendered from them): the share of
+    # CPU time not idle over a collection interval, the 15-minute load per CPU, swap in use
+    cpu_busy_threshold: float = Field(0.95, gt=0, le=1)
+    load_per_cpu_threshold: float = Field(2.0, gt=0, le=1000)
+    swap_used_threshold: float = Field(0.80, gt=0, le=1)
     journal_error_burst: int = Field(20, ge=1, le=1_000_000)
     flapping_restarts: int = Field(3, ge=1, le=10_000)
 

@@ -33,7 +33,7 @@ ROOMS: dict[str, set[str]] = {
     # grouping classify alerts with it, so agent/ and intake/ may read policy/ (pure).
     "policy": {"config", "errors", "models", "protected"},
     "intake": {"config", "errors", "models", "policy", "statedir", "store"},
-    "agent": {"config", "errors", "models", "policy", "terminal"},
+    "agent": {"config", "errors", "models", "policy", "protected", "terminal"},
     "execute": {"errors", "models", "systemd"},
     # remediate/ reads and marks incidents through intake's IncidentStore (the rules of
     # when an incident is open live there, once)

@@ -20,10 +20,10 @@ import macha_obs.cli.rules  # noqa: F401  (registers `rules` on main)
 from macha_obs.cli import main
 from macha_obs.config import Config
 from macha_obs.setup.rules import (
-    _APPROVAL_ITEM_TEMPLATE,
+    APPROVAL_ITEM_FILE,
     RULE_FILES,
     SERIES,
-    TEMPLATES,
+    TEMPLATE_FILES,
     RulesError,
     duration,
     fill,
@@ -33,6 +33,7 @@ from macha_obs.setup.rules import (
     render,
     rule_values,
     spoken,
+    template,
     write_rules,
 )
 from tests.harness.eyes_support import PROJECT
@@ -89,7 +90,7 @@ def test_rendering_depends_on_the_thresholds_never_on_the_host() -> None:
 
 def test_every_placeholder_has_a_value_and_every_value_a_placeholder() -> None:
     values = rule_values(Config())
-    templates = [*TEMPLATES.values(), _APPROVAL_ITEM_TEMPLATE]
+    templates = [template(f) for f in [*TEMPLATE_FILES.values(), APPROVAL_ITEM_FILE]]
     used = {name for t in templates for name in re.findall(r"\[\[([a-z_0-9]+)\]\]", t)}
     for series in SERIES.values():  # each variant names every series the templates read
         assert used == set(values) | set(series) | {"approval_item_rule"}
