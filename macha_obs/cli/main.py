@@ -332,4 +332,5 @@ def analyze(
     click.echo(render_json(report) if as_json else render_text(report))
 
 
+from macha_obs.cli import eval as _eval  # noqa: E402, F401  (registers eval on main)
 from macha_obs.cli import learn as _learn  # noqa: E402, F401  (registers learn on main)
