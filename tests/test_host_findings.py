@@ -94,13 +94,23 @@ def test_busy_cpu_high_load_and_swap_are_findings_at_the_configured_thresholds()
     assert under == []
 
 
-def test_the_collector_judges_cpu_over_its_own_interval() -> None:
-    readings = iter([{"user": 0.0, "idle": 0.0}, {"user": 99.0, "idle": 1.0}])
+def test_the_collector_judges_cpu_over_its_own_interval_once_it_lasted() -> None:
+    """As the rules' `for: 15m`: a busy spell is a finding once it has lasted."""
+    busy = [{"user": 0.0, "idle": 0.0}] + [{"user": 99.0 * n, "idle": 1.0 * n} for n in range(1, 5)]
+    readings, now = iter(busy), [0.0]
     collector = ResourcesCollector(
-        limits=Thresholds(cpu_busy=0.95), fetch=lambda: raw(next(readings))
+        limits=Thresholds(cpu_busy=0.95),
+        fetch=lambda: raw(next(readings), load15=5.0),
+        sustained=900.0,
+        clock=lambda: now[0],
     )
-    assert collector.collect()[1] == []
-    assert kinds(collector.collect()[1]) == {FindingKind.CPU_HIGH}
+    assert collector.collect()[1] == []  # one reading: no rate yet, the load just began
+    now[0] = 60.0
+    assert collector.collect()[1] == []  # busy and loaded, not for long enough
+    now[0] = 940.0
+    assert kinds(collector.collect()[1]) == {FindingKind.LOAD_HIGH}  # loaded since 0
+    now[0] = 1000.0
+    assert kinds(collector.collect()[1]) == {FindingKind.CPU_HIGH, FindingKind.LOAD_HIGH}
 
 
 # ------------------------------------------------------------------ what a disk holds

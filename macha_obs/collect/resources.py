@@ -4,11 +4,14 @@ No ratios over the collection interval in the metrics: Prometheus' rate() over C
 gives the busy share over whatever window the reader wants, and rules divide the load by
 the CPU count. The findings (memory, CPU, load, swap) judge by the same thresholds as the
 rules rendered from the config; the CPU's busy share is over the last collection interval,
-so the collector keeps the previous CPU seconds (its only state).
+so the collector keeps the previous CPU seconds. A busy host is a finding once it has been
+busy for SUSTAINED seconds, as the rules' `for: 15m` (a build, a backup, a shared CI
+machine's burst is not one): the collector keeps when each condition began.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +50,11 @@ def fetch_resources() -> RawResources:
         load=psutil.getloadavg(),
     )
 
+
+# How long CPU, load or swap must stay over their thresholds to be a finding: the rules'
+# `for: 15m` (MachaCpuBusy, MachaLoadHigh, MachaSwapHigh), so the two agree.
+SUSTAINED = 900.0
+_BUSY = frozenset({FindingKind.CPU_HIGH, FindingKind.LOAD_HIGH, FindingKind.SWAP_HIGH})
 
 # CPU time that is not work: a CPU waiting on I/O or for its hypervisor is not busy
 IDLE_MODES = frozenset({"idle", "iowait", "steal"})
@@ -153,13 +161,27 @@ class ResourcesCollector:
     memory_pressure_threshold: float = 0.90
     limits: Thresholds | None = None
     fetch: Callable[[], RawResources] = fetch_resources
+    sustained: float = SUSTAINED
+    clock: Callable[[], float] = time.monotonic
     _previous_cpu: Mapping[str, float] | None = field(default=None, init=False)
+    _since: dict[FindingKind, float] = field(default_factory=dict, init=False)
 
     def collect(self) -> tuple[ResourcesReading, list[Finding]]:
         raw = self.fetch()
         limits = self.limits or Thresholds(memory=self.memory_pressure_threshold)
-        result = summarize_resources(
+        reading, findings = summarize_resources(
             raw, limits.memory, limits=limits, previous_cpu=self._previous_cpu
         )
         self._previous_cpu = dict(raw.cpu_seconds)
-        return result
+        return reading, self._held(findings)
+
+    def _held(self, findings: list[Finding]) -> list[Finding]:
+        """The busy findings whose condition has held for `sustained` seconds."""
+        now = self.clock()
+        over = {f.kind for f in findings if f.kind in _BUSY}
+        self._since = {k: self._since.get(k, now) for k in over}
+        return [
+            f
+            for f in findings
+            if f.kind not in _BUSY or now - self._since[f.kind] >= self.sustained
+        ]
