@@ -307,7 +307,12 @@ def evaluate(
     try:
         for case in cases:
             daemon = session.for_case(case)
-            r = run_case(case, world, daemon, mode=mode, history=seed is not None)
+            try:
+                r = run_case(case, world, daemon, mode=mode, history=seed is not None)
+            except (RuntimeError, TimeoutError) as exc:  # the lab would not take the fault
+                say(f"  {case.name}: could not inject: {exc}")
+                r = score(case, [], mode=mode, history=seed is not None, seconds=0.0)
+                r.healthy, r.health, r.timed_out = False, f"could not inject: {exc}", True
             r.repeat = repeat
             done[0] += 1
             say(
@@ -331,10 +336,14 @@ def train(world: World, state: Path, cases: Sequence[Case], rounds: int) -> None
         for n in range(rounds):
             for case in cases:
                 daemon = session.for_case(case)
-                r = run_case(
-                    case, world, daemon, mode="training", history=False,
-                    operator=operator_for(case),
-                )  # fmt: skip
+                try:
+                    r = run_case(
+                        case, world, daemon, mode="training", history=False,
+                        operator=operator_for(case),
+                    )  # fmt: skip
+                except (RuntimeError, TimeoutError) as exc:
+                    say(f"  training: {case.name}: could not inject: {exc}")
+                    continue
                 say(f"  training round {n + 1}: {case.name}: {len(r.taken)} proposal(s) decided")
     finally:
         session.stop()
