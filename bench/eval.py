@@ -80,6 +80,8 @@ from tests.harness.stack import free_port, poll  # noqa: E402
 
 MODES = ("runbooks-only", "runbooks-first", "llm-first")
 QUIET = 2.5  # seconds a case's incidents must stay concluded: later ones may still open
+# a model on 2 busy cores takes minutes a call: the model modes wait this long for a case
+MODEL_TIMEOUT = 900.0
 CONTROL_WAIT = 6.5  # a case that opens nothing: collectors (1 s) and a check cycle (5 s) ran
 # what a case costs, for the estimate said before starting (measured here, 2 busy cores)
 SECONDS_PER_CASE = {"runbooks-only": 10.0, "runbooks-first": 40.0, "llm-first": 150.0}
@@ -183,6 +185,7 @@ def run_case(
     mode: str,
     history: bool,
     operator: Operator | None = None,
+    timeout: float | None = None,
 ) -> CaseResult:
     """Inject, wait until the sidecar concluded, read the health, score, (operator,) undo."""
     baseline = known_incidents(daemon)
@@ -194,7 +197,7 @@ def run_case(
         try:
             injection.run()
             began = time.monotonic()
-            seconds, timed_out = wait_concluded(daemon, since, baseline, case.timeout)
+            seconds, timed_out = wait_concluded(daemon, since, baseline, timeout or case.timeout)
             ok, detail = healthy(injection)
             result = score(
                 case,
@@ -308,7 +311,10 @@ def evaluate(
         for case in cases:
             daemon = session.for_case(case)
             try:
-                r = run_case(case, world, daemon, mode=mode, history=seed is not None)
+                r = run_case(
+                    case, world, daemon, mode=mode, history=seed is not None,
+                    timeout=None if mode == "runbooks-only" else max(case.timeout, MODEL_TIMEOUT),
+                )  # fmt: skip
             except (RuntimeError, TimeoutError) as exc:  # the lab would not take the fault
                 say(f"  {case.name}: could not inject: {exc}")
                 r = score(case, [], mode=mode, history=seed is not None, seconds=0.0)
