@@ -300,6 +300,7 @@ def evaluate(
     repeat: int,
     total: int,
     done: list[int],
+    model_timeout: float = MODEL_TIMEOUT,
 ) -> list[CaseResult]:
     name = f"{mode}-{'history' if seed else 'fresh'}-{repeat}"
     state = world.work / name / "state"
@@ -313,7 +314,7 @@ def evaluate(
             try:
                 r = run_case(
                     case, world, daemon, mode=mode, history=seed is not None,
-                    timeout=None if mode == "runbooks-only" else max(case.timeout, MODEL_TIMEOUT),
+                    timeout=None if mode == "runbooks-only" else max(case.timeout, model_timeout),
                 )  # fmt: skip
             except (RuntimeError, TimeoutError) as exc:  # the lab would not take the fault
                 say(f"  {case.name}: could not inject: {exc}")
@@ -402,6 +403,7 @@ class Plan:
     response_format: str
     json: Path | None
     markdown: Path | None
+    model_timeout: float = MODEL_TIMEOUT
 
     def runs(self) -> int:
         return sum(len(self.cases[m]) for m in self.modes) * len(self.history) * self.repeat
@@ -464,10 +466,13 @@ def options(argv: list[str] | None) -> Plan:
             parser.error(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
     per_mode = {"runbooks-only": cases, "runbooks-first": first_cases, "llm-first": llm_cases}
     history = {"no": [False], "yes": [True], "both": [False, True]}[args.history]
-    return Plan(
+    plan = Plan(
         modes, per_mode, cases, history, args.rounds, max(1, args.repeat), args.llm_steps,
         args.backend, args.url, args.model, args.response_format, args.json, args.markdown,
     )  # fmt: skip
+    if args.quick:  # CI's bound: two model cases of at most 5 minutes each
+        plan.model_timeout = 300.0
+    return plan
 
 
 def run(plan: Plan) -> list[CaseResult]:
@@ -495,6 +500,7 @@ def run(plan: Plan) -> list[CaseResult]:
                         results += evaluate(
                             world, mode, plan.cases[mode], seed=s, steps=plan.steps,
                             repeat=repeat, total=plan.runs(), done=done,
+                            model_timeout=plan.model_timeout,
                         )  # fmt: skip
     return results
 
