@@ -301,13 +301,16 @@ def evaluate(
     total: int,
     done: list[int],
     model_timeout: float = MODEL_TIMEOUT,
+    results: list[CaseResult] | None = None,
 ) -> list[CaseResult]:
+    """The cases through one mode's sidecar; each result appended to `results` as it
+    comes (an interrupted run still reports what it finished)."""
     name = f"{mode}-{'history' if seed else 'fresh'}-{repeat}"
     state = world.work / name / "state"
     if seed is not None:
         shutil.copytree(seed, state, ignore=shutil.ignore_patterns("*.lock", "daemon-*.log"))
     session = Session(world, state, model_settings(mode, world, steps))
-    results: list[CaseResult] = []
+    results = [] if results is None else results
     try:
         for case in cases:
             daemon = session.for_case(case)
@@ -475,8 +478,7 @@ def options(argv: list[str] | None) -> Plan:
     return plan
 
 
-def run(plan: Plan) -> list[CaseResult]:
-    results: list[CaseResult] = []
+def run(plan: Plan, results: list[CaseResult]) -> list[CaseResult]:
     done = [0]
     with (
         tempfile.TemporaryDirectory(prefix="eval-", dir="/var/tmp") as tmp,
@@ -497,10 +499,10 @@ def run(plan: Plan) -> list[CaseResult]:
                     for with_history in plan.history:
                         s = seed if with_history else None
                         say(f"{mode}, history {'yes' if s else 'no'}, run {repeat + 1}")
-                        results += evaluate(
+                        evaluate(
                             world, mode, plan.cases[mode], seed=s, steps=plan.steps,
                             repeat=repeat, total=plan.runs(), done=done,
-                            model_timeout=plan.model_timeout,
+                            model_timeout=plan.model_timeout, results=results,
                         )  # fmt: skip
     return results
 
@@ -541,7 +543,14 @@ def main(argv: list[str] | None = None) -> int:
         "here (2 cores; a model on a GPU is faster)"
     )
     began = time.monotonic()
-    results = run(plan)
+    results: list[CaseResult] = []
+    try:
+        run(plan, results)
+    except (KeyboardInterrupt, SystemExit):
+        # stopped (Ctrl-C, SIGTERM): report the cases that finished, then stop
+        say(f"interrupted after {len(results)} case run(s): reporting those")
+        print(report(results, plan, time.monotonic() - began, argv or sys.argv[1:]))
+        raise
     wall = time.monotonic() - began
     print(report(results, plan, wall, argv if argv is not None else sys.argv[1:]))
     executed = sum(
