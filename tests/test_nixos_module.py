@@ -112,6 +112,9 @@ SETTINGS_ONLY = {
     "disk_fill_threshold",
     "inode_threshold",
     "memory_pressure_threshold",
+    "cpu_busy_threshold",
+    "load_per_cpu_threshold",
+    "swap_used_threshold",
     "journal_error_burst",
     "flapping_restarts",
     # the NixOS remediation (rebuild sequence, rollback proposals, gc, config changes)

@@ -58,7 +58,15 @@ def disk() -> Incident:
     return Incident(
         id="i-2",
         source="finding",
-        findings=[Finding(kind=FindingKind.DISK_FILLING, subject="/var", summary="95% used")],
+        findings=[
+            Finding(
+                kind=FindingKind.DISK_FILLING,
+                subject="/var",
+                summary="95% used",
+                # it holds both: the runbooks propose both clean-ups (collect/disks.py)
+                details={"holds_journal": True, "holds_nix_store": True},
+            )
+        ],
     )
 
 

@@ -34,6 +34,9 @@ ALERT_FOR_KIND = {
     # each unit that broke after a generation switch fires MachaUnitFailed; that the
     # switch is to blame is the sidecar's own inference (collect/nixos.py), not a series
     FindingKind.UNITS_FAILED_AFTER_SWITCH: "MachaUnitFailed",
+    FindingKind.CPU_HIGH: "MachaCpuBusy",
+    FindingKind.LOAD_HIGH: "MachaLoadHigh",
+    FindingKind.SWAP_HIGH: "MachaSwapHigh",
 }
 SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
 # what the sidecar decided and did, for the humans (macha-sidecar.yml)

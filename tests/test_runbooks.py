@@ -9,6 +9,7 @@ from macha_obs.models import (
     Alert,
     Assessment,
     DecisionSource,
+    DiskUsage,
     Finding,
     FindingKind,
     Incident,
@@ -84,9 +85,68 @@ def test_start_limit_hit_seen_in_systemds_state() -> None:
     assert RestartUnit(unit="nginx.service") in [p.action for p in runbook_proposals(inc(a))[0]]
 
 
-def test_disk_filling_vacuums_and_collects() -> None:
-    d = runbook_decision(inc(alert("DiskFilling", mountpoint="/")))
-    assert [p.action for p in d.proposals] == [JournalVacuum(), NixGc()]
+def disk_finding(
+    mountpoint: str, holds: dict[str, bool], kind: FindingKind = FindingKind.DISK_FILLING
+) -> Finding:
+    details: dict[str, str | float | int | bool] = {"used_ratio": 0.96}
+    details.update(holds)
+    return Finding(kind=kind, subject=mountpoint, summary=f"{mountpoint} full", details=details)
+
+
+@pytest.mark.parametrize(
+    ("holds", "expected"),
+    [
+        ({"holds_journal": True}, [JournalVacuum()]),  # /var/log on its own disk: never nix gc
+        ({"holds_nix_store": True}, [NixGc()]),
+        ({"holds_journal": True, "holds_nix_store": True}, [JournalVacuum(), NixGc()]),
+        ({}, [Investigate(diagnostic=DiskUsage())]),  # nothing the sidecar knows to clean
+    ],
+)
+def test_a_filling_disk_is_cleaned_of_what_it_holds_only(
+    holds: dict[str, bool], expected: list[object]
+) -> None:
+    d = runbook_decision(inc(findings=[disk_finding("/data", holds)]))
+    assert [p.action for p in d.proposals] == expected
+
+
+def test_inodes_low_collects_garbage_only_on_the_store_filesystem() -> None:
+    low = FindingKind.INODES_LOW
+    on_store = runbook_decision(
+        inc(findings=[disk_finding("/nix", {"holds_nix_store": True}, low)])
+    )
+    assert [p.action for p in on_store.proposals] == [NixGc()]
+    elsewhere = runbook_decision(inc(findings=[disk_finding("/srv", {"holds_journal": True}, low)]))
+    assert [p.action for p in elsewhere.proposals] == [Investigate(diagnostic=DiskUsage())]
+
+
+@pytest.mark.parametrize("labels", [{"mountpoint": "/"}, {"mountpoint": "/var/log"}, {}])
+def test_a_space_alert_alone_cleans_nothing(labels: dict[str, str]) -> None:
+    """Issue 20: an alert (with a mountpoint label, or none) is not this host's measure of
+    a filesystem filling: a read-only look, never journal_vacuum or nix_gc."""
+    for name in ("DiskFilling", "NodeFilesystemAlmostOutOfSpace", "InodesLow"):
+        d = runbook_decision(inc(alert(name, **labels)))
+        assert [p.action for p in d.proposals] == [Investigate(diagnostic=DiskUsage())]
+
+
+@pytest.mark.parametrize(
+    "unit", ["sshd.service", "nftables.service", "wg-quick@wg0.service", "openvpn-office.service"]
+)
+def test_a_protected_unit_that_failed_gets_a_look_never_a_fix(unit: str) -> None:
+    failed = Finding(kind=FindingKind.UNIT_FAILED, subject=unit, summary="failed", unit=unit)
+    status = {unit: "failed/failed (load loaded, result start-limit-hit, restarts 5)"}
+    for incident in (inc(findings=[failed]), inc(alert("UnitFailed", unit=unit))):
+        proposals, _ = runbook_proposals(incident, status)
+        assert [p.action for p in proposals] == [Investigate(diagnostic=JournalTail(unit=unit))]
+        assert "a person must look" in proposals[0].reason
+
+
+@pytest.mark.parametrize(
+    "kind", [FindingKind.CPU_HIGH, FindingKind.LOAD_HIGH, FindingKind.SWAP_HIGH]
+)
+def test_a_busy_host_is_looked_at_not_acted_on(kind: FindingKind) -> None:
+    d = runbook_decision(inc(findings=[Finding(kind=kind, subject="cpu", summary="busy")]))
+    assert [p.action for p in d.proposals] == [Investigate(diagnostic=TopProcesses())]
+    assert d.assessment is Assessment.DEGRADED
 
 
 def test_flapping_unit_is_investigated_not_restarted() -> None:
@@ -133,3 +193,19 @@ def test_duplicates_merge_and_at_most_five() -> None:
     proposals, _ = runbook_proposals(inc(*alerts))
     assert len(proposals) == 5
     assert len({p.action for p in proposals}) == 5
+
+
+def test_a_unit_systemd_gave_up_restarting_is_looked_at_before_a_reset() -> None:
+    """systemd 252 reports a start limit as result exit-code: a failed unit that systemd
+    restarted by itself is one it gave up on, not a crash a restart fixes."""
+    a = alert("UnitFailed", unit="loop.service")
+    gave_up = {"loop.service": "failed/failed (load loaded, result exit-code, restarts 2)"}
+    proposals = [p.action for p in runbook_proposals(inc(a), gave_up)[0]]
+    assert proposals == [
+        Investigate(diagnostic=JournalTail(unit="loop.service")),
+        ResetFailed(unit="loop.service"),
+    ]
+    crashed = {"loop.service": "failed/failed (load loaded, result signal, restarts 0)"}
+    assert [p.action for p in runbook_proposals(inc(a), crashed)[0]] == [
+        RestartUnit(unit="loop.service")
+    ]

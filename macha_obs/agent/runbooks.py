@@ -3,11 +3,21 @@
 Used when the LLM is disabled, unreachable or invalid, and as the fast path
 (`analysis = runbooks-first | runbooks-only`). Proposals are only proposals: the policy
 still judges each one. Pure.
+
+Two rules a careful on-call engineer keeps, which the evaluation (eval/) checks:
+- a protected unit (sshd, a firewall, a VPN...) that failed is never proposed a fix the
+  policy must refuse: a read-only look at its journal, which the policy queues for a
+  person (it is theirs to act on);
+- space is cleaned only where this host measured it short: the disks collector's finding
+  says which filesystem fills and what it holds (the Nix store, the journal), and only
+  that is cleaned. An alert alone (a mountpoint label, or none) gets a read-only look.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from macha_obs.agent.history import History, order_by_outcomes
 from macha_obs.models import (
@@ -15,6 +25,7 @@ from macha_obs.models import (
     Assessment,
     Decision,
     DecisionSource,
+    DiskUsage,
     FailedUnits,
     FindingKind,
     Incident,
@@ -32,6 +43,7 @@ from macha_obs.models import (
     UnitStatus,
 )
 from macha_obs.policy.scope import classify_alert
+from macha_obs.protected import protection
 
 # An alert rule's label that asks for a restart of the unit it names (a running unit
 # that misbehaves: latency, a health probe). The only action an alert can ask for.
@@ -44,13 +56,77 @@ _CRITICAL_KINDS = {
 }
 
 
+# systemd's word on a unit, as the orchestrator describes it: "failed/failed (load loaded,
+# result exit-code, restarts 2)". A failed unit that systemd itself restarted (Restart=)
+# is one systemd gave up on: its start limit, whatever result systemd 252 reports.
+_GAVE_UP = re.compile(r"^failed/.*\brestarts ([1-9][0-9]*)\)")
+
+
 def _start_limit_hit(texts: Iterable[str]) -> bool:
-    return any("start-limit" in t for t in texts)
+    return any("start-limit" in t or _GAVE_UP.search(t) for t in texts)
 
 
-def _actions(kind: FindingKind, unit: str | None, start_limit: bool) -> list[tuple[Action, str]]:
+# the details of a disks finding that say what a filling filesystem holds (collect/disks.py)
+HOLDS_NIX_STORE = "holds_nix_store"
+HOLDS_JOURNAL = "holds_journal"
+_BUSY_KINDS = {
+    FindingKind.CPU_HIGH: "CPU busy",
+    FindingKind.LOAD_HIGH: "load high",
+    FindingKind.SWAP_HIGH: "swap in use",
+    FindingKind.MEMORY_PRESSURE: "memory pressure",
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One alert or finding, as a runbook reads it."""
+
+    kind: FindingKind
+    unit: str | None = None
+    start_limit: bool = False
+    measured: bool = False  # a collector's finding on this host, not an alert's word
+    details: Mapping[str, object] = field(default_factory=dict)
+    where: str = ""  # the mountpoint (a finding's subject, an alert's label)
+
+
+def _space(e: Evidence) -> list[tuple[Action, str]]:
+    """Clean only what the filling filesystem holds, and only when this host measured it."""
+    look: tuple[Action, str] = (Investigate(diagnostic=DiskUsage()), "")
+    if not e.measured:
+        if not e.where:
+            return [(look[0], f"{e.kind.value} alert names no filesystem: nothing to clean")]
+        return [
+            (
+                look[0],
+                f"{e.kind.value} alert on {e.where}: the clean-up waits for this host's own "
+                "measure of it (the disks collector)",
+            )
+        ]
+    found: list[tuple[Action, str]] = []
+    if e.details.get(HOLDS_JOURNAL) is True and e.kind is FindingKind.DISK_FILLING:
+        found.append((JournalVacuum(), f"{e.where} holds the journal: shrink archived journals"))
+    if e.details.get(HOLDS_NIX_STORE) is True:
+        found.append((NixGc(), f"{e.where} holds the Nix store: collect unreferenced paths"))
+    if not found:
+        why = f"{e.where} fills and holds nothing the sidecar can clean: what takes the space"
+        found.append((look[0], why))
+    return found
+
+
+def _actions(e: Evidence) -> list[tuple[Action, str]]:
     """The runbook for one kind of problem: (action, why)."""
+    kind, unit, start_limit = e.kind, e.unit, e.start_limit
+    guarded = protection(unit) if unit else None
     match kind:
+        case FindingKind.UNIT_FAILED | FindingKind.UNIT_FLAPPING if unit and guarded:
+            # the sidecar never acts on it (invariant 3): a read-only look, for a person
+            return [
+                (
+                    Investigate(diagnostic=JournalTail(unit=unit)),
+                    f"{unit} is protected ({guarded.name}) and {kind.value}: a person must "
+                    "look; the sidecar never acts on it",
+                )
+            ]
         case FindingKind.UNIT_FAILED if unit and start_limit:
             # systemd stopped trying on purpose: look first; the reset waits for a human
             # unless the operator opted in (policy: auto_reset_start_limit)
@@ -66,15 +142,10 @@ def _actions(kind: FindingKind, unit: str | None, start_limit: bool) -> list[tup
         case FindingKind.UNIT_FLAPPING if unit:
             # restarting a unit that keeps crashing only feeds the loop: look first
             return [(Investigate(diagnostic=JournalTail(unit=unit)), f"{unit} is flapping")]
-        case FindingKind.DISK_FILLING:
-            return [
-                (JournalVacuum(), "disk filling: shrink archived journals"),
-                (NixGc(), "disk filling: collect unreferenced store paths"),
-            ]
-        case FindingKind.INODES_LOW:
-            return [(NixGc(), "inodes low: the nix store holds most small files")]
-        case FindingKind.MEMORY_PRESSURE:
-            return [(Investigate(diagnostic=TopProcesses()), "memory pressure: who uses it")]
+        case FindingKind.DISK_FILLING | FindingKind.INODES_LOW:
+            return _space(e)
+        case kind if kind in _BUSY_KINDS:
+            return [(Investigate(diagnostic=TopProcesses()), f"{_BUSY_KINDS[kind]}: who uses it")]
         case FindingKind.JOURNAL_ERROR_BURST if unit:
             return [(Investigate(diagnostic=JournalTail(unit=unit)), f"error burst in {unit}")]
         case FindingKind.DNS_FAILING:
@@ -111,9 +182,9 @@ def runbook_proposals(
     seen: dict[str, Proposal] = {}
     kinds: list[FindingKind] = []
 
-    def add(kind: FindingKind, unit: str | None, evidence: str, start_limit: bool) -> None:
-        kinds.append(kind)
-        for action, why in _actions(kind, unit, start_limit):
+    def add(e: Evidence, evidence: str) -> None:
+        kinds.append(e.kind)
+        for action, why in _actions(e):
             key = action.model_dump_json()
             if key not in seen:
                 seen[key] = Proposal(action=action, reason=why, evidence=[evidence[:200]])
@@ -132,11 +203,22 @@ def runbook_proposals(
         if kind is not None:
             texts = [*alert.labels.values(), *alert.annotations.values()]
             texts.append(status.get(alert.unit or "", ""))
-            add(kind, alert.unit, f"alert {alert.alertname}", _start_limit_hit(texts))
+            e = Evidence(
+                kind, alert.unit, _start_limit_hit(texts), where=alert.labels.get("mountpoint", "")
+            )
+            add(e, f"alert {alert.alertname}")
     for finding in incident.findings:
         texts = [finding.summary, *(str(v) for v in finding.details.values())]
         texts.append(status.get(finding.unit or "", ""))
-        add(finding.kind, finding.unit, f"finding {finding.key}", _start_limit_hit(texts))
+        e = Evidence(
+            finding.kind,
+            finding.unit,
+            _start_limit_hit(texts),
+            measured=True,
+            details=finding.details,
+            where=finding.subject,
+        )
+        add(e, f"finding {finding.key}")
     return list(seen.values())[:5], kinds
 
 

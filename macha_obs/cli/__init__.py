@@ -5,6 +5,7 @@ itself to the group as a side effect of being imported.
 """
 
 from macha_obs.cli import ask, install, learn, mcp, pause, rules, serve, webhook
+from macha_obs.cli import eval as eval_cmd
 from macha_obs.cli.approve import approve_main
 from macha_obs.cli.logs import logs_main
 from macha_obs.cli.main import main
@@ -16,6 +17,7 @@ for _command in (
     serve.check,
     mcp.mcp_stdio,
     ask.ask,
+    eval_cmd.eval_command,
     install.install_command,
     install.uninstall_command,
     learn.learn_group,

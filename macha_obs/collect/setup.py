@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from macha_obs.collect.base import Collector
 from macha_obs.collect.boot import BootCollector, read_previous_boot
 from macha_obs.collect.disks import DisksCollector
@@ -9,7 +11,7 @@ from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MetaStore
 from macha_obs.collect.network import NetworkCollector
 from macha_obs.collect.nixos import NixosCollector
-from macha_obs.collect.resources import ResourcesCollector
+from macha_obs.collect.resources import ResourcesCollector, Thresholds
 from macha_obs.collect.systemd import SystemdCollector, probe_failed_units
 from macha_obs.config import Config
 from macha_obs.systemd.bus import UnitTable
@@ -25,8 +27,22 @@ def build_collectors(cfg: Config, meta: MetaStore, bus: UnitTable | None = None)
             timeout=cfg.dbus_timeout,
             flapping_restarts=cfg.flapping_restarts,
         ),
-        ResourcesCollector(memory_pressure_threshold=cfg.memory_pressure_threshold),
-        DisksCollector(fill_threshold=cfg.disk_fill_threshold, inode_threshold=cfg.inode_threshold),
+        ResourcesCollector(
+            limits=Thresholds(
+                memory=cfg.memory_pressure_threshold,
+                cpu_busy=cfg.cpu_busy_threshold,
+                load_per_cpu=cfg.load_per_cpu_threshold,
+                swap=cfg.swap_used_threshold,
+            )
+        ),
+        DisksCollector(
+            fill_threshold=cfg.disk_fill_threshold,
+            inode_threshold=cfg.inode_threshold,
+            nix_store=cfg.nix_root / "nix/store",
+            journal_dirs=(cfg.journal_dir,)
+            if cfg.journal_dir is not None
+            else (Path("/var/log/journal"), Path("/run/log/journal")),
+        ),
         JournalCollector(meta, journal_dir=cfg.journal_dir, error_burst=cfg.journal_error_burst),
         NetworkCollector(
             dns_names=cfg.dns_names, tcp_targets=cfg.tcp_targets, timeout=cfg.network_timeout

@@ -6,15 +6,8 @@ source.py   where a setting came from (file, variable, flag) and the errors nami
 """
 
 from macha_obs.config.checks import split_host_port, trust_refusal
-from macha_obs.config.model import (
-    AnalysisMode,
-    AutonomyLevel,
-    Config,
-    env_overrides,
-    load,
-    to_toml_dict,
-    validate,
-)
+from macha_obs.config.loading import env_overrides, load, to_toml_dict, validate
+from macha_obs.config.model import AnalysisMode, AutonomyLevel, Config
 from macha_obs.config.source import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,

@@ -5,23 +5,15 @@ Read once at start (by the CLI) and passed down; nothing else reads the environm
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from macha_obs.config import checks
 from macha_obs.config.checks import split_host_port
-from macha_obs.config.source import (
-    ConfigError,
-    env_values,
-    format_validation_error,
-    gather,
-)
 from macha_obs.protected import BUILTIN_PROTECTED_UNITS, ProtectedClass, protection
 
 _PATH_FIELDS = ("state_dir", "webhook_token_file", "journal_dir", "nixos_config_dir", "nix_root")
@@ -172,6 +164,11 @@ class Config(BaseModel):
     disk_fill_threshold: float = Field(0.90, gt=0, le=1)
     inode_threshold: float = Field(0.90, gt=0, le=1)
     memory_pressure_threshold: float = Field(0.90, gt=0, le=1)
+    # the host is busy (resources findings, and the rules rendered from them): the share of
+    # CPU time not idle over a collection interval, the 15-minute load per CPU, swap in use
+    cpu_busy_threshold: float = Field(0.95, gt=0, le=1)
+    load_per_cpu_threshold: float = Field(2.0, gt=0, le=1000)
+    swap_used_threshold: float = Field(0.80, gt=0, le=1)
     journal_error_burst: int = Field(20, ge=1, le=1_000_000)
     flapping_restarts: int = Field(3, ge=1, le=10_000)
 
@@ -358,43 +355,3 @@ class Config(BaseModel):
     @property
     def listen_port(self) -> int:
         return split_host_port(self.listen_address)[1]
-
-
-_LIST_FIELDS = {
-    name for name, field in Config.model_fields.items() if "tuple" in str(field.annotation)
-}
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """MACHA_<FIELD> variables as a dict of raw values; unknown MACHA_ names are an error."""
-    return env_values(environ, Config.model_fields, _LIST_FIELDS)
-
-
-def load(
-    path: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Config:
-    """Build the config from file < environment < explicit overrides (CLI flags)."""
-    environ = os.environ if environ is None else environ
-    raw, origins, source = gather(path, environ, overrides, Config.model_fields, _LIST_FIELDS)
-    return validate(raw, source=source, origins=origins)
-
-
-def validate(
-    raw: Mapping[str, Any], source: str = "settings", origins: Mapping[str, str] | None = None
-) -> Config:
-    """The config from merged raw values; a ConfigError names each bad field and, with
-    `origins` (field -> the file, variable or flag that set it), where it came from."""
-    try:
-        return Config.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise ConfigError(
-            format_validation_error(exc, source, origins or {}, Config.model_fields)
-        ) from exc
-
-
-def to_toml_dict(cfg: Config) -> dict[str, Any]:
-    """The effective config as plain TOML-able values (for `config show`)."""
-    data = cfg.model_dump(mode="json")
-    return {k: v for k, v in data.items() if v is not None}

@@ -27,6 +27,10 @@ class FindingKind(StrEnum):
     UNEXPECTED_REBOOT = "unexpected_reboot"
     # units failed soon after the running NixOS generation changed: the switch is suspect
     UNITS_FAILED_AFTER_SWITCH = "units_failed_after_switch"
+    # the host is busy: CPU time, runnable load per CPU, swap in use (resources)
+    CPU_HIGH = "cpu_high"
+    LOAD_HIGH = "load_high"
+    SWAP_HIGH = "swap_high"
 
 
 # The collector that reports each kind: when it fails, what it would say is unknown.
@@ -41,6 +45,9 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.TARGET_UNREACHABLE: "network",
     FindingKind.UNEXPECTED_REBOOT: "boot",
     FindingKind.UNITS_FAILED_AFTER_SWITCH: "nixos",
+    FindingKind.CPU_HIGH: "resources",
+    FindingKind.LOAD_HIGH: "resources",
+    FindingKind.SWAP_HIGH: "resources",
 }
 
 

@@ -209,6 +209,9 @@ def judge(
     if limited:
         return verdict(Outcome.REFUSE, limited, limited=True)
 
+    look = None if approved else _protected_look(action, ctx.config)
+    if look is not None:
+        return verdict(Outcome.QUEUE, f"{look} ({why})")
     outcome, reason = _matrix(autonomy, risk, why, ctx.breaker, approved=approved)
     if outcome is Outcome.QUEUE:
         outcome, reason = _trusted(action, ctx, (risk, why), (outcome, reason))
@@ -221,6 +224,20 @@ def judge(
     if ctx.pause is not None and ctx.pause.active(ctx.now):
         return verdict(Outcome.RECORD, f"{ctx.pause.describe()}; would {reason}")
     return verdict(outcome, reason)
+
+
+def _protected_look(action: Action, config: Config) -> str | None:
+    """A read-only look at a protected unit is queued for a person: that unit's trouble is
+    theirs to act on, so they read it (by approving it), rather than it running unseen."""
+    if not isinstance(action, Investigate) or action.target == "host":
+        return None
+    guarded = config.protection(action.target)
+    if guarded is None:
+        return None
+    return (
+        f"queued for a person: {action.target} is protected ({guarded.name}); "
+        "the sidecar only looks"
+    )
 
 
 def held_for_human(verdict: Verdict, reason: str) -> Verdict:

@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the templates hold the rule files' own lines; their descriptions are long)
 """The alert rules, rendered from the config: Prometheus alerts by the thresholds the
 sidecar judges by, so the two cannot disagree. `alert_rules/*.yml` is the rendering of the
 defaults (a test holds them byte-equal); the NixOS module renders the user's settings at
@@ -61,14 +60,16 @@ SERIES: dict[bool, dict[str, str]] = {
         "load1": "macha_load1",
         "load5": "macha_load5",
         "load15": "macha_load15",
+        "swap_used": "macha_swap_used_bytes",
+        "swap_total": "macha_swap_total_bytes",
     },
     # node_exporter = true: node_exporter's series for the same facts
     True: {
         "source": (
-            "# Alerting rules for macha-obs's /metrics and node_exporter's: with node_exporter = true the\n"
-            "# sidecar leaves the host's filesystem, memory, swap, load, CPU and boot-time families to\n"
-            "# node_exporter, and these rules read its node_* series. Both jobs must set `instance` to\n"
-            "# the host name (exporters/ shows how): the rules join the two on it, and the sidecar's\n"
+            "# Alerting rules for macha-obs's /metrics and node_exporter's: with node_exporter = true the\n"  # noqa: E501
+            "# sidecar leaves the host's filesystem, memory, swap, load, CPU and boot-time families to\n"  # noqa: E501
+            "# node_exporter, and these rules read its node_* series. Both jobs must set `instance` to\n"  # noqa: E501
+            "# the host name (exporters/ shows how): the rules join the two on it, and the sidecar's\n"  # noqa: E501
             "# webhook matches alerts to its host by it. Rules"
         ),
         "mem_available": "node_memory_MemAvailable_bytes",
@@ -85,6 +86,8 @@ SERIES: dict[bool, dict[str, str]] = {
         "load1": "node_load1",
         "load5": "node_load5",
         "load15": "node_load15",
+        "swap_used": "(node_memory_SwapTotal_bytes - node_memory_SwapFree_bytes)",
+        "swap_total": "node_memory_SwapTotal_bytes",
     },
 }
 
@@ -187,6 +190,11 @@ def rule_values(cfg: Config) -> dict[str, str]:
         "inodes_pct": percent(cfg.inode_threshold),
         "memory": ratio(cfg.memory_pressure_threshold),
         "memory_pct": percent(cfg.memory_pressure_threshold),
+        "cpu_busy": ratio(cfg.cpu_busy_threshold),
+        "cpu_busy_pct": percent(cfg.cpu_busy_threshold),
+        "load_per_cpu": number(cfg.load_per_cpu_threshold),
+        "swap": ratio(cfg.swap_used_threshold),
+        "swap_pct": percent(cfg.swap_used_threshold),
         "journal_burst": str(cfg.journal_error_burst),
         "journal_window": JOURNAL_BURST_WINDOW,
         "flapping": str(cfg.flapping_restarts),
@@ -219,9 +227,9 @@ def fill(template: str, values: dict[str, str]) -> str:
 def render(cfg: Config) -> dict[str, str]:
     """The rule files for `cfg` by name: the thresholds decide them, never the host."""
     values = {**rule_values(cfg), **SERIES[cfg.node_exporter]}
-    item = fill(_APPROVAL_ITEM_TEMPLATE, values) if cfg.approval_alert_per_item else ""
+    item = fill(template(APPROVAL_ITEM_FILE), values) if cfg.approval_alert_per_item else ""
     values["approval_item_rule"] = item
-    return {name: fill(template, values) for name, template in TEMPLATES.items()}
+    return {name: fill(template(file), values) for name, file in TEMPLATE_FILES.items()}
 
 
 def write_rules(cfg: Config, outdir: Path) -> list[Path]:
@@ -249,344 +257,14 @@ def _write_atomically(target: Path, text: str) -> Path:
     return target
 
 
-_HOST_TEMPLATE = """\
-[[source]], rendered by `macha-obs rules render` from the
-# sidecar's config, so that Prometheus alerts by the thresholds the sidecar judges by:
-# disk_fill_threshold = [[disk_fill]], inode_threshold = [[inodes]], memory_pressure_threshold = [[memory]],
-# journal_error_burst = [[journal_burst]], flapping_restarts = [[flapping]], collect_interval = [[collect_interval]] s,
-# disk_predict_warning_hours and disk_predict_critical_hours ([[disk_warning_spoken]], [[disk_critical_spoken]]). Change the
-# config and render again; an edit by hand is lost at the next rendering.
-#
-# Every alert carries `severity`, the series' `instance` (set to the host name by the
-# scrape configs in exporters/, which is what the sidecar's webhook matches on), where
-# it concerns one, the `unit`, `mountpoint`, `name` or `target` label, and a
-# `runbook_url`: what the alert means, what the sidecar does about it, what to check.
-groups:
-  - name: macha-units
-    rules:
-      - alert: MachaUnitFailed
-        expr: macha_systemd_unit_state{state="failed"} == 1
-        for: 1m
-        labels:
-          severity: critical
-        annotations:
-          summary: "{{ $labels.unit }} failed on {{ $labels.instance }}"
-          description: "systemd reports {{ $labels.unit }} in the failed state on {{ $labels.instance }}."
-          runbook_url: "[[runbook_base]]/MachaUnitFailed.md"
-      - alert: MachaUnitFlapping
-        # 15 minutes: the window over which the sidecar's systemd collector counts restarts
-        expr: increase(macha_systemd_unit_restarts_total[15m]) >= [[flapping]]
-        for: 1m
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{ $labels.unit }} keeps restarting on {{ $labels.instance }}"
-          description: "{{ $labels.unit }} restarted {{ $value | printf \\"%.0f\\" }} times in 15 minutes on {{ $labels.instance }} (threshold [[flapping]])."
-          runbook_url: "[[runbook_base]]/MachaUnitFlapping.md"
+# The templates: the rule files' own text, beside this module (DESIGN.md: data that is not
+# code lives in files). approval-item.yml.in goes where macha-sidecar.yml.in says
+# [[approval_item_rule]], when approval_alert_per_item is set.
+TEMPLATE_DIR = Path(__file__).with_name("rule_templates")
+TEMPLATE_FILES = {HOST_RULES: "macha.yml.in", SIDECAR_RULES: "macha-sidecar.yml.in"}
+APPROVAL_ITEM_FILE = "approval-item.yml.in"
 
-  - name: macha-resources
-    rules:
-      - alert: MachaMemoryPressure
-        expr: 1 - [[mem_available]] / [[mem_total]] >= [[memory]]
-        for: 5m
-        labels:
-          severity: warning
-        annotations:
-          summary: "Memory pressure on {{ $labels.instance }}"
-          description: "{{ $value | humanizePercentage }} of memory is in use on {{ $labels.instance }} (threshold [[memory_pct]]%)."
-          runbook_url: "[[runbook_base]]/MachaMemoryPressure.md"
-      - alert: MachaDiskFilling
-        # the sidecar's own finding, at the same threshold; a read-only filesystem cannot
-        # fill any further and nothing on it can be cleaned: it is left out
-        expr: |
-          1 - [[fs_avail]] / [[fs_size]] >= [[disk_fill]]
-          and [[fs_size]] > 0
-          unless [[fs_readonly]] == 1
-        for: 10m
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{ $labels.mountpoint }} is filling up on {{ $labels.instance }}"
-          description: "{{ $labels.mountpoint }} ({{ $labels.device }}) is {{ $value | humanizePercentage }} full on {{ $labels.instance }} (threshold [[disk_fill_pct]]%)."
-          runbook_url: "[[runbook_base]]/MachaDiskFilling.md"
-      - alert: MachaDiskFillingUp
-        # node_exporter's mixin, two tiers under one name: at the rate of the last
-        # [[disk_trend_window]], a writable filesystem already fairly full will be full within
-        # disk_predict_warning_hours (warning) or disk_predict_critical_hours (critical).
-        expr: |
-          [[fs_avail]] / [[fs_size]] < [[disk_warning_avail]]
-          and predict_linear([[fs_avail]][[[disk_trend_window]]], [[disk_warning_seconds]]) < 0
-          unless [[fs_readonly]] == 1
-        for: 1h
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{ $labels.mountpoint }} will be full within [[disk_warning_spoken]] on {{ $labels.instance }}"
-          description: "At the rate of the last [[disk_trend_window]], {{ $labels.mountpoint }} ({{ $labels.device }}) on {{ $labels.instance }} will be full within [[disk_warning_spoken]]; {{ $value | humanizePercentage }} of it is still available."
-          runbook_url: "[[runbook_base]]/MachaDiskFillingUp.md"
-      - alert: MachaDiskFillingUp
-        expr: |
-          [[fs_avail]] / [[fs_size]] < [[disk_critical_avail]]
-          and predict_linear([[fs_avail]][[[disk_trend_window]]], [[disk_critical_seconds]]) < 0
-          unless [[fs_readonly]] == 1
-        for: 1h
-        labels:
-          severity: critical
-        annotations:
-          summary: "{{ $labels.mountpoint }} will be full within [[disk_critical_spoken]] on {{ $labels.instance }}"
-          description: "At the rate of the last [[disk_trend_window]], {{ $labels.mountpoint }} ({{ $labels.device }}) on {{ $labels.instance }} will be full within [[disk_critical_spoken]]; {{ $value | humanizePercentage }} of it is still available."
-          runbook_url: "[[runbook_base]]/MachaDiskFillingUp.md"
-      - alert: MachaInodesLow
-        expr: |
-          1 - [[fs_files_free]] / [[fs_files]] >= [[inodes]]
-          and [[fs_files]] > 0
-          unless [[fs_readonly]] == 1
-        for: 10m
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{ $labels.mountpoint }} is running out of inodes on {{ $labels.instance }}"
-          description: "{{ $value | humanizePercentage }} of the inodes of {{ $labels.mountpoint }} are used on {{ $labels.instance }} (threshold [[inodes_pct]]%)."
-          runbook_url: "[[runbook_base]]/MachaInodesLow.md"
 
-  - name: macha-journal
-    rules:
-      - alert: MachaJournalErrorBurst
-        # A counter, read with increase(): a burst inside one collection cycle stays in the
-        # window for [[journal_window]]. A unit's first errors create its series at their count,
-        # a rise increase() cannot see: the second part takes a series younger than the
-        # window at its whole value, but only where the sidecar already read the journal
-        # before the window (else every old count would look new after a restart).
-        expr: |
-          increase(macha_journal_errors_total[[[journal_window]]]) >= [[journal_burst]]
-          or (
-            (macha_journal_errors_total unless macha_journal_errors_total offset [[journal_window]])
-            and on (job, instance) (macha_journal_entries_read_total offset [[journal_window]])
-          ) + 0 >= [[journal_burst]]
-        for: 1m
-        labels:
-          severity: warning
-        annotations:
-          summary: "Burst of journal errors from {{ $labels.unit }} on {{ $labels.instance }}"
-          description: "{{ $labels.unit }} logged {{ $value | printf \\"%.0f\\" }} error entries in [[journal_window]] on {{ $labels.instance }} (threshold [[journal_burst]])."
-          runbook_url: "[[runbook_base]]/MachaJournalErrorBurst.md"
-
-  - name: macha-network
-    rules:
-      - alert: MachaDnsFailing
-        expr: macha_dns_probe_success == 0
-        for: 5m
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{ $labels.name }} does not resolve on {{ $labels.instance }}"
-          description: "The sidecar on {{ $labels.instance }} cannot resolve {{ $labels.name }}."
-          runbook_url: "[[runbook_base]]/MachaDnsFailing.md"
-      - alert: MachaTargetUnreachable
-        expr: macha_tcp_probe_success == 0
-        for: 5m
-        labels:
-          severity: warning
-        annotations:
-          summary: "{{ $labels.target }} is unreachable from {{ $labels.instance }}"
-          description: "The sidecar on {{ $labels.instance }} cannot open a TCP connection to {{ $labels.target }}."
-          runbook_url: "[[runbook_base]]/MachaTargetUnreachable.md"
-      - alert: MachaNoDefaultRoute
-        expr: macha_network_default_route == 0
-        for: 5m
-        labels:
-          severity: warning
-        annotations:
-          summary: "No default route on {{ $labels.instance }}"
-          description: "{{ $labels.instance }} has no default route that is up."
-          runbook_url: "[[runbook_base]]/MachaNoDefaultRoute.md"
-
-  - name: macha-boot
-    rules:
-      - alert: MachaUnexpectedReboot
-        # fires for the first hour of a boot that nobody announced, then resolves
-        expr: macha_boot_unexpected_reboot == 1 and on (instance) time() - [[boot_time]] < 3600
-        for: 0m
-        labels:
-          severity: critical
-        annotations:
-          summary: "{{ $labels.instance }} rebooted unexpectedly"
-          description: "{{ $labels.instance }} started a new boot that was not announced beforehand."
-          runbook_url: "[[runbook_base]]/MachaUnexpectedReboot.md"
-
-  - name: macha-self
-    rules:
-      - alert: MachaDown
-        expr: up{job="macha"} == 0
-        for: 5m
-        labels:
-          severity: critical
-          audience: human
-        annotations:
-          summary: "macha-obs is down on {{ $labels.instance }}"
-          description: "Prometheus cannot scrape the macha-obs sidecar on {{ $labels.instance }}: the host is not watched."
-          runbook_url: "[[runbook_base]]/MachaDown.md"
-      - alert: MachaCollectorFailing
-        expr: macha_scrape_collector_success == 0
-        for: 15m
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "macha-obs collector {{ $labels.collector }} failing on {{ $labels.instance }}"
-          description: "The {{ $labels.collector }} collector of macha-obs has failed for 15 minutes on {{ $labels.instance }}; its metrics are missing."
-          runbook_url: "[[runbook_base]]/MachaCollectorFailing.md"
-      - alert: MachaSnapshotStale
-        # 15 minutes, or three collect_intervals when the collectors run that seldom
-        expr: time() - macha_snapshot_timestamp_seconds > [[snapshot_stale]]
-        for: 5m
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "macha-obs snapshot is stale on {{ $labels.instance }}"
-          description: "The latest snapshot on {{ $labels.instance }} is {{ $value | humanizeDuration }} old (threshold [[snapshot_stale_spoken]]): the collection loop is stuck."
-          runbook_url: "[[runbook_base]]/MachaSnapshotStale.md"
-
-  # Raw values divided here, not in the exporter: the busy share over a window the rule
-  # picks, the load per CPU. The same names whichever variant, for dashboards and queries.
-  - name: macha-host-ratios
-    rules:
-      - record: instance:macha_cpu_utilisation:rate5m
-        expr: |
-          1 - sum without ([[cpu_dims]]) (rate([[cpu_seconds]]{mode=~"idle|iowait|steal"}[5m]))
-          / [[num_cpu]]
-      - record: instance:macha_load1_per_cpu:ratio
-        expr: |
-          [[load1]] / [[num_cpu]]
-      - record: instance:macha_load5_per_cpu:ratio
-        expr: |
-          [[load5]] / [[num_cpu]]
-      - record: instance:macha_load15_per_cpu:ratio
-        expr: |
-          [[load15]] / [[num_cpu]]
-"""
-
-_SIDECAR_TEMPLATE = """\
-# Alerting rules on what the macha-obs sidecar decided and did (its self-metrics), for
-# the people it works for: actions waiting for them, fixes that did not hold, an open
-# circuit breaker, an LLM it cannot use, a loop that stopped. They reach people through
-# the Alertmanager routes already in place; the rules about the host are in macha.yml.
-#
-# Rendered by `macha-obs rules render` from the sidecar's config, here:
-# check_interval = [[check_interval]] s, verify_timeout = [[verify_timeout]] s, approval_ttl = [[approval_ttl_spoken]], and
-# listen_address (or external_url) for the addresses below. Change the config and render
-# again; an edit by hand is lost at the next rendering.
-#
-# Every alert carries `severity`, the series' `instance` (the host name) and a
-# `runbook_url`: what the alert means, what the sidecar does about it, what to check.
-groups:
-  - name: macha-sidecar
-    rules:
-      - alert: MachaApprovalsPending
-        # suggest (or an open breaker) queues actions for a human; they expire after
-        # approval_ttl. Waiting 30 minutes (or half of approval_ttl, when that is shorter)
-        # leaves time to whoever is already on it.
-        expr: macha_approvals_pending > 0
-        for: [[approvals_for]]
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "Actions wait for approval on {{ $labels.instance }}"
-          description: "macha-obs on {{ $labels.instance }} has had actions waiting for a human for over [[approvals_for_spoken]] ({{ $value | printf \\"%.0f\\" }} now). Review them with `macha-approve list` and `macha-approve show ID`, then `macha-approve approve ID` or `macha-approve reject ID`; unanswered, they expire and nothing is done."
-          # The page of the oldest pending item, which the sidecar exports while one
-          # waits: its plain URL, no capability (opening it needs a login with the token,
-          # so Prometheus and whoever reads it cannot decide). A template query, so the
-          # link is no label. Without the series or its url, the approvals page.
-          approvals_url: '{{ $url := "" }}{{ with printf `macha_approvals_link_info{instance=%q,job=%q}` $labels.instance $labels.job | query }}{{ $url = . | first | label "url" }}{{ end }}{{ or $url "[[approvals_url]]" }}'
-          runbook_url: "[[runbook_base]]/MachaApprovalsPending.md"
-[[approval_item_rule]]      - alert: MachaRemediationFailed
-        # Every fix that failed verification (at once, or its alert did not resolve in
-        # alert_verify_window) is escalated, so escalations count them all. Not
-        # actions_total{result="failed"}: its series is born at 1 with the first failure
-        # of each kind, an increase that increase() cannot see.
-        expr: increase(macha_escalations_total[15m]) > 0
-        for: 0m
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "An automatic fix failed on {{ $labels.instance }}"
-          description: "{{ $value | printf \\"%.0f\\" }} fix(es) by macha-obs failed verification in the last 15 minutes on {{ $labels.instance }}: the problem is still there and was handed to a human. `macha-approve list` shows the escalated actions with their evidence, `macha-logs actions` what was done."
-          runbook_url: "[[runbook_base]]/MachaRemediationFailed.md"
-      - alert: MachaCircuitOpen
-        # the breaker stays open until a human closes it; auto-safe and auto-full are
-        # capped at suggest meanwhile
-        expr: macha_circuit_breaker_open == 1
-        for: 1m
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "macha-obs circuit breaker is open on {{ $labels.instance }}"
-          description: "Repeated failed fixes opened the circuit breaker of macha-obs on {{ $labels.instance }}: it acts at most at suggest level and queues every action for a human. Find out why its fixes fail (`macha-obs status`, `macha-logs actions`), then close the breaker with `macha-obs autonomy reset`."
-          runbook_url: "[[runbook_base]]/MachaCircuitOpen.md"
-      - alert: MachaLLMUnavailable
-        # Requests happen only when incidents are analysed, so the ratio is over the
-        # requests there were (NaN, no alert, when there were none). One failed request
-        # cannot keep it true for 15 minutes: it takes failures that go on.
-        expr: |
-          sum by (job, instance) (increase(macha_llm_requests_total{outcome!="ok"}[15m]))
-            / sum by (job, instance) (increase(macha_llm_requests_total[15m]))
-          > 0.5
-        for: 15m
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "macha-obs cannot use its LLM on {{ $labels.instance }}"
-          description: "{{ $value | humanizePercentage }} of the LLM requests of macha-obs on {{ $labels.instance }} failed over the last 15 minutes: incidents are analysed by the runbooks alone. Check the model server (`ollama_url`: is it running, is the model pulled?) and `macha-logs service` for the errors."
-          runbook_url: "[[runbook_base]]/MachaLLMUnavailable.md"
-      - alert: MachaNotReady
-        # /readyz fails while the process still answers (MachaDown does not fire): its
-        # database was replaced, truncated or deleted under it, cannot be written, or its
-        # cycles keep failing; the systemd collector it decides by keeps failing (the bus
-        # is unreachable); or a thread that must run died. Whatever it decides then is
-        # lost, blind or never made. One alert per problem (server/health.py).
-        expr: macha_health_problem == 1
-        for: 5m
-        labels:
-          severity: critical
-          audience: human
-        annotations:
-          summary: "macha-obs on {{ $labels.instance }} cannot do its job ({{ $labels.problem }})"
-          description: "macha-obs on {{ $labels.instance }} has not been ready for 5 minutes: {{ $labels.problem }}. `macha-obs status` or `curl -s [[readyz_url]]` says why, `macha-logs service` shows the errors. A lost state.db is not replaced silently: restore it and restart, or restart with `macha-obs serve --start-fresh`; a dead thread needs a restart; a failing collector clears when its source answers again."
-          runbook_url: "[[runbook_base]]/MachaNotReady.md"
-      - alert: MachaLoopStalled
-        # Cycles run on every snapshot and at least every check_interval; the watchdog
-        # gives one check_interval + 10 x (verify_timeout + 30 s) = [[loop_stall_spoken]].
-        expr: time() - macha_last_cycle_timestamp_seconds > [[loop_stall]]
-        for: 5m
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "macha-obs has stopped its check cycles on {{ $labels.instance }}"
-          description: "The last check cycle of macha-obs on {{ $labels.instance }} started {{ $value | humanizeDuration }} ago (threshold [[loop_stall_spoken]]): nothing is analysed or fixed. See `macha-logs service` and `macha-obs status`; restart the service (macha-autonomous) if it is stuck."
-          runbook_url: "[[runbook_base]]/MachaLoopStalled.md"
-"""
-
-_APPROVAL_ITEM_TEMPLATE = """\
-      - alert: MachaApprovalPendingItem
-        # approval_alert_per_item: one alert per pending approval, to route by kind or
-        # risk. Its page's plain URL (it needs a login) stays out of the labels (an
-        # external_url changed is the same alert): `max without (url)`, an annotation.
-        expr: max without (url) (macha_approval_pending_info) == 1
-        for: [[approvals_for]]
-        labels:
-          severity: warning
-          audience: human
-        annotations:
-          summary: "{{ $labels.kind }} ({{ $labels.risk }} risk) waits for approval on {{ $labels.instance }}"
-          description: "macha-obs on {{ $labels.instance }} has queued {{ $labels.kind }} ({{ $labels.risk }} risk) for a human for over [[approvals_for_spoken]]: approval {{ $labels.approval_id }}. Open its approval_url, or `macha-approve show {{ $labels.approval_id }}`; unanswered, it expires and nothing is done."
-          approval_url: '{{ $url := "" }}{{ with printf `macha_approval_pending_info{instance=%q,job=%q,approval_id=%q}` $labels.instance $labels.job $labels.approval_id | query }}{{ $url = . | first | label "url" }}{{ end }}{{ or $url "[[approvals_url]]" }}'
-          runbook_url: "[[runbook_base]]/MachaApprovalPendingItem.md"
-"""
-
-TEMPLATES = {HOST_RULES: _HOST_TEMPLATE, SIDECAR_RULES: _SIDECAR_TEMPLATE}
+def template(name: str) -> str:
+    """A template's text, read as UTF-8 (the package ships it beside this module)."""
+    return (TEMPLATE_DIR / name).read_text(encoding="utf-8")
