@@ -17,11 +17,13 @@ untrusted text, so whoever prints it makes it inert first (`terminal.inert`).
     ├── StateError                      the state dir cannot be used or trusted now
     │   ├── store.StateDirError             a state file is a symlink, a FIFO, someone else's
     │   ├── store.StoreError                the database cannot be opened or migrated
+    │   ├── intake.pull.StoreUnusable       the pull takes nothing the store cannot keep
     │   └── daemon.AlreadyRunning           another daemon holds the state dir's lock
     ├── InvalidInput                    untrusted text refused whole, never salvaged
     │   ├── models.InvalidUnitName          (also a ValueError, for pydantic validators)
     │   ├── patches.PatchRefused            a proposed config diff the checks refuse
     │   ├── agent.schema.OutputInvalid      a model's answer that does not fit the schema
+    │   ├── intake.pull_answer.AnswerRefused an Alertmanager answer past a bound, or no JSON
     │   └── mcp.facts.NotInRecord           a client named what the record does not hold
     ├── store.ApprovalError             an approval that cannot be acted on (not pending)
     ├── webhook_token.WebhookTokenError the token file is missing or unsafe (a ValueError)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import IO, Any
 
 import click
@@ -39,31 +40,24 @@ def message(exc: MachaError) -> str:
     return inert(exc)
 
 
-class Prefixed(click.ClickException):
-    """A click error shown as every other error is: usage and hint as click shows them,
-    then `error: ` and the message (click's own says `Error: `)."""
-
-    def __init__(self, inner: click.ClickException) -> None:
-        super().__init__(inner.format_message())
-        self.inner = inner
-        # click declares exit_code a class variable; a usage error's 2 and a failure's 1
-        # differ per instance here
-        self.exit_code = inner.exit_code  # type: ignore[misc]
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        ctx = getattr(self.inner, "ctx", None)
-        if isinstance(self.inner, click.UsageError) and ctx is not None:
-            names = ctx.command.get_help_option_names(ctx)
-            hint = f"Try '{ctx.command_path} {max(names, key=len)}' for help.\n" if names else ""
-            click.echo(f"{ctx.get_usage()}\n{hint}", file=file, err=file is None)
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+def _show_prefixed(exc: click.ClickException, file: IO[Any] | None = None) -> None:
+    """Usage and hint as click shows them, then `error: ` and the message (click's own
+    says `Error: `)."""
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        names = ctx.command.get_help_option_names(ctx)
+        hint = f"Try '{ctx.command_path} {max(names, key=len)}' for help.\n" if names else ""
+        click.echo(f"{ctx.get_usage()}\n{hint}", file=file, err=file is None)
+    click.echo(f"error: {exc.format_message()}", file=file, err=file is None)
 
 
 def prefixed(exc: click.ClickException) -> click.ClickException:
-    """`exc` as it is to be shown; a bare group's "no command" help stays click's."""
-    if isinstance(exc, Prefixed | click.exceptions.NoArgsIsHelpError):
-        return exc
-    return Prefixed(exc)
+    """`exc`, shown as every other error is; a bare group's "no command" help stays
+    click's. The same exception (its class and exit code), not a new one: nothing
+    outside the one tree is raised (tests/test_errors.py)."""
+    if not isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        exc.__dict__["show"] = partial(_show_prefixed, exc)
+    return exc
 
 
 @contextmanager
@@ -77,10 +71,8 @@ def mapped_errors() -> Iterator[None]:
         click.echo(f"error: {message(exc)}", err=True)
         raise click.exceptions.Exit(exit_code(exc)) from exc
     except click.ClickException as exc:
-        shown = prefixed(exc)
-        if shown is exc:
-            raise
-        raise shown from exc
+        prefixed(exc)
+        raise
 
 
 class Mapped(click.Command):

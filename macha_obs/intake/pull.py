@@ -59,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from macha_obs.config import Config
+from macha_obs.errors import StateError
 from macha_obs.intake.incidents import IncidentStore, IngestResult
 from macha_obs.intake.pull_answer import AnswerLimits
 from macha_obs.intake.pull_fetch import fetch_answer
@@ -99,7 +100,7 @@ DEFAULT_TIMEOUT = 10.0
 SPARE_SECONDS = 30.0  # beyond a peer's deadline, before the round stops waiting for it
 
 
-class StoreUnusable(RuntimeError):
+class StoreUnusable(StateError):
     """The store cannot keep what the pull would take."""
 
 

@@ -22,6 +22,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from macha_obs.errors import InvalidInput
+
 MAX_DEPTH = 16
 # Values (brackets, and commas: those in strings too, so never fewer than there are) in
 # one item, whose parse is the only one held at once: an alert with 128 labels and 128
@@ -35,7 +37,7 @@ _KEY = re.compile(rb'"([^"\\]{0,16})"[ \t\r\n]*:[ \t\r\n]*$')  # the key before 
 _SPACE = b" \t\r\n"
 
 
-class AnswerRefused(ValueError):
+class AnswerRefused(InvalidInput, ValueError):
     """The answer is refused: `result` is "too_large" (past a bound) or "invalid" (not
     JSON, or not a list of alert groups)."""
 
