@@ -104,6 +104,16 @@ def _login_name() -> str:
         return "unknown"
 
 
+def _import_while_root() -> None:
+    """What a command imports only when first needed (a model client's or `status`'s
+    HTTP, README "Idle cost"), imported before dropping to the state dir's owner: that
+    user may not read the interpreter's own files (a venv under /root, this machine's
+    Python), and an import after the drop would fail."""
+    import requests  # noqa: F401
+
+    import macha_obs.agent.endpoint_http  # noqa: F401
+
+
 def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, Any]) -> None:
     """A group's --config and flags, for ctx_config() to load once, when first needed."""
     ctx.ensure_object(dict)
@@ -123,7 +133,7 @@ def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
         ctx.obj["dropped"] = True
         _person[:] = [_login_name()]
         try:
-            user = statedir.drop_to_owner(cfg.state_dir)
+            user = statedir.drop_to_owner(cfg.state_dir, before=_import_while_root)
         except OSError as exc:
             raise UsageError(f"cannot become the state dir's owner: {exc}") from exc
         if user is not None:

@@ -26,6 +26,7 @@ import errno
 import os
 import pwd
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,10 +110,11 @@ def refuse_symlink(path: Path) -> None:
     check_file(path, info)
 
 
-def drop_to_owner(state_dir: Path) -> str | None:
+def drop_to_owner(state_dir: Path, before: Callable[[], None] | None = None) -> str | None:
     """Run as root: become the owner of an existing state dir (uid, gid, no supplementary
     groups) before anything in it is touched; the user's name, or None when there was
-    nothing to do (not root, no dir yet, or root owns it)."""
+    nothing to do (not root, no dir yet, or root owns it). `before` runs just before the
+    drop, while root can still read what the owner may not (the interpreter's files)."""
     if os.geteuid() != 0:
         return None
     try:
@@ -121,6 +123,8 @@ def drop_to_owner(state_dir: Path) -> str | None:
         return None
     if stat.S_ISLNK(info.st_mode) or info.st_uid == 0:
         return None  # check_dir refuses the first; root's own dir needs no drop
+    if before is not None:
+        before()
     os.setgroups([])
     os.setgid(info.st_gid)
     os.setuid(info.st_uid)  # permanent: real, effective and saved
