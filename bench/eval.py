@@ -23,7 +23,9 @@ nothing); then its health is read (systemd, its probe), it is undone and its inc
 close. "With history": the state directory first learns from a simulated operator (a
 `suggest` sidecar over every case; the operator approves acceptable fixes and rejects the
 rest with a reason through the real `macha-approve`), and each evaluated sidecar starts
-from a copy of it. The scoring and its columns: tests/harness/eval_support.py.
+from a copy of it, the incidents the training left open resolved first (the history is
+what was learned and decided, not a backlog for the model to work through).
+The scoring and its columns: tests/harness/eval_support.py.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from tests.harness.eval_cases import (  # noqa: E402
     real_stack,
     settings_for,
 )
+from tests.harness.eval_history import close_open_incidents  # noqa: E402
 from tests.harness.eval_support import (  # noqa: E402
     DETAIL_HEADER,
     HEADER,
@@ -309,6 +312,8 @@ def evaluate(
     state = world.work / name / "state"
     if seed is not None:
         shutil.copytree(seed, state, ignore=shutil.ignore_patterns("*.lock", "daemon-*.log"))
+        closed = close_open_incidents(state)
+        say(f"history: {closed} incident(s) the training left open resolved before the cases")
     session = Session(world, state, model_settings(mode, world, steps))
     results = [] if results is None else results
     try:

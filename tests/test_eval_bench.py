@@ -20,7 +20,11 @@ from click.testing import CliRunner
 from macha_obs.cli import main
 from macha_obs.cli.eval import bench_argv, checkout_of
 from macha_obs.config import Config
+from macha_obs.intake.incidents import OPEN, IncidentStore
+from macha_obs.models import ApprovalStatus, Finding, FindingKind, RestartUnit, Risk
+from macha_obs.store import Store
 from tests.harness.eval_cases import Case, CaseError, load_case, load_cases
+from tests.harness.eval_history import close_open_incidents
 from tests.harness.eval_support import CaseResult, Verdict, judge, score, summarize
 from tests.harness.labsd import unavailable_reason
 from tests.harness.llm_fixtures import gguf_path
@@ -36,6 +40,37 @@ def verdict(kind: str, outcome: str = "execute", **action: object) -> dict[str, 
 
 
 # ------------------------------------------------------------------ the cases as data
+
+
+def test_the_history_keeps_what_the_operator_decided_and_closes_what_was_left_open(
+    tmp_path: Path,
+) -> None:
+    """A "with history" sidecar starts from what was learned and decided, not from the
+    training's open incidents (in llm-first the model would analyse those first)."""
+    unit = "eval-crash.service"
+    failed = Finding(kind=FindingKind.UNIT_FAILED, subject=unit, unit=unit, summary="failed")
+    with Store(tmp_path) as store:
+        incidents = IncidentStore(store)
+        decided, _ = incidents.open_for_findings(unit, [failed])
+        item = store.enqueue(decided, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600)
+        store.decide_approval(item.id, ApprovalStatus.REJECTED, "does not fix it", by="operator")
+        incidents.resolve(decided)
+        left, _ = incidents.open_for_findings("eval-web.service", [failed])
+        store.learn_sync()
+        learned = store.fix_records()
+    assert learned  # the operator's rejection was learned
+    assert close_open_incidents(tmp_path) == 1
+    with Store(tmp_path) as store:
+        incidents = IncidentStore(store)
+        assert incidents.open_incidents() == []
+        closed = incidents.get(left)
+        assert closed is not None  # resolved, not deleted
+        assert closed.status != OPEN
+        approval = store.get_approval(item.id)
+        assert approval is not None
+        assert approval.status is ApprovalStatus.REJECTED
+        assert store.fix_records() == learned
+    assert close_open_incidents(tmp_path) == 0
 
 
 def test_the_suite_has_the_cases_issue_23_asks_for() -> None:
