@@ -22,7 +22,7 @@ ROOMS: dict[str, set[str]] = {
     "__version__": set(),
     "terminal": set(),
     "protected": {"errors"},
-    # config.py's pure value checks and its sources (file, environment), split off it
+    # config/: the model, its value checks, where a setting came from, the loading
     "config": {"errors", "protected"},
     "statedir": {"errors", "config"},
     "models": {"config", "errors"},
