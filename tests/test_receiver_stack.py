@@ -190,6 +190,9 @@ def test_invariant_13_alertmanager_sends_the_generated_token(
         amtool(am, "alertname=UnitFailed", "unit=nginx.service", "instance=testhost:9100")
         incidents = IncidentStore(store)
         assert poll(lambda: bool(incidents.open_incidents()), 15), am.log_tail()
+        # the delivery is counted once its answer is decided, after the commit that
+        # made the incident (the store is asked again after the write): wait for it
+        assert poll(lambda: receiver.stats.snapshot()["deliveries"]["accepted"] >= 1, 15)
     finally:
         shutdown(server, thread)
     [state] = incidents.open_incidents()
