@@ -8,6 +8,7 @@
     ledger     the action ledger's records and the approvals queue's items
     snapshot   what the collectors saw in one cycle
     learning   problem signatures, fix keys, outcome records and suppressions
+    exposure   a service's security exposure as systemd-analyze scores it
 
 Import from here (`from macha_obs.models import Incident`), never from the modules:
 `__all__` is what the rest of the package uses, and a test holds it to that.
@@ -41,6 +42,12 @@ from macha_obs.models.actions import (
     parse_action,
 )
 from macha_obs.models.alerts import ZERO_TIME, Alert, AlertGroup
+from macha_obs.models.exposure import (
+    UnitExposure,
+    parse_security_json,
+    parse_security_overview,
+    parse_security_table,
+)
 from macha_obs.models.findings import FINDING_SOURCE, Finding, FindingKind, Severity
 from macha_obs.models.incidents import (
     Assessment,
@@ -162,6 +169,7 @@ __all__ = [
     "Suppression",
     "SystemdReading",
     "TopProcesses",
+    "UnitExposure",
     "UnitReading",
     "UnitState",
     "UnitStatus",
@@ -175,6 +183,9 @@ __all__ = [
     "investigation_instead",
     "learns_from",
     "parse_action",
+    "parse_security_json",
+    "parse_security_overview",
+    "parse_security_table",
     "shadow_agrees",
     "signature_of",
     "suppression_of",
