@@ -75,6 +75,11 @@ ACTION_CATALOGUE: dict[str, str] = {
         "diff a unified diff of that file alone ('--- a/PATH', '+++ b/PATH', then @@ hunks "
         "whose context lines match the file exactly)"
     ),
+    "harden_unit": (
+        "unit, setting, value — one hardening setting for a service, for a human to review "
+        "and apply: setting and value only from the schema's lists (e.g. NoNewPrivileges "
+        "yes, ProtectSystem strict|full, ProtectHome yes|read-only, PrivateTmp yes)"
+    ),
 }
 # Without a configured directory there is nothing a diff could be checked against.
 NO_CONFIG_CHANGE = "none can be proposed on this host (no NixOS configuration directory is set)"

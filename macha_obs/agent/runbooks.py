@@ -16,7 +16,7 @@ Two rules a careful on-call engineer keeps, which the evaluation (eval/) checks:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from macha_obs.agent.history import History, order_by_outcomes
@@ -28,6 +28,9 @@ from macha_obs.models import (
     DiskUsage,
     FailedUnits,
     FindingKind,
+    HardeningKey,
+    HardeningSetting,
+    HardenUnit,
     Incident,
     Investigate,
     JournalTail,
@@ -40,7 +43,13 @@ from macha_obs.models import (
     RestartUnit,
     Severity,
     TopProcesses,
+    TuneJournald,
+    TuneUnit,
+    UnitExposure,
     UnitStatus,
+    journal_cap,
+    memory_raise,
+    size_text,
 )
 from macha_obs.policy.scope import classify_alert
 from macha_obs.protected import protection
@@ -105,12 +114,94 @@ def _space(e: Evidence) -> list[tuple[Action, str]]:
     found: list[tuple[Action, str]] = []
     if e.details.get(HOLDS_JOURNAL) is True and e.kind is FindingKind.DISK_FILLING:
         found.append((JournalVacuum(), f"{e.where} holds the journal: shrink archived journals"))
+        found.extend(_journal_cap(e))
     if e.details.get(HOLDS_NIX_STORE) is True:
         found.append((NixGc(), f"{e.where} holds the Nix store: collect unreferenced paths"))
     if not found:
         why = f"{e.where} fills and holds nothing the sidecar can clean: what takes the space"
         found.append((look[0], why))
     return found
+
+
+def _journal_cap(e: Evidence) -> list[tuple[Action, str]]:
+    """A journal that keeps filling its file system: cap journald, as a patch a person
+    applies (the vacuum only frees space until it fills again)."""
+    used, avail = e.details.get("used_ratio"), e.details.get("avail_bytes")
+    if not isinstance(used, float | int) or not isinstance(avail, int) or not 0 < used < 1:
+        return []
+    cap = journal_cap(round(avail / (1 - used)))
+    why = f"{e.where} holds the journal and fills: cap journald at {size_text(cap)} (a patch)"
+    return [(TuneJournald(system_max_use=cap), why)]
+
+
+def _memory(e: Evidence) -> list[tuple[Action, str]]:
+    """A service killed at its own MemoryMax, again: look at what grew, and propose the
+    limit raised by a bounded factor, as a patch a person applies."""
+    unit, details = e.unit, e.details
+    if unit is None:
+        return [(Investigate(diagnostic=FailedUnits()), f"{e.kind.value} without a unit name")]
+    found: list[tuple[Action, str]] = [
+        (Investigate(diagnostic=JournalTail(unit=unit)), f"{unit} was killed at its MemoryMax")
+    ]
+    limit = details.get("memory_max")
+    if protection(unit) is not None or not isinstance(limit, int) or limit < 1 << 20:
+        return found
+    raised = memory_raise(limit)
+    if raised is not None:
+        why = (
+            f"{unit} keeps being killed at its MemoryMax ({size_text(limit)}): raise it to "
+            f"{size_text(raised)} (a patch for a person)"
+        )
+        found.append((TuneUnit(unit=unit, memory_max=raised, raised_from=limit), why))
+    return found
+
+
+# What a host's own measure calls for, by kind.
+_MEASURED: dict[FindingKind, Callable[[Evidence], list[tuple[Action, str]]]] = {
+    FindingKind.DISK_FILLING: _space,
+    FindingKind.INODES_LOW: _space,
+    FindingKind.UNIT_OOM_AT_LIMIT: _memory,
+}
+
+# The value the runbooks choose for each catalogue setting a service's exposure marks
+# unsafe; the transient copy's check refuses the proposal where one breaks the service.
+_HARDEN_VALUES = {
+    HardeningKey.NO_NEW_PRIVILEGES: "yes",
+    HardeningKey.PROTECT_SYSTEM: "strict",
+    HardeningKey.PROTECT_HOME: "yes",
+    HardeningKey.PRIVATE_TMP: "yes",
+    HardeningKey.PROTECT_KERNEL_TUNABLES: "yes",
+    HardeningKey.RESTRICT_ADDRESS_FAMILIES: "AF_UNIX AF_INET AF_INET6",
+    HardeningKey.PRIVATE_DEVICES: "yes",
+    HardeningKey.PROTECT_CONTROL_GROUPS: "yes",
+    HardeningKey.PROTECT_KERNEL_MODULES: "yes",
+    HardeningKey.RESTRICT_SUID_SGID: "yes",
+    HardeningKey.LOCK_PERSONALITY: "yes",
+}
+
+
+# Rows systemd-analyze keeps unsafe under the value chosen above (a service that listens
+# needs AF_INET; local sockets are harmless): not a reason to propose it again.
+_LEFT_BY_CHOICE = {"RestrictAddressFamilies=~AF_UNIX", "RestrictAddressFamilies=~AF_(INET|INET6)"}
+
+
+def hardening_for(unit: str, exposure: UnitExposure) -> HardenUnit | None:
+    """The catalogue's settings that `exposure` (systemd-analyze security of `unit`)
+    marks unsafe, as one hardening proposal; None for a protected unit, a unit that is
+    not a service, or when none of the catalogue's settings is unsafe."""
+    if not unit.endswith(".service") or protection(unit) is not None:
+        return None
+    unsafe = {
+        s.name.split("=", 1)[0]
+        for s in exposure.settings
+        if s.safe is False and s.name not in _LEFT_BY_CHOICE
+    }
+    chosen = [
+        HardeningSetting(key=key, value=value)
+        for key, value in _HARDEN_VALUES.items()
+        if key.value in unsafe
+    ]
+    return HardenUnit(unit=unit, settings=tuple(chosen)) if chosen else None
 
 
 def _actions(e: Evidence) -> list[tuple[Action, str]]:
@@ -142,8 +233,8 @@ def _actions(e: Evidence) -> list[tuple[Action, str]]:
         case FindingKind.UNIT_FLAPPING if unit:
             # restarting a unit that keeps crashing only feeds the loop: look first
             return [(Investigate(diagnostic=JournalTail(unit=unit)), f"{unit} is flapping")]
-        case FindingKind.DISK_FILLING | FindingKind.INODES_LOW:
-            return _space(e)
+        case kind if kind in _MEASURED:
+            return _MEASURED[kind](e)
         case kind if kind in _BUSY_KINDS:
             return [(Investigate(diagnostic=TopProcesses()), f"{_BUSY_KINDS[kind]}: who uses it")]
         case FindingKind.JOURNAL_ERROR_BURST if unit:

@@ -37,6 +37,7 @@ ActionKind = Literal[
     "nix_rollback",
     "investigate",
     "config_change",
+    "harden_unit",
 ]
 ToolName = Literal[
     "unit_status",
@@ -45,6 +46,33 @@ ToolName = Literal[
     "top_processes",
     "listening_sockets",
     "failed_units",
+]
+# harden_unit: one catalogue setting (models/hardening_catalogue.json) and one of the
+# values the catalogue allows it; the pair is validated again against the catalogue.
+# tests/test_hardening_patch.py holds these lists to the catalogue.
+SettingName = Literal[
+    "",
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ProtectKernelTunables",
+    "RestrictAddressFamilies",
+    "PrivateDevices",
+    "ProtectControlGroups",
+    "ProtectKernelModules",
+    "RestrictSUIDSGID",
+    "LockPersonality",
+]
+SettingValue = Literal[
+    "",
+    "yes",
+    "strict",
+    "full",
+    "read-only",
+    "AF_UNIX",
+    "AF_UNIX AF_INET AF_INET6",
+    "AF_UNIX AF_NETLINK AF_INET AF_INET6",
 ]
 EVIDENCE_MAX = 100
 M = TypeVar("M", bound=BaseModel)
@@ -80,6 +108,8 @@ class LlmAction(_Strict):
     diff: str = Field(
         "", max_length=1000, description="config_change only: unified diff of that one file"
     )
+    setting: SettingName = Field("", description="harden_unit only: a catalogue setting")
+    value: SettingValue = Field("", description="harden_unit only: a value of that setting")
 
 
 class LlmProposal(_Strict):
@@ -170,6 +200,9 @@ def to_action(a: LlmAction) -> Action:
             data["mode"] = a.mode
         elif a.kind == "config_change":
             data.update(path=a.path, diff=_ended(a.diff))
+        elif a.kind == "harden_unit":
+            setting = {"key": a.setting, "value": a.value}
+            data.update(unit=canonical_unit_name(a.unit), settings=[setting])
         return parse_action(data)
     except (InvalidUnitName, ValidationError) as exc:
         raise OutputInvalid(f"invalid {a.kind} action: {first_error(exc)}") from exc

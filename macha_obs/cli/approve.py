@@ -25,13 +25,16 @@ from macha_obs.cli.wiring import (
     remediator,
 )
 from macha_obs.models import (
+    SETTINGS_PATCHES,
     Approval,
     ApprovalStatus,
     ConfigChange,
+    SettingsPatch,
     describe_action,
 )
+from macha_obs.remediate.hardening import nixos_patch
 from macha_obs.remediate.learn import history_line
-from macha_obs.remediate.patches import PatchRefused, parse_diff
+from macha_obs.remediate.patches import PatchChecker, PatchRefused, parse_diff
 from macha_obs.remediate.status import approval_json as approval_dict
 from macha_obs.store import Store
 from macha_obs.store.approvals import DECIDABLE
@@ -190,6 +193,37 @@ def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
         click.echo(f"  decided:   by {inert(approval.decided_by) or '-'}: {inert(approval.note)}")
     if isinstance(approval.action, ConfigChange):
         _show_diff(approval.id, approval.action, ctx_config(ctx).nixos_config_dir)
+    if isinstance(approval.action, SETTINGS_PATCHES):
+        _show_settings(approval.id, approval.action, ctx_config(ctx).nixos_config_dir)
+
+
+def _show_settings(approval_id: int, patch: SettingsPatch, config_dir: Path | None) -> None:
+    """Each setting's reason and risk, the patch as it would be exported, and how to
+    apply it (approving never does)."""
+    for line in patch.explain():
+        click.echo(f"  setting:   {line}")
+    if config_dir is not None:
+        try:
+            text = nixos_patch(patch, config_dir).diff
+        except PatchRefused as exc:
+            click.echo(f"  patch:     cannot be made now: {inert(str(exc))}")
+            return
+        click.echo(f"  patch:     a diff of {inert(config_dir)}/configuration.nix")
+        apply = f"cd {inert(config_dir)} && patch -p1 < fix.patch; then nixos-rebuild"
+    else:
+        text = patch.dropin()
+        click.echo(f"  patch:     the drop-in {patch.dropin_path}")
+        unit = getattr(patch, "unit", "systemd-journald.service")
+        apply = (
+            f"install -D -m 0644 fix.patch {patch.dropin_path}; systemctl daemon-reload; "
+            f"systemctl restart {unit}"
+        )
+    for line in text.rstrip("\n").split("\n"):
+        click.echo(f"    {inert(line)}")
+    click.echo(
+        f"  apply:     macha-approve export {approval_id} > fix.patch; {apply}. "
+        "Approving only marks it read."
+    )
 
 
 def _show_diff(approval_id: int, change: ConfigChange, config_dir: Path | None) -> None:
@@ -223,10 +257,12 @@ def approve_export(ctx: click.Context, approval_id: int) -> None:
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
     change = approval.action
+    if isinstance(change, SETTINGS_PATCHES):
+        change = _settings_export(change, cfg.nixos_config_dir)
     if not isinstance(change, ConfigChange):
         raise click.ClickException(
             f"approval {approval_id} is {inert(describe_action(change))}, not a "
-            "config_change: it has no diff to export"
+            "config_change or a settings patch: it has nothing to export"
         )
     out = sys.stdout.buffer
     if out.isatty() and any(is_unsafe(c) for c in change.diff if c not in "\n\t"):
@@ -236,6 +272,19 @@ def approve_export(ctx: click.Context, approval_id: int) -> None:
         )
     out.write(change.diff.encode("utf-8"))
     out.flush()
+
+
+def _settings_export(patch: SettingsPatch, config_dir: Path | None) -> ConfigChange:
+    """What `export` writes for a settings patch: the drop-in text, or on NixOS the diff
+    of configuration.nix as it is now, checked as a config_change is."""
+    if config_dir is None:
+        return ConfigChange(path=patch.dropin_path, diff=patch.dropin())
+    try:
+        change = nixos_patch(patch, config_dir)
+        PatchChecker(config_dir).check(change)
+    except PatchRefused as exc:
+        raise click.ClickException(f"the patch cannot be exported now: {exc}") from exc
+    return change
 
 
 @approve_main.command("approve")

@@ -22,6 +22,8 @@ from macha_obs.models import (
     Severity,
     SystemdReading,
     UnitReading,
+    UnitState,
+    size_text,
     validate_unit_name,
 )
 from macha_obs.systemd.bus import IsolatedBus, UnitTable
@@ -31,6 +33,8 @@ from macha_obs.systemd.events import UnitEvent
 # multiply the unit-state series (6 per unit) for no alert we write.
 DEFAULT_INCLUDE = r".+"
 DEFAULT_EXCLUDE = r".+\.(?:automount|device|mount|scope|slice)"
+NO_LIMIT = 2**64 - 1  # MemoryMax=infinity
+OOM_KILLS = 2  # killed at its limit this often (by systemd's restarts or our own sight)
 
 
 def fetch_units(bus: UnitTable, include: str, exclude: str, timeout: float) -> list[Any]:
@@ -98,6 +102,34 @@ def summarize_units(
     return findings
 
 
+def oom_at_limit(state: UnitState, seen_kills: int) -> Finding | None:
+    """A service killed by the OOM killer at its own MemoryMax, repeatedly: systemd
+    restarted it at least once before this kill, or the collector saw `seen_kills`
+    distinct kills. A unit without a limit, or killed once, is not this finding."""
+    limited = 0 < state.memory_max < NO_LIMIT
+    if state.result != "oom-kill" or not limited:
+        return None
+    kills = max(seen_kills, state.n_restarts + 1)
+    if kills < OOM_KILLS:
+        return None
+    return Finding(
+        kind=FindingKind.UNIT_OOM_AT_LIMIT,
+        subject=state.name,
+        unit=state.name,
+        summary=(
+            f"{state.name} was killed at its MemoryMax ({size_text(state.memory_max)}) "
+            f"{kills} times"
+        ),
+        details={"memory_max": state.memory_max, "kills": kills, "result": state.result},
+    )
+
+
+def _troubled(unit: UnitReading) -> bool:
+    """A service systemd has just stopped: failed, or waiting to restart it."""
+    stopped = unit.active_state == "failed" or unit.sub_state == "auto-restart"
+    return stopped and unit.name.endswith(".service")
+
+
 class SystemdCollector:
     name = "systemd"
 
@@ -112,9 +144,13 @@ class SystemdCollector:
         flapping_restarts: int = 3,
         flapping_window: float = 900.0,
         clock: Callable[[], float] = time.time,
+        unit_state: Callable[[str], UnitState] | None = None,
     ) -> None:
-        """`bus`: the sidecar's shared D-Bus child; without it, one of its own on `address`."""
+        """`bus`: the sidecar's shared D-Bus child; without it, one of its own on `address`.
+        `unit_state` reads a stopped service's result and MemoryMax (by default the bus's)."""
         self.bus: UnitTable = IsolatedBus(address, timeout=timeout) if bus is None else bus
+        self.unit_state = unit_state or getattr(self.bus, "unit_state", None)
+        self._kills: dict[str, set[int]] = {}  # state-change times of OOM kills seen
         self.include = include
         self.exclude = exclude
         self.timeout = timeout
@@ -140,10 +176,32 @@ class SystemdCollector:
             recent[unit.name] = restarts_in_window(history, now, self.flapping_window)
         return recent
 
+    def _oom_findings(self, units: list[UnitReading]) -> list[Finding]:
+        """One more call per stopped service (rare): was it killed at its limit?"""
+        for gone in self._kills.keys() - {u.name for u in units}:
+            del self._kills[gone]
+        found = []
+        for unit in units:
+            if self.unit_state is None or not _troubled(unit):
+                continue
+            try:
+                state = self.unit_state(unit.name)
+            except SystemdError:
+                continue  # this one is unknown now; the rest still counts
+            if state.result == "oom-kill":
+                kills = self._kills.setdefault(unit.name, set())
+                if len(kills) < 64:
+                    kills.add(state.state_change_usec)
+            finding = oom_at_limit(state, len(self._kills.get(unit.name, ())))
+            if finding is not None:
+                found.append(finding)
+        return found
+
     def collect(self) -> tuple[SystemdReading, list[Finding]]:
         units = parse_units(fetch_units(self.bus, self.include, self.exclude, self.timeout))
         recent = self._recent_restarts(units, self.clock())
-        return SystemdReading(units=units), summarize_units(units, recent, self.flapping_restarts)
+        findings = summarize_units(units, recent, self.flapping_restarts)
+        return SystemdReading(units=units), findings + self._oom_findings(units)
 
 
 def probe_failed_units(

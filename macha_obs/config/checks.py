@@ -21,6 +21,9 @@ _TRUST_HOST_KINDS = ("journal_vacuum", "nix_gc", "nix_rebuild", "investigate")
 _NEVER_TRUSTED = {
     "nix_rollback": "rolls the whole system back: always a human's decision (high risk)",
     "config_change": "a configuration change is only ever read and applied by a human",
+    "harden_unit": "a hardening patch is only ever read and applied by a human",
+    "tune_unit": "a tuning patch is only ever read and applied by a human",
+    "tune_journald": "a tuning patch is only ever read and applied by a human",
 }
 _HUMAN_ONLY_TYPES = ("mount", "automount", "swap")
 

@@ -15,6 +15,7 @@ from macha_obs.models import (
     Action,
     ConfigChange,
     ExecutionResult,
+    HardenUnit,
     Investigate,
     JournalVacuum,
     NixGc,
@@ -24,6 +25,8 @@ from macha_obs.models import (
     ResetFailed,
     RestartUnit,
     StartUnit,
+    TuneJournald,
+    TuneUnit,
     UnitState,
 )
 
@@ -87,6 +90,8 @@ class HostExecutor:
                 return self.diagnostics.run(action.diagnostic)
             case ConfigChange():
                 raise RefusedError("a config_change is for a human to apply; never executed")
+            case HardenUnit() | TuneUnit() | TuneJournald():
+                raise RefusedError(f"a {action.kind} patch is for a human to apply; never executed")
         raise AssertionError(f"unhandled action {action!r}")  # pragma: no cover
 
     def recover_rebuild(self) -> ExecutionResult | None:

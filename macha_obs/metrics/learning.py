@@ -53,8 +53,12 @@ class LearnCollector(Collector):
         yield from learn_families(state, unit_label=self.unit_label)
 
 
+# a look and the patches a person applies: nothing runs, so nothing is learned about them
+_NOT_LEARNED = ("investigate", "config_change", "harden_unit", "tune_unit", "tune_journald")
+
+
 def learn_families(state: LearnState, *, unit_label: bool) -> Iterator[Metric]:
-    kinds = [k for k in action_kinds() if k not in ("investigate", "config_change")]
+    kinds = [k for k in action_kinds() if k not in _NOT_LEARNED]
     shadow: dict[tuple[str, ...], int] = {(k, a): 0 for k in kinds for a in AGREED}
     outcomes: dict[tuple[str, ...], int] = defaultdict(int)
     if not unit_label:

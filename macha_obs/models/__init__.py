@@ -9,6 +9,7 @@
     snapshot   what the collectors saw in one cycle
     learning   problem signatures, fix keys, outcome records and suppressions
     exposure   a service's security exposure as systemd-analyze scores it
+    hardening  the catalogue of settings a hardening or tuning patch may carry
 
 Import from here (`from macha_obs.models import Incident`), never from the modules:
 `__all__` is what the rest of the package uses, and a test holds it to that.
@@ -16,12 +17,15 @@ Import from here (`from macha_obs.models import Incident`), never from the modul
 
 from macha_obs.models.actions import (
     ACTION_ADAPTER,
+    PATCH_ACTIONS,
+    SETTINGS_PATCHES,
     UNIT_ACTIONS,
     Action,
     ConfigChange,
     Diagnostic,
     DiskUsage,
     FailedUnits,
+    HardenUnit,
     Investigate,
     JournalTail,
     JournalVacuum,
@@ -34,8 +38,11 @@ from macha_obs.models.actions import (
     ResetFailed,
     RestartUnit,
     Risk,
+    SettingsPatch,
     StartUnit,
     TopProcesses,
+    TuneJournald,
+    TuneUnit,
     UnitStatus,
     action_json,
     describe_action,
@@ -49,6 +56,14 @@ from macha_obs.models.exposure import (
     parse_security_table,
 )
 from macha_obs.models.findings import FINDING_SOURCE, Finding, FindingKind, Severity
+from macha_obs.models.hardening import (
+    HARDENING,
+    HardeningKey,
+    HardeningSetting,
+    journal_cap,
+    memory_raise,
+    size_text,
+)
 from macha_obs.models.incidents import (
     Assessment,
     Decision,
@@ -111,7 +126,10 @@ __all__ = [
     "ACTION_ADAPTER",
     "CPU_MODES",
     "FINDING_SOURCE",
+    "HARDENING",
+    "PATCH_ACTIONS",
     "REASONS_KEPT",
+    "SETTINGS_PATCHES",
     "SETTLED",
     "SNAPSHOT_READINGS",
     "UNIT_ACTIONS",
@@ -140,6 +158,9 @@ __all__ = [
     "FindingKind",
     "FixKey",
     "FixRecord",
+    "HardenUnit",
+    "HardeningKey",
+    "HardeningSetting",
     "Incident",
     "InvalidUnitName",
     "Investigate",
@@ -162,6 +183,7 @@ __all__ = [
     "ResourcesReading",
     "RestartUnit",
     "Risk",
+    "SettingsPatch",
     "Severity",
     "Signature",
     "Snapshot",
@@ -169,6 +191,8 @@ __all__ = [
     "Suppression",
     "SystemdReading",
     "TopProcesses",
+    "TuneJournald",
+    "TuneUnit",
     "UnitExposure",
     "UnitReading",
     "UnitState",
@@ -181,13 +205,16 @@ __all__ = [
     "execution_outcomes",
     "fix_of",
     "investigation_instead",
+    "journal_cap",
     "learns_from",
+    "memory_raise",
     "parse_action",
     "parse_security_json",
     "parse_security_overview",
     "parse_security_table",
     "shadow_agrees",
     "signature_of",
+    "size_text",
     "suppression_of",
     "utcnow",
     "validate_unit_name",

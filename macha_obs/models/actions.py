@@ -10,8 +10,26 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from macha_obs.models.hardening import (
+    DROPIN_HARDENING,
+    DROPIN_TUNING,
+    HARDENING,
+    JOURNAL_MAX,
+    JOURNAL_MIN,
+    JOURNALD_DROPIN,
+    MEMORY_MAX_CAP,
+    MEMORY_RAISE_MAX,
+    MEMORY_RAISE_MIN,
+    MIB,
+    TUNING,
+    HardeningSetting,
+    nix_string,
+    render_dropin,
+    service_attr,
+    size_text,
+)
 from macha_obs.models.units import UnitName
 
 Text200 = Annotated[str, Field(max_length=200)]
@@ -160,6 +178,139 @@ class ConfigChange(_ActionBase):
     summary: Text200 = ""
 
 
+class _PatchAction(_ActionBase):
+    """A setting from the catalogue (models/hardening.py) for a person to apply: rendered
+    as a systemd drop-in, or as lines of their NixOS configuration. Never executed."""
+
+    @property
+    def section(self) -> str:
+        return "Service"
+
+    @property
+    def dropin_path(self) -> str:
+        raise NotImplementedError
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """(Key, Value) as systemd spells them, from the catalogue."""
+        raise NotImplementedError
+
+    def explain(self) -> tuple[str, ...]:
+        """Each setting's reason and risk, for the person deciding."""
+        raise NotImplementedError
+
+    def nix_lines(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def dropin(self) -> str:
+        kind = str(type(self).model_fields["kind"].default)
+        what = kind if self.target == "host" else f"{kind} {self.target}"
+        return render_dropin(self.section, self.pairs(), what)
+
+
+class _UnitPatch(_PatchAction):
+    unit: UnitName
+
+    @model_validator(mode="after")
+    def _a_service(self) -> _UnitPatch:
+        if not self.unit.endswith(".service"):
+            raise ValueError(f"{self.unit}: only a service's settings are patched")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.unit
+
+    def nix_lines(self) -> tuple[str, ...]:
+        attr = service_attr(self.unit)
+        return tuple(f"{attr}.serviceConfig.{k} = {nix_string(v)};" for k, v in self.pairs())
+
+
+class HardenUnit(_UnitPatch):
+    """Hardening settings for a service, each from the catalogue with a catalogue value."""
+
+    kind: Literal["harden_unit"] = "harden_unit"
+    settings: tuple[HardeningSetting, ...] = Field(min_length=1, max_length=len(HARDENING))
+
+    @model_validator(mode="after")
+    def _once_each(self) -> HardenUnit:
+        keys = [s.key for s in self.settings]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a setting is named twice")
+        return self
+
+    @property
+    def dropin_path(self) -> str:
+        return f"/etc/systemd/system/{self.unit}.d/{DROPIN_HARDENING}"
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple((s.key.value, s.value) for s in self.settings)
+
+    def explain(self) -> tuple[str, ...]:
+        return tuple(
+            f"{s.key.value}={s.value}: {s.entry.reason}; risk: {s.entry.risk}"
+            for s in self.settings
+        )
+
+
+class TuneUnit(_UnitPatch):
+    """MemoryMax raised for a service killed at its limit, by a bounded factor."""
+
+    kind: Literal["tune_unit"] = "tune_unit"
+    memory_max: int = Field(ge=MIB, le=MEMORY_MAX_CAP)
+    raised_from: int = Field(ge=MIB, le=MEMORY_MAX_CAP)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TuneUnit:
+        low, high = self.raised_from * MEMORY_RAISE_MIN, self.raised_from * MEMORY_RAISE_MAX
+        if not low <= self.memory_max <= high:
+            raise ValueError(
+                f"MemoryMax {self.memory_max} is not {MEMORY_RAISE_MIN} to "
+                f"{MEMORY_RAISE_MAX} times the limit {self.raised_from}"
+            )
+        return self
+
+    @property
+    def dropin_path(self) -> str:
+        return f"/etc/systemd/system/{self.unit}.d/{DROPIN_TUNING}"
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return (("MemoryMax", str(self.memory_max)),)
+
+    def explain(self) -> tuple[str, ...]:
+        entry = TUNING["MemoryMax"]
+        return (
+            f"MemoryMax {size_text(self.raised_from)} -> {size_text(self.memory_max)}: "
+            f"{entry.reason}; risk: {entry.risk}",
+        )
+
+
+class TuneJournald(_PatchAction):
+    """journald's SystemMaxUse, for a journal that keeps filling its file system."""
+
+    kind: Literal["tune_journald"] = "tune_journald"
+    system_max_use: int = Field(ge=JOURNAL_MIN, le=JOURNAL_MAX)
+
+    @property
+    def section(self) -> str:
+        return "Journal"
+
+    @property
+    def dropin_path(self) -> str:
+        return JOURNALD_DROPIN
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return (("SystemMaxUse", str(self.system_max_use)),)
+
+    def explain(self) -> tuple[str, ...]:
+        entry = TUNING["SystemMaxUse"]
+        size = size_text(self.system_max_use)
+        return (f"SystemMaxUse={size}: {entry.reason}; risk: {entry.risk}",)
+
+    def nix_lines(self) -> tuple[str, ...]:
+        line = nix_string(f"SystemMaxUse={self.system_max_use}")
+        return (f"services.journald.extraConfig = {line};",)
+
+
 Action = Annotated[
     RestartUnit
     | StartUnit
@@ -169,11 +320,18 @@ Action = Annotated[
     | NixRebuild
     | NixRollback
     | Investigate
-    | ConfigChange,
+    | ConfigChange
+    | HardenUnit
+    | TuneUnit
+    | TuneJournald,
     Field(discriminator="kind"),
 ]
 ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
 UNIT_ACTIONS = (RestartUnit, StartUnit, ResetFailed)
+# A patch a person applies: never executed, approving only marks it read.
+SETTINGS_PATCHES = (HardenUnit, TuneUnit, TuneJournald)
+PATCH_ACTIONS = (ConfigChange, *SETTINGS_PATCHES)
+SettingsPatch = HardenUnit | TuneUnit | TuneJournald
 
 
 def parse_action(data: Any) -> Action:

@@ -31,6 +31,8 @@ class FindingKind(StrEnum):
     CPU_HIGH = "cpu_high"
     LOAD_HIGH = "load_high"
     SWAP_HIGH = "swap_high"
+    # a service killed at its own MemoryMax, again: a raise is proposed as a patch
+    UNIT_OOM_AT_LIMIT = "unit_oom_at_limit"
 
 
 # The collector that reports each kind: when it fails, what it would say is unknown.
@@ -48,6 +50,7 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.CPU_HIGH: "resources",
     FindingKind.LOAD_HIGH: "resources",
     FindingKind.SWAP_HIGH: "resources",
+    FindingKind.UNIT_OOM_AT_LIMIT: "systemd",
 }
 
 

@@ -100,6 +100,7 @@ class UnitState(BaseModel):
     job_id: int = 0  # a job systemd is running on the unit; 0: none
     names: tuple[str, ...] = ()  # every name systemd knows the unit by (aliases)
     start_limit_burst: int = 0  # StartLimitBurst; 0: unknown or no limit
+    memory_max: int = 0  # MemoryMax in bytes; 0: unknown, 2**64-1: no limit
 
     @model_validator(mode="after")
     def _start_limit(self) -> UnitState:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from macha_obs.config import AutonomyLevel, Config
 from macha_obs.models import (
+    PATCH_ACTIONS,
     UNIT_ACTIONS,
     Action,
     ConfigChange,
@@ -28,6 +29,7 @@ from macha_obs.models import (
     Risk,
     StartUnit,
     Suppression,
+    TuneJournald,
     Verdict,
     describe_action,
     investigation_instead,
@@ -124,9 +126,22 @@ def risk_of(action: Action, config: Config) -> tuple[Risk, str]:
             return Risk.HIGH, f"nixos-rebuild {action.mode} changes the running system"
         case NixRollback():
             return Risk.HIGH, "rolls the whole system back a generation"
-        case ConfigChange():
-            return Risk.HIGH, "a configuration change is for a human to read and apply"
+        case _ if isinstance(action, PATCH_ACTIONS):
+            return _patch_risk(action, config)
     raise AssertionError(f"unhandled action {action!r}")  # pragma: no cover
+
+
+def _patch_risk(action: Action, config: Config) -> tuple[Risk, str]:
+    """A patch a person applies: always high, whatever proposed it. Hardening or tuning a
+    protected unit is refused outright (ProtectHome= on sshd locks a person out)."""
+    if isinstance(action, ConfigChange):
+        return Risk.HIGH, "a configuration change is for a human to read and apply"
+    if isinstance(action, TuneJournald):
+        return Risk.HIGH, "a journald setting is a patch for a human to read and apply"
+    protected = config.protection(action.target)
+    if protected is not None:
+        return Risk.FORBIDDEN, f"{action.target} is protected ({protected.name}: {protected.why})"
+    return Risk.HIGH, f"a {action.kind} patch is for a human to read and apply"
 
 
 # Restart, start and reset-failed+start of one unit are the same remedy to the limiter:
@@ -190,7 +205,7 @@ def judge(
 
     if risk is Risk.FORBIDDEN:
         return verdict(Outcome.REFUSE, f"refused: {why}; never acted on at any autonomy level")
-    if isinstance(action, ConfigChange):
+    if isinstance(action, PATCH_ACTIONS):
         if autonomy is AutonomyLevel.OBSERVE:
             return verdict(Outcome.RECORD, f"observe: would queue for a human ({why})")
         return verdict(Outcome.QUEUE, f"queued for a human: {why}; never executed")

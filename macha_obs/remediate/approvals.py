@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
+    PATCH_ACTIONS,
     UNIT_ACTIONS,
     ActionRecord,
     Approval,
     ApprovalStatus,
-    ConfigChange,
     Outcome,
     describe_action,
 )
@@ -58,7 +58,7 @@ def approve(rem: Remediator, approval_id: int, by: str) -> Handled:
     """Carry out a person's approval, once, if the policy still allows it now."""
     approval = rem.store.pending_approval(approval_id)
     action = approval.action
-    if isinstance(action, ConfigChange):
+    if isinstance(action, PATCH_ACTIONS):
         verdict = judge(action, rem.context())
         rem._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
         note = "read by a human; nothing executed"

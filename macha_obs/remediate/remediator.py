@@ -48,6 +48,7 @@ from macha_obs.policy.scope import Confirmation, Scope, confirm, out_of_scope
 from macha_obs.remediate import approvals
 from macha_obs.remediate.approvals import Incidents
 from macha_obs.remediate.handled import Handled
+from macha_obs.remediate.hardening import HardeningChecker
 from macha_obs.remediate.patches import PatchChecker
 from macha_obs.remediate.verdicts import (
     Preview,
@@ -90,10 +91,11 @@ class Remediator:
         patches: PatchChecker | None = None,
         verifier: Verifier | None = None,
         fleet_check: FleetCheck | None = None,
+        hardening: HardeningChecker | None = None,
     ) -> None:
         """`scope_of` gives the evidence of the incidents an approval carries; without it
-        an approval of a unit action is out of scope (fail closed). `patches` checks a
-        config_change before it is queued (by default against `nixos_config_dir`).
+        an approval of a unit action is out of scope (fail closed). `patches` and
+        `hardening` check a config_change and a settings patch before they are queued.
         `fleet_check` is asked right before an automatic fix runs (never before a
         human's approval: that is the human's call); a reason queues the fix instead."""
         self.config = config
@@ -101,10 +103,11 @@ class Remediator:
         self.executor = executor
         self.scope_of = scope_of
         self.patches = patches or PatchChecker(config.nixos_config_dir)
+        self.hardening = hardening or HardeningChecker(config.nixos_config_dir)
         self.clock = clock
         self.verifier = verifier or Verifier(config, store, clock)
         self.fleet_check = fleet_check
-        # what auto-safe would have done, per (incident, action) judged and not yet queued
+        # what auto-safe would have done, per (incident, action) judged, not yet queued
         self._shadows: dict[tuple[str, str], Outcome] = {}
         self.in_flight: int | None = None  # the action id between intent and outcome
 
@@ -161,7 +164,7 @@ class Remediator:
         problem = self.confirm(action, scope)
         verdict = judge(action, ctx, approved=approved, scope=scope, problem=problem)
         if not approved:
-            verdict = patch_checked(action, verdict, self.patches)
+            verdict = patch_checked(action, verdict, self.patches, self.hardening)
         suppressed = self.suppressed(incident_id, action) if incident_id and not approved else None
         if suppressed is not None:
             verdict = suppressed_verdict(verdict, suppressed, action)
@@ -390,10 +393,7 @@ class Remediator:
 
 __all__ = [
     "ApprovalError",
-    "Executor",
-    "FleetCheck",
     "Handled",
     "Remediator",
     "context_of",
-    "patch_checked",
 ]

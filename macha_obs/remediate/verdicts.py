@@ -9,6 +9,7 @@ from datetime import datetime
 from macha_obs.config import Config
 from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
+    SETTINGS_PATCHES,
     Action,
     ConfigChange,
     Incident,
@@ -22,6 +23,7 @@ from macha_obs.models import (
 )
 from macha_obs.policy.judge import RATE_WINDOW, PolicyContext
 from macha_obs.policy.scope import Confirmation
+from macha_obs.remediate.hardening import HardeningChecker
 from macha_obs.remediate.patches import PatchChecker
 from macha_obs.remediate.pause import PauseBook
 from macha_obs.remediate.verify import Breaker
@@ -33,16 +35,35 @@ def queue_reason(verdict: Verdict, proposal: Proposal) -> str:
     return f"{verdict.reason}. Proposed because: {proposal.reason or '-'}"
 
 
-def patch_checked(action: Action, verdict: Verdict, patches: PatchChecker) -> Verdict:
+def patch_checked(
+    action: Action,
+    verdict: Verdict,
+    patches: PatchChecker,
+    hardening: HardeningChecker | None = None,
+) -> Verdict:
     """A config_change reaches a person only as a diff that applies to the file it
     names, inside the configured directory, and leaves it parseable; otherwise the
-    verdict is a refusal naming the check that failed. Other actions pass unchanged."""
+    verdict is a refusal naming the check that failed. A hardening or tuning patch about
+    to be queued passes remediate/hardening.py's checks, whose findings the reason then
+    carries (observe acts on nothing: no copy is started there). Other actions pass
+    unchanged."""
+    if isinstance(action, SETTINGS_PATCHES) and verdict.outcome is Outcome.QUEUE:
+        if hardening is None:
+            return _refused(verdict, "no hardening checker: the patch cannot be checked")
+        refused, found = hardening.refusal(action)
+        if refused is not None:
+            return _refused(verdict, refused)
+        return verdict.model_copy(update={"reason": f"{verdict.reason}; {found}"})
     if not isinstance(action, ConfigChange) or verdict.outcome is Outcome.REFUSE:
         return verdict
     refused = patches.refusal(action)
     if refused is None:
         return verdict
     return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {refused}"})
+
+
+def _refused(verdict: Verdict, why: str) -> Verdict:
+    return verdict.model_copy(update={"outcome": Outcome.REFUSE, "reason": f"refused: {why}"})
 
 
 def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:

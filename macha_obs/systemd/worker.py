@@ -123,6 +123,7 @@ class Worker:
             "job_id": _job_id(props.get(b"Job")),
             "start_limit_burst": int(props.get(b"StartLimitBurst", 0) or 0),
             "names": [_text(n) for n in props.get(b"Names", []) or []],
+            "memory_max": int(service.get(b"MemoryMax", 0) or 0),
         }
 
     def submit(self, unit: str, verb: str) -> str:

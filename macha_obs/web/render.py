@@ -17,7 +17,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from macha_obs.models import UNIT_ACTIONS, Approval, ApprovalStatus, ConfigChange, describe_action
+from macha_obs.models import (
+    PATCH_ACTIONS,
+    SETTINGS_PATCHES,
+    UNIT_ACTIONS,
+    Approval,
+    ApprovalStatus,
+    ConfigChange,
+    describe_action,
+)
 from macha_obs.terminal import inert
 
 CSS = """\
@@ -111,10 +119,10 @@ def _when(approval: Approval) -> str:
 def rechecks(approval: Approval) -> list[str]:
     """What the policy judges again at the moment of approval (invariants 3, 5, 7, 12)."""
     action = approval.action
-    if isinstance(action, ConfigChange):
+    if isinstance(action, PATCH_ACTIONS):
         return [
-            "Nothing runs: approving marks the change read. Apply the diff by hand "
-            f"(macha-approve export {approval.id}), then rebuild."
+            "Nothing runs: approving marks the change read. Apply the patch by hand "
+            f"(macha-approve export {approval.id}), then rebuild or reload."
         ]
     checks = []
     if isinstance(action, UNIT_ACTIONS):
@@ -143,7 +151,7 @@ def _decision_forms(view: ItemView) -> str:
             f'<input type=hidden name="{esc(k)}" value="{esc(v)}">' for k, v in form.hidden
         )
 
-    label = "Mark as read" if isinstance(view.approval.action, ConfigChange) else "Approve"
+    label = "Mark as read" if isinstance(view.approval.action, PATCH_ACTIONS) else "Approve"
     return (
         '<div class="actions">'
         f'<form method=post action="{esc(view.approve.action)}">{hidden(view.approve)}'
@@ -189,6 +197,13 @@ def item_page(view: ItemView) -> bytes:
     diff = ""
     if isinstance(a.action, ConfigChange):
         diff = f"<h2>Diff</h2><div class=card><pre>{esc_block(a.action.diff)}</pre></div>"
+    if isinstance(a.action, SETTINGS_PATCHES):
+        why = "".join(f"<li>{esc(line)}</li>" for line in a.action.explain())
+        diff = (
+            f"<h2>Settings</h2><div class=card><ul>{why}</ul></div>"
+            f"<h2>Drop-in {esc(a.action.dropin_path)}</h2>"
+            f"<div class=card><pre>{esc_block(a.action.dropin())}</pre></div>"
+        )
     back = ""
     if view.list_path:
         back = f'<p><a href="{esc(view.list_path)}">All pending approvals</a></p>'
