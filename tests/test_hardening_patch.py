@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,12 @@ from macha_obs.agent.schema import (
 from macha_obs.cli import approve_main
 from macha_obs.collect.systemd import oom_at_limit
 from macha_obs.config import AutonomyLevel, Config, ConfigError
-from macha_obs.execute.runner import subprocess_runner
+from macha_obs.execute.runner import Completed, subprocess_runner
 from macha_obs.execute.transient import Systemd
 from macha_obs.models import (
     HARDENING,
+    Action,
+    ExecutionResult,
     Finding,
     FindingKind,
     HardeningKey,
@@ -47,6 +49,7 @@ from macha_obs.models import (
     Investigate,
     JournalVacuum,
     Outcome,
+    Proposal,
     Risk,
     TuneJournald,
     TuneUnit,
@@ -55,8 +58,10 @@ from macha_obs.models import (
     parse_security_table,
 )
 from macha_obs.policy.judge import PolicyContext, judge, risk_of
-from macha_obs.remediate.hardening import nixos_patch
+from macha_obs.policy.scope import Scope
+from macha_obs.remediate.hardening import HardeningChecker, nixos_patch
 from macha_obs.remediate.patches import PatchChecker, PatchRefused
+from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from tests.harness.nix_support import need
 
@@ -336,3 +341,50 @@ def test_export_writes_the_nixos_diff_that_applies_with_patch(
     )
     assert plain.exit_code == 0, plain.output
     assert plain.stdout_bytes.decode() == WEB.dropin()
+
+
+class NothingRuns:
+    """The executor seam: a settings patch must never reach it."""
+
+    def run(self, action: Action) -> ExecutionResult:
+        raise AssertionError(f"executed {action!r}")
+
+    def unit_state(self, unit: str) -> UnitState:
+        raise AssertionError(f"looked up {unit}")
+
+
+def test_invariant_4_observe_records_a_patch_and_starts_no_copy(
+    make_config: Callable[..., Config],
+) -> None:
+    calls: list[Sequence[str]] = []
+
+    def runner(argv: Sequence[str], *, timeout: float) -> Completed:
+        calls.append(argv)
+        raise AssertionError(f"ran {argv}")
+
+    cfg = make_config(autonomy_level="observe")
+    checker = HardeningChecker(None, runner=runner)
+    rem = Remediator(cfg, Store(cfg.state_dir), NothingRuns(), hardening=checker)
+    handled = rem.handle("inc", Proposal(action=WEB), Scope())
+    assert handled.verdict.outcome is Outcome.RECORD
+    assert calls == []
+
+
+def test_a_check_that_cannot_run_refuses_and_queues_nothing(
+    make_config: Callable[..., Config],
+) -> None:
+    """The bus says no (an unprivileged sidecar without the polkit rule): fail closed."""
+
+    def runner(argv: Sequence[str], *, timeout: float) -> Completed:
+        return Completed(tuple(argv), 1, "Call failed: Access denied\n")
+
+    cfg = make_config(autonomy_level="suggest")
+    checker = HardeningChecker(None, runner=runner)
+    rem = Remediator(cfg, Store(cfg.state_dir), NothingRuns(), hardening=checker)
+    handled = rem.handle("inc", Proposal(action=WEB), Scope())
+    assert handled.verdict.outcome is Outcome.REFUSE
+    assert handled.verdict.reason == (
+        "refused: cannot read web.service from systemd: busctl call LoadUnit: "
+        "Call failed: Access denied"
+    )
+    assert rem.store.list_approvals(None) == []

@@ -48,7 +48,11 @@ WEB_UNIT = """\
 Description=A deliberately unhardened listening service
 
 [Service]
-ExecStart=/usr/bin/python3 -m http.server 18080 --bind 0.0.0.0
+Environment=MACHA_LAB_MODE=web
+ExecStart=/usr/bin/python3 -c "import os, runpy, sys; \
+assert os.environ['MACHA_LAB_MODE'] == 'web', 'no environment'; \
+sys.argv = ['http.server', '18080', '--bind', '0.0.0.0']; \
+runpy.run_module('http.server', run_name='__main__')"
 """
 HOG = "macha-lab-hog.service"
 HOG_UNIT = """\
@@ -111,7 +115,7 @@ def test_an_unhardened_listener_gets_a_checked_patch_queued_at_auto_full_and_nev
     assert handled.verdict.outcome is Outcome.QUEUE, handled.verdict.reason
     reason = handled.verdict.reason
     assert "verify: systemd-analyze verify passed" in reason
-    assert "stayed active 1s in a sandbox (PrivateNetwork=yes)" in reason
+    assert "stayed active 1s in a sandbox (PrivateNetwork=yes, PrivateTmp=yes)" in reason
     assert "exposure 9.6 UNSAFE -> " in reason
     after_score = float(reason.split("exposure 9.6 UNSAFE -> ")[1].split()[0])
     assert after_score < 9.6

@@ -46,6 +46,8 @@ class UnitFacts:
     user: str
     group: str
     working_directory: str
+    environment: tuple[str, ...] = ()
+    environment_files: tuple[tuple[str, bool], ...] = ()  # (path, missing is fine)
 
 
 class Systemd:
@@ -66,38 +68,53 @@ class Systemd:
         self.analyze = analyze
         self.timeout = timeout
 
-    def _bus(self, *args: str, json_out: bool = True) -> str:
+    def _bus(self, what: str, *args: str) -> str:
         where = f"--address={self.address}" if self.address else "--system"
-        argv = [self.busctl, where, *(["--json=short"] if json_out else []), *args]
+        argv = [self.busctl, where, "--json=short", *args]
         done = self.runner(argv, timeout=self.timeout)
         if done.returncode != 0:
             said = " ".join(done.output.split())[:300]
-            raise BusError(f"busctl {args[0]} {args[-1] if len(args) > 1 else ''}: {said}")
+            raise BusError(f"busctl {what}: {said}")
         return done.output
 
     def _call(self, method: str, signature: str, *args: str) -> Any:
-        out = self._bus("call", "--", DEST, ROOT, MANAGER, method, signature, *args)
-        return json.loads(out)["data"]
+        what = f"call {method}"
+        out = self._bus(what, "call", "--", DEST, ROOT, MANAGER, method, signature, *args)
+        values = _json_lines(out, what)
+        return values[0] if values else None
 
     def _properties(self, path: str, interface: str, names: Sequence[str]) -> list[Any]:
-        out = self._bus("get-property", "--", DEST, path, interface, *names)
-        values = [json.loads(line)["data"] for line in out.splitlines() if line.strip()]
+        what = f"get-property {interface.rsplit('.', 1)[-1]}"
+        out = self._bus(what, "get-property", "--", DEST, path, interface, *names)
+        values = _json_lines(out, what)
         if len(values) != len(names):
-            raise BusError(f"busctl get-property {interface}: {len(values)} of {len(names)}")
+            raise BusError(f"busctl {what}: {len(values)} of {len(names)} properties")
         return values
 
     def unit_path(self, unit: str) -> str:
-        return str(self._call("LoadUnit", "s", unit)[0])
+        found = self._call("LoadUnit", "s", unit)
+        if not isinstance(found, list) or not found:
+            raise BusError(f"busctl LoadUnit {unit}: no object path in the answer")
+        return str(found[0])
 
     def facts(self, unit: str) -> UnitFacts:
         path = self.unit_path(unit)
         load, fragment, dropins, triggered = self._properties(
             path, UNIT, ["LoadState", "FragmentPath", "DropInPaths", "TriggeredBy"]
         )
-        kind, exec_start, memory_max, user, group, workdir = self._properties(
+        kind, exec_start, memory_max, user, group, workdir, env, env_files = self._properties(
             path,
             SERVICE,
-            ["Type", "ExecStart", "MemoryMax", "User", "Group", "WorkingDirectory"],
+            [
+                "Type",
+                "ExecStart",
+                "MemoryMax",
+                "User",
+                "Group",
+                "WorkingDirectory",
+                "Environment",
+                "EnvironmentFiles",
+            ],
         )
         return UnitFacts(
             unit=unit,
@@ -111,6 +128,8 @@ class Systemd:
             user=str(user),
             group=str(group),
             working_directory=str(workdir),
+            environment=tuple(str(e) for e in env),
+            environment_files=tuple((str(f[0]), bool(f[1])) for f in env_files),
         )
 
     def active_state(self, unit: str) -> tuple[str, str]:
@@ -145,6 +164,20 @@ class Systemd:
     def security(self, unit_file: str) -> Completed:
         argv = [self.analyze, "security", "--offline=true", "--no-pager", unit_file]
         return self.runner(argv, timeout=self.timeout)
+
+
+def _json_lines(out: str, what: str) -> list[Any]:
+    """The values of busctl's --json=short lines; anything else it printed (a warning on
+    stderr, which the runner merges) is skipped. BusError when a value line is not JSON."""
+    values = []
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            values.append(json.loads(line)["data"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BusError(f"busctl {what}: unreadable answer {line[:200]!r}") from exc
+    return values
 
 
 def exec_property(path: str, argv: Sequence[str]) -> list[str]:

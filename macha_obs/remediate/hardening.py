@@ -5,12 +5,15 @@ from them. Before it is queued, for a service:
 - a copy of the unit file (and its drop-ins) with the new drop-in beside it, in a
   temporary directory of ours, passes `systemd-analyze verify` - a failure, or any word
   of verify's about our drop-in, refuses it;
-- a transient copy of the unit (`macha-check-<unit>-<id>`, its ExecStart, User, Group
-  and WorkingDirectory read from systemd, never from a proposal) with the new settings
-  and a sandbox (PrivateNetwork=yes: it cannot bind the real port or talk out) must start
-  and stay active for the observation window; it is stopped afterwards whatever happens.
-  A unit that cannot be copied so (a oneshot, Type=notify or forking, socket-activated)
-  says "not tried: <why>";
+- a transient copy of the unit (`macha-check-<unit>-<id>`, its ExecStart, User, Group,
+  WorkingDirectory and environment read from systemd, never from a proposal) with the
+  new settings and a sandbox (PrivateNetwork=yes: it cannot bind the real port or talk
+  out; PrivateTmp=yes) must start and stay active for the observation window; it is
+  stopped afterwards whatever happens, and RuntimeMaxSec= stops it should we not. It
+  shares the real service's writable paths (its state directory) unless the proposal
+  itself makes them read-only: that is why only simple and exec services are copied, for
+  a short window. A unit that cannot be copied so (a oneshot, Type=notify or forking,
+  socket-activated) says "not tried: <why>";
 - the exposure score of the copy without and with the drop-in
   (`systemd-analyze security --offline=true`) is shown before and after;
 - with `nixos_config_dir` set, the same settings as a unified diff of its
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from macha_obs.config import Config
 from macha_obs.errors import RunnerError
 from macha_obs.execute.runner import Runner, subprocess_runner
 from macha_obs.execute.transient import (
@@ -132,6 +136,11 @@ class HardeningChecker:
         self.token = token
         self.patches = patches or PatchChecker(config_dir, runner=runner)
         self._seen: dict[str, tuple[float, str | None, str]] = {}
+
+    @classmethod
+    def for_config(cls, config: Config) -> HardeningChecker:
+        """The checker the sidecar uses: its NixOS directory and its systemd bus."""
+        return cls(config.nixos_config_dir, address=config.systemd_bus_address)
 
     def refusal(self, action: SettingsPatch) -> tuple[str | None, str]:
         """(why it is refused or None, what the checks found). A result is kept for an
@@ -251,7 +260,10 @@ class HardeningChecker:
         props = [
             ["Description", "s", f"macha-obs check of {facts.unit} (a sandboxed copy)"],
             exec_property(path, argv),
+            # the sandbox: no network but its own loopback (the real port stays the real
+            # service's, nothing goes out), and its own /tmp (no pid file of the real one)
             ["PrivateNetwork", "b", "true"],
+            ["PrivateTmp", "b", "true"],
             ["RuntimeMaxUSec", "t", str(int((self.window + 60) * 1e6))],
             ["CollectMode", "s", "inactive-or-failed"],
         ]
@@ -262,6 +274,11 @@ class HardeningChecker:
         ):
             if value:
                 props.append([key, "s", value])
+        if facts.environment:
+            props.append(["Environment", "as", str(len(facts.environment)), *facts.environment])
+        if facts.environment_files:
+            files = [w for f, ok in facts.environment_files for w in (f, str(ok).lower())]
+            props.append(["EnvironmentFiles", "a(sb)", str(len(facts.environment_files)), *files])
         for key, value in action.pairs():
             props.append(setting_property(key, value, _BUS_TYPES.get(key, "t")))
         try:
@@ -284,7 +301,10 @@ class HardeningChecker:
                     f"{state}/{sub} after {elapsed:.1f}s"
                 )
             if elapsed >= self.window and state == "active":
-                return f"{name} stayed active {self.window:g}s in a sandbox (PrivateNetwork=yes)"
+                return (
+                    f"{name} stayed active {self.window:g}s in a sandbox "
+                    "(PrivateNetwork=yes, PrivateTmp=yes)"
+                )
             if elapsed >= self.window + 10:
                 raise PatchRefused(f"the copy {name} was still {state}/{sub} after {elapsed:.1f}s")
             self.sleep(POLL)

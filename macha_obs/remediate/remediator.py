@@ -103,7 +103,7 @@ class Remediator:
         self.executor = executor
         self.scope_of = scope_of
         self.patches = patches or PatchChecker(config.nixos_config_dir)
-        self.hardening = hardening or HardeningChecker(config.nixos_config_dir)
+        self.hardening = hardening or HardeningChecker.for_config(config)
         self.clock = clock
         self.verifier = verifier or Verifier(config, store, clock)
         self.fleet_check = fleet_check
