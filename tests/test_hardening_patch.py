@@ -63,6 +63,7 @@ from macha_obs.remediate.hardening import HardeningChecker, nixos_patch
 from macha_obs.remediate.patches import PatchChecker, PatchRefused
 from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
+from macha_obs.web.render import Form, ItemView, item_page
 from tests.harness.nix_support import need
 
 MIB = 1 << 20
@@ -388,3 +389,74 @@ def test_a_check_that_cannot_run_refuses_and_queues_nothing(
         "Call failed: Access denied"
     )
     assert rem.store.list_approvals(None) == []
+
+
+def test_the_approvals_page_shows_the_settings_the_dropin_and_marks_it_read(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path / "state") as store:
+        approval = store.enqueue("inc", WEB, risk=Risk.HIGH, reason="checks: ...", ttl=600)
+    form = Form(action="/approvals/0", hidden=())
+    html = item_page(ItemView(approval=approval, approve=form, reject=form)).decode()
+    assert "<h2>Drop-in /etc/systemd/system/web.service.d/50-macha-hardening.conf</h2>" in html
+    assert "NoNewPrivileges=yes\nProtectSystem=strict" in html
+    assert "risk: a service that runs sudo" in html
+    assert "Mark as read</button>" in html
+    assert "Nothing runs: approving marks the change read." in html
+
+
+def test_an_unprivileged_sidecar_says_the_copy_was_not_tried_and_keeps_the_other_checks(
+    tmp_path: Path,
+) -> None:
+    """systemd answers StartTransientUnit with Access denied (polkit, systemd 252 asks
+    without the unit's name, so no rule can allow only our copies): the copy is "not
+    tried" with that reason; verify and the scores are the real systemd-analyze's."""
+    unit = tmp_path / "web.service"
+    unit.write_text("[Service]\nExecStart=/usr/bin/python3 -m http.server 18081\n")
+    answers = {
+        "LoadUnit": '{"type":"o","data":["/org/freedesktop/systemd1/unit/web_2eservice"]}',
+        "org.freedesktop.systemd1.Unit": "\n".join(
+            [
+                '{"type":"s","data":"loaded"}',
+                f'{{"type":"s","data":"{unit}"}}',
+                '{"type":"as","data":[]}',
+                '{"type":"as","data":[]}',
+            ]
+        ),
+        "org.freedesktop.systemd1.Service": "\n".join(
+            [
+                '{"type":"s","data":"simple"}',
+                '{"type":"a(sasbttttuii)","data":[["/usr/bin/python3",'
+                '["/usr/bin/python3","-m","http.server","18081"],false,0,0,0,0,0,0,0]]}',
+                f'{{"type":"t","data":{2**64 - 1}}}',
+                '{"type":"s","data":""}',
+                '{"type":"s","data":""}',
+                '{"type":"s","data":""}',
+                '{"type":"as","data":[]}',
+                '{"type":"a(sb)","data":[]}',
+            ]
+        ),
+    }
+    started: list[Sequence[str]] = []
+
+    def runner(argv: Sequence[str], *, timeout: float) -> Completed:
+        if argv[0] != "busctl":
+            return subprocess_runner(argv, timeout=timeout)  # the real systemd-analyze
+        if "StartTransientUnit" in argv:
+            started.append(argv)
+            return Completed(tuple(argv), 1, "Call failed: Access denied\n")
+        for word, answer in answers.items():
+            if word in argv:
+                return Completed(tuple(argv), 0, answer + "\n")
+        return Completed(tuple(argv), 1, "Call failed: Unit not loaded.\n")
+
+    report = HardeningChecker(None, runner=runner).check(WEB)
+    assert report.copy == (
+        "not tried: systemd does not let this user start a transient unit "
+        "(busctl call StartTransientUnit: Call failed: Access denied)"
+    )
+    assert len(started) == 1
+    assert report.verify == "systemd-analyze verify passed"
+    assert report.before is not None
+    assert report.after is not None
+    assert report.after.score < report.before.score
