@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from macha_obs.agent.runbooks import hardening_for, runbook_proposals
+from macha_obs.agent.runbooks import hardening_for, runbook_decision, runbook_proposals
 from macha_obs.agent.schema import (
     LlmDecision,
     OutputInvalid,
@@ -42,6 +42,8 @@ from macha_obs.models import (
     ExecutionResult,
     Finding,
     FindingKind,
+    FixKey,
+    FixRecord,
     HardeningKey,
     HardeningSetting,
     HardenUnit,
@@ -51,11 +53,13 @@ from macha_obs.models import (
     Outcome,
     Proposal,
     Risk,
+    Signature,
     TuneJournald,
     TuneUnit,
     UnitState,
     parse_action,
     parse_security_table,
+    signature_of,
 )
 from macha_obs.policy.judge import PolicyContext, judge, risk_of
 from macha_obs.policy.scope import Scope
@@ -277,17 +281,34 @@ def test_the_runbook_raises_memory_max_by_a_bounded_factor_as_a_patch() -> None:
     assert [type(p.action) for p in proposals] == [Investigate]
 
 
-def test_a_filling_journal_gets_a_vacuum_and_a_journald_cap() -> None:
+def test_a_journal_that_fills_again_after_a_vacuum_gets_a_journald_cap() -> None:
     finding = Finding(
         kind=FindingKind.DISK_FILLING,
         subject="/var",
         summary="/var is 95% full",
         details={"used_ratio": 0.95, "avail_bytes": 1 << 30, "holds_journal": True},
     )
-    proposals, _ = runbook_proposals(Incident(id="i", source="finding", findings=[finding]))
-    actions = [p.action for p in proposals]
-    assert actions[0] == JournalVacuum()
-    assert actions[1] == TuneJournald(system_max_use=1 << 30)  # 5% of 20 GiB
+    incident = Incident(id="i", source="finding", findings=[finding])
+    first = runbook_decision(incident, history=lambda _signature: ())
+    assert [p.action for p in first.proposals] == [JournalVacuum()]  # filling once: a vacuum
+    vacuumed = FixRecord(
+        signature=signature_of(incident, JournalVacuum()),
+        fix=FixKey(kind="journal_vacuum"),
+        auto_executed=1,
+    )
+
+    def history(signature: Signature) -> Sequence[FixRecord]:
+        return [vacuumed] if signature == vacuumed.signature else []
+
+    again = runbook_decision(incident, history=history)
+    actions = [p.action for p in again.proposals]
+    assert TuneJournald(system_max_use=1 << 30) in actions  # 5% of 20 GiB
+    assert JournalVacuum() in actions
+    cap = next(p for p in again.proposals if isinstance(p.action, TuneJournald))
+    assert cap.reason == (
+        "/var holds the journal and fills again after 1 vacuum(s): "
+        "cap journald at 1.00 GiB (a patch)"
+    )
 
 
 # ---------------------------------------------------------------- NixOS: the diff and export

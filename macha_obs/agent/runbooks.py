@@ -47,8 +47,10 @@ from macha_obs.models import (
     TuneUnit,
     UnitExposure,
     UnitStatus,
+    fix_of,
     journal_cap,
     memory_raise,
+    signature_of,
     size_text,
 )
 from macha_obs.policy.scope import classify_alert
@@ -114,7 +116,6 @@ def _space(e: Evidence) -> list[tuple[Action, str]]:
     found: list[tuple[Action, str]] = []
     if e.details.get(HOLDS_JOURNAL) is True and e.kind is FindingKind.DISK_FILLING:
         found.append((JournalVacuum(), f"{e.where} holds the journal: shrink archived journals"))
-        found.extend(_journal_cap(e))
     if e.details.get(HOLDS_NIX_STORE) is True:
         found.append((NixGc(), f"{e.where} holds the Nix store: collect unreferenced paths"))
     if not found:
@@ -123,15 +124,35 @@ def _space(e: Evidence) -> list[tuple[Action, str]]:
     return found
 
 
-def _journal_cap(e: Evidence) -> list[tuple[Action, str]]:
-    """A journal that keeps filling its file system: cap journald, as a patch a person
-    applies (the vacuum only frees space until it fills again)."""
-    used, avail = e.details.get("used_ratio"), e.details.get("avail_bytes")
-    if not isinstance(used, float | int) or not isinstance(avail, int) or not 0 < used < 1:
-        return []
-    cap = journal_cap(round(avail / (1 - used)))
-    why = f"{e.where} holds the journal and fills: cap journald at {size_text(cap)} (a patch)"
-    return [(TuneJournald(system_max_use=cap), why)]
+def journal_caps(incident: Incident, history: History) -> list[Proposal]:
+    """A journal that keeps filling its file system: the vacuum already ran for this
+    problem (the record says so) and it fills again. Then cap journald, as a patch a
+    person applies; the vacuum alone only frees space until the next time."""
+    vacuum = JournalVacuum()
+    ran = sum(
+        r.auto_executed + r.approved
+        for r in history(signature_of(incident, vacuum))
+        if r.fix == fix_of(vacuum)
+    )
+    found = []
+    for f in incident.findings:
+        used, avail = f.details.get("used_ratio"), f.details.get("avail_bytes")
+        if (
+            not ran
+            or f.kind is not FindingKind.DISK_FILLING
+            or f.details.get(HOLDS_JOURNAL) is not True
+        ):
+            continue
+        if not isinstance(used, float | int) or not isinstance(avail, int) or not 0 < used < 1:
+            continue
+        cap = journal_cap(round(avail / (1 - used)))
+        why = (
+            f"{f.subject} holds the journal and fills again after {ran} vacuum(s): cap "
+            f"journald at {size_text(cap)} (a patch)"
+        )
+        action = TuneJournald(system_max_use=cap)
+        found.append(Proposal(action=action, reason=why, evidence=[f"finding {f.key}"[:200]]))
+    return found[:1]
 
 
 def _memory(e: Evidence) -> list[tuple[Action, str]]:
@@ -323,9 +344,11 @@ def runbook_decision(
 ) -> Decision:
     """The runbooks' decision. With `error` (the model failed) the assessment stays
     "unknown" whatever the runbooks propose (DESIGN.md invariant 8). With `history`, the
-    same proposals in the order of what has worked on this host (agent/history.py)."""
+    same proposals in the order of what has worked on this host (agent/history.py), and
+    a journald cap when the journal fills again after a vacuum (journal_caps)."""
     proposals, kinds = runbook_proposals(incident, unit_status)
     if history is not None:
+        proposals = (proposals + journal_caps(incident, history))[:5]
         proposals = order_by_outcomes(incident, proposals, history)
     if error or not kinds:
         assessment = Assessment.UNKNOWN
