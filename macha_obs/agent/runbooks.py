@@ -39,6 +39,7 @@ from macha_obs.models import (
     ResetFailed,
     RestartUnit,
     Severity,
+    StartUnit,
     TopProcesses,
     UnitStatus,
 )
@@ -113,6 +114,24 @@ def _space(e: Evidence) -> list[tuple[Action, str]]:
     return found
 
 
+_BACKUP_KINDS = frozenset({FindingKind.BACKUP_FAILED, FindingKind.BACKUP_STALE})
+
+
+def _backup(e: Evidence) -> list[tuple[Action, str]]:
+    """A failed backup: its journal, and a re-run the policy queues for a person (a backup
+    runs by itself only where trusted_actions names start_unit:<that unit>). A late one
+    (a timer off, a host that slept, a skipped condition): a look, never a start."""
+    unit = e.unit
+    if unit is None or e.kind not in _BACKUP_KINDS:
+        return []
+    if e.kind is FindingKind.BACKUP_STALE:
+        return [(Investigate(diagnostic=UnitStatus(unit=unit)), f"backup {unit} is late")]
+    return [
+        (Investigate(diagnostic=JournalTail(unit=unit)), f"backup {unit} failed: why"),
+        (StartUnit(unit=unit), f"backup {unit} failed: run it again"),
+    ]
+
+
 def _actions(e: Evidence) -> list[tuple[Action, str]]:
     """The runbook for one kind of problem: (action, why)."""
     kind, unit, start_limit = e.kind, e.unit, e.start_limit
@@ -172,6 +191,14 @@ def _actions(e: Evidence) -> list[tuple[Action, str]]:
     return [(Investigate(diagnostic=FailedUnits()), f"{kind.value} without a unit name")]
 
 
+def _backup_units(incident: Incident) -> set[str]:
+    """The units the incident's evidence says are backups."""
+    units = {f.unit for f in incident.findings if f.kind in _BACKUP_KINDS and f.unit}
+    alerted = (a for a in incident.alerts if a.firing and a.unit)
+    units.update(a.unit for a in alerted if classify_alert(a) in _BACKUP_KINDS and a.unit)
+    return units
+
+
 def runbook_proposals(
     incident: Incident, unit_status: Mapping[str, str] | None = None
 ) -> tuple[list[Proposal], list[FindingKind]]:
@@ -181,10 +208,13 @@ def runbook_proposals(
     status = unit_status or {}
     seen: dict[str, Proposal] = {}
     kinds: list[FindingKind] = []
+    backups = _backup_units(incident)
 
     def add(e: Evidence, evidence: str) -> None:
         kinds.append(e.kind)
-        for action, why in _actions(e):
+        for action, why in _backup(e) or _actions(e):
+            if isinstance(action, RestartUnit) and action.unit in backups:
+                continue  # a failed backup is re-run (start_unit, for a person), not restarted
             key = action.model_dump_json()
             if key not in seen:
                 seen[key] = Proposal(action=action, reason=why, evidence=[evidence[:200]])

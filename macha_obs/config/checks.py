@@ -78,6 +78,50 @@ def merged_protected(values: list[str]) -> tuple[str, ...]:
     return tuple(merged)
 
 
+# posture: backups. NixOS's services.restic.backups and services.borgbackup.jobs, and
+# the units Debian's packages ship (bookworm: borgmatic 1.7.7-1 and btrbk 0.32.5-1 install
+# borgmatic.service/.timer and btrbk.service/.timer; restic, borgbackup, backupninja,
+# rsnapshot and duplicity ship none: they run from cron or by hand).
+DEFAULT_BACKUP_UNITS = (
+    "restic-backups-*.service",
+    "borgbackup-job-*.service",
+    "borgmatic.service",
+    "btrbk.service",
+)
+_MAX_INTERVAL = 366 * 86400.0
+
+
+def unit_globs(values: list[str]) -> tuple[str, ...]:
+    """Unit names or globs, each once: no spaces, no slashes."""
+    globs = [v.strip() for v in values if v.strip()]
+    for pattern in globs:
+        if any(c.isspace() for c in pattern) or "/" in pattern:
+            raise ValueError(f"{pattern!r} is not a unit name or glob")
+    return tuple(dict.fromkeys(globs))
+
+
+def unit_intervals(value: object) -> dict[str, float]:
+    """{unit glob: seconds}, from a table or (the environment) a JSON object."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        # ValueError, not TypeError: pydantic reports only the former as a bad value
+        raise ValueError("expected a table of unit glob = seconds")  # noqa: TRY004
+    out: dict[str, float] = {}
+    for pattern, seconds in value.items():
+        globs = unit_globs([str(pattern)])
+        if not globs:
+            raise ValueError("an empty unit glob")
+        glob = globs[0]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float | str):
+            raise ValueError(f"{glob}: expected seconds, not {seconds!r}")  # noqa: TRY004
+        number = float(seconds)
+        if not 60 <= number <= _MAX_INTERVAL:  # nan fails this too
+            raise ValueError(f"{glob}: {number:g} s is not between 60 s and 366 days")
+        out[glob] = number
+    return out
+
+
 # ------------------------------------------------------------------ names and addresses
 
 

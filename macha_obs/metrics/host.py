@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from macha_obs import __version__
+from macha_obs.metrics.backups import backup_families
 from macha_obs.models import (
     CPU_MODES,
     BootReading,
@@ -300,6 +301,7 @@ class SnapshotCollector(Collector):
             (_network, snapshot.network),
             (_boot, snapshot.boot),
             (_nixos, snapshot.nixos),
+            (backup_families, snapshot.backups),
         )
         for families, reading in readings:
             if reading is not None:

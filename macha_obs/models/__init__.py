@@ -9,6 +9,7 @@
     snapshot   what the collectors saw in one cycle
     learning   problem signatures, fix keys, outcome records and suppressions
     exposure   a service's security exposure as systemd-analyze scores it
+    backups    each backup unit's last run, result, last success and expected interval
 
 Import from here (`from macha_obs.models import Incident`), never from the modules:
 `__all__` is what the rest of the package uses, and a test holds it to that.
@@ -42,6 +43,7 @@ from macha_obs.models.actions import (
     parse_action,
 )
 from macha_obs.models.alerts import ZERO_TIME, Alert, AlertGroup
+from macha_obs.models.backups import BackupReading, BackupsReading, IntervalSource
 from macha_obs.models.exposure import (
     UnitExposure,
     parse_security_json,
@@ -124,6 +126,8 @@ __all__ = [
     "Approval",
     "ApprovalStatus",
     "Assessment",
+    "BackupReading",
+    "BackupsReading",
     "BootReading",
     "CollectorRun",
     "ConfigChange",
@@ -141,6 +145,7 @@ __all__ = [
     "FixKey",
     "FixRecord",
     "Incident",
+    "IntervalSource",
     "InvalidUnitName",
     "Investigate",
     "JournalReading",

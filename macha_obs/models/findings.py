@@ -31,6 +31,9 @@ class FindingKind(StrEnum):
     CPU_HIGH = "cpu_high"
     LOAD_HIGH = "load_high"
     SWAP_HIGH = "swap_high"
+    # posture: backups (collect/backups.py): the last run failed; no success for too long
+    BACKUP_FAILED = "backup_failed"
+    BACKUP_STALE = "backup_stale"
 
 
 # The collector that reports each kind: when it fails, what it would say is unknown.
@@ -48,6 +51,8 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.CPU_HIGH: "resources",
     FindingKind.LOAD_HIGH: "resources",
     FindingKind.SWAP_HIGH: "resources",
+    FindingKind.BACKUP_FAILED: "backups",
+    FindingKind.BACKUP_STALE: "backups",
 }
 
 

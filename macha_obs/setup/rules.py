@@ -211,6 +211,9 @@ def rule_values(cfg: Config) -> dict[str, str]:
         "readyz_url": readyz_url(cfg),
         "approvals_url": approvals_url(cfg),
         "runbook_base": cfg.runbook_url_base.rstrip("/"),
+        # posture: backups
+        "backup_grace": number(cfg.backup_grace),
+        "backup_grace_spoken": spoken(cfg.backup_grace),
     }
     for name, value in values.items():
         pattern = _SAFE_URL if name in _URL_VALUES else _SAFE_VALUE
