@@ -276,12 +276,14 @@ class BackupsCollector:
         if known.encode() != stored:  # written only when something changed
             self.meta.set_meta(key, known.encode())
         interval, source = expected_interval(run, self.intervals)
+        # systemd's result and status describe the remembered run only if it still knows it
+        current = run.last_run is not None and run.last_run == known.last_run
         return BackupReading(
             unit=run.unit,
             load_state=run.load_state,
             active_state=run.active_state,
-            result=run.result,
-            exit_status=run.exit_status,
+            result=run.result if current else "",
+            exit_status=run.exit_status if current else None,
             timer=run.timer,
             last_run=known.last_run,
             last_run_success=known.last_run_success,
