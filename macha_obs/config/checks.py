@@ -78,15 +78,9 @@ def merged_protected(values: list[str]) -> tuple[str, ...]:
     return tuple(merged)
 
 
-# posture: backups. NixOS's services.restic.backups and services.borgbackup.jobs, and
-# the units Debian's packages ship (bookworm: borgmatic 1.7.7-1 and btrbk 0.32.5-1 install
-# borgmatic.service/.timer and btrbk.service/.timer; restic, borgbackup, backupninja,
-# rsnapshot and duplicity ship none: they run from cron or by hand).
-DEFAULT_BACKUP_UNITS = (
-    "restic-backups-*.service",
-    "borgbackup-job-*.service",
-    "borgmatic.service",
-    "btrbk.service",
+# posture: backups. The default globs live in a file the NixOS module reads too.
+DEFAULT_BACKUP_UNITS: tuple[str, ...] = tuple(
+    json.loads(Path(__file__).with_name("backup_units.json").read_text())["units"]
 )
 _MAX_INTERVAL = 366 * 86400.0
 
