@@ -25,6 +25,7 @@ from macha_obs.collect.meta import MemoryMeta
 from macha_obs.config import AutonomyLevel, Config, load
 from macha_obs.metrics import build_registry
 from macha_obs.models import (
+    Alert,
     BackupsReading,
     Finding,
     FindingKind,
@@ -41,6 +42,7 @@ from macha_obs.models import Snapshot as SnapshotModel
 from macha_obs.policy.judge import PolicyContext, judge
 from macha_obs.policy.scope import Confirmation, Scope
 from macha_obs.setup.rules import render
+from tests.harness.receiver_support import alert
 
 US = 1_000_000
 T0 = 1_764_000_000.0
@@ -343,6 +345,21 @@ def test_a_failed_backup_is_investigated_and_rerun_never_restarted() -> None:
         Investigate(diagnostic=JournalTail(unit=DEMO)),
         StartUnit(unit=DEMO),
     ]
+
+
+def test_the_rules_alerts_lead_to_the_same_runbooks() -> None:
+    """MachaBackupFailed and MachaUnitFailed from Alertmanager about one backup unit: the
+    `macha_finding` label says it is a backup, so it is re-run, never restarted."""
+    labels = {"unit": DEMO, "instance": "testhost"}
+    failed = alert("MachaBackupFailed", macha_finding="backup_failed", **labels)
+    alerts = [Alert.model_validate(a) for a in (alert("MachaUnitFailed", **labels), failed)]
+    proposals, kinds = runbook_proposals(Incident(id="i2", source="alert", alerts=alerts))
+    assert kinds == [FindingKind.UNIT_FAILED, FindingKind.BACKUP_FAILED]
+    assert [p.action for p in proposals] == [
+        Investigate(diagnostic=JournalTail(unit=DEMO)),
+        StartUnit(unit=DEMO),
+    ]
+    assert Scope.of([Incident(id="i2", source="alert", alerts=alerts)]).units == {DEMO}
 
 
 def test_a_stale_backup_is_only_looked_at() -> None:
