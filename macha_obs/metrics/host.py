@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from macha_obs import __version__
+from macha_obs.metrics.exposure import exposure_families
 from macha_obs.models import (
     CPU_MODES,
     BootReading,
@@ -300,6 +301,7 @@ class SnapshotCollector(Collector):
             (_network, snapshot.network),
             (_boot, snapshot.boot),
             (_nixos, snapshot.nixos),
+            (exposure_families, snapshot.exposure),
         )
         for families, reading in readings:
             if reading is not None:

@@ -43,6 +43,8 @@ from macha_obs.models.actions import (
 )
 from macha_obs.models.alerts import ZERO_TIME, Alert, AlertGroup
 from macha_obs.models.exposure import (
+    ExposureReading,
+    ScoredUnit,
     UnitExposure,
     parse_security_json,
     parse_security_overview,
@@ -134,6 +136,7 @@ __all__ = [
     "DisksReading",
     "Execution",
     "ExecutionResult",
+    "ExposureReading",
     "FailedUnits",
     "FilesystemReading",
     "Finding",
@@ -162,6 +165,7 @@ __all__ = [
     "ResourcesReading",
     "RestartUnit",
     "Risk",
+    "ScoredUnit",
     "Severity",
     "Signature",
     "Snapshot",

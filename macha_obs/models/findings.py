@@ -31,6 +31,10 @@ class FindingKind(StrEnum):
     CPU_HIGH = "cpu_high"
     LOAD_HIGH = "load_high"
     SWAP_HIGH = "swap_high"
+    # posture: exposure. A service listening beyond loopback scores above the threshold;
+    # a service's score rose after a generation switch or a package change
+    SERVICE_EXPOSED = "service_exposed"
+    EXPOSURE_ROSE = "exposure_rose"
 
 
 # The collector that reports each kind: when it fails, what it would say is unknown.
@@ -48,6 +52,8 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.CPU_HIGH: "resources",
     FindingKind.LOAD_HIGH: "resources",
     FindingKind.SWAP_HIGH: "resources",
+    FindingKind.SERVICE_EXPOSED: "exposure",
+    FindingKind.EXPOSURE_ROSE: "exposure",
 }
 
 
