@@ -14,7 +14,6 @@ import pytest
 
 from macha_obs.collect.base import collect_all
 from macha_obs.collect.exposure import ExposureCollector, read_host_changes
-from macha_obs.collect.exposure_listeners import listening_units
 from macha_obs.metrics import build_registry
 from macha_obs.models import FindingKind
 from macha_obs.systemd.bus import IsolatedBus
@@ -26,9 +25,9 @@ from tests.harness.exposure_support import (
     UNHARDENED_TEXT,
     analyze_overall,
     lab_runner,
-    unit_texts,
+    start_services,
 )
-from tests.harness.labsd import LabSystemd, wait_until
+from tests.harness.labsd import LabSystemd
 from tests.harness.systemd_fixtures import UnitFactory
 
 pytestmark = pytest.mark.systemd
@@ -53,17 +52,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def start_services(lab: LabSystemd, unit_factory: UnitFactory) -> None:
-    for name, text in unit_texts().items():
-        unit_factory(name, text)
-    lab.run("systemctl", "start", *unit_texts())
-    every = set(unit_texts())
-    for name in every:
-        lab.wait_for_state(name, "active")
-    # listening is an event: wait for each socket, not for time
-    assert wait_until(lambda: listening_units(every) == {OPEN, HARDENED}, timeout=20)
 
 
 def test_the_unhardened_listener_is_reported_and_nothing_else(

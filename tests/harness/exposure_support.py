@@ -14,7 +14,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 from macha_obs.collect.exposure import Runner
-from tests.harness.labsd import LabSystemd
+from macha_obs.collect.exposure_listeners import listening_units
+from tests.harness.labsd import LabSystemd, wait_until
+from tests.harness.systemd_fixtures import UnitFactory
 
 PORT_OPEN, PORT_HARD, PORT_LOOP = 18461, 18462, 18463
 OPEN = "labsd-expo-open.service"  # unhardened, listens on every address
@@ -73,3 +75,14 @@ def analyze_overall(lab: LabSystemd, unit: str) -> float:
     assert found is not None, out[-300:]
     assert found[1] == unit, out[-300:]
     return float(found[2])
+
+
+def start_services(lab: LabSystemd, unit_factory: UnitFactory) -> None:
+    for name, text in unit_texts().items():
+        unit_factory(name, text)
+    lab.run("systemctl", "start", *unit_texts())
+    every = set(unit_texts())
+    for name in every:
+        lab.wait_for_state(name, "active")
+    # listening is an event: wait for each socket, not for time
+    assert wait_until(lambda: listening_units(every) == {OPEN, HARDENED}, timeout=20)
