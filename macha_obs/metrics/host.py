@@ -223,7 +223,7 @@ def _nixos(r: NixosReading) -> Iterator[Metric]:
 
 
 def _findings(snapshot: Snapshot) -> Iterator[Metric]:
-    # 10 series: one per finding kind, 0 included, so "no findings" is a value
+    # one series per finding kind (15), 0 included, so "no findings" is a value
     family = GaugeMetricFamily(
         "macha_findings", "findings in the latest snapshot by kind", labels=["kind"]
     )
@@ -236,7 +236,7 @@ def _findings(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 def _collectors(snapshot: Snapshot) -> Iterator[Metric]:
-    # one series per collector (7) and family
+    # one series per collector (8) and family
     success = GaugeMetricFamily(
         "macha_scrape_collector_success",
         "1 when the collector succeeded in the latest cycle",
