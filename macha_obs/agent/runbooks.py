@@ -114,6 +114,18 @@ def _space(e: Evidence) -> list[tuple[Action, str]]:
     return found
 
 
+_EXPOSURE_KINDS = {FindingKind.SERVICE_EXPOSED, FindingKind.EXPOSURE_ROSE}
+
+
+def _exposure_why(e: Evidence, unit: str) -> str:
+    score, before = e.details.get("score"), e.details.get("previous")
+    if e.kind is FindingKind.EXPOSURE_ROSE:
+        rose = f" from {before} to {score}" if score is not None else ""
+        return f"{unit}'s exposure rose{rose} after a software change: a person looks"
+    shown = f" {score} {e.details.get('level', '')}".rstrip() if score is not None else ""
+    return f"{unit} listens beyond loopback, exposure{shown}: a person looks, nothing is changed"
+
+
 _BACKUP_KINDS = frozenset({FindingKind.BACKUP_FAILED, FindingKind.BACKUP_STALE})
 
 
@@ -186,7 +198,9 @@ def _actions(e: Evidence) -> list[tuple[Action, str]]:
         case FindingKind.UNEXPECTED_REBOOT:
             return [(Investigate(diagnostic=FailedUnits()), "unexpected reboot: what failed")]
     if unit:
-        return [(Investigate(diagnostic=UnitStatus(unit=unit)), f"{kind.value} on {unit}")]
+        # exposure findings land here too: a person's to judge and harden, the sidecar looks
+        why = _exposure_why(e, unit) if kind in _EXPOSURE_KINDS else f"{kind.value} on {unit}"
+        return [(Investigate(diagnostic=UnitStatus(unit=unit)), why)]
     # a unit problem whose alert names no unit: the host-wide view is the place to start
     return [(Investigate(diagnostic=FailedUnits()), f"{kind.value} without a unit name")]
 

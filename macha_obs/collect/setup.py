@@ -8,6 +8,7 @@ from macha_obs.collect.backups import BackupsCollector
 from macha_obs.collect.base import Collector
 from macha_obs.collect.boot import BootCollector, read_previous_boot
 from macha_obs.collect.disks import DisksCollector
+from macha_obs.collect.exposure import ExposureCollector, read_host_changes
 from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MetaStore
 from macha_obs.collect.network import NetworkCollector
@@ -55,6 +56,15 @@ def build_collectors(
             root=cfg.nix_root,
             rollback_window=cfg.nix_rollback_window,
             failed_units=probe_failed_units(cfg.systemd_bus_address, cfg.dbus_timeout, bus=bus),
+        ),
+        ExposureCollector(
+            bus=bus,
+            address=cfg.systemd_bus_address,
+            dbus_timeout=cfg.dbus_timeout,
+            interval=cfg.exposure_interval,
+            threshold=cfg.exposure_threshold,
+            max_units=cfg.exposure_max_units,
+            changes=lambda: read_host_changes(cfg.nix_root),
         ),
         BackupsCollector(
             meta,

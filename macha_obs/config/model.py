@@ -171,6 +171,13 @@ class Config(BaseModel):
     swap_used_threshold: float = Field(0.80, gt=0, le=1)
     journal_error_burst: int = Field(20, ge=1, le=1_000_000)
     flapping_restarts: int = Field(3, ge=1, le=10_000)
+    # posture: exposure. Each running service's `systemd-analyze security` score, re-read
+    # every exposure_interval seconds (it costs a process per service); at most
+    # exposure_max_units services per run (the rest are named as skipped). A service
+    # listening beyond loopback above exposure_threshold is a finding (service_exposed).
+    exposure_interval: float = Field(3600.0, ge=300, le=7 * 86400)
+    exposure_threshold: float = Field(7.0, ge=0, le=10)
+    exposure_max_units: int = Field(200, ge=1, le=10_000)
 
     # --- Prometheus-native and the fleet -------------------------------------------
     # This host runs node_exporter: the sidecar leaves out the families it exports

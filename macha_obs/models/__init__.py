@@ -45,6 +45,8 @@ from macha_obs.models.actions import (
 from macha_obs.models.alerts import ZERO_TIME, Alert, AlertGroup
 from macha_obs.models.backups import BackupReading, BackupsReading, IntervalSource
 from macha_obs.models.exposure import (
+    ExposureReading,
+    ScoredUnit,
     UnitExposure,
     parse_security_json,
     parse_security_overview,
@@ -138,6 +140,7 @@ __all__ = [
     "DisksReading",
     "Execution",
     "ExecutionResult",
+    "ExposureReading",
     "FailedUnits",
     "FilesystemReading",
     "Finding",
@@ -167,6 +170,7 @@ __all__ = [
     "ResourcesReading",
     "RestartUnit",
     "Risk",
+    "ScoredUnit",
     "Severity",
     "Signature",
     "Snapshot",

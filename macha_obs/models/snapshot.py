@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from macha_obs.models.backups import BackupsReading
+from macha_obs.models.exposure import ExposureReading
 from macha_obs.models.findings import Finding
 
 
@@ -156,6 +157,7 @@ class Snapshot(BaseModel):
     network: NetworkReading | None = None
     boot: BootReading | None = None
     nixos: NixosReading | None = None
+    exposure: ExposureReading | None = None
     backups: BackupsReading | None = None
     findings: list[Finding] = Field(default_factory=list)
 
@@ -168,5 +170,6 @@ SNAPSHOT_READINGS = (
     "network",
     "boot",
     "nixos",
+    "exposure",
     "backups",
 )
