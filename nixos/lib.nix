@@ -20,6 +20,10 @@ let
     fromJSON (builtins.readFile ../macha_obs/protected_units.json)
   ).classes;
 
+  # posture: backups. The daemon's default backup_units (config/checks.py reads the same
+  # file), which the module extends with the user's restic and borg jobs.
+  defaultBackupUnits = (fromJSON (readFile ../macha_obs/config/backup_units.json)).units;
+
   # Module option (camelCase) → config field (snake_case). listenAddress and port render
   # together to listen_address; `settings` carries every other field verbatim.
   optionFields = {
@@ -193,6 +197,7 @@ in
     listenAddress
     scrapeAddress
     renderConfig
+    defaultBackupUnits
     serviceConfig
     privilegedServiceConfig
     privilegedEnvironment

@@ -30,7 +30,21 @@ let
 
   toml = pkgs.formats.toml { };
   configPath = "/etc/${names.configFile}";
-  settingsFile = toml.generate "macha-obs.toml" (pure.renderConfig cfg);
+  settingsFile = toml.generate "macha-obs.toml" (pure.renderConfig cfg // backupSettings);
+
+  # posture: backups. The units NixOS's restic and borgbackup modules make of the user's
+  # jobs, where this system has those modules (`options ?`: the module evaluates without
+  # them), added to the user's own backup_units or else the daemon's default globs.
+  resticJobs =
+    if options ? services.restic.backups then builtins.attrNames config.services.restic.backups else [ ];
+  borgJobs =
+    if options ? services.borgbackup.jobs then builtins.attrNames config.services.borgbackup.jobs else [ ];
+  backupJobUnits =
+    map (n: "restic-backups-${n}.service") resticJobs
+    ++ map (n: "borgbackup-job-${n}.service") borgJobs;
+  backupSettings = lib.optionalAttrs (backupJobUnits != [ ]) {
+    backup_units = lib.unique ((cfg.settings.backup_units or pure.defaultBackupUnits) ++ backupJobUnits);
+  };
 
   hostname =
     if cfg.settings ? hostname then cfg.settings.hostname else config.networking.hostName;

@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from macha_obs.agent.runbooks import hardening_for, runbook_decision, runbook_proposals
+from macha_obs.agent.patch_runbooks import hardening_for
+from macha_obs.agent.runbooks import runbook_decision, runbook_proposals
 from macha_obs.agent.schema import (
     LlmDecision,
     OutputInvalid,

@@ -67,6 +67,13 @@ MODULE_FIELDS = {"listen_address", "state_dir", "privileged_unit"}
 # Fields with no option of their own: set them through `settings`. A field added to
 # config.py must appear here or get an option (and a row in docs/nixos.md).
 SETTINGS_ONLY = {
+    "exposure_interval",
+    "exposure_threshold",
+    "exposure_max_units",
+    # posture: backups (the module adds the user's restic/borg jobs to backup_units)
+    "backup_units",
+    "backup_grace",
+    "backup_intervals",
     "inbox_retention",
     "inbox_max_rows",
     "incident_retention",

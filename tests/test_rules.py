@@ -37,6 +37,10 @@ ALERT_FOR_KIND = {
     FindingKind.CPU_HIGH: "MachaCpuBusy",
     FindingKind.LOAD_HIGH: "MachaLoadHigh",
     FindingKind.SWAP_HIGH: "MachaSwapHigh",
+    FindingKind.SERVICE_EXPOSED: "MachaServiceExposed",
+    FindingKind.EXPOSURE_ROSE: "MachaServiceExposureRose",
+    FindingKind.BACKUP_FAILED: "MachaBackupFailed",
+    FindingKind.BACKUP_STALE: "MachaBackupStale",
 }
 SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
 # what the sidecar decided and did, for the humans (macha-sidecar.yml)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from macha_obs.agent.history import History, order_by_outcomes
+from macha_obs.agent.patch_runbooks import memory_proposals
 from macha_obs.models import (
     Action,
     Assessment,
@@ -28,9 +29,6 @@ from macha_obs.models import (
     DiskUsage,
     FailedUnits,
     FindingKind,
-    HardeningKey,
-    HardeningSetting,
-    HardenUnit,
     Incident,
     Investigate,
     JournalTail,
@@ -42,14 +40,12 @@ from macha_obs.models import (
     ResetFailed,
     RestartUnit,
     Severity,
+    StartUnit,
     TopProcesses,
     TuneJournald,
-    TuneUnit,
-    UnitExposure,
     UnitStatus,
     fix_of,
     journal_cap,
-    memory_raise,
     signature_of,
     size_text,
 )
@@ -155,74 +151,41 @@ def journal_caps(incident: Incident, history: History) -> list[Proposal]:
     return found[:1]
 
 
-def _memory(e: Evidence) -> list[tuple[Action, str]]:
-    """A service killed at its own MemoryMax, again: look at what grew, and propose the
-    limit raised by a bounded factor, as a patch a person applies."""
-    unit, details = e.unit, e.details
-    if unit is None:
-        return [(Investigate(diagnostic=FailedUnits()), f"{e.kind.value} without a unit name")]
-    found: list[tuple[Action, str]] = [
-        (Investigate(diagnostic=JournalTail(unit=unit)), f"{unit} was killed at its MemoryMax")
-    ]
-    limit = details.get("memory_max")
-    if protection(unit) is not None or not isinstance(limit, int) or limit < 1 << 20:
-        return found
-    raised = memory_raise(limit)
-    if raised is not None:
-        why = (
-            f"{unit} keeps being killed at its MemoryMax ({size_text(limit)}): raise it to "
-            f"{size_text(raised)} (a patch for a person)"
-        )
-        found.append((TuneUnit(unit=unit, memory_max=raised, raised_from=limit), why))
-    return found
-
-
 # What a host's own measure calls for, by kind.
 _MEASURED: dict[FindingKind, Callable[[Evidence], list[tuple[Action, str]]]] = {
     FindingKind.DISK_FILLING: _space,
     FindingKind.INODES_LOW: _space,
-    FindingKind.UNIT_OOM_AT_LIMIT: _memory,
+    FindingKind.UNIT_OOM_AT_LIMIT: lambda e: memory_proposals(e.unit, e.details),
 }
 
-# The value the runbooks choose for each catalogue setting a service's exposure marks
-# unsafe; the transient copy's check refuses the proposal where one breaks the service.
-_HARDEN_VALUES = {
-    HardeningKey.NO_NEW_PRIVILEGES: "yes",
-    HardeningKey.PROTECT_SYSTEM: "strict",
-    HardeningKey.PROTECT_HOME: "yes",
-    HardeningKey.PRIVATE_TMP: "yes",
-    HardeningKey.PROTECT_KERNEL_TUNABLES: "yes",
-    HardeningKey.RESTRICT_ADDRESS_FAMILIES: "AF_UNIX AF_INET AF_INET6",
-    HardeningKey.PRIVATE_DEVICES: "yes",
-    HardeningKey.PROTECT_CONTROL_GROUPS: "yes",
-    HardeningKey.PROTECT_KERNEL_MODULES: "yes",
-    HardeningKey.RESTRICT_SUID_SGID: "yes",
-    HardeningKey.LOCK_PERSONALITY: "yes",
-}
+_EXPOSURE_KINDS = {FindingKind.SERVICE_EXPOSED, FindingKind.EXPOSURE_ROSE}
 
 
-# Rows systemd-analyze keeps unsafe under the value chosen above (a service that listens
-# needs AF_INET; local sockets are harmless): not a reason to propose it again.
-_LEFT_BY_CHOICE = {"RestrictAddressFamilies=~AF_UNIX", "RestrictAddressFamilies=~AF_(INET|INET6)"}
+def _exposure_why(e: Evidence, unit: str) -> str:
+    score, before = e.details.get("score"), e.details.get("previous")
+    if e.kind is FindingKind.EXPOSURE_ROSE:
+        rose = f" from {before} to {score}" if score is not None else ""
+        return f"{unit}'s exposure rose{rose} after a software change: a person looks"
+    shown = f" {score} {e.details.get('level', '')}".rstrip() if score is not None else ""
+    return f"{unit} listens beyond loopback, exposure{shown}: a person looks, nothing is changed"
 
 
-def hardening_for(unit: str, exposure: UnitExposure) -> HardenUnit | None:
-    """The catalogue's settings that `exposure` (systemd-analyze security of `unit`)
-    marks unsafe, as one hardening proposal; None for a protected unit, a unit that is
-    not a service, or when none of the catalogue's settings is unsafe."""
-    if not unit.endswith(".service") or protection(unit) is not None:
-        return None
-    unsafe = {
-        s.name.split("=", 1)[0]
-        for s in exposure.settings
-        if s.safe is False and s.name not in _LEFT_BY_CHOICE
-    }
-    chosen = [
-        HardeningSetting(key=key, value=value)
-        for key, value in _HARDEN_VALUES.items()
-        if key.value in unsafe
+_BACKUP_KINDS = frozenset({FindingKind.BACKUP_FAILED, FindingKind.BACKUP_STALE})
+
+
+def _backup(e: Evidence) -> list[tuple[Action, str]]:
+    """A failed backup: its journal, and a re-run the policy queues for a person (a backup
+    runs by itself only where trusted_actions names start_unit:<that unit>). A late one
+    (a timer off, a host that slept, a skipped condition): a look, never a start."""
+    unit = e.unit
+    if unit is None or e.kind not in _BACKUP_KINDS:
+        return []
+    if e.kind is FindingKind.BACKUP_STALE:
+        return [(Investigate(diagnostic=UnitStatus(unit=unit)), f"backup {unit} is late")]
+    return [
+        (Investigate(diagnostic=JournalTail(unit=unit)), f"backup {unit} failed: why"),
+        (StartUnit(unit=unit), f"backup {unit} failed: run it again"),
     ]
-    return HardenUnit(unit=unit, settings=tuple(chosen)) if chosen else None
 
 
 def _actions(e: Evidence) -> list[tuple[Action, str]]:
@@ -279,9 +242,19 @@ def _actions(e: Evidence) -> list[tuple[Action, str]]:
         case FindingKind.UNEXPECTED_REBOOT:
             return [(Investigate(diagnostic=FailedUnits()), "unexpected reboot: what failed")]
     if unit:
-        return [(Investigate(diagnostic=UnitStatus(unit=unit)), f"{kind.value} on {unit}")]
+        # exposure findings land here too: a person's to judge and harden, the sidecar looks
+        why = _exposure_why(e, unit) if kind in _EXPOSURE_KINDS else f"{kind.value} on {unit}"
+        return [(Investigate(diagnostic=UnitStatus(unit=unit)), why)]
     # a unit problem whose alert names no unit: the host-wide view is the place to start
     return [(Investigate(diagnostic=FailedUnits()), f"{kind.value} without a unit name")]
+
+
+def _backup_units(incident: Incident) -> set[str]:
+    """The units the incident's evidence says are backups."""
+    units = {f.unit for f in incident.findings if f.kind in _BACKUP_KINDS and f.unit}
+    alerted = (a for a in incident.alerts if a.firing and a.unit)
+    units.update(a.unit for a in alerted if classify_alert(a) in _BACKUP_KINDS and a.unit)
+    return units
 
 
 def runbook_proposals(
@@ -293,10 +266,13 @@ def runbook_proposals(
     status = unit_status or {}
     seen: dict[str, Proposal] = {}
     kinds: list[FindingKind] = []
+    backups = _backup_units(incident)
 
     def add(e: Evidence, evidence: str) -> None:
         kinds.append(e.kind)
-        for action, why in _actions(e):
+        for action, why in _backup(e) or _actions(e):
+            if isinstance(action, RestartUnit) and action.unit in backups:
+                continue  # a failed backup is re-run (start_unit, for a person), not restarted
             key = action.model_dump_json()
             if key not in seen:
                 seen[key] = Proposal(action=action, reason=why, evidence=[evidence[:200]])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from macha_obs.collect.backups import BackupsCollector
 from macha_obs.collect.base import Collector
 from macha_obs.collect.boot import BootCollector, read_previous_boot
 from macha_obs.collect.disks import DisksCollector
+from macha_obs.collect.exposure import ExposureCollector, read_host_changes
 from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MetaStore
 from macha_obs.collect.network import NetworkCollector
@@ -14,10 +16,12 @@ from macha_obs.collect.nixos import NixosCollector
 from macha_obs.collect.resources import ResourcesCollector, Thresholds
 from macha_obs.collect.systemd import SystemdCollector, probe_failed_units
 from macha_obs.config import Config
-from macha_obs.systemd.bus import UnitTable
+from macha_obs.systemd.bus import CollectorBus
 
 
-def build_collectors(cfg: Config, meta: MetaStore, bus: UnitTable | None = None) -> list[Collector]:
+def build_collectors(
+    cfg: Config, meta: MetaStore, bus: CollectorBus | None = None
+) -> list[Collector]:
     """Every collector, configured from `cfg`; `meta` keeps the journal cursor and boot id;
     `bus`, the sidecar's one D-Bus child (without it, the systemd collectors start their own)."""
     return [
@@ -52,5 +56,23 @@ def build_collectors(cfg: Config, meta: MetaStore, bus: UnitTable | None = None)
             root=cfg.nix_root,
             rollback_window=cfg.nix_rollback_window,
             failed_units=probe_failed_units(cfg.systemd_bus_address, cfg.dbus_timeout, bus=bus),
+        ),
+        ExposureCollector(
+            bus=bus,
+            address=cfg.systemd_bus_address,
+            dbus_timeout=cfg.dbus_timeout,
+            interval=cfg.exposure_interval,
+            threshold=cfg.exposure_threshold,
+            max_units=cfg.exposure_max_units,
+            changes=lambda: read_host_changes(cfg.nix_root),
+        ),
+        BackupsCollector(
+            meta,
+            patterns=cfg.backup_units,
+            grace=cfg.backup_grace,
+            intervals=cfg.backup_intervals,
+            bus=bus,
+            address=cfg.systemd_bus_address,
+            timeout=cfg.dbus_timeout,
         ),
     ]

@@ -81,6 +81,44 @@ def merged_protected(values: list[str]) -> tuple[str, ...]:
     return tuple(merged)
 
 
+# posture: backups. The default globs live in a file the NixOS module reads too.
+DEFAULT_BACKUP_UNITS: tuple[str, ...] = tuple(
+    json.loads(Path(__file__).with_name("backup_units.json").read_text())["units"]
+)
+_MAX_INTERVAL = 366 * 86400.0
+
+
+def unit_globs(values: list[str]) -> tuple[str, ...]:
+    """Unit names or globs, each once: no spaces, no slashes."""
+    globs = [v.strip() for v in values if v.strip()]
+    for pattern in globs:
+        if any(c.isspace() for c in pattern) or "/" in pattern:
+            raise ValueError(f"{pattern!r} is not a unit name or glob")
+    return tuple(dict.fromkeys(globs))
+
+
+def unit_intervals(value: object) -> dict[str, float]:
+    """{unit glob: seconds}, from a table or (the environment) a JSON object."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        # ValueError, not TypeError: pydantic reports only the former as a bad value
+        raise ValueError("expected a table of unit glob = seconds")  # noqa: TRY004
+    out: dict[str, float] = {}
+    for pattern, seconds in value.items():
+        globs = unit_globs([str(pattern)])
+        if not globs:
+            raise ValueError("an empty unit glob")
+        glob = globs[0]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float | str):
+            raise ValueError(f"{glob}: expected seconds, not {seconds!r}")  # noqa: TRY004
+        number = float(seconds)
+        if not 60 <= number <= _MAX_INTERVAL:  # nan fails this too
+            raise ValueError(f"{glob}: {number:g} s is not between 60 s and 366 days")
+        out[glob] = number
+    return out
+
+
 # ------------------------------------------------------------------ names and addresses
 
 

@@ -171,6 +171,13 @@ class Config(BaseModel):
     swap_used_threshold: float = Field(0.80, gt=0, le=1)
     journal_error_burst: int = Field(20, ge=1, le=1_000_000)
     flapping_restarts: int = Field(3, ge=1, le=10_000)
+    # posture: exposure. Each running service's `systemd-analyze security` score, re-read
+    # every exposure_interval seconds (it costs a process per service); at most
+    # exposure_max_units services per run (the rest are named as skipped). A service
+    # listening beyond loopback above exposure_threshold is a finding (service_exposed).
+    exposure_interval: float = Field(3600.0, ge=300, le=7 * 86400)
+    exposure_threshold: float = Field(7.0, ge=0, le=10)
+    exposure_max_units: int = Field(200, ge=1, le=10_000)
 
     # --- Prometheus-native and the fleet -------------------------------------------
     # This host runs node_exporter: the sidecar leaves out the families it exports
@@ -233,6 +240,13 @@ class Config(BaseModel):
     mcp_token_file: Path | None = None
     mcp_auth: bool = True
 
+    # posture: backups (collect/backups.py). Globs of backup services over the canonical
+    # unit name (a set value replaces these defaults); the grace a backup may be late by,
+    # beyond its expected interval (its timer's, else a day); per-glob intervals (seconds).
+    backup_units: tuple[str, ...] = checks.DEFAULT_BACKUP_UNITS
+    backup_grace: float = Field(6 * 3600.0, ge=0, le=30 * 86400)
+    backup_intervals: dict[str, float] = Field(default_factory=dict)
+
     @field_validator("protected_units", mode="before")
     @classmethod
     def _merge_protected(cls, value: Any) -> tuple[str, ...]:
@@ -250,6 +264,18 @@ class Config(BaseModel):
             value = checks.split_list(value)
         protected = info.data.get("protected_units", BUILTIN_PROTECTED_UNITS)
         return checks.trusted([str(v) for v in (value or ())], protected)
+
+    @field_validator("backup_units", mode="before")
+    @classmethod
+    def _check_backup_units(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = checks.split_list(value)
+        return checks.unit_globs([str(v) for v in (value or ())])
+
+    @field_validator("backup_intervals", mode="before")
+    @classmethod
+    def _check_backup_intervals(cls, value: Any) -> dict[str, float]:
+        return checks.unit_intervals(value)
 
     @field_validator("nix_gc_keep_generations")
     @classmethod

@@ -1,6 +1,7 @@
 """The metrics room: everything /metrics says, on our own registry.
 
     host.py      the host exporter: the latest Snapshot as metric families
+    exposure.py  the exposure reading's families (host.py renders them)
     sidecar.py   the sidecar's own metrics: decisions, actions, loop, health, the ledger
     webhook.py   llm.py   listener.py   the intake, model and HTTP listener counters
     intake.py    what the intake's caps dropped

@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from macha_obs import __version__
+from macha_obs.metrics.backups import backup_families
+from macha_obs.metrics.exposure import exposure_families
 from macha_obs.models import (
     CPU_MODES,
     BootReading,
@@ -222,7 +224,7 @@ def _nixos(r: NixosReading) -> Iterator[Metric]:
 
 
 def _findings(snapshot: Snapshot) -> Iterator[Metric]:
-    # 10 series: one per finding kind, 0 included, so "no findings" is a value
+    # one series per finding kind (15), 0 included, so "no findings" is a value
     family = GaugeMetricFamily(
         "macha_findings", "findings in the latest snapshot by kind", labels=["kind"]
     )
@@ -235,7 +237,7 @@ def _findings(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 def _collectors(snapshot: Snapshot) -> Iterator[Metric]:
-    # one series per collector (7) and family
+    # one series per collector (8) and family
     success = GaugeMetricFamily(
         "macha_scrape_collector_success",
         "1 when the collector succeeded in the latest cycle",
@@ -300,6 +302,8 @@ class SnapshotCollector(Collector):
             (_network, snapshot.network),
             (_boot, snapshot.boot),
             (_nixos, snapshot.nixos),
+            (exposure_families, snapshot.exposure),
+            (backup_families, snapshot.backups),
         )
         for families, reading in readings:
             if reading is not None:

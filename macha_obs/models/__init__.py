@@ -9,6 +9,7 @@
     snapshot   what the collectors saw in one cycle
     learning   problem signatures, fix keys, outcome records and suppressions
     exposure   a service's security exposure as systemd-analyze scores it
+    backups    each backup unit's last run, result, last success and expected interval
     hardening  the catalogue of settings a hardening or tuning patch may carry
 
 Import from here (`from macha_obs.models import Incident`), never from the modules:
@@ -49,7 +50,10 @@ from macha_obs.models.actions import (
     parse_action,
 )
 from macha_obs.models.alerts import ZERO_TIME, Alert, AlertGroup
+from macha_obs.models.backups import BackupReading, BackupsReading, IntervalSource
 from macha_obs.models.exposure import (
+    ExposureReading,
+    ScoredUnit,
     UnitExposure,
     parse_security_json,
     parse_security_overview,
@@ -142,6 +146,8 @@ __all__ = [
     "Approval",
     "ApprovalStatus",
     "Assessment",
+    "BackupReading",
+    "BackupsReading",
     "BootReading",
     "CollectorRun",
     "ConfigChange",
@@ -152,6 +158,7 @@ __all__ = [
     "DisksReading",
     "Execution",
     "ExecutionResult",
+    "ExposureReading",
     "FailedUnits",
     "FilesystemReading",
     "Finding",
@@ -162,6 +169,7 @@ __all__ = [
     "HardeningKey",
     "HardeningSetting",
     "Incident",
+    "IntervalSource",
     "InvalidUnitName",
     "Investigate",
     "JournalReading",
@@ -183,6 +191,7 @@ __all__ = [
     "ResourcesReading",
     "RestartUnit",
     "Risk",
+    "ScoredUnit",
     "SettingsPatch",
     "Severity",
     "Signature",

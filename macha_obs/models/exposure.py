@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ExposureLevel",
+    "ExposureReading",
+    "ScoredUnit",
     "SecuritySetting",
     "UnitExposure",
     "parse_security_json",
@@ -142,3 +144,41 @@ def parse_security_overview(text: str) -> dict[str, tuple[float, ExposureLevel]]
         if row is not None and row["level"] in LEVELS:
             scores[row["unit"]] = (min(10.0, float(row["score"])), row["level"])
     return scores
+
+
+class ScoredUnit(BaseModel):
+    """One running service in an exposure reading: its score, or why it has none."""
+
+    model_config = ConfigDict(frozen=True)
+
+    unit: str = Field(max_length=256)
+    score: float | None = Field(None, ge=0, le=10)  # None: its analysis failed (`error`)
+    level: ExposureLevel = Field("", max_length=16)
+    unsafe: int = Field(0, ge=0)  # settings systemd marks ✗
+    # a socket of the service listens on (TCP) or is bound to (UDP) a non-loopback address
+    listening_non_loopback: bool = False
+    scored_at: float | None = None  # unix seconds of the run that scored it
+    error: str = Field("", max_length=300)
+
+
+class ExposureReading(BaseModel):
+    """The latest exposure run over the running services (re-run at a slow interval).
+
+    `skipped` names the running services this run did not score (past the configured
+    bound or the run's time budget); a skipped service keeps the score of the run that
+    scored it last, with that run's `scored_at`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ran_at: float  # unix seconds, when the run started
+    duration_seconds: float = Field(ge=0.0)
+    units: list[ScoredUnit] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    # what marks a change of the host's software: the NixOS system generation, and the
+    # newest mtime of the package databases (dpkg, rpm, pacman, the Nix system profile)
+    generation: int | None = None
+    packages_changed_at: float | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [u.unit for u in self.units if u.error]

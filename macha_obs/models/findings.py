@@ -31,6 +31,13 @@ class FindingKind(StrEnum):
     CPU_HIGH = "cpu_high"
     LOAD_HIGH = "load_high"
     SWAP_HIGH = "swap_high"
+    # posture: exposure. A service listening beyond loopback scores above the threshold;
+    # a service's score rose after a generation switch or a package change
+    SERVICE_EXPOSED = "service_exposed"
+    EXPOSURE_ROSE = "exposure_rose"
+    # posture: backups (collect/backups.py): the last run failed; no success for too long
+    BACKUP_FAILED = "backup_failed"
+    BACKUP_STALE = "backup_stale"
     # a service killed at its own MemoryMax, again: a raise is proposed as a patch
     UNIT_OOM_AT_LIMIT = "unit_oom_at_limit"
 
@@ -50,6 +57,10 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.CPU_HIGH: "resources",
     FindingKind.LOAD_HIGH: "resources",
     FindingKind.SWAP_HIGH: "resources",
+    FindingKind.SERVICE_EXPOSED: "exposure",
+    FindingKind.EXPOSURE_ROSE: "exposure",
+    FindingKind.BACKUP_FAILED: "backups",
+    FindingKind.BACKUP_STALE: "backups",
     FindingKind.UNIT_OOM_AT_LIMIT: "systemd",
 }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from macha_obs.models.backups import BackupsReading
+from macha_obs.models.exposure import ExposureReading
 from macha_obs.models.findings import Finding
 
 
@@ -155,7 +157,19 @@ class Snapshot(BaseModel):
     network: NetworkReading | None = None
     boot: BootReading | None = None
     nixos: NixosReading | None = None
+    exposure: ExposureReading | None = None
+    backups: BackupsReading | None = None
     findings: list[Finding] = Field(default_factory=list)
 
 
-SNAPSHOT_READINGS = ("systemd", "resources", "disks", "journal", "network", "boot", "nixos")
+SNAPSHOT_READINGS = (
+    "systemd",
+    "resources",
+    "disks",
+    "journal",
+    "network",
+    "boot",
+    "nixos",
+    "exposure",
+    "backups",
+)

@@ -193,7 +193,8 @@ def judge(
     autonomy matrix, but protected units, the scope lock and rate limits still apply
     (invariant 5), and `observe` and a pause still act on nothing. An action a person
     trusted (`trusted_actions`) executes where the matrix would queue it, under the
-    same checks; `observe` still acts on nothing.
+    same checks; `observe` still acts on nothing. A backup unit is never started by
+    itself unless trusted by its exact name (`_backup`).
     """
     autonomy = effective_autonomy(ctx.config, ctx.breaker)
     risk, why = risk_of(action, ctx.config)
@@ -353,11 +354,31 @@ def _trusted(
     return Outcome.EXECUTE, f"trusted by a person (trusted_actions {entry!r}; {risk} risk: {why})"
 
 
+def _backup(action: Action, config: Config) -> str | None:
+    """A backup (a unit `backup_units` names) is started, restarted or reset only by a
+    person, at every autonomy level, unless `trusted_actions` names that very action on
+    that very unit ("start_unit:restic-backups-offsite.service"; a glob does not count)."""
+    if not isinstance(action, RestartUnit | StartUnit | ResetFailed):
+        return None
+    if not any(fnmatch.fnmatchcase(action.unit, g) for g in config.backup_units):
+        return None
+    exact = f"{action.kind}:{action.unit}"
+    if exact in config.trusted_actions:
+        return None
+    return (
+        f"queued for a person: {action.unit} is a backup (backup_units); a backup runs by "
+        f"itself only where trusted_actions names {exact!r} exactly"
+    )
+
+
 def _hold(
     action: Action, ctx: PolicyContext, *, approved: bool, problem: Confirmation | None
 ) -> str | None:
     """Why a unit action that would execute must wait for a human (or, approved, for a
     moment when the problem can be confirmed), or None."""
+    backup = None if approved else _backup(action, ctx.config)
+    if backup is not None:
+        return backup
     if problem is None or problem.present is None:
         seen = problem.reason if problem is not None else "nobody looked"
         return f"the problem cannot be confirmed now ({seen}); not executed"

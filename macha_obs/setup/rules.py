@@ -211,6 +211,13 @@ def rule_values(cfg: Config) -> dict[str, str]:
         "readyz_url": readyz_url(cfg),
         "approvals_url": approvals_url(cfg),
         "runbook_base": cfg.runbook_url_base.rstrip("/"),
+        # posture: exposure. The rise is judged over three exposure runs.
+        "exposure_threshold": number(cfg.exposure_threshold),
+        "exposure_window": duration(round(3 * cfg.exposure_interval)),
+        "exposure_window_spoken": spoken(round(3 * cfg.exposure_interval)),
+        # posture: backups
+        "backup_grace": number(cfg.backup_grace),
+        "backup_grace_spoken": spoken(cfg.backup_grace),
     }
     for name, value in values.items():
         pattern = _SAFE_URL if name in _URL_VALUES else _SAFE_VALUE

@@ -41,6 +41,16 @@ class UnitTable(Protocol):
     ) -> list[UnitRow]: ...
 
 
+class UnitRuns(Protocol):
+    """What the backups collector needs: matching services' last runs and their timers."""
+
+    def unit_runs(self, patterns: list[str], timeout: float | None = None) -> list[Any]: ...
+
+
+class CollectorBus(UnitTable, UnitRuns, Protocol):
+    """The collectors' share of the sidecar's one D-Bus child."""
+
+
 def _value(reply: Reply) -> Any:
     if reply.error is None:
         return reply.value
@@ -76,6 +86,11 @@ class IsolatedBus:
     def unit_table(self, include: str, exclude: str, timeout: float | None = None) -> list[UnitRow]:
         """Rows for the collector; `timeout` bounds this one call (a large host takes longer)."""
         return list(_value(self.child.call("unit_table", include, exclude, timeout=timeout)))
+
+    def unit_runs(self, patterns: list[str], timeout: float | None = None) -> list[Any]:
+        """Services matching `patterns` (loaded or unit files), each with its last run and
+        timers, as dicts (worker.py `unit_runs`); `timeout` bounds this one call."""
+        return list(_value(self.child.call("unit_runs", patterns, timeout=timeout)))
 
     def subscribe(self, on_event: EventSink, on_gone: GoneSink) -> None:
         """Start unit signals (see UnitWatcher); `on_gone` when the child carrying them ends."""

@@ -13,6 +13,7 @@ MANAGER_PATH = b"/org/freedesktop/systemd1"
 MANAGER = b"org.freedesktop.systemd1.Manager"
 UNIT = b"org.freedesktop.systemd1.Unit"
 SERVICE = b"org.freedesktop.systemd1.Service"
+TIMER = b"org.freedesktop.systemd1.Timer"
 PROPERTIES = b"org.freedesktop.DBus.Properties"
 UNIT_PATH_PREFIX = b"/org/freedesktop/systemd1/unit"
 
@@ -23,6 +24,7 @@ OPS = (
     "reset_failed",
     "list_units",
     "unit_table",
+    "unit_runs",
     "subscribe",
 )
 

@@ -175,6 +175,52 @@ class Worker:
             self.details = seen  # bounded by the units that exist now
         return rows
 
+    def unit_runs(self, patterns: list[str]) -> list[dict[str, Any]]:
+        """Services whose names match `patterns` (systemd's globs), loaded or only unit
+        files, with their last run and the timers that trigger them (collect/backups.py)."""
+        globs = [(S, p.encode()) for p in patterns]
+        if not globs:
+            return []
+        none = [(ord("a"), b"s"), (-1, b"")]  # no state filter: every state
+        pats = [(ord("a"), b"s"), *globs, (-1, b"")]
+        names = {_text(u[0]) for u in self.method(b"ListUnitsByPatterns", *none, *pats) or []}
+        files = self.method(b"ListUnitFilesByPatterns", *none, *pats)
+        names.update(_text(f[0]).rsplit("/", 1)[-1] for f in files or [])
+        return [self._run(name) for name in sorted(names) if "@." not in name]
+
+    def _run(self, unit: str) -> dict[str, Any]:
+        c = self.c
+        path = self.unit_path(unit)
+        props = self.get_all(path, c.UNIT)
+        service = self.get_all(path, c.SERVICE) if unit.endswith(".service") else {}
+        timers = [_text(t) for t in props.get(b"TriggeredBy", []) or []]
+        # an alias's file names the unit it aliases: the row carries the canonical name
+        row: dict[str, Any] = {"name": _text(props.get(b"Id", b"")) or unit, "timers": []}
+        for key in ("LoadState", "ActiveState", "SubState"):
+            row[key] = _text(props.get(key.encode(), b""))
+        for key in ("InactiveEnterTimestamp", "InactiveExitTimestamp", "ActiveEnterTimestamp"):
+            row[key] = int(props.get(key.encode(), 0) or 0)
+        row["Result"] = _text(service.get(b"Result", b""))
+        for key in ("ExecMainStatus", "ExecMainExitTimestamp", "ExecMainStartTimestamp"):
+            row[key] = int(service.get(key.encode(), 0) or 0)
+        for timer in (t for t in timers if t.endswith(".timer")):
+            tprops = self.get_all(self.unit_path(timer), c.TIMER)
+            row["timers"].append(
+                {
+                    "name": timer,
+                    "LastTriggerUSec": int(tprops.get(b"LastTriggerUSec", 0) or 0),
+                    "NextElapseUSecRealtime": int(tprops.get(b"NextElapseUSecRealtime", 0) or 0),
+                    "RandomizedDelayUSec": int(tprops.get(b"RandomizedDelayUSec", 0) or 0),
+                    "TimersCalendar": [
+                        [_text(t[0]), _text(t[1])] for t in tprops.get(b"TimersCalendar", []) or []
+                    ],
+                    "TimersMonotonic": [
+                        [_text(t[0]), int(t[1])] for t in tprops.get(b"TimersMonotonic", []) or []
+                    ],
+                }
+            )
+        return row
+
     def subscribe(self) -> bool:
         """Unit ActiveState changes become events; systemd only signals Subscribe()d clients."""
         if self.subscribed:

@@ -1,0 +1,87 @@
+"""The runbooks that propose patches a person applies: a hardening drop-in for a service
+whose exposure marks catalogue settings unsafe, and a MemoryMax raise for a service killed
+at its limit again. Pure; the policy judges every proposal (always high risk, never run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from macha_obs.models import (
+    Action,
+    FailedUnits,
+    HardeningKey,
+    HardeningSetting,
+    HardenUnit,
+    Investigate,
+    JournalTail,
+    TuneUnit,
+    UnitExposure,
+    memory_raise,
+    size_text,
+)
+from macha_obs.protected import protection
+
+MIB = 1 << 20
+
+
+def memory_proposals(unit: str | None, details: Mapping[str, object]) -> list[tuple[Action, str]]:
+    """A service killed at its own MemoryMax, again (finding unit_oom_at_limit): look at
+    what grew, and propose the limit raised by a bounded factor, as a patch."""
+    if unit is None:
+        return [(Investigate(diagnostic=FailedUnits()), "unit_oom_at_limit without a unit name")]
+    found: list[tuple[Action, str]] = [
+        (Investigate(diagnostic=JournalTail(unit=unit)), f"{unit} was killed at its MemoryMax")
+    ]
+    limit = details.get("memory_max")
+    if protection(unit) is not None or not isinstance(limit, int) or limit < MIB:
+        return found
+    raised = memory_raise(limit)
+    if raised is not None:
+        why = (
+            f"{unit} keeps being killed at its MemoryMax ({size_text(limit)}): raise it to "
+            f"{size_text(raised)} (a patch for a person)"
+        )
+        found.append((TuneUnit(unit=unit, memory_max=raised, raised_from=limit), why))
+    return found
+
+
+# The value the runbooks choose for each catalogue setting a service's exposure marks
+# unsafe; the transient copy's check refuses the proposal where one breaks the service.
+_HARDEN_VALUES = {
+    HardeningKey.NO_NEW_PRIVILEGES: "yes",
+    HardeningKey.PROTECT_SYSTEM: "strict",
+    HardeningKey.PROTECT_HOME: "yes",
+    HardeningKey.PRIVATE_TMP: "yes",
+    HardeningKey.PROTECT_KERNEL_TUNABLES: "yes",
+    HardeningKey.RESTRICT_ADDRESS_FAMILIES: "AF_UNIX AF_INET AF_INET6",
+    HardeningKey.PRIVATE_DEVICES: "yes",
+    HardeningKey.PROTECT_CONTROL_GROUPS: "yes",
+    HardeningKey.PROTECT_KERNEL_MODULES: "yes",
+    HardeningKey.RESTRICT_SUID_SGID: "yes",
+    HardeningKey.LOCK_PERSONALITY: "yes",
+}
+
+
+# Rows systemd-analyze keeps unsafe under the value chosen above (a service that listens
+# needs AF_INET; local sockets are harmless): not a reason to propose it again.
+_LEFT_BY_CHOICE = {"RestrictAddressFamilies=~AF_UNIX", "RestrictAddressFamilies=~AF_(INET|INET6)"}
+
+
+def hardening_for(unit: str, exposure: UnitExposure) -> HardenUnit | None:
+    """The catalogue's settings that `exposure` (systemd-analyze security of `unit`)
+    marks unsafe, as one hardening proposal; None for a protected unit, a unit that is
+    not a service, or when none of the catalogue's settings is unsafe."""
+    if not unit.endswith(".service") or protection(unit) is not None:
+        return None
+    unsafe = {
+        s.name.split("=", 1)[0]
+        for s in exposure.settings
+        if s.safe is False and s.name not in _LEFT_BY_CHOICE
+    }
+    chosen = [
+        HardeningSetting(key=key, value=value)
+        for key, value in _HARDEN_VALUES.items()
+        if key.value in unsafe
+    ]
+    return HardenUnit(unit=unit, settings=tuple(chosen)) if chosen else None
