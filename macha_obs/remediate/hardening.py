@@ -217,7 +217,7 @@ class HardeningChecker:
         copy.write_bytes(self._read(facts.fragment))
         for dropin in facts.dropins:
             name = Path(dropin).name
-            if name.endswith(".conf") and "/" not in name:
+            if name.endswith(".conf"):
                 (units / f"{facts.unit}.d" / name).write_bytes(self._read(dropin))
         return copy
 
