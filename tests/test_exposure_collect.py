@@ -33,6 +33,8 @@ from macha_obs.models import (
     Alert,
     ExposureReading,
     FindingKind,
+    HardeningKey,
+    HardenUnit,
     Incident,
     Investigate,
     ScoredUnit,
@@ -337,3 +339,32 @@ def test_exposure_findings_get_a_read_only_look_for_a_person_never_an_action() -
     assert [p.action for p in from_alert] == [
         Investigate(diagnostic=UnitStatus(unit="web.service"))
     ]
+
+
+def test_a_measured_exposed_service_is_proposed_the_catalogue_settings_it_lacks() -> None:
+    """The exposure finding carries the unsafe rows the hardening catalogue can change;
+    the runbook proposes exactly those as one patch, beside the look. An alert alone (no
+    measure), a protected unit and a unit with nothing to harden get only the look."""
+    rows = ("NoNewPrivileges=", "PrivateTmp=", "RestrictAddressFamilies=~AF_UNIX")
+    units = [
+        ScoredUnit(
+            unit=name, score=9.6, level="UNSAFE", listening_non_loopback=True, hardenable=rows
+        )
+        for name in ("web.service", "sshd.service")
+    ]
+    units.append(ScoredUnit(unit="bare.service", score=9.0, listening_non_loopback=True))
+    findings = summarize_exposure(
+        ExposureReading(ran_at=1, duration_seconds=0, units=units), None, 7.0
+    )
+    assert findings[0].details["hardenable"] == " ".join(rows)
+    proposals, _ = runbook_proposals(Incident(id="i", source="finding", findings=findings))
+    patches = [p.action for p in proposals if isinstance(p.action, HardenUnit)]
+    assert len(patches) == 1
+    assert patches[0].unit == "web.service"
+    # AF_UNIX stays allowed by the value the runbook chooses: not a reason on its own
+    assert {s.key for s in patches[0].settings} == {
+        HardeningKey.NO_NEW_PRIVILEGES,
+        HardeningKey.PRIVATE_TMP,
+    }
+    looks = [p.action for p in proposals if isinstance(p.action, Investigate)]
+    assert len(looks) == 3

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from macha_obs.agent.patch_runbooks import hardening_from_rows
+from macha_obs.agent.runbooks import runbook_proposals
 from macha_obs.collect.base import collect_all
 from macha_obs.collect.exposure import ExposureCollector, read_host_changes
 from macha_obs.metrics import build_registry
-from macha_obs.models import FindingKind
+from macha_obs.models import FindingKind, HardeningKey, HardenUnit, Incident
 from macha_obs.systemd.bus import IsolatedBus
 from tests.harness.exposure_support import (
     HARDENED,
@@ -91,6 +93,20 @@ def test_the_unhardened_listener_is_reported_and_nothing_else(
     assert "not found" in units[VANISHED].error
     exposed = [f.unit for f in snapshot.findings if f.kind is FindingKind.SERVICE_EXPOSED]
     assert exposed == [OPEN]
+    # the runbooks turn the finding into a hardening patch of exactly the catalogue's
+    # settings the real analysis marked unsafe (the policy queues it; it is never run)
+    assert "NoNewPrivileges=" in units[OPEN].hardenable
+    # what the hardened one still shows (a listener needs AF_INET) proposes nothing
+    assert hardening_from_rows(HARDENED, units[HARDENED].hardenable) is None
+    proposals, _ = runbook_proposals(
+        Incident(id="i", source="finding", findings=list(snapshot.findings))
+    )
+    patches = [p.action for p in proposals if isinstance(p.action, HardenUnit)]
+    assert [h.unit for h in patches] == [OPEN]
+    rows = units[OPEN].hardenable
+    for setting in patches[0].settings:  # each one the real analysis marked unsafe
+        assert any(row.startswith(f"{setting.key.value}=") for row in rows), setting
+    assert HardeningKey.NO_NEW_PRIVILEGES in {s.key for s in patches[0].settings}
 
     registry = build_registry(lambda: snapshot)
 

@@ -5,7 +5,7 @@ at its limit again. Pure; the policy judges every proposal (always high risk, ne
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from macha_obs.models import (
     Action,
@@ -46,6 +46,18 @@ def memory_proposals(unit: str | None, details: Mapping[str, object]) -> list[tu
     return found
 
 
+def exposure_proposals(unit: str, details: Mapping[str, object]) -> list[tuple[Action, str]]:
+    """A service this host measured listening beyond loopback with a high exposure: the
+    catalogue's settings its analysis marked unsafe, as one hardening patch a person
+    reads, checks and applies (the policy queues it; it is never run)."""
+    rows = details.get("hardenable")
+    proposal = hardening_from_rows(unit, rows.split()) if isinstance(rows, str) else None
+    if proposal is None:
+        return []
+    named = ", ".join(s.key.value for s in proposal.settings)
+    return [(proposal, f"{unit} listens beyond loopback unhardened: a patch setting {named}")]
+
+
 # The value the runbooks choose for each catalogue setting a service's exposure marks
 # unsafe; the transient copy's check refuses the proposal where one breaks the service.
 _HARDEN_VALUES = {
@@ -72,13 +84,15 @@ def hardening_for(unit: str, exposure: UnitExposure) -> HardenUnit | None:
     """The catalogue's settings that `exposure` (systemd-analyze security of `unit`)
     marks unsafe, as one hardening proposal; None for a protected unit, a unit that is
     not a service, or when none of the catalogue's settings is unsafe."""
+    return hardening_from_rows(unit, (s.name for s in exposure.settings if s.safe is False))
+
+
+def hardening_from_rows(unit: str, unsafe_rows: Iterable[str]) -> HardenUnit | None:
+    """`hardening_for` from the names of the rows systemd-analyze marked unsafe (as the
+    exposure collector's service_exposed finding carries them)."""
     if not unit.endswith(".service") or protection(unit) is not None:
         return None
-    unsafe = {
-        s.name.split("=", 1)[0]
-        for s in exposure.settings
-        if s.safe is False and s.name not in _LEFT_BY_CHOICE
-    }
+    unsafe = {row.split("=", 1)[0] for row in unsafe_rows if row not in _LEFT_BY_CHOICE}
     chosen = [
         HardeningSetting(key=key, value=value)
         for key, value in _HARDEN_VALUES.items()

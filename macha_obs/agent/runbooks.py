@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from macha_obs.agent.history import History, order_by_outcomes
-from macha_obs.agent.patch_runbooks import memory_proposals
+from macha_obs.agent.patch_runbooks import exposure_proposals, memory_proposals
 from macha_obs.models import (
     Action,
     Assessment,
@@ -151,14 +151,27 @@ def journal_caps(incident: Incident, history: History) -> list[Proposal]:
     return found[:1]
 
 
+def _exposure(e: Evidence) -> list[tuple[Action, str]]:
+    """An exposed service, or one whose exposure rose: a look for a person; where this
+    host measured it listening unhardened, also the hardening patch a person applies."""
+    if e.unit is None:
+        return [(Investigate(diagnostic=FailedUnits()), f"{e.kind.value} without a unit name")]
+    look: list[tuple[Action, str]] = [
+        (Investigate(diagnostic=UnitStatus(unit=e.unit)), _exposure_why(e, e.unit))
+    ]
+    if e.kind is FindingKind.SERVICE_EXPOSED and e.measured:
+        return look + exposure_proposals(e.unit, e.details)
+    return look
+
+
 # What a host's own measure calls for, by kind.
 _MEASURED: dict[FindingKind, Callable[[Evidence], list[tuple[Action, str]]]] = {
     FindingKind.DISK_FILLING: _space,
     FindingKind.INODES_LOW: _space,
     FindingKind.UNIT_OOM_AT_LIMIT: lambda e: memory_proposals(e.unit, e.details),
+    FindingKind.SERVICE_EXPOSED: _exposure,
+    FindingKind.EXPOSURE_ROSE: _exposure,
 }
-
-_EXPOSURE_KINDS = {FindingKind.SERVICE_EXPOSED, FindingKind.EXPOSURE_ROSE}
 
 
 def _exposure_why(e: Evidence, unit: str) -> str:
@@ -242,9 +255,7 @@ def _actions(e: Evidence) -> list[tuple[Action, str]]:
         case FindingKind.UNEXPECTED_REBOOT:
             return [(Investigate(diagnostic=FailedUnits()), "unexpected reboot: what failed")]
     if unit:
-        # exposure findings land here too: a person's to judge and harden, the sidecar looks
-        why = _exposure_why(e, unit) if kind in _EXPOSURE_KINDS else f"{kind.value} on {unit}"
-        return [(Investigate(diagnostic=UnitStatus(unit=unit)), why)]
+        return [(Investigate(diagnostic=UnitStatus(unit=unit)), f"{kind.value} on {unit}")]
     # a unit problem whose alert names no unit: the host-wide view is the place to start
     return [(Investigate(diagnostic=FailedUnits()), f"{kind.value} without a unit name")]
 

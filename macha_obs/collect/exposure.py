@@ -36,6 +36,7 @@ from macha_obs.models import (
     ExposureReading,
     Finding,
     FindingKind,
+    HardeningKey,
     ScoredUnit,
     UnitExposure,
     parse_security_table,
@@ -162,7 +163,13 @@ def summarize_exposure(
                         f"{u.unit} listens beyond loopback and its exposure is {u.score:.1f} "
                         f"{u.level} (threshold {threshold:g}, {u.unsafe} unsafe settings)"
                     ),
-                    details={"score": u.score, "level": u.level, "unsafe": u.unsafe},
+                    details={
+                        "score": u.score,
+                        "level": u.level,
+                        "unsafe": u.unsafe,
+                        # what the runbook may propose to harden (catalogue rows only)
+                        "hardenable": " ".join(u.hardenable),
+                    },
                 )
             )
     if previous is None:
@@ -304,9 +311,18 @@ class ExposureCollector:
             score=exposure.score,
             level=exposure.level,
             unsafe=exposure.unsafe,
+            hardenable=hardenable(exposure),
             listening_non_loopback=listening,
             scored_at=ran_at,
         )
+
+
+def hardenable(exposure: UnitExposure) -> tuple[str, ...]:
+    """The unsafe rows of `exposure` whose setting the hardening catalogue holds."""
+    keys = {key.value for key in HardeningKey}
+    return tuple(
+        s.name for s in exposure.settings if s.safe is False and s.name.split("=", 1)[0] in keys
+    )[:32]
 
 
 def _one_line(text: str) -> str:

@@ -155,6 +155,9 @@ class ScoredUnit(BaseModel):
     score: float | None = Field(None, ge=0, le=10)  # None: its analysis failed (`error`)
     level: ExposureLevel = Field("", max_length=16)
     unsafe: int = Field(0, ge=0)  # settings systemd marks ✗
+    # the unsafe rows a hardening patch's catalogue can change (row names as systemd
+    # prints them, e.g. "NoNewPrivileges="): what the runbook proposes, bounded
+    hardenable: tuple[str, ...] = Field((), max_length=32)
     # a socket of the service listens on (TCP) or is bound to (UDP) a non-loopback address
     listening_non_loopback: bool = False
     scored_at: float | None = None  # unix seconds of the run that scored it
