@@ -11,6 +11,7 @@ import logging
 import signal
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,14 +105,17 @@ def _login_name() -> str:
         return "unknown"
 
 
-def _import_while_root() -> None:
+def _import_while_root(preload: Callable[[], None] | None = None) -> None:
     """What a command imports only when first needed (a model client's or `status`'s
-    HTTP, README "Idle cost"), imported before dropping to the state dir's owner: that
-    user may not read the interpreter's own files (a venv under /root, this machine's
-    Python), and an import after the drop would fail."""
+    HTTP, the command's own `preload`; README "Idle cost"), imported before dropping to
+    the state dir's owner: that user may not read the interpreter's own files (a venv
+    under /root, this machine's Python), and an import after the drop would fail."""
     import requests  # noqa: F401
 
     import macha_obs.agent.endpoint_http  # noqa: F401
+
+    if preload is not None:
+        preload()
 
 
 def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, Any]) -> None:
@@ -121,11 +125,14 @@ def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, 
     ctx.obj["flags"] = flags
 
 
-def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
+def ctx_config(
+    ctx: click.Context, *, as_owner: bool = True, preload: Callable[[], None] | None = None
+) -> Config:
     """The config, loaded once. Run as root, a command then becomes the state dir's
     owner before it touches anything there (`as_owner`; only the privileged oneshot's
     root side keeps root): whatever the service user planted in its own dir, root's
-    commands can then touch nothing the service user could not."""
+    commands can then touch nothing the service user could not. `preload` imports, before
+    that drop, what this command would otherwise import on first use."""
     if "config" not in ctx.obj:
         ctx.obj["config"] = load_config(ctx.obj["config_path"], **ctx.obj["flags"])
     cfg: Config = ctx.obj["config"]
@@ -133,7 +140,9 @@ def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
         ctx.obj["dropped"] = True
         _person[:] = [_login_name()]
         try:
-            user = statedir.drop_to_owner(cfg.state_dir, before=_import_while_root)
+            user = statedir.drop_to_owner(
+                cfg.state_dir, before=partial(_import_while_root, preload)
+            )
         except OSError as exc:
             raise UsageError(f"cannot become the state dir's owner: {exc}") from exc
         if user is not None:
