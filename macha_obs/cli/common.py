@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import signal
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -19,7 +18,7 @@ import click
 
 from macha_obs import config as config_mod
 from macha_obs import statedir
-from macha_obs.cli.errors import Mapped
+from macha_obs.cli.errors import Mapped, unwind_on_sigterm
 from macha_obs.config import AnalysisMode, AutonomyLevel, Config
 from macha_obs.errors import UsageError
 from macha_obs.statedir import StateDir
@@ -67,11 +66,6 @@ def config_options(fn: F) -> F:
     return fn
 
 
-def _terminated(signum: int, frame: object) -> None:
-    del frame
-    raise SystemExit(128 + signum)
-
-
 class Group(Mapped, click.Group):
     """A command group whose errors end as `error: ...` and an exit code, never a
     traceback, wherever in a command (or its command line) they are raised."""
@@ -79,9 +73,7 @@ class Group(Mapped, click.Group):
     group_class = type  # subgroups are Groups too
 
     def invoke(self, ctx: click.Context) -> Any:
-        # SIGTERM unwinds like Ctrl-C: an action in flight is recorded interrupted, and
-        # nothing is left half-done for the next start to find (serve sets its own)
-        signal.signal(signal.SIGTERM, _terminated)
+        unwind_on_sigterm()
         return super().invoke(ctx)
 
 
