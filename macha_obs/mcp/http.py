@@ -14,9 +14,9 @@ protocol allows) and the body's size (413). A session that ends (DELETE, idle ti
 a client gone) ends its pending requests: an approval waiting for its person's
 confirmation is left pending.
 
-The SDK (and what it pulls in: starlette, uvicorn, httpx, jsonschema; about 40 MiB) is
-loaded by the first request that passes those checks, not at start: an idle sidecar
-that no assistant talks to does not carry it (README "Idle cost").
+The SDK (and what it pulls in: starlette, uvicorn, httpx, jsonschema, anyio; about
+19 MiB of the daemon's RSS) is loaded by the first request that passes those checks, not
+at start: an idle sidecar that no assistant talks to does not carry it (README "Idle cost").
 """
 
 from __future__ import annotations
