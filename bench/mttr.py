@@ -27,7 +27,7 @@ What is compared, in one run on one machine:
   start program). Same kind of service, same SIGKILL, same run.
 - idle cost: a fresh sidecar with the default intervals (collect 15 s, check 300 s,
   D-Bus events on), not scraped, for `--idle-seconds`: CPU seconds of the process and its
-  D-Bus worker children (utime + stime, live children and reaped ones), and RSS.
+  D-Bus worker children (utime + stime, live children and reaped ones), RSS, and PSS.
 
 p90 is the nearest-rank 90th percentile. The first trial of each path is a warm-up and is
 not counted (imports and the first D-Bus connections happen there).
@@ -455,6 +455,17 @@ class ProcUsage:
     rss_bytes: int
     self_rss_bytes: int
     children: int
+    pss_bytes: int = 0  # RSS with each shared page split among the processes that map it
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size: what RSS counts twice (the interpreter's code, shared by the
+    sidecar and its child, and libc with every process) is split, not repeated."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _stat(pid: int) -> list[str]:
@@ -477,14 +488,15 @@ def usage(pid: int) -> ProcUsage:
     own = _stat(pid)
     ticks = sum(int(own[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
     self_rss = int(own[21]) * PAGE
-    rss = self_rss
+    rss, pss = self_rss, _pss(pid)
     kids = _descendants(pid)
     for kid in kids:
         with contextlib.suppress(OSError):
             fields = _stat(kid)
             ticks += int(fields[11]) + int(fields[12])
             rss += int(fields[21]) * PAGE
-    return ProcUsage(ticks / CLK_TCK, rss, self_rss, len(kids))
+            pss += _pss(kid)
+    return ProcUsage(ticks / CLK_TCK, rss, self_rss, len(kids), pss)
 
 
 def idle_cost(lab: LabSystemd, work: Path, seconds: float) -> tuple[ProcUsage, ProcUsage, float]:
@@ -556,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{after.rss_bytes / 2**20:.1f} MiB with {after.children} D-Bus worker "
             f"child(ren); at start of window {before.rss_bytes / 2**20:.1f} MiB"
         )
+        print(f"  PSS  {after.pss_bytes / 2**20:.1f} MiB, sidecar and child(ren) together")
     print(f"\nwall time {time.monotonic() - began:.0f} s")
     return 0
 

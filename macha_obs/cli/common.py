@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import getpass
 import logging
-import signal
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import click
 
 from macha_obs import config as config_mod
 from macha_obs import statedir
-from macha_obs.cli.errors import Mapped
+from macha_obs.cli.errors import Mapped, unwind_on_sigterm
 from macha_obs.config import AnalysisMode, AutonomyLevel, Config
 from macha_obs.errors import UsageError
 from macha_obs.statedir import StateDir
@@ -66,11 +66,6 @@ def config_options(fn: F) -> F:
     return fn
 
 
-def _terminated(signum: int, frame: object) -> None:
-    del frame
-    raise SystemExit(128 + signum)
-
-
 class Group(Mapped, click.Group):
     """A command group whose errors end as `error: ...` and an exit code, never a
     traceback, wherever in a command (or its command line) they are raised."""
@@ -78,9 +73,7 @@ class Group(Mapped, click.Group):
     group_class = type  # subgroups are Groups too
 
     def invoke(self, ctx: click.Context) -> Any:
-        # SIGTERM unwinds like Ctrl-C: an action in flight is recorded interrupted, and
-        # nothing is left half-done for the next start to find (serve sets its own)
-        signal.signal(signal.SIGTERM, _terminated)
+        unwind_on_sigterm()
         return super().invoke(ctx)
 
 
@@ -104,14 +97,17 @@ def _login_name() -> str:
         return "unknown"
 
 
-def _import_while_root() -> None:
+def _import_while_root(preload: Callable[[], None] | None = None) -> None:
     """What a command imports only when first needed (a model client's or `status`'s
-    HTTP, README "Idle cost"), imported before dropping to the state dir's owner: that
-    user may not read the interpreter's own files (a venv under /root, this machine's
-    Python), and an import after the drop would fail."""
+    HTTP, the command's own `preload`; README "Idle cost"), imported before dropping to
+    the state dir's owner: that user may not read the interpreter's own files (a venv
+    under /root, this machine's Python), and an import after the drop would fail."""
     import requests  # noqa: F401
 
     import macha_obs.agent.endpoint_http  # noqa: F401
+
+    if preload is not None:
+        preload()
 
 
 def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, Any]) -> None:
@@ -121,11 +117,14 @@ def keep_options(ctx: click.Context, config_path: Path | None, flags: dict[str, 
     ctx.obj["flags"] = flags
 
 
-def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
+def ctx_config(
+    ctx: click.Context, *, as_owner: bool = True, preload: Callable[[], None] | None = None
+) -> Config:
     """The config, loaded once. Run as root, a command then becomes the state dir's
     owner before it touches anything there (`as_owner`; only the privileged oneshot's
     root side keeps root): whatever the service user planted in its own dir, root's
-    commands can then touch nothing the service user could not."""
+    commands can then touch nothing the service user could not. `preload` imports, before
+    that drop, what this command would otherwise import on first use."""
     if "config" not in ctx.obj:
         ctx.obj["config"] = load_config(ctx.obj["config_path"], **ctx.obj["flags"])
     cfg: Config = ctx.obj["config"]
@@ -133,7 +132,9 @@ def ctx_config(ctx: click.Context, *, as_owner: bool = True) -> Config:
         ctx.obj["dropped"] = True
         _person[:] = [_login_name()]
         try:
-            user = statedir.drop_to_owner(cfg.state_dir, before=_import_while_root)
+            user = statedir.drop_to_owner(
+                cfg.state_dir, before=partial(_import_while_root, preload)
+            )
         except OSError as exc:
             raise UsageError(f"cannot become the state dir's owner: {exc}") from exc
         if user is not None:

@@ -11,6 +11,7 @@ get the same `error: ` prefix through `prefixed`, whichever console script it wa
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -93,5 +94,21 @@ class Mapped(click.Command):
             return super().invoke(ctx)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    del frame
+    raise SystemExit(128 + signum)
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: an action in flight is recorded interrupted, a child
+    (`macha-logs`'s journalctl) is stopped, and nothing is left half-done for the next
+    start to find (serve sets its own)."""
+    signal.signal(signal.SIGTERM, _terminated)
+
+
 class Command(Mapped):
     """A stand-alone command (not under a Group) whose errors are mapped likewise."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        unwind_on_sigterm()
+        return super().invoke(ctx)

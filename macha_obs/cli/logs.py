@@ -186,8 +186,10 @@ def _new_lines(fh: IO[str], path: Path) -> Iterator[str]:
             pending = ""
 
 
-def _journal(lines: int, as_json: bool, follow: bool) -> int:
+def _journal(journal_dir: Path | None, lines: int, as_json: bool, follow: bool) -> int:
+    """The sidecar's unit in the journal the sidecar itself reads (`journal_dir`)."""
     argv = ["journalctl", "--no-pager", "-u", "macha-autonomous.service", "-n", str(lines)]
+    argv += [f"--directory={journal_dir}"] if journal_dir is not None else []
     argv += ["-o", "json"] if as_json else []
     argv += ["-f"] if follow else []
     try:
@@ -212,7 +214,7 @@ def logs_main(
     """Read the sidecar's logs: its journal, the audit logs, or orchestrator.log."""
     cfg = load_config(config_path, **flags)
     if kind == "service":
-        click.get_current_context().exit(_journal(lines, as_json, follow))
+        click.get_current_context().exit(_journal(cfg.journal_dir, lines, as_json, follow))
     state = StateDir(cfg.state_dir)
     path = log_path(state, kind)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
-import anyio
 import click
 
 from macha_obs.cli.common import ctx_config, open_store
@@ -21,13 +22,16 @@ from macha_obs.config import Config
 from macha_obs.errors import UsageError
 from macha_obs.execute.dispatch import HostExecutor
 from macha_obs.intake.token import is_loopback, read_token
-from macha_obs.mcp.facts import LinkOf
+from macha_obs.mcp.desk import Desk
+from macha_obs.mcp.facts import Facts
 from macha_obs.mcp.http import McpHttp, allowed_hosts
-from macha_obs.mcp.server import MachaMcp, build_server
 from macha_obs.mcp.stats import McpStats
 from macha_obs.models import Snapshot
 from macha_obs.store import Store
 from macha_obs.web import page_token
+
+if TYPE_CHECKING:  # the SDK loads when a server is built (mcp/http.py says why)
+    from macha_obs.mcp.server import MachaMcp
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +40,19 @@ class McpTokenError(UsageError):
     """/mcp cannot be served as configured; the message says what to change."""
 
 
-def build(
-    cfg: Config,
-    store: Store,
-    executor: HostExecutor,
-    *,
-    snapshot: Callable[[], Snapshot | None],
-    link_of: LinkOf,
-    transport: str,
-    stats: McpStats,
-) -> MachaMcp:
-    facts, desk = parts(cfg, store, executor, snapshot=snapshot, link_of=link_of)
-    return build_server(facts, desk, transport=transport, stats=stats, runbooks_dir=runbooks_dir())
+def _http_server(facts: Facts, desk: Desk, stats: McpStats) -> MachaMcp:
+    """The /mcp server over the daemon's parts; called by the first request /mcp lets in."""
+    from macha_obs.mcp.server import build_server
+
+    return build_server(facts, desk, transport="http", stats=stats, runbooks_dir=runbooks_dir())
+
+
+def preload_sdk() -> None:
+    """The SDK /mcp loads on its first request, imported now: for a daemon started as root
+    that is about to drop to the state dir's owner (cli/common.py says why)."""
+    import mcp.server.streamable_http_manager  # noqa: F401
+
+    import macha_obs.mcp.server  # noqa: F401
 
 
 def mcp_token(cfg: Config) -> str | None:
@@ -74,25 +79,22 @@ def mount(
     snapshot: Callable[[], Snapshot | None],
     stats: McpStats,
 ) -> McpHttp:
-    """The /mcp app for the daemon's listener, its loop started."""
+    """The /mcp app for the daemon's listener (its server and loop start with the first
+    request it lets in)."""
     token = mcp_token(cfg)
-    server = build(
-        cfg,
-        store,
-        executor,
-        snapshot=snapshot,
-        link_of=page_links(cfg),
-        transport="http",
-        stats=stats,
-    )
+    facts, desk = parts(cfg, store, executor, snapshot=snapshot, link_of=page_links(cfg))
     hosts = allowed_hosts(cfg.listen_host, cfg.listen_port, cfg.hostname, cfg.external_url)
-    return McpHttp(server, token=token, hosts=hosts, stats=stats).start()
+    return McpHttp(partial(_http_server, facts, desk, stats), token=token, hosts=hosts, stats=stats)
 
 
 @click.command("mcp")
 @click.pass_context
 def mcp_stdio(ctx: click.Context) -> None:
     """Serve the MCP tools over stdio (an MCP client's command: `ssh HOST macha-obs mcp`)."""
+    import anyio  # here, not at the top: `serve` imports this module (mcp/http.py says why)
+
+    from macha_obs.mcp.server import build_server
+
     cfg = ctx_config(ctx)
     store = open_store(cfg)
     executor = build_executor(cfg, store)

@@ -23,7 +23,7 @@ from macha_obs.cli.common import (
 )
 from macha_obs.cli.errors import Command
 from macha_obs.cli.learn import learn_state
-from macha_obs.cli.mcp import McpTokenError, mount
+from macha_obs.cli.mcp import McpTokenError, mount, preload_sdk
 from macha_obs.cli.wiring import (
     Parts,
     assemble,
@@ -224,7 +224,7 @@ def _listen(
 def serve(ctx: click.Context, start_fresh: bool) -> None:
     """Run the sidecar: collect, serve /metrics /alerts /approvals /healthz /readyz, and
     heal."""
-    cfg = ctx_config(ctx)
+    cfg = ctx_config(ctx, preload=preload_sdk)
     store, lock, interrupted = _open_state(cfg, start_fresh=start_fresh)
     side = assemble(cfg, store)
     _recover(side, interrupted)

@@ -13,28 +13,35 @@ rebinding (403), the method (GET's standing event stream is not offered: 405, wh
 protocol allows) and the body's size (413). A session that ends (DELETE, idle timeout,
 a client gone) ends its pending requests: an approval waiting for its person's
 confirmation is left pending.
+
+The SDK (and what it pulls in: starlette, uvicorn, httpx, jsonschema, anyio; about
+19 MiB of the daemon's RSS) is loaded by the first request that passes those checks, not
+at start: an idle sidecar that no assistant talks to does not carry it (README "Idle cost").
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator, MutableMapping
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-
-from macha_obs.mcp.server import MachaMcp
 from macha_obs.mcp.stats import McpStats
+
+if TYPE_CHECKING:  # the SDK and asyncio are imported on first use (the docstring says why)
+    import asyncio
+    from concurrent.futures import Future
+
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    from macha_obs.mcp.server import MachaMcp
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +80,12 @@ def allowed_hosts(listen_host: str, port: int, hostname: str, external_url: str 
 
 
 class McpHttp:
-    """The WSGI app for /mcp; `start` before serving, `close` at shutdown."""
+    """The WSGI app for /mcp; `close` at shutdown. `build` makes the server, once, when
+    the first request passes the checks; the session manager's loop starts then."""
 
     def __init__(
         self,
-        server: MachaMcp,
+        build: Callable[[], MachaMcp],
         *,
         token: str | None,
         hosts: set[str],
@@ -90,12 +98,10 @@ class McpHttp:
         self.stats = stats
         self.max_body = max_body
         self.call_deadline = call_deadline
-        self.manager = StreamableHTTPSessionManager(
-            app=server._mcp_server,  # the SDK's documented way to mount it
-            session_idle_timeout=SESSION_IDLE,
-            max_sessions=MAX_SESSIONS,
-            max_request_body_size=max_body,
-        )
+        self._build = build
+        self._starting = threading.Lock()
+        self._closed = False
+        self.manager: StreamableHTTPSessionManager | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -103,18 +109,40 @@ class McpHttp:
 
     # ------------------------------------------------------------ the loop
 
-    def start(self) -> McpHttp:
-        self._thread = threading.Thread(target=self._serve, name="macha-mcp", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the MCP session manager did not start")
-        return self
+    def _running(self) -> asyncio.AbstractEventLoop | None:
+        """The session manager's loop, started by the first request that needs it; None
+        once closed, or when it could not start."""
+        with self._starting:
+            if self._thread is None and not self._closed:
+                try:
+                    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+                    self.manager = StreamableHTTPSessionManager(
+                        app=self._build()._mcp_server,  # the SDK's documented way to mount it
+                        session_idle_timeout=SESSION_IDLE,
+                        max_sessions=MAX_SESSIONS,
+                        max_request_body_size=self.max_body,
+                    )
+                except Exception:
+                    log.exception("mcp: the server could not be built")
+                    return None  # a 503; the next request tries again
+                self._thread = threading.Thread(target=self._serve, name="macha-mcp", daemon=True)
+                self._thread.start()
+                if not self._ready.wait(10):
+                    log.error("mcp: the session manager did not start")
+        loop = self._loop
+        return None if loop is None or loop.is_closed() else loop
 
     def _serve(self) -> None:
+        import asyncio
+
+        manager = self.manager
+        assert manager is not None  # noqa: S101 - set before the thread starts
+
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            async with self.manager.run():
+            async with manager.run():
                 self._ready.set()
                 await self._stop.wait()
 
@@ -126,6 +154,8 @@ class McpHttp:
             self._ready.set()
 
     def close(self, timeout: float = 5.0) -> None:
+        with self._starting:
+            self._closed = True  # no request starts the loop after this
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -148,8 +178,8 @@ class McpHttp:
         if body and not _is_json(body):  # the SDK answers undecodable bytes with a 500
             self.stats.count("none", "invalid")
             return _plain(start_response, "400 Bad Request", "the body is not JSON (UTF-8)")
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        loop = self._running()
+        if loop is None:
             return _plain(start_response, "503 Service Unavailable", "MCP is not running")
         return self._bridge(loop, environ, body, start_response)
 
@@ -184,6 +214,8 @@ class McpHttp:
         body: bytes,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
+        import asyncio
+
         sent: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
         gone = threading.Event()
         scope = _scope(environ)
@@ -201,9 +233,12 @@ class McpHttp:
         async def send(message: Message) -> None:
             sent.put(message)
 
+        manager = self.manager
+        assert manager is not None  # noqa: S101 - the loop runs only with a manager
+
         async def call() -> None:
             try:
-                await self.manager.handle_request(scope, receive, send)
+                await manager.handle_request(scope, receive, send)
             finally:
                 sent.put(None)
 

@@ -2,12 +2,15 @@
 
 Pure: no I/O, no clock of its own. The store supplies the recent executions, verify.py
 the breaker's state (its rule, state and reset live there); the caller supplies `now`.
-Risk comes from here only, never from a model (DESIGN.md invariant 2).
+Risk comes from here only, never from a model (DESIGN.md invariant 2). One decision is
+one `Facts`, gathered once (remediate/ does the gathering), judged once by `judged`;
+the shadow judgement reuses those facts.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -81,6 +84,25 @@ class PolicyContext:
     recent: tuple[Execution, ...] = ()
     breaker: BreakerState = field(default_factory=BreakerState)
     pause: Pause | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one judgement of one action rests on, gathered once: the action; its risk and
+    why (`risk_of`: from the action and the config alone); the ledger's context; the
+    incident's scope; the scope lock's test of the unit just now (None: not a unit
+    action, or one refused before anyone looked)."""
+
+    action: Action
+    risk: Risk
+    why: str
+    context: PolicyContext
+    scope: Scope | None = None
+    problem: Confirmation | None = None
+
+
+# How an action's risk is computed: `risk_of`; a seam so a test can count the calls.
+Risker = Callable[[Action, Config], tuple[Risk, str]]
 
 
 def effective_autonomy(config: Config, breaker: BreakerState) -> AutonomyLevel:
@@ -184,7 +206,13 @@ def judge(
     scope: Scope | None = None,
     problem: Confirmation | None = None,
 ) -> Verdict:
-    """Decide execute / queue / record / refuse for one action.
+    """`judged`, on facts put together here (for a caller that has no `Facts` yet)."""
+    risk, why = risk_of(action, ctx.config)
+    return judged(Facts(action, risk, why, ctx, scope, problem), approved=approved)
+
+
+def judged(facts: Facts, *, approved: bool = False) -> Verdict:
+    """Decide execute / queue / record / refuse for one action, from its facts.
 
     `scope` is what the incident's evidence names (invariant 12): a unit action outside
     it, or with no scope at all, is refused. `problem` is the scope lock's test of the
@@ -196,8 +224,9 @@ def judge(
     same checks; `observe` still acts on nothing. A backup unit is never started by
     itself unless trusted by its exact name (`_backup`).
     """
+    action, ctx, scope, problem = facts.action, facts.context, facts.scope, facts.problem
+    risk, why = facts.risk, facts.why
     autonomy = effective_autonomy(ctx.config, ctx.breaker)
-    risk, why = risk_of(action, ctx.config)
 
     def verdict(outcome: Outcome, reason: str, *, limited: bool = False) -> Verdict:
         return Verdict(
@@ -286,22 +315,17 @@ def suppressed_verdict(verdict: Verdict, suppression: Suppression, action: Actio
     )
 
 
-def shadow_outcome(
-    action: Action,
-    ctx: PolicyContext,
-    scope: Scope,
-    problem: Confirmation | None,
-    *,
-    suppressed: Suppression | None,
-) -> Outcome:
+def shadow_outcome(facts: Facts, *, suppressed: Suppression | None) -> Outcome:
     """What the sidecar would have done at auto-safe, with no per-action trust: the same
-    judgement (scope lock, problem test, rate limits, breaker, pause) at that level."""
+    judgement (scope lock, problem test, rate limits, breaker, pause) of the same facts
+    at that level. The risk stands: it reads the protected classes, not these two."""
+    ctx = facts.context
     config = ctx.config.model_copy(
         update={"autonomy_level": AutonomyLevel.AUTO_SAFE, "trusted_actions": ()}
     )
-    shadow = judge(action, replace(ctx, config=config), scope=scope, problem=problem)
+    shadow = judged(replace(facts, context=replace(ctx, config=config)))
     if suppressed is not None:
-        shadow = suppressed_verdict(shadow, suppressed, action)
+        shadow = suppressed_verdict(shadow, suppressed, facts.action)
     return shadow.outcome
 
 

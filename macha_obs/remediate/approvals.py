@@ -23,7 +23,7 @@ from macha_obs.models import (
     Outcome,
     describe_action,
 )
-from macha_obs.policy.judge import judge
+from macha_obs.policy.judge import judged
 from macha_obs.policy.scope import Scope, confirm
 from macha_obs.remediate.handled import Handled
 
@@ -59,7 +59,7 @@ def approve(rem: Remediator, approval_id: int, by: str) -> Handled:
     approval = rem.store.pending_approval(approval_id)
     action = approval.action
     if isinstance(action, PATCH_ACTIONS):
-        verdict = judge(action, rem.context())
+        verdict = judged(rem.facts(action, None))
         rem._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
         note = "read by a human; nothing executed"
         settled = rem.store.decide_approval(
@@ -71,8 +71,9 @@ def approve(rem: Remediator, approval_id: int, by: str) -> Handled:
         )
         return Handled(verdict, approval=settled)
     scope = rem.scope_of(approval.incident_ids) if rem.scope_of else None
-    problem = rem.confirm(action, scope) if scope is not None else None
-    verdict = judge(action, rem.context(), approved=True, scope=scope, problem=problem)
+    facts = rem.facts(action, scope)
+    problem = facts.problem
+    verdict = judged(facts, approved=True)
     rem._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
     if verdict.outcome is not Outcome.EXECUTE:
         # Refusals that can pass (observe mode, a pause, a rate limit, a state that

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from macha_obs.config import AutonomyLevel, Config
+from macha_obs.config import Config
 from macha_obs.errors import RefusedError
 from macha_obs.intake.incidents import Queued
 from macha_obs.models import (
@@ -31,27 +31,30 @@ from macha_obs.models import (
     Suppression,
     UnitState,
     Verdict,
-    action_json,
     describe_action,
     learns_from,
 )
 from macha_obs.policy.judge import (
     BreakerState,
+    Facts,
     PolicyContext,
+    Risker,
     held_for_human,
-    judge,
+    judged,
     risk_of,
     shadow_outcome,
     suppressed_verdict,
 )
-from macha_obs.policy.scope import Confirmation, Scope, confirm, out_of_scope
+from macha_obs.policy.scope import Scope, confirm, out_of_scope
 from macha_obs.remediate import approvals
 from macha_obs.remediate.approvals import Incidents
 from macha_obs.remediate.handled import Handled
 from macha_obs.remediate.hardening import HardeningChecker
 from macha_obs.remediate.patches import PatchChecker
 from macha_obs.remediate.verdicts import (
+    SHADOWED,
     Preview,
+    Shadows,
     context_of,
     patch_checked,
     queue_reason,
@@ -74,11 +77,6 @@ class Executor(Protocol):
     def unit_state(self, unit: str) -> UnitState: ...
 
 
-# Autonomy levels whose decisions are shadow-scored against auto-safe.
-_SHADOWED = frozenset({AutonomyLevel.OBSERVE, AutonomyLevel.SUGGEST})
-_SHADOWS_KEPT = 1000
-
-
 class Remediator:
     def __init__(
         self,
@@ -92,12 +90,13 @@ class Remediator:
         verifier: Verifier | None = None,
         fleet_check: FleetCheck | None = None,
         hardening: HardeningChecker | None = None,
+        risk: Risker = risk_of,
     ) -> None:
         """`scope_of` gives the evidence of the incidents an approval carries; without it
         an approval of a unit action is out of scope (fail closed). `patches` and
         `hardening` check a config_change and a settings patch before they are queued.
-        `fleet_check` is asked right before an automatic fix runs (never before a
-        human's approval: that is the human's call); a reason queues the fix instead."""
+        `fleet_check` is asked right before an automatic fix runs (never before a human's
+        approval); a reason queues the fix instead. `risk`: risk_of (a seam to count)."""
         self.config = config
         self.store = store
         self.executor = executor
@@ -107,8 +106,8 @@ class Remediator:
         self.clock = clock
         self.verifier = verifier or Verifier(config, store, clock)
         self.fleet_check = fleet_check
-        # what auto-safe would have done, per (incident, action) judged, not yet queued
-        self._shadows: dict[tuple[str, str], Outcome] = {}
+        self.risk = risk
+        self._shadows = Shadows()
         self.in_flight: int | None = None  # the action id between intent and outcome
 
     # ------------------------------------------------------------ state
@@ -125,14 +124,19 @@ class Remediator:
         except Exception:  # unknown: never counts as healthy, failed or busy
             return None
 
-    def confirm(self, action: Action, scope: Scope) -> Confirmation | None:
-        """The scope lock's test for a unit action, from systemd's state just now. A unit
-        the policy refuses anyway (protected, out of scope) is not even looked at."""
-        if not isinstance(action, UNIT_ACTIONS) or out_of_scope(action, scope) is not None:
-            return None
-        if risk_of(action, self.config)[0] is Risk.FORBIDDEN:
-            return None
-        return confirm(action.unit, self.unit_state(action.unit), scope)
+    def facts(self, action: Action, scope: Scope | None) -> Facts:
+        """One judgement's facts, gathered once: the risk, the ledger's context, systemd's
+        state of a unit just now (not of one the policy refuses: protected, out of scope)."""
+        risk, why = self.risk(action, self.config)
+        problem = None
+        if (
+            isinstance(action, UNIT_ACTIONS)
+            and scope is not None
+            and out_of_scope(action, scope) is None
+            and risk is not Risk.FORBIDDEN
+        ):
+            problem = confirm(action.unit, self.unit_state(action.unit), scope)
+        return Facts(action, risk, why, self.context(), scope, problem)
 
     # ------------------------------------------------------------ proposals
 
@@ -145,13 +149,11 @@ class Remediator:
         scored against the person's decision by store/outcomes.py)."""
         action = proposal.action
         seen = self.preview(incident_id, action, scope)
-        verdict, problem, suppressed = seen.verdict, seen.problem, seen.suppressed
+        verdict = seen.verdict
         shadow = None
-        if self.config.autonomy_level in _SHADOWED and learns_from(action):
-            shadow = shadow_outcome(action, seen.context, scope, problem, suppressed=suppressed)
-            self._shadows[(incident_id, action_json(action))] = shadow
-            while len(self._shadows) > _SHADOWS_KEPT:
-                self._shadows.pop(next(iter(self._shadows)))
+        if self.config.autonomy_level in SHADOWED and learns_from(action):
+            shadow = shadow_outcome(seen.facts, suppressed=seen.suppressed)
+            self._shadows.note(incident_id, action, shadow)
         self._audit_verdict(incident_id, action, verdict, proposal.reason, shadow=shadow)
         return verdict
 
@@ -160,22 +162,21 @@ class Remediator:
     ) -> Preview:
         """The verdict a proposal (or, `approved`, an approval) gets from systemd's state
         now, recording nothing: what `decide` judges by, and analyze and MCP show."""
-        ctx = self.context()
-        problem = self.confirm(action, scope)
-        verdict = judge(action, ctx, approved=approved, scope=scope, problem=problem)
+        facts = self.facts(action, scope)
+        verdict = judged(facts, approved=approved)
         if not approved:
             verdict = patch_checked(action, verdict, self.patches, self.hardening)
         suppressed = self.suppressed(incident_id, action) if incident_id and not approved else None
         if suppressed is not None:
             verdict = suppressed_verdict(verdict, suppressed, action)
-        return Preview(verdict, problem, suppressed, ctx)
+        return Preview(verdict, suppressed, facts)
 
     def suppressed(self, incident_id: str, action: Action) -> Suppression | None:
         """The suppression of this fix for this incident's problem, if one is active."""
         return suppression_for(self.config, self.store, incident_id, action, self.clock())
 
     def _note_shadow(self, incident_id: str, action: Action, approval_id: int) -> None:
-        shadow = self._shadows.pop((incident_id, action_json(action)), None)
+        shadow = self._shadows.take(incident_id, action)
         if shadow is not None:
             self.store.note_shadow(approval_id, shadow)
 
@@ -185,7 +186,7 @@ class Remediator:
         """Execute a proposal judged EXECUTE, after judging it once more just now: the
         problem is confirmed again right before the side effect (invariant 12)."""
         action = proposal.action
-        verdict = judge(action, self.context(), scope=scope, problem=self.confirm(action, scope))
+        verdict = judged(self.facts(action, scope))  # gathered again: it is later now
         if verdict.outcome is not Outcome.EXECUTE:
             self._audit_verdict(incident_id, action, verdict, "re-judged before executing")
             return Handled(verdict)

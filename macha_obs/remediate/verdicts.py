@@ -1,12 +1,13 @@
 """The verdict's helpers: the policy's context from the ledger, the diff check a
-config_change passes before a person sees it, and what a queued item says first."""
+config_change passes before a person sees it, what a queued item says first, and the
+shadow judgements waiting for their approval."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from macha_obs.config import Config
+from macha_obs.config import AutonomyLevel, Config
 from macha_obs.intake.incidents import IncidentStore
 from macha_obs.models import (
     SETTINGS_PATCHES,
@@ -17,11 +18,12 @@ from macha_obs.models import (
     Proposal,
     Suppression,
     Verdict,
+    action_json,
     fix_of,
     learns_from,
     signature_of,
 )
-from macha_obs.policy.judge import RATE_WINDOW, PolicyContext
+from macha_obs.policy.judge import RATE_WINDOW, Facts, PolicyContext
 from macha_obs.policy.scope import Confirmation
 from macha_obs.remediate.hardening import HardeningChecker
 from macha_obs.remediate.patches import PatchChecker
@@ -81,13 +83,17 @@ def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
 
 @dataclass(frozen=True)
 class Preview:
-    """A judgement without a record: the verdict, the scope lock's confirmation (None
-    for a host action), an active suppression, and the context it was judged in."""
+    """A judgement without a record: the verdict, an active suppression, and the facts
+    it was judged from (the scope lock's confirmation among them)."""
 
     verdict: Verdict
-    problem: Confirmation | None
     suppressed: Suppression | None
-    context: PolicyContext
+    facts: Facts
+
+    @property
+    def problem(self) -> Confirmation | None:
+        """The scope lock's confirmation (None for a host action, or one not looked at)."""
+        return self.facts.problem
 
 
 def suppression_for(
@@ -99,3 +105,25 @@ def suppression_for(
     state = IncidentStore(store).get(incident_id)
     incident = state.incident if state is not None else Incident(id="-", source="manual")
     return store.suppression(signature_of(incident, action), fix_of(action), config, now)
+
+
+# Autonomy levels whose decisions are shadow-scored against auto-safe.
+SHADOWED = frozenset({AutonomyLevel.OBSERVE, AutonomyLevel.SUGGEST})
+
+
+class Shadows:
+    """What auto-safe would have done, per (incident, action) judged and not yet queued;
+    taken when the item is queued, to be scored against the person's decision
+    (store/outcomes.py). Past `kept`, the oldest go first."""
+
+    def __init__(self, kept: int = 1000) -> None:
+        self.kept = kept
+        self._waiting: dict[tuple[str, str], Outcome] = {}
+
+    def note(self, incident_id: str, action: Action, outcome: Outcome) -> None:
+        self._waiting[(incident_id, action_json(action))] = outcome
+        while len(self._waiting) > self.kept:
+            self._waiting.pop(next(iter(self._waiting)))
+
+    def take(self, incident_id: str, action: Action) -> Outcome | None:
+        return self._waiting.pop((incident_id, action_json(action)), None)
