@@ -62,7 +62,8 @@ from macha_obs.models import (
     parse_security_table,
     signature_of,
 )
-from macha_obs.policy.judge import PolicyContext, judge, risk_of
+from macha_obs.policy.judge import PolicyContext, judge
+from macha_obs.policy.risk import risk_of
 from macha_obs.policy.scope import Scope
 from macha_obs.remediate.hardening import HardeningChecker, nixos_patch
 from macha_obs.remediate.patches import PatchChecker, PatchRefused

@@ -18,7 +18,7 @@ import pytest
 from macha_obs import config as config_mod
 from macha_obs.config import Config
 from macha_obs.models import Action, Outcome, Proposal, RestartUnit, Risk
-from macha_obs.policy.judge import risk_of
+from macha_obs.policy.risk import risk_of
 from macha_obs.policy.scope import Scope
 from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store

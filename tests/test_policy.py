@@ -32,13 +32,9 @@ from macha_obs.models import (
     StartUnit,
     Verdict,
 )
-from macha_obs.policy.judge import (
-    BreakerState,
-    PolicyContext,
-    effective_autonomy,
-    risk_of,
-)
+from macha_obs.policy.judge import BreakerState, PolicyContext, effective_autonomy
 from macha_obs.policy.judge import judge as policy_judge
+from macha_obs.policy.risk import risk_of
 from macha_obs.policy.scope import Confirmation, Scope
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -34,7 +34,8 @@ from macha_obs.models import (
     StartUnit,
     UnitState,
 )
-from macha_obs.policy.judge import PolicyContext, judge, risk_of
+from macha_obs.policy.judge import PolicyContext, judge
+from macha_obs.policy.risk import risk_of
 from macha_obs.policy.scope import Confirmation, Scope
 from macha_obs.protected import PROTECTED_CLASSES
 from macha_obs.remediate.remediator import Remediator

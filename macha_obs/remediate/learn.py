@@ -26,7 +26,8 @@ from macha_obs.models import (
     parse_action,
     signature_of,
 )
-from macha_obs.policy.judge import risk_of, trusted_entry
+from macha_obs.policy.judge import trusted_entry
+from macha_obs.policy.risk import risk_of
 from macha_obs.store import Store
 
 # A fix becomes a candidate for per-action trust after this many approvals, every one

@@ -38,13 +38,12 @@ from macha_obs.policy.judge import (
     BreakerState,
     Facts,
     PolicyContext,
-    Risker,
     held_for_human,
     judged,
-    risk_of,
     shadow_outcome,
     suppressed_verdict,
 )
+from macha_obs.policy.risk import Risker, risk_of
 from macha_obs.policy.scope import Scope, confirm, out_of_scope
 from macha_obs.remediate import approvals
 from macha_obs.remediate.approvals import Incidents

@@ -34,7 +34,8 @@ from macha_obs.models import (
     Proposal,
     describe_action,
 )
-from macha_obs.policy.judge import BreakerState, risk_of
+from macha_obs.policy.judge import BreakerState
+from macha_obs.policy.risk import risk_of
 from macha_obs.store import Store
 
 
