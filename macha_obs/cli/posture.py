@@ -30,7 +30,13 @@ from macha_obs.collect.posture import (
 from macha_obs.collect.snapshots import latest_snapshot
 from macha_obs.config import Config
 from macha_obs.errors import UsageError
-from macha_obs.models import IntrusionReading, PostureBaseline, PostureNow, posture_diff
+from macha_obs.models import (
+    AUTH_SERVICES,
+    IntrusionReading,
+    PostureBaseline,
+    PostureNow,
+    posture_diff,
+)
 from macha_obs.statedir import StateDir
 from macha_obs.systemd.bus import IsolatedBus
 from macha_obs.terminal import inert
@@ -69,7 +75,7 @@ def intrusion_lines(r: IntrusionReading, now: float, live: bool) -> list[str]:
         window = _age(r.auth_window_seconds)
         total, recent = r.auth_failures_total, r.auth_failures_window
         counts = ", ".join(
-            f"{s} {total.get(s, 0)} ({recent.get(s, 0)} in {window})" for s in sorted(total)
+            f"{s} {total.get(s, 0)} ({recent.get(s, 0)} in {window})" for s in AUTH_SERVICES
         )
         lines.append(f"  auth failures since the sidecar started: {counts}")
     if r.baseline_error:
@@ -201,6 +207,14 @@ def _changes(old: PostureBaseline | None, now: PostureNow) -> list[str]:
     return lines
 
 
+def _confirmed() -> bool:
+    try:
+        return click.confirm("accept this?", default=False)
+    except click.Abort:  # no one to answer (stdin closed), or Ctrl-C: nothing is accepted
+        click.echo()
+        return False
+
+
 @posture_group.command("accept")
 @click.option("--yes", is_flag=True, help="Accept without asking.")
 @click.pass_context
@@ -241,7 +255,7 @@ def posture_accept(ctx: click.Context, yes: bool) -> None:
     lines += _listed("setuid/setgid files", now.setid_files)
     lines += _changes(old, now)
     click.echo("\n".join(lines))
-    if not yes and not click.confirm("accept this?", default=False):
+    if not yes and not _confirmed():
         click.echo("nothing accepted")
         return
     path = save_baseline(state.root, baseline)

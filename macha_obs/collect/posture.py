@@ -134,22 +134,22 @@ def socket_owners(inodes: Iterable[int], proc: Path = Path("/proc")) -> dict[int
     owners: dict[int, str] = {}
     if not wanted:
         return owners
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.scandir(proc / entry.name / "fd")
-            with fds:
-                links = {os.readlink(fd.path) for fd in fds}
-            hits = [wanted[link] for link in links if link in wanted]
-            if hits:
-                unit = _unit_of_cgroup((proc / entry.name / "cgroup").read_text())
-                for inode in hits:
-                    owners.setdefault(inode, unit)
-        except OSError:
-            continue  # not ours to read, or gone meanwhile
-        if len(owners) == len(wanted):
-            break
+    with os.scandir(proc) as processes:
+        for entry in processes:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with os.scandir(proc / entry.name / "fd") as fds:
+                    links = {os.readlink(fd.path) for fd in fds}
+                hits = [wanted[link] for link in links if link in wanted]
+                if hits:
+                    unit = _unit_of_cgroup((proc / entry.name / "cgroup").read_text())
+                    for inode in hits:
+                        owners.setdefault(inode, unit)
+            except OSError:
+                continue  # not ours to read, or gone meanwhile
+            if len(owners) == len(wanted):
+                break
     return owners
 
 
