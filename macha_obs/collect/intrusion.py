@@ -21,7 +21,7 @@ from macha_obs.collect.posture import (
     SetidScanner,
     UnitFiles,
     fetch_listeners,
-    fetch_posture,
+    fetch_units_and_setid,
     load_baseline,
     socket_owners,
 )
@@ -154,23 +154,23 @@ class IntrusionCollector:
         self._slow: tuple[float, PostureNow] | None = None
         self._owners: dict[str, str] = {}  # listener key → unit, looked up once
 
-    def _posture(self) -> PostureNow:
+    def _posture(self, pairs: list[tuple[Listener, int]]) -> PostureNow:
         now = self.monotonic()
         if self._slow is None or now - self._slow[0] >= self.interval:
-            self._slow = (now, fetch_posture(self.unit_files, self.scanner, self.proc))
-        slow = self._slow[1]
-        listeners = [listener for listener, _ in fetch_listeners(self.proc)]
-        return slow.model_copy(update={"listeners": listeners})
+            self._slow = (now, fetch_units_and_setid(self.unit_files, self.scanner))
+        return self._slow[1].model_copy(update={"listeners": [x for x, _ in pairs]})
 
-    def _with_owners(self, listeners: list[Listener]) -> list[Listener]:
+    def _with_owners(
+        self, listeners: list[Listener], pairs: list[tuple[Listener, int]]
+    ) -> list[Listener]:
         # the owner of a new listener, looked up once per socket (a walk of /proc)
-        pairs = {x.key: inode for x, inode in fetch_listeners(self.proc)}
-        unknown = [k for k in (x.key for x in listeners) if k not in self._owners and k in pairs]
+        inodes = {x.key: inode for x, inode in pairs}
+        unknown = [k for k in (x.key for x in listeners) if k not in self._owners and k in inodes]
         if unknown:
-            owners = socket_owners((pairs[k] for k in unknown), self.proc)
+            owners = socket_owners((inodes[k] for k in unknown), self.proc)
             for key in unknown:
-                self._owners[key] = owners.get(pairs[key], "")
-        self._owners = {k: v for k, v in self._owners.items() if k in pairs}  # bounded
+                self._owners[key] = owners.get(inodes[key], "")
+        self._owners = {k: v for k, v in self._owners.items() if k in inodes}  # bounded
         return [x.model_copy(update={"unit": self._owners.get(x.key, "")}) for x in listeners]
 
     def collect(self) -> tuple[IntrusionReading, list[Finding]]:
@@ -186,12 +186,13 @@ class IntrusionCollector:
             baseline = load_baseline(self.state_dir)
         except CollectorError as exc:  # the counters still count; the posture says why
             reading["baseline_error"] = str(exc)[:500]
-        posture = self._posture()
+        pairs = fetch_listeners(self.proc)  # one read of /proc/net per cycle
+        posture = self._posture(pairs)
         reading["listeners"] = len(posture.listeners)
         reading["units_error"] = posture.units_error
         if baseline is not None:
             diff = posture_diff(baseline, posture)
-            diff = diff.model_copy(update={"listeners": self._with_owners(diff.listeners)})
+            diff = diff.model_copy(update={"listeners": self._with_owners(diff.listeners, pairs)})
             findings += posture_findings(diff)
             reading |= {
                 "baseline_at": baseline.accepted_at,

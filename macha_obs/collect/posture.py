@@ -213,6 +213,16 @@ class SetidScanner:
         return sorted(result)
 
 
+def fetch_units_and_setid(unit_files: UnitFiles, scanner: SetidScanner) -> PostureNow:
+    """The slow part of the posture (no listeners): enabled units and setid files."""
+    try:
+        units: list[str] | None = enabled_units(unit_files.list_unit_files())
+        error = ""
+    except MachaError as exc:  # no bus, or systemd not answering: units unknown, the rest read
+        units, error = None, f"{type(exc).__name__}: {exc}"[:500]
+    return PostureNow(enabled_units=units, units_error=error, setid_files=scanner.files())
+
+
 def fetch_posture(
     unit_files: UnitFiles, scanner: SetidScanner, proc: Path = Path("/proc"), owners: bool = False
 ) -> PostureNow:
@@ -222,14 +232,8 @@ def fetch_posture(
     listeners = [
         listener.model_copy(update={"unit": held.get(inode, "")}) for listener, inode in pairs
     ]
-    try:
-        units: list[str] | None = enabled_units(unit_files.list_unit_files())
-        error = ""
-    except MachaError as exc:  # no bus, or systemd not answering: units unknown, the rest read
-        units, error = None, f"{type(exc).__name__}: {exc}"[:500]
-    return PostureNow(
-        listeners=listeners, enabled_units=units, units_error=error, setid_files=scanner.files()
-    )
+    rest = fetch_units_and_setid(unit_files, scanner)
+    return rest.model_copy(update={"listeners": listeners})
 
 
 class BaselineError(CollectorError):
