@@ -149,7 +149,11 @@ def test_failures_counted_once_from_the_journal_read_and_a_burst_is_a_finding(
     tap = AuthFailureTap(clock=clock)
     reader = JournalCollector(MemoryMeta(), fetch=journal, sinks=(tap,), initial_entries=1000)
     intrusion = _collector(tap, tmp_path, auth_burst=5, auth_window=600.0)
-    journal.lines = [
+    # the first read (no cursor yet) is the journal's tail: history, not counted
+    journal.lines = [_jline(99, "sshd", "Failed password for root from 10.9.9.9 port 22")]
+    reader.collect()
+    assert intrusion.collect()[0].auth_failures_total == {"sshd": 0, "sudo": 0, "su": 0}
+    journal.lines += [
         _jline(i, "sshd", f"Failed password for root from 10.0.0.{i} port 22") for i in range(4)
     ]
     journal.lines.append(_jline(4, "sudo", "alice : 3 incorrect password attempts ; TTY=pts/0"))
@@ -174,7 +178,9 @@ def test_no_username_or_address_in_any_label(tmp_path: Path) -> None:
     journal = Journal()
     tap = AuthFailureTap()
     reader = JournalCollector(MemoryMeta(), fetch=journal, sinks=(tap,), initial_entries=1000)
-    journal.lines = [_jline(i, ident, msg) for i, (ident, _c, msg, _s) in enumerate(FAILURES)]
+    journal.lines = [_jline(99, "sshd", "Server listening on 0.0.0.0 port 22.")]
+    reader.collect()  # the cursor is set: what follows is counted
+    journal.lines += [_jline(i, ident, msg) for i, (ident, _c, msg, _s) in enumerate(FAILURES)]
     reader.collect()
     reading, findings = _collector(tap, tmp_path, auth_burst=1).collect()
     snapshot = Snapshot(taken_at=1.0, hostname="h", intrusion=reading, findings=findings)

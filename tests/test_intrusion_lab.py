@@ -14,8 +14,10 @@ import pytest
 
 from macha_obs.collect.base import collect_all
 from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector
-from macha_obs.collect.journal import JournalCollector
+from macha_obs.collect.journal import CURSOR_KEY, JournalCollector
 from macha_obs.collect.meta import MemoryMeta
+from macha_obs.collect.setup import build_collectors
+from macha_obs.config import Config
 from macha_obs.metrics import build_registry, scrape_text
 from macha_obs.models import FindingKind
 from macha_obs.systemd.bus import IsolatedBus
@@ -137,3 +139,30 @@ def test_a_unit_enabled_after_accept_becomes_new_enabled_unit(
         assert f"newly enabled units: 1\n    {unit}" in live.stdout
     finally:
         lab.run("systemctl", "disable", unit, check=False)
+
+
+def test_the_daemons_collectors_share_one_journal_read(
+    systemd_container: LabSystemd, lab_bus: IsolatedBus, tmp_path: Path
+) -> None:
+    """build_collectors wires the intrusion collector to the journal collector's read:
+    the daemon opens no second cursor, and the counters move all the same."""
+    lab = systemd_container
+    cfg = Config(
+        journal_dir=lab.journal_dir,
+        systemd_bus_address=lab.bus_address,
+        state_dir=tmp_path,
+        posture_setid_dirs=(),
+    )
+    meta = MemoryMeta()
+    wanted = ("journal", "intrusion")
+    collectors = [c for c in build_collectors(cfg, meta, lab_bus) if c.name in wanted]
+    assert [c.name for c in collectors] == list(wanted)  # the journal is read first
+    collect_all(collectors, hostname="lab")
+    cursor = meta.get_meta(CURSOR_KEY)
+    marker = f"wired-{os.getpid()}-{id(meta)}"
+    lab.run("logger", "-t", "sshd", f"Invalid user nobody2 from 192.0.2.1 port 9 {marker}")
+    assert wait_until(lambda: marker in lab.journal(None, "-g", marker), timeout=15)
+    snapshot = collect_all(collectors, hostname="lab")
+    assert snapshot.intrusion is not None
+    assert snapshot.intrusion.auth_failures_total["sshd"] == 1
+    assert meta.get_meta(CURSOR_KEY) != cursor  # one cursor, moved by the one read

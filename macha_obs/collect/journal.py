@@ -174,6 +174,7 @@ class JournalCollector:
         self.timeout = timeout
         self.fetch = fetch
         self.sinks = tuple(sinks)
+        self._continued = False
         self._totals: Counter[str] = Counter()
         self._entries_total = 0  # a counter: Prometheus' increase() sees every read
         self._recent: dict[str, list[str]] = {}
@@ -183,13 +184,16 @@ class JournalCollector:
         # are read: old history must not arrive as one burst of errors.
         fresh = journal_argv(self.journal_dir, None, self.initial_entries)
         cursor = self.meta.get_meta(CURSOR_KEY)
+        self._continued = False  # the sinks count only what follows a cursor: no history
         if not cursor:
             return parse_entries(self.fetch(fresh, self.timeout))
         try:
             argv = journal_argv(self.journal_dir, cursor, self.max_entries)
-            return parse_entries(self.fetch(argv, self.timeout))
+            entries = parse_entries(self.fetch(argv, self.timeout))
         except CursorInvalid:
             return parse_entries(self.fetch(fresh, self.timeout))
+        self._continued = True
+        return entries
 
     def _bounded_unit(self, unit: str) -> str:
         # past max_units distinct units, new ones fold into OTHER: the series count stays bounded
@@ -212,7 +216,9 @@ class JournalCollector:
             del self._recent[next(iter(self._recent))]
         if entries:  # only after the whole read is parsed: a failed cycle re-reads it
             self.meta.set_meta(CURSOR_KEY, entries[-1].cursor)
-            for sink in self.sinks:  # after the cursor moved: no entry reaches them twice
+            # after the cursor moved: no entry reaches them twice; and only entries that
+            # follow a cursor: a first read's tail is history, not this run's events
+            for sink in self.sinks if self._continued else ():
                 sink(entries)
         self._entries_total += len(entries)
         reading = JournalReading(
