@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+from macha_obs.cli.posture import render_text
 from macha_obs.collect.base import collect_all
 from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector
 from macha_obs.collect.snapshots import write_snapshot
@@ -21,9 +23,8 @@ from macha_obs.metrics import build_registry
 from macha_obs.models import FindingKind
 from macha_obs.statedir import StateDir
 from macha_obs.systemd.bus import IsolatedBus
+from tests.harness.eyes_support import fixture_snapshot
 from tests.harness.labsd import LabSystemd
-
-pytestmark = pytest.mark.systemd
 
 MACHA_OBS = str(Path(sys.executable).parent / "macha-obs")
 
@@ -70,6 +71,7 @@ def bus(systemd_container: LabSystemd) -> IsolatedBus:
     return IsolatedBus(systemd_container.bus_address, timeout=10.0)
 
 
+@pytest.mark.systemd
 def test_a_listener_after_accept_is_new_listener_and_the_gauge(
     host: Host, bus: IsolatedBus
 ) -> None:
@@ -106,6 +108,7 @@ def _own_unit() -> str:
     return next((p for p in reversed(parts) if p.endswith((".service", ".socket", ".scope"))), "")
 
 
+@pytest.mark.systemd
 def test_a_setuid_file_planted_after_accept_is_new_setid_file(host: Host, bus: IsolatedBus) -> None:
     host.state.mkdir(mode=0o700)
     (host.setid / "ok").write_text("#!/bin/sh\n")
@@ -136,6 +139,7 @@ def test_a_setuid_file_planted_after_accept_is_new_setid_file(host: Host, bus: I
     assert FindingKind.NEW_SETID_FILE not in kinds
 
 
+@pytest.mark.systemd
 def test_no_baseline_says_so_and_the_view_never_creates_the_state_dir(host: Host) -> None:
     view = host.cli("--live")
     assert view.returncode == 0, view.stderr
@@ -148,6 +152,7 @@ def test_no_baseline_says_so_and_the_view_never_creates_the_state_dir(host: Host
     assert not host.state.exists()
 
 
+@pytest.mark.systemd
 def test_a_corrupt_baseline_is_a_clear_error_and_is_only_replaced_by_accept(
     host: Host,
 ) -> None:
@@ -170,6 +175,7 @@ def test_a_corrupt_baseline_is_a_clear_error_and_is_only_replaced_by_accept(
     assert json.loads(path.read_text())["version"] == 1
 
 
+@pytest.mark.systemd
 def test_a_symlinked_baseline_is_refused_and_its_target_kept(host: Host, tmp_path: Path) -> None:
     host.state.mkdir(mode=0o700)
     target = tmp_path / "precious"
@@ -184,3 +190,58 @@ def test_a_symlinked_baseline_is_refused_and_its_target_kept(host: Host, tmp_pat
     view = host.cli("--live")
     assert "baseline: UNREADABLE: " in view.stdout
     assert "symlink" in view.stdout
+
+
+def test_the_view_shows_a_section_per_posture_reading_of_the_snapshot(tmp_path: Path) -> None:
+    """The daemon's snapshot (the fixture: exposure and intrusion readings), read-only."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    snapshot = fixture_snapshot()
+    write_snapshot(state, snapshot, retention=3)
+    before = sorted(p.name for p in state.iterdir())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MACHA_")}
+    done = subprocess.run(
+        [MACHA_OBS, "posture"],
+        env=env | {"MACHA_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.index("\nexposure (systemd-analyze security, run ") < out.index("\nintrusion signs")
+    assert "  app.service" in out
+    assert "9.6 UNSAFE   75 unsafe  listens beyond loopback" in out
+    assert "sshd 42 (12 in 10m), sudo 3 (0 in 10m), su 0 (0 in 10m)" in out
+    assert "  unaccepted listeners: 1\n    tcp 0.0.0.0:8080 (app.service)" in out
+    assert sorted(p.name for p in state.iterdir()) == before  # nothing written
+    as_json = subprocess.run(
+        [MACHA_OBS, "posture", "--json"],
+        env=env | {"MACHA_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = json.loads(as_json.stdout)
+    assert found["source"] == "snapshot"
+    assert set(found) == {"source", "taken_at", "exposure", "intrusion"}
+    assert found["intrusion"]["auth_failures_total"] == {"sshd": 42, "sudo": 3, "su": 0}
+
+
+class Backups(BaseModel):
+    """A posture reading this view has no layout for (backups, before the lead wires it)."""
+
+    last_success: dict[str, float]
+    note: str
+
+
+def test_a_reading_without_a_layout_is_shown_field_by_field() -> None:
+    reading = Backups(last_success={"restic-backups-home.service": 1.0}, note="\x1b[31mred")
+    text = render_text({"source": "snapshot", "taken_at": 0.0, "backups": reading}, now=0.0)
+    assert text.splitlines()[1:] == [
+        "backups",
+        '  last_success: {"restic-backups-home.service": 1.0}',
+        '  note: "\\u001b[31mred"',
+    ]

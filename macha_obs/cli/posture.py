@@ -32,6 +32,7 @@ from macha_obs.config import Config
 from macha_obs.errors import UsageError
 from macha_obs.models import (
     AUTH_SERVICES,
+    ExposureReading,
     IntrusionReading,
     PostureBaseline,
     PostureNow,
@@ -105,8 +106,29 @@ def generic_lines(name: str, reading: BaseModel) -> list[str]:
     return lines
 
 
+def exposure_lines(r: BaseModel) -> list[str]:
+    """systemd-analyze security's scores, worst first."""
+    if not isinstance(r, ExposureReading):
+        return generic_lines("exposure", r)
+    lines = [
+        f"exposure (systemd-analyze security, run {_utc(r.ran_at)}, {r.duration_seconds:.1f}s)"
+    ]
+    units = sorted(r.units, key=lambda u: (u.score is None, -(u.score or 0.0), u.unit))
+    for u in units[:SHOWN]:
+        if u.score is None:
+            lines.append(f"  {inert(u.unit):<32} no score: {inert(u.error)}")
+            continue
+        beyond = "  listens beyond loopback" if u.listening_non_loopback else ""
+        lines.append(f"  {inert(u.unit):<32} {u.score:4.1f} {u.level:<8} {u.unsafe} unsafe{beyond}")
+    if len(units) > SHOWN:
+        lines.append(f"  ... and {len(units) - SHOWN} more")
+    if r.skipped:
+        lines.append(f"  not scored this run: {len(r.skipped)}")
+    return lines
+
+
 # a posture reading's own layout, by Snapshot field; the others get generic_lines
-RENDERERS: dict[str, Callable[[BaseModel], list[str]]] = {}
+RENDERERS: dict[str, Callable[[BaseModel], list[str]]] = {"exposure": exposure_lines}
 
 
 def _unit_files(cfg: Config) -> IsolatedBus:
