@@ -8,6 +8,7 @@ on literal text.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import time
@@ -18,6 +19,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from macha_obs.collect.base import CollectorError
+from macha_obs.collect.exposure_listeners import TCP_LISTEN, UDP_UNCONNECTED, hex_address
 from macha_obs.errors import MachaError
 from macha_obs.models import Listener, PostureBaseline, PostureNow
 from macha_obs.statedir import (
@@ -37,8 +39,6 @@ DEFAULT_SETID_DIRS = (
     "/usr/local/sbin",
     "/run/wrappers/bin",
 )
-TCP_LISTEN = "0A"
-UDP_UNCONNECTED = "07"
 NET_FILES: tuple[tuple[str, str], ...] = (
     ("tcp", "tcp"),
     ("tcp6", "tcp6"),
@@ -52,15 +52,10 @@ FULL_RESCAN = 3600.0  # a chmod u+s changes no directory's mtime: read every dir
 
 
 def _address(hexaddr: str) -> str:
-    raw = bytes.fromhex(hexaddr)
-    # the kernel prints each 32-bit word in host (little-endian) order
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(words) == 4:
-        return ".".join(str(b) for b in words)
-    import ipaddress
-
-    v6 = ipaddress.IPv6Address(words)
-    return str(v6.ipv4_mapped) if v6.ipv4_mapped is not None else str(v6)
+    address = hex_address(hexaddr)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def parse_proc_net(
