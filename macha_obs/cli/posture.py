@@ -245,6 +245,8 @@ def posture_accept(ctx: click.Context, yes: bool) -> None:
     as this host's posture: from now on, only what is new counts as an intrusion sign.
     Run as root (it reads every socket's owner) or as the state dir's owner."""
     cfg = ctx_config(ctx, as_owner=False)  # read as root: every socket's owner is visible
+    if not cfg.state_dir.is_dir():
+        raise UsageError(f"no state dir at {cfg.state_dir}: start the sidecar first (it makes it)")
     bus = _unit_files(cfg)
     try:
         now = fetch_posture(bus, SetidScanner(cfg.posture_setid_dirs), owners=True)
@@ -252,8 +254,6 @@ def posture_accept(ctx: click.Context, yes: bool) -> None:
         bus.close()
     cfg = ctx_config(ctx)  # the state dir's owner from here on
     state = StateDir(cfg.state_dir)
-    if not state.root.is_dir():
-        raise UsageError(f"no state dir at {state.root}: start the sidecar first (it makes it)")
     state.check()
     try:
         old = load_baseline(state.root)
