@@ -16,6 +16,7 @@ from macha_obs.collect.base import collect_all
 from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector
 from macha_obs.collect.journal import CURSOR_KEY, JournalCollector
 from macha_obs.collect.meta import MemoryMeta
+from macha_obs.collect.posture import fetch_listeners, socket_owners
 from macha_obs.collect.setup import build_collectors
 from macha_obs.config import Config
 from macha_obs.metrics import build_registry, scrape_text
@@ -166,3 +167,28 @@ def test_the_daemons_collectors_share_one_journal_read(
     assert snapshot.intrusion is not None
     assert snapshot.intrusion.auth_failures_total["sshd"] == 1
     assert meta.get_meta(CURSOR_KEY) != cursor  # one cursor, moved by the one read
+
+
+def test_a_new_listeners_owner_is_the_unit_that_holds_it(
+    systemd_container: LabSystemd, unit_factory: UnitFactory
+) -> None:
+    """The lab's own network namespace (/proc/PID/net of its PID 1), and its unit's cgroup
+    as this host sees it: the socket is attributed to the service that listens."""
+    lab = systemd_container
+    code = (
+        "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 4455)); s.listen(); "
+        "time.sleep(600)"
+    )
+    unit = unit_factory(
+        "labsd-intr-listen.service", f'[Service]\nExecStart={sys.executable} -c "{code}"\n'
+    )
+    lab_proc = Path(f"/proc/{lab.pid}")
+    assert not any(x.key == "tcp 127.0.0.1:4455" for x, _ in fetch_listeners(lab_proc))
+    lab.run("systemctl", "start", unit)
+
+    def listening() -> dict[str, int]:
+        return {x.key: inode for x, inode in fetch_listeners(lab_proc)}
+
+    assert wait_until(lambda: "tcp 127.0.0.1:4455" in listening(), timeout=15)
+    inode = listening()["tcp 127.0.0.1:4455"]
+    assert socket_owners([inode]) == {inode: unit}
