@@ -218,7 +218,7 @@ def test_the_view_shows_a_section_per_posture_reading_of_the_snapshot(tmp_path: 
     )
     found = json.loads(as_json.stdout)
     assert found["source"] == "snapshot"
-    assert set(found) == {"source", "taken_at", "exposure", "intrusion"}
+    assert set(found) == {"source", "taken_at", "exposure", "intrusion", "backups"}
     assert found["intrusion"]["auth_failures_total"] == {"sshd": 42, "sudo": 3, "su": 0}
 
 

@@ -255,27 +255,12 @@ class Config(BaseModel):
     # most this often (seconds; listeners every cycle); setid dirs are scanned directly
     # (not below), each re-read only when its mtime changed, or hourly.
     posture_interval: float = Field(300.0, ge=10, le=86400)
-    posture_setid_dirs: tuple[Path, ...] = Field(
-        (
-            Path("/usr/bin"),
-            Path("/usr/sbin"),
-            Path("/bin"),
-            Path("/sbin"),
-            Path("/usr/local/bin"),
-            Path("/usr/local/sbin"),
-            Path("/run/wrappers/bin"),
-        ),
-        max_length=64,
-    )
+    posture_setid_dirs: tuple[Path, ...] = Field(checks.DEFAULT_SETID_DIRS, max_length=64)
 
     @field_validator("posture_setid_dirs", mode="before")
     @classmethod
     def _check_setid_dirs(cls, value: Any) -> tuple[Path, ...]:
-        if isinstance(value, str):
-            value = checks.split_list(value)
-        for v in value or ():
-            checks.no_nul(str(v))
-        return tuple(checks.absolute(Path(str(v))) for v in value or ())
+        return checks.absolute_paths(value)
 
     @field_validator("protected_units", mode="before")
     @classmethod
