@@ -41,6 +41,10 @@ ALERT_FOR_KIND = {
     FindingKind.EXPOSURE_ROSE: "MachaServiceExposureRose",
     FindingKind.BACKUP_FAILED: "MachaBackupFailed",
     FindingKind.BACKUP_STALE: "MachaBackupStale",
+    FindingKind.AUTH_FAILURES: "MachaAuthFailuresBurst",
+    FindingKind.NEW_LISTENER: "MachaUnacceptedListener",
+    FindingKind.NEW_ENABLED_UNIT: "MachaNewEnabledUnit",
+    FindingKind.NEW_SETID_FILE: "MachaNewSetidFile",
 }
 SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
 # what the sidecar decided and did, for the humans (macha-sidecar.yml)

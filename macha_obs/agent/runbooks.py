@@ -30,6 +30,7 @@ from macha_obs.models import (
     FailedUnits,
     FindingKind,
     Incident,
+    InvalidUnitName,
     Investigate,
     JournalTail,
     JournalVacuum,
@@ -48,6 +49,7 @@ from macha_obs.models import (
     journal_cap,
     signature_of,
     size_text,
+    validate_unit_name,
 )
 from macha_obs.policy.scope import classify_alert
 from macha_obs.protected import protection
@@ -201,6 +203,46 @@ def _backup(e: Evidence) -> list[tuple[Action, str]]:
     ]
 
 
+_INTRUSION_KINDS = {
+    FindingKind.AUTH_FAILURES,
+    FindingKind.NEW_LISTENER,
+    FindingKind.NEW_ENABLED_UNIT,
+    FindingKind.NEW_SETID_FILE,
+}
+
+
+def _unit_or_none(name: object) -> str | None:
+    try:
+        return validate_unit_name(str(name)) if name else None
+    except InvalidUnitName:
+        return None
+
+
+def _intrusion(e: Evidence) -> list[tuple[Action, str]]:
+    """Intrusion signs are a person's to judge: a read-only look, never an action."""
+    what = e.where or e.kind.value
+    match e.kind:
+        case FindingKind.AUTH_FAILURES if (e.details.get("service") or e.where) == "sshd":
+            return [
+                (
+                    Investigate(diagnostic=JournalTail(unit="sshd.service", lines=100)),
+                    "SSH authentication failures: who is knocking (for a person to judge)",
+                )
+            ]
+        case FindingKind.AUTH_FAILURES:
+            return [(Investigate(diagnostic=TopProcesses()), f"{what}: who runs what now")]
+        case FindingKind.NEW_LISTENER:
+            found: list[tuple[Action, str]] = [
+                (Investigate(diagnostic=ListeningSockets()), f"{what}: which process listens")
+            ]
+            if owner := _unit_or_none(e.details.get("owner")):
+                found.append((Investigate(diagnostic=UnitStatus(unit=owner)), f"{what}: its unit"))
+            return found
+        case FindingKind.NEW_ENABLED_UNIT if unit := _unit_or_none(e.where):
+            return [(Investigate(diagnostic=UnitStatus(unit=unit)), f"{unit} newly enabled")]
+    return [(Investigate(diagnostic=TopProcesses()), f"{what}: what runs now (for a person)")]
+
+
 def _actions(e: Evidence) -> list[tuple[Action, str]]:
     """The runbook for one kind of problem: (action, why)."""
     kind, unit, start_limit = e.kind, e.unit, e.start_limit
@@ -281,7 +323,8 @@ def runbook_proposals(
 
     def add(e: Evidence, evidence: str) -> None:
         kinds.append(e.kind)
-        for action, why in _backup(e) or _actions(e):
+        found = _intrusion(e) if e.kind in _INTRUSION_KINDS else (_backup(e) or _actions(e))
+        for action, why in found:
             if isinstance(action, RestartUnit) and action.unit in backups:
                 continue  # a failed backup is re-run (start_unit, for a person), not restarted
             key = action.model_dump_json()

@@ -4,7 +4,7 @@ Every `macha-obs` subcommand is registered here, by name, in one list: no module
 itself to the group as a side effect of being imported.
 """
 
-from macha_obs.cli import ask, install, learn, mcp, pause, rules, serve, webhook
+from macha_obs.cli import ask, install, learn, mcp, pause, posture, rules, serve, webhook
 from macha_obs.cli import eval as eval_cmd
 from macha_obs.cli.approve import approve_main
 from macha_obs.cli.logs import logs_main
@@ -23,6 +23,7 @@ for _command in (
     learn.learn_group,
     pause.pause,
     pause.resume,
+    posture.posture_group,
     rules.rules_group,
     webhook.webhook_token,
 ):

@@ -27,10 +27,13 @@ from macha_obs.models import (
 CURSOR_KEY = "journal.cursor"
 ERROR_PRIORITY = 3  # syslog "err": emerg, alert, crit and err count as errors
 OTHER = "other"  # label for entries that name no unit: keeps the label set bounded
-FIELDS = "MESSAGE,PRIORITY,_SYSTEMD_UNIT,UNIT,SYSLOG_IDENTIFIER"
+FIELDS = "MESSAGE,PRIORITY,_SYSTEMD_UNIT,UNIT,SYSLOG_IDENTIFIER,_COMM"
 MESSAGE_MAX = 300
 
 Fetch = Callable[[Sequence[str], float], str]
+# Another reader of the same entries (the intrusion collector's auth-failure tap): one
+# cursor, one read, every entry seen once by each.
+EntrySink = Callable[[Sequence["Entry"]], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Entry:
     unit: str
     priority: int
     message: str
+    identifier: str = ""  # SYSLOG_IDENTIFIER
+    comm: str = ""  # _COMM, set by journald (the sender cannot choose it)
 
 
 def journal_argv(journal_dir: Path | None, cursor: str | None, max_entries: int) -> list[str]:
@@ -110,8 +115,16 @@ def parse_entries(text: str) -> list[Entry]:
             priority = int(record.get("PRIORITY", 6))
         except (TypeError, ValueError):
             priority = 6
+        identifier, comm = record.get("SYSLOG_IDENTIFIER"), record.get("_COMM")
         entries.append(
-            Entry(record["__CURSOR"], _unit_of(record), priority, _message(record.get("MESSAGE")))
+            Entry(
+                record["__CURSOR"],
+                _unit_of(record),
+                priority,
+                _message(record.get("MESSAGE")),
+                identifier[:64] if isinstance(identifier, str) else "",
+                comm[:64] if isinstance(comm, str) else "",
+            )
         )
     return entries
 
@@ -149,6 +162,7 @@ class JournalCollector:
         max_units: int = 500,
         timeout: float = 20.0,  # below collect_all's bound, so journalctl's own error wins
         fetch: Fetch = run_journalctl,
+        sinks: Sequence[EntrySink] = (),
     ) -> None:
         self.meta = meta
         self.journal_dir = journal_dir
@@ -159,6 +173,8 @@ class JournalCollector:
         self.max_units = max_units
         self.timeout = timeout
         self.fetch = fetch
+        self.sinks = tuple(sinks)
+        self._continued = False
         self._totals: Counter[str] = Counter()
         self._entries_total = 0  # a counter: Prometheus' increase() sees every read
         self._recent: dict[str, list[str]] = {}
@@ -168,13 +184,16 @@ class JournalCollector:
         # are read: old history must not arrive as one burst of errors.
         fresh = journal_argv(self.journal_dir, None, self.initial_entries)
         cursor = self.meta.get_meta(CURSOR_KEY)
+        self._continued = False  # the sinks count only what follows a cursor: no history
         if not cursor:
             return parse_entries(self.fetch(fresh, self.timeout))
         try:
             argv = journal_argv(self.journal_dir, cursor, self.max_entries)
-            return parse_entries(self.fetch(argv, self.timeout))
+            entries = parse_entries(self.fetch(argv, self.timeout))
         except CursorInvalid:
             return parse_entries(self.fetch(fresh, self.timeout))
+        self._continued = True
+        return entries
 
     def _bounded_unit(self, unit: str) -> str:
         # past max_units distinct units, new ones fold into OTHER: the series count stays bounded
@@ -197,6 +216,10 @@ class JournalCollector:
             del self._recent[next(iter(self._recent))]
         if entries:  # only after the whole read is parsed: a failed cycle re-reads it
             self.meta.set_meta(CURSOR_KEY, entries[-1].cursor)
+            # after the cursor moved: no entry reaches them twice; and only entries that
+            # follow a cursor: a first read's tail is history, not this run's events
+            for sink in self.sinks if self._continued else ():
+                sink(entries)
         self._entries_total += len(entries)
         reading = JournalReading(
             entries_read=len(entries),

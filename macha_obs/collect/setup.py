@@ -9,6 +9,7 @@ from macha_obs.collect.base import Collector
 from macha_obs.collect.boot import BootCollector, read_previous_boot
 from macha_obs.collect.disks import DisksCollector
 from macha_obs.collect.exposure import ExposureCollector, read_host_changes
+from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector
 from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MetaStore
 from macha_obs.collect.network import NetworkCollector
@@ -16,7 +17,7 @@ from macha_obs.collect.nixos import NixosCollector
 from macha_obs.collect.resources import ResourcesCollector, Thresholds
 from macha_obs.collect.systemd import SystemdCollector, probe_failed_units
 from macha_obs.config import Config
-from macha_obs.systemd.bus import CollectorBus
+from macha_obs.systemd.bus import CollectorBus, IsolatedBus
 
 
 def build_collectors(
@@ -24,6 +25,9 @@ def build_collectors(
 ) -> list[Collector]:
     """Every collector, configured from `cfg`; `meta` keeps the journal cursor and boot id;
     `bus`, the sidecar's one D-Bus child (without it, the systemd collectors start their own)."""
+    # the intrusion collector counts auth failures in the journal collector's own read
+    tap = AuthFailureTap()
+    unit_files = bus if isinstance(bus, IsolatedBus) else None
     return [
         SystemdCollector(
             bus=bus,
@@ -47,7 +51,12 @@ def build_collectors(
             if cfg.journal_dir is not None
             else (Path("/var/log/journal"), Path("/run/log/journal")),
         ),
-        JournalCollector(meta, journal_dir=cfg.journal_dir, error_burst=cfg.journal_error_burst),
+        JournalCollector(
+            meta,
+            journal_dir=cfg.journal_dir,
+            error_burst=cfg.journal_error_burst,
+            sinks=(tap,),
+        ),
         NetworkCollector(
             dns_names=cfg.dns_names, tcp_targets=cfg.tcp_targets, timeout=cfg.network_timeout
         ),
@@ -74,5 +83,14 @@ def build_collectors(
             bus=bus,
             address=cfg.systemd_bus_address,
             timeout=cfg.dbus_timeout,
+        ),
+        IntrusionCollector(  # after the journal: this cycle's failures are counted already
+            tap,
+            state_dir=cfg.state_dir,
+            unit_files=unit_files or IsolatedBus(cfg.systemd_bus_address, timeout=cfg.dbus_timeout),
+            setid_dirs=cfg.posture_setid_dirs,
+            auth_burst=cfg.auth_failure_burst,
+            auth_window=cfg.auth_failure_window,
+            interval=cfg.posture_interval,
         ),
     ]

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from macha_obs.protected import BUILTIN_PROTECTED_UNITS, PROTECTED_CLASSES, USER_PROTECTED
 
@@ -216,6 +217,30 @@ def no_nul(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         raise ValueError("must not be empty")
     return value
+
+
+# posture: the system paths where a new setuid/setgid file is an intrusion sign
+DEFAULT_SETID_DIRS = tuple(
+    Path(p)
+    for p in (
+        "/usr/bin",
+        "/usr/sbin",
+        "/bin",
+        "/sbin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/run/wrappers/bin",
+    )
+)
+
+
+def absolute_paths(value: Any) -> tuple[Path, ...]:
+    """A list of absolute paths (a comma-separated string from the environment too)."""
+    if isinstance(value, str):
+        value = split_list(value)
+    for v in value or ():
+        no_nul(str(v))
+    return tuple(absolute(Path(str(v))) for v in value or ())
 
 
 def absolute(path: Path) -> Path:

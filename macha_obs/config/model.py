@@ -246,6 +246,21 @@ class Config(BaseModel):
     backup_units: tuple[str, ...] = checks.DEFAULT_BACKUP_UNITS
     backup_grace: float = Field(6 * 3600.0, ge=0, le=30 * 86400)
     backup_intervals: dict[str, float] = Field(default_factory=dict)
+    # posture: intrusion
+    # SSH/sudo/su authentication failures: an auth_failures finding (and the rule
+    # MachaAuthFailuresBurst) at this many of one service within the window (seconds).
+    auth_failure_burst: int = Field(10, ge=1, le=1_000_000)
+    auth_failure_window: float = Field(600.0, ge=60, le=86400)
+    # Enabled units and setuid/setgid files are compared with the accepted baseline at
+    # most this often (seconds; listeners every cycle); setid dirs are scanned directly
+    # (not below), each re-read only when its mtime changed, or hourly.
+    posture_interval: float = Field(300.0, ge=10, le=86400)
+    posture_setid_dirs: tuple[Path, ...] = Field(checks.DEFAULT_SETID_DIRS, max_length=64)
+
+    @field_validator("posture_setid_dirs", mode="before")
+    @classmethod
+    def _check_setid_dirs(cls, value: Any) -> tuple[Path, ...]:
+        return checks.absolute_paths(value)
 
     @field_validator("protected_units", mode="before")
     @classmethod

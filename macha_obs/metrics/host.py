@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from macha_obs import __version__
 from macha_obs.metrics.backups import backup_families
 from macha_obs.metrics.exposure import exposure_families
+from macha_obs.metrics.intrusion import intrusion_families
 from macha_obs.models import (
     CPU_MODES,
     BootReading,
@@ -304,6 +305,7 @@ class SnapshotCollector(Collector):
             (_nixos, snapshot.nixos),
             (exposure_families, snapshot.exposure),
             (backup_families, snapshot.backups),
+            (intrusion_families, snapshot.intrusion),
         )
         for families, reading in readings:
             if reading is not None:

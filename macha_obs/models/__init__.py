@@ -11,6 +11,7 @@
     exposure   a service's security exposure as systemd-analyze scores it
     backups    each backup unit's last run, result, last success and expected interval
     hardening  the catalogue of settings a hardening or tuning patch may carry
+    intrusion  authentication failures, and the posture against its accepted baseline
 
 Import from here (`from macha_obs.models import Incident`), never from the modules:
 `__all__` is what the rest of the package uses, and a test holds it to that.
@@ -78,6 +79,16 @@ from macha_obs.models.incidents import (
     Verdict,
     utcnow,
 )
+from macha_obs.models.intrusion import (
+    AUTH_SERVICES,
+    IntrusionReading,
+    Listener,
+    PostureBaseline,
+    PostureDiff,
+    PostureNow,
+    auth_failure_service,
+    posture_diff,
+)
 from macha_obs.models.learning import (
     REASONS_KEPT,
     SETTLED,
@@ -128,6 +139,7 @@ from macha_obs.models.units import (
 
 __all__ = [
     "ACTION_ADAPTER",
+    "AUTH_SERVICES",
     "CPU_MODES",
     "FINDING_SOURCE",
     "HARDENING",
@@ -170,12 +182,14 @@ __all__ = [
     "HardeningSetting",
     "Incident",
     "IntervalSource",
+    "IntrusionReading",
     "InvalidUnitName",
     "Investigate",
     "JournalReading",
     "JournalTail",
     "JournalVacuum",
     "LearnOutcome",
+    "Listener",
     "ListeningSockets",
     "NetworkReading",
     "NixActivate",
@@ -185,6 +199,9 @@ __all__ = [
     "NixRollback",
     "NixosReading",
     "Outcome",
+    "PostureBaseline",
+    "PostureDiff",
+    "PostureNow",
     "ProbeResult",
     "Proposal",
     "ResetFailed",
@@ -208,6 +225,7 @@ __all__ = [
     "UnitStatus",
     "Verdict",
     "action_json",
+    "auth_failure_service",
     "canonical_unit_name",
     "decision_outcomes",
     "describe_action",
@@ -221,6 +239,7 @@ __all__ = [
     "parse_security_json",
     "parse_security_overview",
     "parse_security_table",
+    "posture_diff",
     "shadow_agrees",
     "signature_of",
     "size_text",

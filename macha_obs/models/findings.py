@@ -40,6 +40,11 @@ class FindingKind(StrEnum):
     BACKUP_STALE = "backup_stale"
     # a service killed at its own MemoryMax, again: a raise is proposed as a patch
     UNIT_OOM_AT_LIMIT = "unit_oom_at_limit"
+    # posture: intrusion signs (collect/intrusion.py), each only ever investigated
+    AUTH_FAILURES = "auth_failures"
+    NEW_LISTENER = "new_listener"
+    NEW_ENABLED_UNIT = "new_enabled_unit"
+    NEW_SETID_FILE = "new_setid_file"
 
 
 # The collector that reports each kind: when it fails, what it would say is unknown.
@@ -62,6 +67,10 @@ FINDING_SOURCE: dict[FindingKind, str] = {
     FindingKind.BACKUP_FAILED: "backups",
     FindingKind.BACKUP_STALE: "backups",
     FindingKind.UNIT_OOM_AT_LIMIT: "systemd",
+    FindingKind.AUTH_FAILURES: "intrusion",
+    FindingKind.NEW_LISTENER: "intrusion",
+    FindingKind.NEW_ENABLED_UNIT: "intrusion",
+    FindingKind.NEW_SETID_FILE: "intrusion",
 }
 
 

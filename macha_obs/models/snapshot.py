@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from macha_obs.models.backups import BackupsReading
 from macha_obs.models.exposure import ExposureReading
 from macha_obs.models.findings import Finding
+from macha_obs.models.intrusion import IntrusionReading
 
 
 class CollectorRun(BaseModel):
@@ -159,6 +160,7 @@ class Snapshot(BaseModel):
     nixos: NixosReading | None = None
     exposure: ExposureReading | None = None
     backups: BackupsReading | None = None
+    intrusion: IntrusionReading | None = None
     findings: list[Finding] = Field(default_factory=list)
 
 
@@ -172,4 +174,5 @@ SNAPSHOT_READINGS = (
     "nixos",
     "exposure",
     "backups",
+    "intrusion",
 )

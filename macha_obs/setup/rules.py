@@ -218,6 +218,10 @@ def rule_values(cfg: Config) -> dict[str, str]:
         # posture: backups
         "backup_grace": number(cfg.backup_grace),
         "backup_grace_spoken": spoken(cfg.backup_grace),
+        # posture: intrusion
+        "auth_burst": str(cfg.auth_failure_burst),
+        "auth_window": duration(round(cfg.auth_failure_window)),
+        "auth_window_spoken": spoken(round(cfg.auth_failure_window)),
     }
     for name, value in values.items():
         pattern = _SAFE_URL if name in _URL_VALUES else _SAFE_VALUE

@@ -2,6 +2,7 @@
 atomic writes. It imports nothing of ours but the error tree and the config."""
 
 from macha_obs.statedir.files import (
+    BASELINE_MAX_BYTES,
     SNAPSHOT_PREFIX,
     SNAPSHOT_SUFFIX,
     StateDir,
@@ -11,11 +12,13 @@ from macha_obs.statedir.files import (
     drop_to_owner,
     fsync_dir,
     open_file,
+    read_bounded,
     refuse_symlink,
     write_atomic,
 )
 
 __all__ = [
+    "BASELINE_MAX_BYTES",
     "SNAPSHOT_PREFIX",
     "SNAPSHOT_SUFFIX",
     "StateDir",
@@ -25,6 +28,7 @@ __all__ = [
     "drop_to_owner",
     "fsync_dir",
     "open_file",
+    "read_bounded",
     "refuse_symlink",
     "write_atomic",
 ]

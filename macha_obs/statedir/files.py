@@ -168,6 +168,21 @@ def fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """A state file's bytes, opened as `open_file` does (no symlink, ours, not writable by
+    others); None when it does not exist; StateDirError when it is larger than `limit`."""
+    try:
+        fd = open_file(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise StateDirError(f"{path} is larger than {limit} bytes; remove it or accept again")
+    return data
+
+
+BASELINE_MAX_BYTES = 4 * 1_048_576
 SNAPSHOT_PREFIX = "snapshot_"
 SNAPSHOT_SUFFIX = ".json"
 
@@ -217,6 +232,12 @@ class StateDir:
     def approval_queue(self) -> Path:
         """A read-only view of the pending items, rewritten from state.db on every change."""
         return self.root / "approval_queue.json"
+
+    @property
+    def posture_baseline(self) -> Path:
+        """What a person accepted with `macha-obs posture accept` (0600, bounded by
+        BASELINE_MAX_BYTES): the listeners, enabled units and setuid/setgid files then."""
+        return self.root / "posture_baseline.json"
 
     @property
     def audit_logs(self) -> tuple[Path, Path]:

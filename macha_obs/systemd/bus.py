@@ -92,6 +92,10 @@ class IsolatedBus:
         timers, as dicts (worker.py `unit_runs`); `timeout` bounds this one call."""
         return list(_value(self.child.call("unit_runs", patterns, timeout=timeout)))
 
+    def list_unit_files(self) -> list[tuple[str, str]]:
+        """(path, unit-file state) of every unit file, one ListUnitFiles call."""
+        return [(str(p), str(s)) for p, s in _value(self.child.call("list_unit_files"))]
+
     def subscribe(self, on_event: EventSink, on_gone: GoneSink) -> None:
         """Start unit signals (see UnitWatcher); `on_gone` when the child carrying them ends."""
         _value(self.child.subscribe(on_event, on_gone))

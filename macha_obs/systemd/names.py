@@ -25,6 +25,7 @@ OPS = (
     "list_units",
     "unit_table",
     "unit_runs",
+    "list_unit_files",
     "subscribe",
 )
 

@@ -146,6 +146,10 @@ class Worker:
             rows = self.method(b"ListUnits")
         return [[_text(u[0]), _text(u[2]), _text(u[3]), _text(u[4])] for u in rows or []]
 
+    def list_unit_files(self) -> list[list[str]]:
+        """(path, state) of every unit file systemd knows: the posture's enabled units."""
+        return [[_text(row[0]), _text(row[1])] for row in self.method(b"ListUnitFiles") or []]
+
     def unit_table(self, include: str, exclude: str) -> list[list[Any]]:
         """The collector's view: [name, load, active, sub, NRestarts|None, state change µs].
 
