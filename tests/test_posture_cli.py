@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from macha_obs.cli.posture import render_text
+from macha_obs.cli.posture import backups_lines, render_text
 from macha_obs.collect.base import collect_all
 from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector
 from macha_obs.collect.snapshots import write_snapshot
@@ -207,6 +207,10 @@ def test_the_view_shows_a_section_per_posture_reading_of_the_snapshot(tmp_path: 
     assert "9.6 UNSAFE   75 unsafe  listens beyond loopback" in out
     assert "sshd 42 (12 in 10m), sudo 3 (0 in 10m), su 0 (0 in 10m)" in out
     assert "  unaccepted listeners: 1\n    tcp 0.0.0.0:8080 (app.service)" in out
+    assert out.index("\nintrusion signs") < out.index("\nbackups (late after their interval")
+    failed = next(line for line in out.splitlines() if "restic-backups-offsite" in line)
+    assert "every 1d (timer)" in failed
+    assert "last run FAILED (exit-code)" in failed
     assert sorted(p.name for p in state.iterdir()) == before  # nothing written
     as_json = subprocess.run(
         [MACHA_OBS, "posture", "--json"],
@@ -223,7 +227,7 @@ def test_the_view_shows_a_section_per_posture_reading_of_the_snapshot(tmp_path: 
 
 
 class Backups(BaseModel):
-    """A posture reading this view has no layout for (backups, before the lead wires it)."""
+    """A posture reading this view has no layout for (a build's newer field, say)."""
 
     last_success: dict[str, float]
     note: str
@@ -237,3 +241,19 @@ def test_a_reading_without_a_layout_is_shown_field_by_field() -> None:
         '  last_success: {"restic-backups-home.service": 1.0}',
         '  note: "\\u001b[31mred"',
     ]
+
+
+def test_the_backups_section_puts_the_late_first_and_says_why() -> None:
+    snapshot = fixture_snapshot()
+    assert snapshot.backups is not None
+    now = 1764000200.0  # the fixture's time: borgmatic succeeded 2 h ago, restic failed
+    lines = backups_lines(snapshot.backups, now)
+    assert lines[0] == "backups (late after their interval plus 6h)"
+    # restic last succeeded 2d ago on a daily timer, 6 h grace: late, and its last run failed
+    assert lines[1].split()[:2] == ["restic-backups-offsite.service", "LATE"]
+    assert "last success 2d ago, every 1d (timer)  last run FAILED (exit-code)" in lines[1]
+    assert lines[2].split()[:2] == ["borgmatic.service", "ok"]
+    assert "last success 2h ago" in lines[2]
+    never = snapshot.backups.units[0].model_copy(update={"last_success": None})
+    reading = snapshot.backups.model_copy(update={"units": [never]})
+    assert "never seen succeed (watched 11d)" in backups_lines(reading, now)[1]

@@ -45,6 +45,10 @@ ALERT_FOR_KIND = {
     FindingKind.NEW_LISTENER: "MachaUnacceptedListener",
     FindingKind.NEW_ENABLED_UNIT: "MachaNewEnabledUnit",
     FindingKind.NEW_SETID_FILE: "MachaNewSetidFile",
+    # a service killed at its MemoryMax again fails (MachaUnitFailed) or keeps restarting
+    # (MachaUnitFlapping); that its limit is to blame is the sidecar's inference from
+    # systemd's Result and MemoryMax (collect/systemd.py), which proposes the tuning patch
+    FindingKind.UNIT_OOM_AT_LIMIT: "MachaUnitFailed",
 }
 SELF_ALERTS = ("MachaDown", "MachaCollectorFailing")
 # what the sidecar decided and did, for the humans (macha-sidecar.yml)

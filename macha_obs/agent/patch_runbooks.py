@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from macha_obs.models import (
     Action,
     FailedUnits,
+    FindingKind,
     HardeningKey,
     HardeningSetting,
     HardenUnit,
@@ -17,6 +18,7 @@ from macha_obs.models import (
     JournalTail,
     TuneUnit,
     UnitExposure,
+    UnitStatus,
     memory_raise,
     size_text,
 )
@@ -44,6 +46,26 @@ def memory_proposals(unit: str | None, details: Mapping[str, object]) -> list[tu
         )
         found.append((TuneUnit(unit=unit, memory_max=raised, raised_from=limit), why))
     return found
+
+
+def exposure_runbook(
+    kind: FindingKind, unit: str | None, details: Mapping[str, object], measured: bool
+) -> list[tuple[Action, str]]:
+    """An exposed service, or one whose exposure rose: a look for a person; where this
+    host measured it listening unhardened, also the hardening patch a person applies."""
+    if unit is None:
+        return [(Investigate(diagnostic=FailedUnits()), f"{kind.value} without a unit name")]
+    score, before = details.get("score"), details.get("previous")
+    if kind is FindingKind.EXPOSURE_ROSE:
+        rose = f" from {before} to {score}" if score is not None else ""
+        why = f"{unit}'s exposure rose{rose} after a software change: a person looks"
+    else:
+        shown = f" {score} {details.get('level', '')}".rstrip() if score is not None else ""
+        why = f"{unit} listens beyond loopback, exposure{shown}: a person looks"
+    look: list[tuple[Action, str]] = [(Investigate(diagnostic=UnitStatus(unit=unit)), why)]
+    if kind is FindingKind.SERVICE_EXPOSED and measured:
+        return look + exposure_proposals(unit, details)
+    return look
 
 
 def exposure_proposals(unit: str, details: Mapping[str, object]) -> list[tuple[Action, str]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from macha_obs.agent.history import History, order_by_outcomes
-from macha_obs.agent.patch_runbooks import exposure_proposals, memory_proposals
+from macha_obs.agent.patch_runbooks import exposure_runbook, memory_proposals
 from macha_obs.models import (
     Action,
     Assessment,
@@ -153,36 +153,14 @@ def journal_caps(incident: Incident, history: History) -> list[Proposal]:
     return found[:1]
 
 
-def _exposure(e: Evidence) -> list[tuple[Action, str]]:
-    """An exposed service, or one whose exposure rose: a look for a person; where this
-    host measured it listening unhardened, also the hardening patch a person applies."""
-    if e.unit is None:
-        return [(Investigate(diagnostic=FailedUnits()), f"{e.kind.value} without a unit name")]
-    look: list[tuple[Action, str]] = [
-        (Investigate(diagnostic=UnitStatus(unit=e.unit)), _exposure_why(e, e.unit))
-    ]
-    if e.kind is FindingKind.SERVICE_EXPOSED and e.measured:
-        return look + exposure_proposals(e.unit, e.details)
-    return look
-
-
 # What a host's own measure calls for, by kind.
 _MEASURED: dict[FindingKind, Callable[[Evidence], list[tuple[Action, str]]]] = {
     FindingKind.DISK_FILLING: _space,
     FindingKind.INODES_LOW: _space,
     FindingKind.UNIT_OOM_AT_LIMIT: lambda e: memory_proposals(e.unit, e.details),
-    FindingKind.SERVICE_EXPOSED: _exposure,
-    FindingKind.EXPOSURE_ROSE: _exposure,
+    FindingKind.SERVICE_EXPOSED: lambda e: exposure_runbook(e.kind, e.unit, e.details, e.measured),
+    FindingKind.EXPOSURE_ROSE: lambda e: exposure_runbook(e.kind, e.unit, e.details, e.measured),
 }
-
-
-def _exposure_why(e: Evidence, unit: str) -> str:
-    score, before = e.details.get("score"), e.details.get("previous")
-    if e.kind is FindingKind.EXPOSURE_ROSE:
-        rose = f" from {before} to {score}" if score is not None else ""
-        return f"{unit}'s exposure rose{rose} after a software change: a person looks"
-    shown = f" {score} {e.details.get('level', '')}".rstrip() if score is not None else ""
-    return f"{unit} listens beyond loopback, exposure{shown}: a person looks, nothing is changed"
 
 
 _BACKUP_KINDS = frozenset({FindingKind.BACKUP_FAILED, FindingKind.BACKUP_STALE})

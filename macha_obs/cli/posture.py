@@ -32,6 +32,7 @@ from macha_obs.config import Config
 from macha_obs.errors import UsageError
 from macha_obs.models import (
     AUTH_SERVICES,
+    BackupsReading,
     ExposureReading,
     IntrusionReading,
     PostureBaseline,
@@ -127,6 +128,27 @@ def exposure_lines(r: BaseModel) -> list[str]:
     return lines
 
 
+def backups_lines(r: BackupsReading, now: float) -> list[str]:
+    """Each backup unit: when it last succeeded, how often it should, whether it is late."""
+    lines = [f"backups (late after their interval plus {_age(r.grace_seconds)})"]
+    if not r.units:
+        lines.append("  no unit matches backup_units")
+    for u in sorted(r.units, key=lambda u: (not u.stale(now, r.grace_seconds), u.unit))[:SHOWN]:
+        state = "LATE" if u.stale(now, r.grace_seconds) else "ok"
+        if u.last_success is None:
+            last = f"never seen succeed (watched {_age(now - u.first_seen)})"
+        else:
+            last = f"last success {_age(now - u.last_success)} ago"
+        every = f"every {_age(u.expected_interval_seconds)} ({u.interval_source.value})"
+        run = "  running now" if u.running else ""
+        if u.last_run_success is False:
+            run += f"  last run FAILED ({inert(u.result or 'failed')})"
+        lines.append(f"  {inert(u.unit):<32} {state:<4} {last}, {every}{run}")
+    if len(r.units) > SHOWN:
+        lines.append(f"  ... and {len(r.units) - SHOWN} more")
+    return lines
+
+
 # a posture reading's own layout, by Snapshot field; the others get generic_lines
 RENDERERS: dict[str, Callable[[BaseModel], list[str]]] = {"exposure": exposure_lines}
 
@@ -174,6 +196,8 @@ def render_text(found: dict[str, Any], now: float) -> str:
             continue
         if isinstance(reading, IntrusionReading):
             lines += intrusion_lines(reading, now, live)
+        elif isinstance(reading, BackupsReading):
+            lines += backups_lines(reading, now)
         elif (render := RENDERERS.get(name)) is not None:
             lines += render(reading)
         else:
