@@ -63,6 +63,7 @@ SECTIONS = {
         "Disks",
         "Journal",
         "Network",
+        "Posture",
         "Boot and NixOS",
         "Sidecar",
     },

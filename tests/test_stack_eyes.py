@@ -1,6 +1,7 @@
 """The sidecar in a real stack: Debian's Prometheus scrapes it, the dashboard's queries
-return data, and a unit failed in the real systemd sandbox fires MachaUnitFailed through
-a real Alertmanager back to the sidecar's POST /alerts."""
+return data (the posture row's too: a real exposure run, an accepted baseline, a backup
+that ran in the sandbox), and a unit failed in the real systemd sandbox fires
+MachaUnitFailed through a real Alertmanager back to the sidecar's POST /alerts."""
 
 from __future__ import annotations
 
@@ -16,17 +17,24 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import pytest
 
 from macha_obs.collect import CollectionLoop, Collector
+from macha_obs.collect.backups import BackupsCollector
 from macha_obs.collect.boot import BootCollector
 from macha_obs.collect.disks import DisksCollector
+from macha_obs.collect.exposure import ExposureCollector, read_host_changes
+from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector
 from macha_obs.collect.journal import JournalCollector
 from macha_obs.collect.meta import MemoryMeta
 from macha_obs.collect.network import NetworkCollector
 from macha_obs.collect.nixos import NixosCollector
+from macha_obs.collect.posture import SetidScanner, fetch_posture, save_baseline
 from macha_obs.collect.resources import ResourcesCollector
 from macha_obs.collect.systemd import SystemdCollector
 from macha_obs.intake.token import ensure_token, load_token
 from macha_obs.metrics import build_registry
+from macha_obs.models import PostureBaseline
 from macha_obs.server import make_app, shutdown, start_server
+from macha_obs.systemd.bus import IsolatedBus
+from tests.harness.exposure_support import lab_runner, start_services
 from tests.harness.eyes_support import PROJECT, make_nixos_tree
 from tests.harness.labsd import LabSystemd, wait_until
 from tests.harness.stack import Alertmanager, Prometheus
@@ -130,22 +138,67 @@ class Sidecar:
     workdir: Path
 
 
+BACKUP = "restic-backups-stack.service"
+
+
+def posture_collectors(
+    lab: LabSystemd, unit_factory: UnitFactory, bus: IsolatedBus, state: Path, tap: AuthFailureTap
+) -> list[Collector]:
+    """Exposure (an unhardened service listening beyond loopback), intrusion against a
+    baseline accepted now, and a backup that ran once, all in the sandbox."""
+    start_services(lab, unit_factory)
+    unit_factory(BACKUP, "[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    unit_factory(BACKUP.replace(".service", ".timer"), "[Timer]\nOnCalendar=daily\n")
+    # the timer keeps the service loaded, so systemd still knows its run (as real jobs')
+    lab.run("systemctl", "start", BACKUP.replace(".service", ".timer"))
+    lab.run("systemctl", "start", BACKUP)  # a oneshot: returns once it ran
+    now = fetch_posture(bus, SetidScanner(()))
+    state.mkdir(mode=0o700, exist_ok=True)
+    save_baseline(
+        state,
+        PostureBaseline(
+            accepted_at=1.0,
+            accepted_by="test",
+            listeners=now.listeners,
+            enabled_units=now.enabled_units,
+            setid_files=[],
+        ),
+    )
+    return [
+        ExposureCollector(
+            bus=bus,
+            address=lab.bus_address,
+            runner=lab_runner(lab),
+            changes=lambda: read_host_changes(state),
+        ),
+        IntrusionCollector(tap, state_dir=state, unit_files=bus, setid_dirs=()),
+        BackupsCollector(
+            MemoryMeta(), patterns=("restic-backups-*.service",), grace=6 * 3600, bus=bus
+        ),
+    ]
+
+
 @pytest.fixture
-def sidecar(systemd_container: LabSystemd, tmp_path: Path) -> Iterator[Sidecar]:
+def sidecar(
+    systemd_container: LabSystemd, unit_factory: UnitFactory, tmp_path: Path
+) -> Iterator[Sidecar]:
     """The sidecar's eyes on the sandbox (its bus and journal) and this host, served on a
     free port with a sink at /alerts."""
     nixos_root = tmp_path / "nixos-root"  # NixOS cannot run here: a NixOS-shaped tree can
     make_nixos_tree(nixos_root)
     network = NetworkCollector(dns_names=["localhost"], timeout=2)
     meta = MemoryMeta()
+    tap = AuthFailureTap()
+    bus = IsolatedBus(systemd_container.bus_address, timeout=20)
     collectors: list[Collector] = [
         SystemdCollector(address=systemd_container.bus_address, timeout=10),
         ResourcesCollector(),
         DisksCollector(),
-        JournalCollector(meta, journal_dir=systemd_container.journal_dir, timeout=20),
+        JournalCollector(meta, journal_dir=systemd_container.journal_dir, timeout=20, sinks=(tap,)),
         network,
         BootCollector(meta),
         NixosCollector(root=nixos_root),
+        *posture_collectors(systemd_container, unit_factory, bus, tmp_path / "state", tap),
     ]
     loop = CollectionLoop(collectors, hostname=HOST, interval=0.5, state_dir=tmp_path / "state")
     token_file = ensure_token(tmp_path / "state")
@@ -154,11 +207,12 @@ def sidecar(systemd_container: LabSystemd, tmp_path: Path) -> Iterator[Sidecar]:
     server, thread = start_server("127.0.0.1", 0, app)
     loop.start()
     try:
-        assert wait_until(loop.ready, timeout=30)
+        assert wait_until(loop.ready, timeout=60)
         yield Sidecar(server.server_port, sink, token_file, network, systemd_container, tmp_path)
     finally:
         loop.stop(timeout=60)
         shutdown(server, thread)
+        bus.close()
 
 
 def test_sidecar_in_a_real_stack(
