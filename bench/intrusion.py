@@ -1,12 +1,15 @@
-"""Benchmark and demo: the intrusion signs against the lab systemd, and what a cycle costs.
+"""Benchmark and demo: the host's posture against the lab systemd, and what an intrusion
+cycle costs.
 
     .venv/bin/python bench/intrusion.py [--cycles 50]
 
 Boots the systemd sandbox of tests/harness/labsd.py; accepts a posture baseline with the
 real `macha-obs posture accept`; then enables a unit in the lab, plants a setuid file in a
 scanned temporary directory, listens on 127.0.0.1:4444 and logs SSH/sudo/su failure lines
-into the lab's journal (`logger -t sshd|sudo|su`); runs the journal and intrusion
-collectors, writes the snapshot and prints `macha-obs posture` over it. Then times
+into the lab's journal (`logger -t sshd|sudo|su`); starts an unhardened service listening
+on every address, a backup job that fails and one that succeeds (with its timer); runs the
+journal, intrusion, exposure and backups collectors, writes the snapshot and prints
+`macha-obs posture` over it (the README's Posture section shows that output). Then times
 `IntrusionCollector.collect()`: a steady cycle (listeners read; unit files and setid dirs
 cached) and one that re-reads everything, wall and CPU seconds of this process; and a full
 setid scan of /usr/bin and /usr/sbin. Figures, not assertions.
@@ -27,16 +30,26 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from macha_obs.collect.backups import BackupsCollector  # noqa: E402
 from macha_obs.collect.base import collect_all  # noqa: E402
+from macha_obs.collect.exposure import ExposureCollector, read_host_changes  # noqa: E402
+from macha_obs.collect.exposure_listeners import listening_units  # noqa: E402
 from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector  # noqa: E402
 from macha_obs.collect.journal import JournalCollector  # noqa: E402
 from macha_obs.collect.meta import MemoryMeta  # noqa: E402
 from macha_obs.collect.posture import SetidScanner  # noqa: E402
 from macha_obs.collect.snapshots import write_snapshot  # noqa: E402
 from macha_obs.systemd.bus import IsolatedBus  # noqa: E402
+from tests.harness.exposure_support import lab_runner  # noqa: E402
 from tests.harness.labsd import LabSystemd, wait_until  # noqa: E402
 
 UNIT_TEXT = "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
+OPEN_WEB = "web-open.service"  # unhardened, listening on every address
+OPEN_TEXT = "[Service]\nExecStart=/usr/bin/python3 -m http.server --bind 0.0.0.0 18090\n"
+BACKUPS = {
+    "restic-backups-home.service": "[Service]\nType=oneshot\nExecStart=/bin/false\n",
+    "borgbackup-job-docs.service": "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+}
 MACHA_OBS = str(Path(sys.executable).parent / "macha-obs")
 SYSTEM_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin")
 PLANTED = [
@@ -80,7 +93,24 @@ def run(cycles: int, work: Path) -> None:
         lab.run("systemctl", "enable", unit)
         (setid / "rootshell").write_text("#!/bin/sh\n")
         (setid / "rootshell").chmod(0o4755)
+        lab.write_unit(OPEN_WEB, OPEN_TEXT)
+        for name, text in BACKUPS.items():
+            lab.write_unit(name, text)
+            lab.write_unit(name.replace(".service", ".timer"), "[Timer]\nOnCalendar=daily\n")
+        lab.run("systemctl", "start", OPEN_WEB, *(n.replace(".service", ".timer") for n in BACKUPS))
+        for name in BACKUPS:
+            lab.run("systemctl", "start", name, check=False)  # a oneshot: returns once it ran
+        wait_until(lambda: listening_units({OPEN_WEB}) == {OPEN_WEB}, timeout=20)
         bus = IsolatedBus(lab.bus_address)
+        exposure = ExposureCollector(
+            bus=bus,
+            address=lab.bus_address,
+            runner=lab_runner(lab),
+            changes=lambda: read_host_changes(work),
+        )
+        backups = BackupsCollector(
+            MemoryMeta(), patterns=tuple(BACKUPS), grace=6 * 3600, bus=bus, timeout=20
+        )
         tap = AuthFailureTap()
         journal = JournalCollector(MemoryMeta(), journal_dir=lab.journal_dir, sinks=(tap,))
         journal.collect()  # the cursor at the tail: only what follows counts
@@ -93,7 +123,9 @@ def run(cycles: int, work: Path) -> None:
         with socket.socket() as server:
             server.bind(("127.0.0.1", 4444))
             server.listen()
-            snapshot = collect_all([journal, intrusion], hostname="lab")
+            snapshot = collect_all(
+                [journal, intrusion, exposure, backups], hostname="lab", timeout=60
+            )
             write_snapshot(state, snapshot, retention=3)
             print("$ macha-obs posture\n" + posture())
             print("findings:", [(f.kind.value, f.subject) for f in snapshot.findings])
