@@ -30,15 +30,6 @@ from macha_obs.statedir import (
     write_atomic,
 )
 
-DEFAULT_SETID_DIRS = (
-    "/usr/bin",
-    "/usr/sbin",
-    "/bin",
-    "/sbin",
-    "/usr/local/bin",
-    "/usr/local/sbin",
-    "/run/wrappers/bin",
-)
 NET_FILES: tuple[tuple[str, str], ...] = (
     ("tcp", "tcp"),
     ("tcp6", "tcp6"),
