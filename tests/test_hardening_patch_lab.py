@@ -36,7 +36,7 @@ from macha_obs.remediate.patches import PatchRefused
 from macha_obs.remediate.remediator import Remediator
 from macha_obs.store import Store
 from macha_obs.systemd.bus import IsolatedBus
-from tests.harness.labsd import LabSystemd
+from tests.harness.labsd import LabSystemd, wait_until
 from tests.harness.nix_support import need
 from tests.harness.systemd_fixtures import UnitFactory
 
@@ -115,7 +115,10 @@ def test_invariant_4_an_unhardened_listener_gets_a_checked_patch_queued_never_ap
     assert handled.verdict.outcome is Outcome.QUEUE, handled.verdict.reason
     reason = handled.verdict.reason
     assert "verify: systemd-analyze verify passed" in reason
-    assert "stayed active 1s in a sandbox (PrivateNetwork=yes, PrivateTmp=yes)" in reason
+    assert (
+        "stayed active 1s in a sandbox (PrivateNetwork=yes, PrivateTmp=yes, "
+        "ProtectSystem=strict, ProtectHome=read-only), as did an unchanged copy"
+    ) in reason
     assert "exposure 9.6 UNSAFE -> " in reason
     after_score = float(reason.split("exposure 9.6 UNSAFE -> ")[1].split()[0])
     assert after_score < 9.6
@@ -185,11 +188,36 @@ def test_a_dropin_that_fails_verify_is_refused_with_its_reason(
     assert rem.store.list_approvals(None) == []
 
 
-def test_a_copy_that_does_not_stay_active_is_refused(
+def test_a_copy_the_new_settings_stop_is_refused(
     systemd_container: LabSystemd, unit_factory: UnitFactory
 ) -> None:
-    """ProtectSystem=strict makes / read-only: a service that writes to /var/lib dies in
-    its copy, and the proposal is refused with what the copy became."""
+    """The unchanged copy stays active in the read-only sandbox; the copy with the new
+    settings (ProtectHome=yes hides /root, which this service reads) stops: refused, with
+    what the copy became."""
+    lab = systemd_container
+    reader = "macha-lab-reader.service"
+    marker = lab.root / "root" / "macha-lab-reader"
+    marker.write_text("read me")
+    text = (
+        "[Service]\nExecStart=/bin/sh -c 'while test -r /root/macha-lab-reader; do sleep 1; done'\n"
+    )
+    started(lab, unit_factory, reader, text)
+    hide_home = HardenUnit(
+        unit=reader,
+        settings=(HardeningSetting(key=HardeningKey.PROTECT_HOME, value="yes"),),
+    )
+    with pytest.raises(PatchRefused, match=r"did not stay active: (failed|inactive)/.*unchanged"):
+        checker(lab).check(hide_home)
+    listed = lab.run("systemctl", "list-units", "--all", "--no-legend", "macha-check-*").stdout
+    assert listed.strip() == ""  # both copies stopped
+
+
+def test_a_unit_the_sandbox_stops_even_unchanged_is_not_tried(
+    systemd_container: LabSystemd, unit_factory: UnitFactory
+) -> None:
+    """A service that writes its state at start cannot run in the read-only sandbox even
+    unchanged: the copy proves nothing about the settings, and it never wrote the real
+    service's files. The other checks stand."""
     lab = systemd_container
     writer = "macha-lab-writer.service"
     text = (
@@ -198,8 +226,15 @@ def test_a_copy_that_does_not_stay_active_is_refused(
         'time.sleep(3600)"\n'
     )
     started(lab, unit_factory, writer, text)
-    with pytest.raises(PatchRefused, match=r"did not stay active: (failed|inactive)/"):
-        checker(lab).check(harden(writer))
+    written = lab.root / "var/lib/macha-lab-w"
+    assert wait_until(written.exists, timeout=20)
+    written.unlink()  # what the real service wrote
+    report = checker(lab).check(harden(writer))
+    assert report.copy.startswith(
+        "not tried: even unchanged, a copy does not stay active in the read-only sandbox ("
+    )
+    assert report.verify == "systemd-analyze verify passed"
+    assert not written.exists()  # no copy wrote it
 
 
 def test_oneshot_is_not_tried_and_says_so(

@@ -8,12 +8,12 @@ from them. Before it is queued, for a service:
 - a transient copy of the unit (`macha-check-<unit>-<id>`, its ExecStart, User, Group,
   WorkingDirectory and environment read from systemd, never from a proposal) with the
   new settings and a sandbox (PrivateNetwork=yes: it cannot bind the real port or talk
-  out; PrivateTmp=yes) must start and stay active for the observation window; it is
-  stopped afterwards whatever happens, and RuntimeMaxSec= stops it should we not. It
-  shares the real service's writable paths (its state directory) unless the proposal
-  itself makes them read-only: that is why only simple and exec services are copied, for
-  a short window. A unit that cannot be copied so (a oneshot, Type=notify or forking,
-  socket-activated) says "not tried: <why>";
+  out; PrivateTmp=yes; ProtectSystem=strict and ProtectHome=read-only: it writes none of
+  the real service's files) must start and stay active for the observation window, as an
+  unchanged copy in the same sandbox does first (when even that one stops, the sandbox is
+  the cause: "not tried"); each is stopped afterwards whatever happens, and
+  RuntimeMaxSec= stops it should we not. A unit that cannot be copied so (a oneshot,
+  Type=notify or forking, socket-activated) says "not tried: <why>";
 - the exposure score of the copy without and with the drop-in
   (`systemd-analyze security --offline=true`) is shown before and after;
 - with `nixos_config_dir` set, the same settings as a unified diff of its
@@ -254,18 +254,44 @@ class HardeningChecker:
         return None
 
     def _try_copy(self, action: HardenUnit | TuneUnit, facts: UnitFacts) -> str:
+        """Two copies in the sandbox: the unit as it is, then with the new settings. Only
+        when the unchanged copy stays active does the changed one's fate say something of
+        the settings; otherwise the sandbox is what stops it, and the copy is not proof."""
         why_not = self._not_copyable(facts)
         if why_not is not None:
             return f"not tried: {why_not}"
+        try:
+            unchanged, _ = self._copy(facts, ())
+            if unchanged is not None:
+                return (
+                    "not tried: even unchanged, a copy does not stay active in the read-only "
+                    f"sandbox ({unchanged})"
+                )
+            changed, name = self._copy(facts, tuple(action.pairs()))
+        except RunnerError as exc:
+            if _DENIED in str(exc) or _AUTH in str(exc):
+                # systemd 252-255 ask polkit without the unit name: no rule can allow only our
+                # copies, so an unprivileged sidecar cannot try; the other checks stand
+                return f"not tried: systemd does not let this user start a transient unit ({exc})"
+            raise PatchRefused(f"a copy of {facts.unit} could not be started: {exc}") from exc
+        if changed is not None:
+            raise PatchRefused(
+                f"the copy {name} with the new settings did not stay active: {changed} "
+                "(unchanged, a copy did)"
+            )
+        return (
+            f"{name} stayed active {self.window:g}s in a sandbox ({SANDBOX_SAID}), as did "
+            "an unchanged copy"
+        )
+
+    def _copy(self, facts: UnitFacts, pairs: tuple[tuple[str, str], ...]) -> tuple[str | None, str]:
+        """Start one copy with `pairs` set, watch it, stop it: (None if it stayed active for
+        the window, else what it became; its name)."""
         name = f"macha-check-{facts.unit.removesuffix('.service')}-{self.token()}.service"
         path, argv = facts.exec_start[0]
         props = [
             ["Description", "s", f"macha-obs check of {facts.unit} (a sandboxed copy)"],
             exec_property(path, argv),
-            # the sandbox: no network but its own loopback (the real port stays the real
-            # service's, nothing goes out), and its own /tmp (no pid file of the real one)
-            ["PrivateNetwork", "b", "true"],
-            ["PrivateTmp", "b", "true"],
             ["RuntimeMaxUSec", "t", str(int((self.window + 60) * 1e6))],
             ["CollectMode", "s", "inactive-or-failed"],
         ]
@@ -281,38 +307,37 @@ class HardeningChecker:
         if facts.environment_files:
             files = [w for f, ok in facts.environment_files for w in (f, str(ok).lower())]
             props.append(["EnvironmentFiles", "a(sb)", str(len(facts.environment_files)), *files])
-        for key, value in action.pairs():
+        for key, value in pairs:
             props.append(setting_property(key, value, _BUS_TYPES.get(key, "t")))
+        # the sandbox, last so that it wins: no network but its own loopback (the real port
+        # stays the real service's, nothing goes out), its own /tmp, and a read-only file
+        # system (the copy never writes the real service's state, pid files or data);
+        # a proposal's ProtectHome= (yes, or read-only) is at least as strict as ours
+        props += [
+            ["PrivateNetwork", "b", "true"],
+            ["PrivateTmp", "b", "true"],
+            ["ProtectSystem", "s", "strict"],
+        ]
+        if "ProtectHome" not in dict(pairs):
+            props.append(["ProtectHome", "s", "read-only"])
         try:
             self.systemd.start_transient(name, props)
-            return self._observe(name)
-        except RunnerError as exc:
-            if _DENIED in str(exc) or _AUTH in str(exc):
-                # systemd 252-255 ask polkit without the unit name: no rule can allow only our
-                # copies, so an unprivileged sidecar cannot try; the other checks stand
-                return f"not tried: systemd does not let this user start a transient unit ({exc})"
-            raise PatchRefused(f"the copy {name} could not be started: {exc}") from exc
+            return self._observe(name), name
         finally:
             self._stop(name)
 
-    def _observe(self, name: str) -> str:
-        """Active for the whole window, or PatchRefused with what it became."""
+    def _observe(self, name: str) -> str | None:
+        """None when active for the whole window, else what it became and when."""
         started = self.clock()
         while True:
             state, sub = self.systemd.active_state(name)
             elapsed = self.clock() - started
             if state not in ("active", "activating"):
-                raise PatchRefused(
-                    f"the copy {name} with the new settings did not stay active: "
-                    f"{state}/{sub} after {elapsed:.1f}s"
-                )
+                return f"{state}/{sub} after {elapsed:.1f}s"
             if elapsed >= self.window and state == "active":
-                return (
-                    f"{name} stayed active {self.window:g}s in a sandbox "
-                    "(PrivateNetwork=yes, PrivateTmp=yes)"
-                )
+                return None
             if elapsed >= self.window + 10:
-                raise PatchRefused(f"the copy {name} was still {state}/{sub} after {elapsed:.1f}s")
+                return f"still {state}/{sub} after {elapsed:.1f}s"
             self.sleep(POLL)
 
     def _stop(self, name: str) -> None:
@@ -321,5 +346,7 @@ class HardeningChecker:
             with contextlib.suppress(RunnerError):
                 step(name)
 
+
+SANDBOX_SAID = "PrivateNetwork=yes, PrivateTmp=yes, ProtectSystem=strict, ProtectHome=read-only"
 
 __all__ = ["HardeningChecker", "Report", "nixos_patch"]
