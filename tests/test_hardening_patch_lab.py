@@ -58,7 +58,7 @@ HOG = "macha-lab-hog.service"
 HOG_UNIT = """\
 [Service]
 MemoryMax=20M
-ExecStart=/usr/bin/python3 -c "import time; time.sleep(3600)"
+ExecStart=/usr/bin/python3 -c "import signal; signal.pause()"
 """
 PROPOSED = (
     ("NoNewPrivileges", "yes"),
@@ -222,8 +222,8 @@ def test_a_unit_the_sandbox_stops_even_unchanged_is_not_tried(
     writer = "macha-lab-writer.service"
     text = (
         "[Service]\nExecStart=/usr/bin/python3 -c "
-        "\"import time, pathlib; pathlib.Path('/var/lib/macha-lab-w').write_text('x'); "
-        'time.sleep(3600)"\n'
+        "\"import pathlib, signal; pathlib.Path('/var/lib/macha-lab-w').write_text('x'); "
+        'signal.pause()"\n'
     )
     started(lab, unit_factory, writer, text)
     written = lab.root / "var/lib/macha-lab-w"

@@ -176,8 +176,8 @@ def test_a_new_listeners_owner_is_the_unit_that_holds_it(
     as this host sees it: the socket is attributed to the service that listens."""
     lab = systemd_container
     code = (
-        "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 4455)); s.listen(); "
-        "time.sleep(600)"
+        "import signal, socket; s = socket.socket(); s.bind(('127.0.0.1', 4455)); s.listen(); "
+        "signal.pause()"
     )
     unit = unit_factory(
         "labsd-intr-listen.service", f'[Service]\nExecStart={sys.executable} -c "{code}"\n'
