@@ -15,6 +15,7 @@ import json
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 import threading
 import time
@@ -210,6 +211,43 @@ class StateLogHandler(logging.handlers.WatchedFileHandler):
 # ---------------------------------------------------------------- the lifecycle
 
 
+def wait_for(stop: threading.Event) -> None:
+    """Block until `stop` is set, by another thread or by a signal's handler.
+
+    The kernel hands a process's SIGTERM to any thread that does not block it, and CPython
+    runs the Python handler only in the main thread, between bytecodes. A main thread parked
+    in `Event.wait()` sleeps in a lock that a signal taken by another thread never
+    interrupts, so the handler never runs and the daemon never stops (seen in CI: SIGKILL
+    after 15 s). Here the main thread sleeps in a read of the signal wake-up pipe instead:
+    the C-level handler writes to it whichever thread took the signal, and `stop.set()`
+    from a thread writes to it too."""
+    if threading.current_thread() is not threading.main_thread():
+        stop.wait()  # no handler runs here; the thread that sets it wakes us
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    guard = threading.Lock()
+    open_ends = [read_end, write_end]  # emptied when closed: the relay never writes to a reused fd
+
+    def relay() -> None:
+        stop.wait()
+        with guard, contextlib.suppress(OSError):
+            if open_ends:
+                os.write(write_end, b"\0")
+
+    threading.Thread(target=relay, name="macha-stop-relay", daemon=True).start()
+    try:
+        while not stop.is_set():
+            os.read(read_end, 512)  # the handler runs before the next bytecode
+    finally:
+        signal.set_wakeup_fd(previous)
+        with guard:
+            for end in open_ends:
+                os.close(end)
+            open_ends.clear()
+
+
 class Worker(Protocol):
     """A part that runs on its own thread until stopped (timer, watcher, pull)."""
 
@@ -270,7 +308,7 @@ class Sidecar:
         self.notifier.watchdog(self.lanes.healthy, stop)
         self.notifier.ready(self.status)
         log.info("%s", self.serving)
-        stop.wait()
+        wait_for(stop)
         self.notifier.stopping()
         self.threads.stopping.set()
         log.info("stopping")

@@ -6,9 +6,13 @@ real `serve` are the subject of test_e2e.py, test_health.py and the stack tests.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 
-from macha_obs.daemon import Extra, Notifier, Sidecar
+from macha_obs.daemon import Extra, Notifier, Sidecar, wait_for
 
 
 class Part:
@@ -87,3 +91,43 @@ def test_an_action_still_running_at_stop_is_recorded_interrupted(caplog) -> None
     )
     assert side.threads.stopping.is_set()
     assert "alertmanager pull: still busy at shutdown" in caplog.text
+
+
+# The main thread waits; SIGTERM is blocked there, so the kernel must hand it to the other
+# thread, as it may on any host. Before wait_for, the main thread slept in Event.wait()
+# and never ran its handler: serve was SIGKILLed after 15 s in CI.
+_SIGNAL_TO_ANOTHER_THREAD = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from macha_obs.daemon import wait_for
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    print("waiting", flush=True)
+    wait_for(stop)
+    print("stopped", flush=True)
+    """
+)
+
+
+def test_a_sigterm_taken_by_another_thread_still_stops_the_daemon() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_TO_ANOTHER_THREAD], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)  # a bound on a hang, not a speed
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (0, "stopped\n")
+
+
+def test_a_stop_set_by_another_thread_wakes_the_main_thread() -> None:
+    stop = threading.Event()
+    threading.Thread(target=stop.set).start()
+    wait_for(stop)
+    assert stop.is_set()
+    assert signal.set_wakeup_fd(-1) == -1  # the wake-up fd it borrowed is given back
