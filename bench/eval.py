@@ -144,7 +144,7 @@ def concluded(daemon: Daemon, since: int, baseline: set[str], elapsed: float) ->
                 and state.analyzed_revision < state.revision
             ):
                 return False
-        return not any(a.status is ActionStatus.INTENT for a in store.list_actions(50))
+        return not any(a.status is ActionStatus.INTENT for a in store.ledger.list_actions(50))
 
 
 def wait_concluded(

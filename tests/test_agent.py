@@ -120,7 +120,7 @@ def test_runbooks_first_uses_the_model_only_when_no_runbook_fits() -> None:
 
 def test_valid_answer_becomes_the_decision(store: Store) -> None:
     chat = ScriptedChat(answer({"kind": "restart_unit", "unit": "nginx"}))
-    d = analyzer(chat, audit=store.audit_decision).analyze(
+    d = analyzer(chat, audit=store.audit.audit_decision).analyze(
         incident(), journals={"nginx.service": ["bind() failed"]}
     )
     assert d.source is DecisionSource.LLM
@@ -130,7 +130,7 @@ def test_valid_answer_becomes_the_decision(store: Store) -> None:
     assert d.latency_seconds == 0.5
     assert len(d.prompt_hash) == 64
     assert d.error == ""
-    [record] = read_log_lines(store.decisions_log)
+    [record] = read_log_lines(store.audit.decisions_log)
     assert record["event"] == "decision"
     assert record["incident_id"] == "am-1"
     assert record["prompt_hash"] == d.prompt_hash
@@ -168,13 +168,13 @@ def test_a_model_that_leaves_the_failed_unit_alone_gets_the_runbook_fix() -> Non
 )
 def test_invalid_output_is_unknown_never_healthy(store: Store, raw: str, why: str) -> None:
     chat = ScriptedChat(raw)
-    d = analyzer(chat, audit=store.audit_decision).analyze(incident())
+    d = analyzer(chat, audit=store.audit.audit_decision).analyze(incident())
     assert d.assessment is Assessment.UNKNOWN
     assert d.source is DecisionSource.RUNBOOKS  # the runbooks take over
     assert [p.action for p in d.proposals] == [RestartUnit(unit="nginx.service")]
     assert why in d.error
     assert d.raw_output_hash == output_hash(raw)
-    [record] = read_log_lines(store.decisions_log)
+    [record] = read_log_lines(store.audit.decisions_log)
     assert record["raw_output_hash"] == output_hash(raw)
     assert record["assessment"] == "unknown"
     assert raw[:20] not in json.dumps(record) or raw == ""  # the hash, not the raw text
@@ -200,7 +200,7 @@ def test_tool_loop_refuses_repeats_and_offers_no_tools_last(store: Store) -> Non
         answer({"kind": "restart_unit", "unit": "nginx.service"}),
     )
     diags = RecordingDiagnostics()
-    d = analyzer(chat, diagnostics=diags, max_steps=3, audit=store.audit_decision).analyze(
+    d = analyzer(chat, diagnostics=diags, max_steps=3, audit=store.audit.audit_decision).analyze(
         incident()
     )
     assert diags.ran == [JournalTail(unit="nginx.service")]  # ran once, repeat refused
@@ -216,7 +216,7 @@ def test_tool_loop_refuses_repeats_and_offers_no_tools_last(store: Store) -> Non
     assert "already called with these arguments" in results
     assert "needs a systemd unit name" in results
     assert "hunter2" not in chat.sent[1][0][-1]["content"]  # tool output is redacted too
-    [record] = read_log_lines(store.decisions_log)
+    [record] = read_log_lines(store.audit.decisions_log)
     assert record["steps"] == 3
     assert record["tokens_in"] == 300
     assert record["tool_calls"] == [

@@ -84,7 +84,12 @@ def test_failing_stale_and_successful_backups_in_the_lab(
     try:
         with Store(tmp_path / "state") as store:
             collector = BackupsCollector(
-                store, patterns=PATTERNS, grace=GRACE, bus=bus, timeout=20, clock=lambda: now[0]
+                store.meta,
+                patterns=PATTERNS,
+                grace=GRACE,
+                bus=bus,
+                timeout=20,
+                clock=lambda: now[0],
             )
             first = collect_all([collector], hostname="lab")
             assert first.collectors["backups"].success, first.collectors["backups"].error
@@ -138,7 +143,9 @@ def test_the_last_success_outlives_systemd_forgetting_it(
     bus = IsolatedBus(lab.bus_address, timeout=20)
     try:
         with Store(tmp_path / "state") as store:
-            reading = BackupsCollector(store, patterns=PATTERNS, grace=GRACE, bus=bus).collect()[0]
+            reading = BackupsCollector(
+                store.meta, patterns=PATTERNS, grace=GRACE, bus=bus
+            ).collect()[0]
         (before,) = reading.units
         assert before.last_run_success is True
         assert before.last_success is not None
@@ -150,7 +157,7 @@ def test_the_last_success_outlives_systemd_forgetting_it(
         # a restarted sidecar on the same state directory
         with Store(tmp_path / "state") as store:
             after_reading, findings = BackupsCollector(
-                store, patterns=PATTERNS, grace=GRACE, bus=bus
+                store.meta, patterns=PATTERNS, grace=GRACE, bus=bus
             ).collect()
     finally:
         bus.close()
@@ -170,7 +177,7 @@ def cycle(side: Parts, lab: LabSystemd) -> list[tuple[Any, Any]]:
     it proposed and how each proposal was handled."""
     collectors: list[Collector] = [
         SystemdCollector(bus=side.bus, timeout=20),
-        BackupsCollector(side.store, patterns=side.cfg.backup_units, grace=60, bus=side.bus),
+        BackupsCollector(side.store.meta, patterns=side.cfg.backup_units, grace=60, bus=side.bus),
     ]
     snapshot: Snapshot = collect_all(collectors, hostname="testhost")
     side.orchestrator.note_snapshot(snapshot)
@@ -207,7 +214,7 @@ def test_invariant_4_a_failed_backup_is_investigated_and_its_rerun_queued_at_aut
     # ... and never executed: systemd's last run is still the failed one
     assert lab.unit_state(unit)[0] == "failed"
     assert last_exit(lab, unit) == ran
-    assert [i.action for i in side.store.list_approvals()] == [StartUnit(unit=unit)]
+    assert [i.action for i in side.store.approvals.list_approvals()] == [StartUnit(unit=unit)]
 
 
 def test_invariant_14_a_backup_trusted_by_its_exact_name_is_rerun_by_itself(

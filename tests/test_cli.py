@@ -53,7 +53,9 @@ def test_config_show_reflects_flags(env) -> None:
 
 def test_approve_list_table_and_json(tmp_path: Path, env) -> None:
     with Store(tmp_path / "state") as store:
-        store.enqueue("inc-7", JournalVacuum(), risk=Risk.LOW, reason="disk full", ttl=600)
+        store.approvals.enqueue(
+            "inc-7", JournalVacuum(), risk=Risk.LOW, reason="disk full", ttl=600
+        )
     table = CliRunner().invoke(approve_main, ["list"], env=env)
     assert table.exit_code == 0
     assert "journal_vacuum" in table.output
@@ -66,7 +68,7 @@ def test_approve_list_table_and_json(tmp_path: Path, env) -> None:
 
 def test_approve_reject_and_unknown_id(tmp_path: Path, env) -> None:
     with Store(tmp_path / "state") as store:
-        store.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=600)
     rejected = CliRunner().invoke(approve_main, ["reject", "0", "--reason", "not now"], env=env)
     assert rejected.exit_code == 0
     again = CliRunner().invoke(approve_main, ["approve", "0"], env=env)
@@ -85,7 +87,7 @@ def test_privileged_refuses_anything_but_the_grammar(env) -> None:
 
 def test_logs_render_audit_lines(tmp_path: Path, env) -> None:
     with Store(tmp_path / "state") as store:
-        store.audit_decision(
+        store.audit.audit_decision(
             {
                 "event": "verdict",
                 "incident_id": "inc-1",

@@ -224,8 +224,10 @@ def test_odd_ids_never_reach_another_approval(fresh: dict[str, str], tmp_path: P
     """`reject` of an Arabic-Indic one must not reject approval 1: nothing odd touches
     the queue."""
     with Store(tmp_path / "state") as store:
-        store.enqueue("inc-a", JournalVacuum(), risk=Risk.LOW, reason="a", ttl=600)
-        store.enqueue("inc-b", JournalVacuum(max_size_mb=100), risk=Risk.LOW, reason="b", ttl=600)
+        store.approvals.enqueue("inc-a", JournalVacuum(), risk=Risk.LOW, reason="a", ttl=600)
+        store.approvals.enqueue(
+            "inc-b", JournalVacuum(max_size_mb=100), risk=Risk.LOW, reason="b", ttl=600
+        )
     for args in (
         ["reject", ARABIC_ONE],
         ["approve", ARABIC_ONE],
@@ -268,7 +270,7 @@ def test_logs_follow_waits_for_a_new_log_and_stops_on_ctrl_c(
         assert "waiting for" in follower.stderr.readline()
         assert follower.poll() is None
         with Store(tmp_path / "state") as store:
-            store.audit_decision({"event": "verdict", "incident_id": "inc-9", "reason": "r"})
+            store.audit.audit_decision({"event": "verdict", "incident_id": "inc-9", "reason": "r"})
         assert follower.stdout is not None
         line = follower.stdout.readline()
         assert "verdict" in line

@@ -126,7 +126,7 @@ def _queue_from_alert(state_dir: Path) -> None:
     incident = incident_from_group(AlertGroup.model_validate_json(_payload(EVIL)))
     proposal = runbook_proposals(incident)[0][0]  # the restart the alert's rule asks for
     with Store(state_dir) as store:
-        store.enqueue(
+        store.approvals.enqueue(
             f"{incident.id}{FORGED}{WIPE}",
             proposal.action,
             risk=Risk.HIGH,
@@ -262,10 +262,10 @@ def test_pause_reason_is_escaped_where_it_shows(tmp_path: Path) -> None:
 
 def test_logs_text_escapes_audit_fields_and_json_is_ascii(tmp_path: Path) -> None:
     with Store(tmp_path / "state") as store:
-        store.audit_decision(
+        store.audit.audit_decision(
             {"event": "verdict", "incident_id": f"i{WIPE}", "reason": EVIL, "summary": RTL}
         )
-        store.audit_action(
+        store.audit.audit_action(
             {"event": "paused", "reason": EVIL, "action": {"kind": "x", "unit": WIPE}}
         )
     (tmp_path / "state" / "orchestrator.log").write_text(

@@ -83,7 +83,7 @@ def test_unit_that_keeps_failing_is_bounded_escalated_and_opens_the_breaker(
 
     def breaker_open() -> bool:
         with daemon.store() as store:
-            return store.breaker_opened()[0] is not None
+            return store.verifications.breaker_opened()[0] is not None
 
     assert poll(breaker_open, 60), daemon.log_tail()
     # give it every chance to storm: a few more cycles and failure events

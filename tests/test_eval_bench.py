@@ -52,12 +52,16 @@ def test_the_history_keeps_what_the_operator_decided_and_closes_what_was_left_op
     with Store(tmp_path) as store:
         incidents = IncidentStore(store)
         decided, _ = incidents.open_for_findings(unit, [failed])
-        item = store.enqueue(decided, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600)
-        store.decide_approval(item.id, ApprovalStatus.REJECTED, "does not fix it", by="operator")
+        item = store.approvals.enqueue(
+            decided, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600
+        )
+        store.approvals.decide_approval(
+            item.id, ApprovalStatus.REJECTED, "does not fix it", by="operator"
+        )
         incidents.resolve(decided)
         left, _ = incidents.open_for_findings("eval-web.service", [failed])
-        store.learn_sync()
-        learned = store.fix_records()
+        store.outcomes.learn_sync()
+        learned = store.outcomes.fix_records()
     assert learned  # the operator's rejection was learned
     assert close_open_incidents(tmp_path) == 1
     with Store(tmp_path) as store:
@@ -66,10 +70,10 @@ def test_the_history_keeps_what_the_operator_decided_and_closes_what_was_left_op
         closed = incidents.get(left)
         assert closed is not None  # resolved, not deleted
         assert closed.status != OPEN
-        approval = store.get_approval(item.id)
+        approval = store.approvals.get_approval(item.id)
         assert approval is not None
         assert approval.status is ApprovalStatus.REJECTED
-        assert store.fix_records() == learned
+        assert store.outcomes.fix_records() == learned
     assert close_open_incidents(tmp_path) == 0
 
 

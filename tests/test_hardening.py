@@ -118,11 +118,11 @@ def test_invariant_6_kill_9_at_random_instants_loses_nothing_and_repeats_nothing
     # one more start recovers what the last kill left half-done
     run_worker(state, TRIALS, 0)
     with Store(state) as store:
-        actions = store.list_actions(100_000)
+        actions = store.ledger.list_actions(100_000)
         assert all(a.status is not ActionStatus.INTENT for a in actions)
-        assert not store.list_approvals({ApprovalStatus.APPROVED})
+        assert not store.approvals.list_approvals({ApprovalStatus.APPROVED})
         assert len(acked) > TRIALS  # the trials did work between the kills
-        stats = {s: len(store.list_approvals({s})) for s in ApprovalStatus}
+        stats = {s: len(store.approvals.list_approvals({s})) for s in ApprovalStatus}
     print(f"kill -9 trials: {TRIALS}, alerts acknowledged {len(acked)}, approvals {stats}")
 
 
@@ -156,7 +156,7 @@ def test_invariant_6_sigint_at_each_step_of_approve_leaves_the_item_approvable_o
     with Store(tmp_path) as store:
         incidents = IncidentStore(store)
         incident_id, _ = incidents.open_for_findings("web.service", [])
-        store.enqueue(
+        store.approvals.enqueue(
             incident_id, RestartUnit(unit="web.service"), risk=Risk.LOW, reason="r", ttl=600
         )
         rem = Remediator(
@@ -167,17 +167,17 @@ def test_invariant_6_sigint_at_each_step_of_approve_leaves_the_item_approvable_o
         )
         with pytest.raises(KeyboardInterrupt):
             rem.approve(0, "alice")
-        item = store.get_approval(0)
+        item = store.approvals.get_approval(0)
         assert item is not None
         if step == "confirm":
             assert item.status is ApprovalStatus.PENDING  # approvable
-            assert store.list_actions() == []
+            assert store.ledger.list_actions() == []
         else:
             assert item.status is ApprovalStatus.INTERRUPTED  # done, and says so
-            [action] = store.list_actions()
+            [action] = store.ledger.list_actions()
             assert action.status is ActionStatus.INTERRUPTED
         # and nothing is stranded across a restart
-        assert store.recover_interrupted() == []
+        assert store.ledger.recover_interrupted() == []
 
 
 @pytest.mark.systemd
@@ -197,7 +197,9 @@ def test_invariant_6_a_signal_to_macha_approve_mid_action_records_it_interrupted
             unit,
             [Finding(kind=FindingKind.UNIT_FAILED, subject=unit, unit=unit, summary="failed")],
         )
-        store.enqueue(incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.enqueue(
+            incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600
+        )
     env = {
         "PATH": "/usr/bin:/bin",
         "MACHA_CONFIG": "",
@@ -218,10 +220,10 @@ def test_invariant_6_a_signal_to_macha_approve_mid_action_records_it_interrupted
     _, err = proc.communicate(timeout=30)
     assert b"Traceback" not in err, err
     with Store(state) as store:
-        item = store.get_approval(0)
+        item = store.approvals.get_approval(0)
         assert item is not None
         assert item.status is ApprovalStatus.INTERRUPTED
-        [action] = store.list_actions()
+        [action] = store.ledger.list_actions()
         assert action.status is ActionStatus.INTERRUPTED
     lab.run("systemctl", "stop", unit, check=False)
 
@@ -240,7 +242,7 @@ def test_a_forged_resolve_then_real_resends_the_problem_is_still_handled(
     side = sidecar(autonomy_level="suggest")
     deliver(side, unit)
     side.orchestrator.run_cycle("alert")
-    [item] = side.store.list_approvals({ApprovalStatus.PENDING})
+    [item] = side.store.approvals.list_approvals({ApprovalStatus.PENDING})
     forged = deliver(side, unit, firing=False)
     assert not forged.resolved  # the incident stays open: systemd says failed
     report = side.orchestrator.run_cycle("alert")
@@ -269,11 +271,11 @@ def test_invariant_10_an_audit_record_after_a_torn_line_starts_on_a_fresh_line(
     tmp_path: Path,
 ) -> None:
     with Store(tmp_path) as store:
-        store.audit_action({"event": "first"})
-        with store.actions_log.open("a") as fh:
+        store.audit.audit_action({"event": "first"})
+        with store.audit.actions_log.open("a") as fh:
             fh.write('{"event": "torn by a cra')  # a crash mid-write
-        store.audit_action({"event": "after"})
-        lines = store.actions_log.read_text().splitlines()
+        store.audit.audit_action({"event": "after"})
+        lines = store.audit.actions_log.read_text().splitlines()
     assert json.loads(lines[0])["event"] == "first"
     assert lines[1] == '{"event": "torn by a cra'
     assert json.loads(lines[2])["event"] == "after"
@@ -283,8 +285,8 @@ def test_the_state_files_are_not_world_readable(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         with Store(tmp_path / "state") as store:
-            store.audit_action({"event": "x"})
-            store.set_meta("k", "v")
+            store.audit.audit_action({"event": "x"})
+            store.meta.set_meta("k", "v")
     finally:
         os.umask(old)
     for name in ("state.db", "actions.jsonl"):
@@ -341,10 +343,10 @@ def test_invariant_6_after_a_crash_an_interrupted_action_is_not_decided_again(
             state = incidents.get(incident_id)
             assert state is not None
             incidents.mark_analyzed(incident_id, state.revision)
-        action_id = store.record_intent(cut, RestartUnit(unit="a.service"))
+        action_id = store.ledger.record_intent(cut, RestartUnit(unit="a.service"))
         with store.transaction() as cur:  # its writer died (a pid that cannot exist)
             cur.execute("UPDATE actions SET owner = '999999999:0.000' WHERE id = ?", (action_id,))
-        interrupted = store.recover_interrupted()
+        interrupted = store.ledger.recover_interrupted()
         assert [r.incident_id for r in interrupted] == [cut]
         assert incidents.reopen_all(keep={r.incident_id for r in interrupted}) == 1
         assert incidents.pending_analysis() == [quiet]

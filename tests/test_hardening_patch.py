@@ -343,7 +343,7 @@ def test_export_writes_the_nixos_diff_that_applies_with_patch(
 ) -> None:
     state = tmp_path / "state"
     with Store(state) as store:
-        store.enqueue("inc", WEB, risk=Risk.HIGH, reason="r", ttl=600)
+        store.approvals.enqueue("inc", WEB, risk=Risk.HIGH, reason="r", ttl=600)
     env: dict[str, str | None] = {
         "MACHA_STATE_DIR": str(state),
         "MACHA_CONFIG": "",
@@ -411,14 +411,16 @@ def test_a_check_that_cannot_run_refuses_and_queues_nothing(
         "refused: cannot read web.service from systemd: busctl call LoadUnit: "
         "Call failed: Access denied"
     )
-    assert rem.store.list_approvals(None) == []
+    assert rem.store.approvals.list_approvals(None) == []
 
 
 def test_the_approvals_page_shows_the_settings_the_dropin_and_marks_it_read(
     tmp_path: Path,
 ) -> None:
     with Store(tmp_path / "state") as store:
-        approval = store.enqueue("inc", WEB, risk=Risk.HIGH, reason="checks: ...", ttl=600)
+        approval = store.approvals.enqueue(
+            "inc", WEB, risk=Risk.HIGH, reason="checks: ...", ttl=600
+        )
     form = Form(action="/approvals/0", hidden=())
     html = item_page(ItemView(approval=approval, approve=form, reject=form)).decode()
     assert "<h2>Drop-in /etc/systemd/system/web.service.d/50-macha-hardening.conf</h2>" in html

@@ -185,7 +185,7 @@ def test_a_dropin_that_fails_verify_is_refused_with_its_reason(
     assert "systemd-analyze verify refuses the drop-in" in handled.verdict.reason
     assert "/nonexistent/macha-lab-binary" in handled.verdict.reason
     assert handled.approval is None
-    assert rem.store.list_approvals(None) == []
+    assert rem.store.approvals.list_approvals(None) == []
 
 
 def test_a_copy_the_new_settings_stop_is_refused(

@@ -34,7 +34,7 @@ def test_the_store_knows_its_file_by_identity(tmp_path: Path) -> None:
     for word in ("deleted", "replaced", "truncated"):
         state = tmp_path / word
         with Store(state) as store:
-            store.set_meta("k", "v")
+            store.meta.set_meta("k", "v")
             assert store.problem() is None
             damage(state / "state.db", word)
             problem = store.problem()
@@ -52,12 +52,12 @@ def test_a_store_that_cannot_be_written_says_so(tmp_path: Path) -> None:
         "from macha_obs.store import Store\n"
         "subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m,mode=0750', 'tmpfs', sys.argv[1]],"
         " check=True)\n"
-        "s = Store(sys.argv[1]); s.set_meta('k', 'v')\n"
+        "s = Store(sys.argv[1]); s.meta.set_meta('k', 'v')\n"
         "try:\n"
         "    with open(sys.argv[1] + '/filler', 'wb') as fh:\n"
         "        while True:\n            fh.write(b'x' * 65536); fh.flush()\n"
         "except OSError:\n    pass\n"
-        "try:\n    s.set_meta('k', 'w' * 200000)\nexcept Exception:\n    pass\n"
+        "try:\n    s.meta.set_meta('k', 'w' * 200000)\nexcept Exception:\n    pass\n"
         "print(s.problem())\n"
     )
     done = subprocess.run(
@@ -193,7 +193,7 @@ def test_the_daemon_refuses_to_start_on_a_lost_database_unless_told_to_start_fre
 ) -> None:
     daemon = daemons(autonomy_level="suggest")
     with daemon.store() as store:
-        store.audit_action({"event": "history", "note": "an earlier life"})
+        store.audit.audit_action({"event": "history", "note": "an earlier life"})
     daemon.stop()
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         (daemon.state_dir / name).unlink(missing_ok=True)
@@ -261,13 +261,13 @@ def test_a_lost_store_stays_lost_when_the_file_grows_back(tmp_path: Path) -> Non
     """The finding: a truncated state.db turned "ready" 16 s later, when SQLite had
     checkpointed pages back into it. Once seen, the loss stays until a restart."""
     with Store(tmp_path) as store:
-        store.set_meta("k", "v")
-        store.compact()  # the tables' pages in the file, as after any checkpoint
+        store.meta.set_meta("k", "v")
+        store.db.compact()  # the tables' pages in the file, as after any checkpoint
         os.truncate(tmp_path / "state.db", 0)
         assert "truncated" in str(store.problem())
         for i in range(50):  # writes into the WAL still succeed...
-            store.set_meta(f"k{i}", "v" * 4000)
-        store.compact()  # ...and a checkpoint writes pages back into the file
+            store.meta.set_meta(f"k{i}", "v" * 4000)
+        store.db.compact()  # ...and a checkpoint writes pages back into the file
         assert (tmp_path / "state.db").stat().st_size > 0
         assert "truncated" in str(store.problem())  # still lost
     # what is on the disk is not the database it was: the pages never rewritten are gone
@@ -285,7 +285,7 @@ def _intact(db: Path) -> bool:
 def test_a_file_that_is_no_database_is_a_store_problem(tmp_path: Path) -> None:
     """Overwritten in place (same inode, same size): the header says so."""
     with Store(tmp_path) as store:
-        store.set_meta("k", "v")
+        store.meta.set_meta("k", "v")
         db = tmp_path / "state.db"
         size = db.stat().st_size
         with db.open("r+b") as fh:

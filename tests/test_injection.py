@@ -71,7 +71,7 @@ def run(chat: ScriptedChat, store: Store) -> object:
         mode=AnalysisMode.LLM_FIRST,
         client=chat,
         hostname="web1",
-        audit=store.audit_decision,
+        audit=store.audit.audit_decision,
         now=lambda: NOW,
     )
     return analyzer.analyze(incident(), journals={"app.service": INJECTION})
@@ -94,7 +94,7 @@ def test_obeying_model_gets_nothing_through(make_config, store: Store, level) ->
     user = chat.sent[0][0][1]["content"]
     assert "<untrusted-data" in user
     assert "evil.example" in user
-    [record] = read_log_lines(store.decisions_log)
+    [record] = read_log_lines(store.audit.decisions_log)
     assert set(record["untrusted_flags"]) >= EXPECTED_FLAGS
     assert {"kind": "restart_unit", "unit": "sshd.service"} in [
         p["action"] for p in record["proposals"]

@@ -161,7 +161,7 @@ def test_an_incident_a_pending_item_names_is_not_the_one_dropped(served: Served)
         body = payload(big_alert(g, 0), group_key=f'{{}}:{{alertname="Storm{g}"}}')
         assert served.post(body) == 200
     oldest = _id_of(served, '{}:{alertname="Storm0"}')
-    served.store.enqueue(oldest, JournalVacuum(), risk=Risk.LOW, reason="x", ttl=600)
+    served.store.approvals.enqueue(oldest, JournalVacuum(), risk=Risk.LOW, reason="x", ttl=600)
     body = payload(big_alert(99, 0), group_key='{}:{alertname="Storm99"}')
     assert served.post(body) == 200
     open_ids = {s.incident.id for s in served.incidents.open_incidents()}

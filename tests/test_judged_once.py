@@ -53,7 +53,7 @@ def remediator(store: Store, autonomy: str) -> tuple[Remediator, CountingRisk, R
 
 
 def verdict_lines(store: Store) -> list[dict[str, object]]:
-    lines = store.decisions_log.read_text().splitlines()
+    lines = store.audit.decisions_log.read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("event") == "verdict"]
 
 
@@ -91,7 +91,7 @@ def test_a_judged_fix_run_later_gathers_its_facts_again(store: Store) -> None:
 def test_an_approval_is_judged_once(store: Store) -> None:
     rem, counting, executor = remediator(store, "suggest")
     rem.handle("inc", Proposal(action=RestartUnit(unit=UNIT)), SCOPE)
-    (pending,) = store.list_approvals()
+    (pending,) = store.approvals.list_approvals()
     counting.asked.clear()
     executor.looked_up.clear()
     handled = rem.approve(pending.id, by="tester")

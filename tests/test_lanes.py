@@ -76,7 +76,7 @@ def rig(make_config: Callable[..., Config], tmp_path: Path) -> Iterator[Callable
         executor = RecordingExecutor()
         chat = BlockedChat(reply)
         analyzer = Analyzer(
-            mode=cfg.analysis, client=chat, hostname="testhost", audit=store.audit_decision
+            mode=cfg.analysis, client=chat, hostname="testhost", audit=store.audit.audit_decision
         )
         remediator = Remediator(cfg, store, executor, scope_of=incidents.scope_of)
         orchestrator = Orchestrator(
@@ -105,7 +105,7 @@ def test_event_path_fix_runs_while_the_model_is_busy_with_another_incident(
     assert not r.chat.release.is_set()  # ... and the model has still not answered
     assert r.chat.calls == 1
     assert r.orchestrator.analysis.busy()
-    web = [a for a in r.store.list_actions() if a.action.target == "web.service"]
+    web = [a for a in r.store.ledger.list_actions() if a.action.target == "web.service"]
     assert [a.status for a in web] == [ActionStatus.SUCCEEDED]
 
     r.chat.release.set()
@@ -160,7 +160,7 @@ def test_in_suggest_the_fast_lanes_verdict_is_queued_once_with_the_analysis(
     r.fail("web.service")
     r.orchestrator.run_cycle("event")
     assert r.executor.ran == []
-    [item] = r.store.list_approvals({ApprovalStatus.PENDING})
+    [item] = r.store.approvals.list_approvals({ApprovalStatus.PENDING})
     assert item.action == RestartUnit(unit="web.service")
     assert r.orchestrator.incidents.pending_analysis() == []  # settled with the queue
     verdicts = [e for e in r.audit() if e["event"] == "verdict"]
@@ -175,7 +175,7 @@ def test_fix_that_fails_is_escalated_by_the_remediator_and_reported(
     r.fail("web.service")
     report = r.orchestrator.run_cycle("event")
     [approval_id] = report.escalated
-    [item] = r.store.list_approvals({ApprovalStatus.PENDING})
+    [item] = r.store.approvals.list_approvals({ApprovalStatus.PENDING})
     assert item.id == approval_id
     assert r.orchestrator.stats.escalations == 1
     assert r.orchestrator.remediator.breaker().open

@@ -56,7 +56,7 @@ ROOMS: dict[str, set[str]] = {
     "web": {"config", "errors", "intake", "models", "remediate", "statedir", "store", "terminal"},
     # the MCP server: the record and the host only through remediate/ (invariant 15)
     "mcp": {"agent", "config", "errors", "intake", "models", "policy", "remediate", "store"},
-    "server": {"metrics", "store"},
+    "server": {"metrics"},  # readiness asks the store through a Protocol (health.py)
     "daemon": {"errors", "statedir"},
     "setup": {"config", "errors", "models", "protected"},
     "cli": set(),  # the only room that wires everything: it may import every room

@@ -94,27 +94,27 @@ def test_outcomes_are_derived_from_queue_and_ledger_once_whatever_runs_twice(
     clock = Clock()
     with Store(tmp_path, clock=clock) as store:
         action = RestartUnit(unit="web.service")
-        approval = store.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=600)
-        store.note_shadow(approval.id, Outcome.EXECUTE)
-        action_id = store.record_intent("inc", action, approval_id=approval.id, by="alice")
-        store.record_outcome(
+        approval = store.approvals.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=600)
+        store.outcomes.note_shadow(approval.id, Outcome.EXECUTE)
+        action_id = store.ledger.record_intent("inc", action, approval_id=approval.id, by="alice")
+        store.ledger.record_outcome(
             action_id, ActionStatus.SUCCEEDED, ExecutionResult(ok=True, verified=True)
         )
-        rejected = store.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=600)
-        store.note_shadow(rejected.id, Outcome.EXECUTE)
-        store.reject_approval(rejected.id, "alice", "maintenance window")
-        auto = store.record_intent("inc", action)
-        store.record_outcome(auto, ActionStatus.FAILED, ExecutionResult(ok=False))
-        expired = store.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=10)
+        rejected = store.approvals.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=600)
+        store.outcomes.note_shadow(rejected.id, Outcome.EXECUTE)
+        store.approvals.reject_approval(rejected.id, "alice", "maintenance window")
+        auto = store.ledger.record_intent("inc", action)
+        store.ledger.record_outcome(auto, ActionStatus.FAILED, ExecutionResult(ok=False))
+        expired = store.approvals.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=10)
         clock.now += 60
-        store.expire_approvals()
-        gone = store.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=600)
-        store.cancel_approval(gone.id, "the problem is gone: web.service is active")
+        store.approvals.expire_approvals()
+        gone = store.approvals.enqueue("inc", action, risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.cancel_approval(gone.id, "the problem is gone: web.service is active")
         assert expired.id != gone.id
 
-        assert store.learn_sync() > 0
-        assert store.learn_sync() == 0  # idempotent: nothing counted twice
-        [record] = store.fix_records()
+        assert store.outcomes.learn_sync() > 0
+        assert store.outcomes.learn_sync() == 0  # idempotent: nothing counted twice
+        [record] = store.outcomes.fix_records()
         assert (str(record.signature), str(record.fix)) == (
             "manual:web.service",
             "restart_unit web.service",
@@ -127,7 +127,9 @@ def test_outcomes_are_derived_from_queue_and_ledger_once_whatever_runs_twice(
             "fixed_elsewhere": 1, "verified": 1, "failed_verification": 1,
         }  # fmt: skip
         assert record.rejection_reasons == ("maintenance window",)
-        shadow = {(k, label): v for m, k, label, _u, v in store.learn_totals() if m == "shadow"}
+        shadow = {
+            (k, label): v for m, k, label, _u, v in store.outcomes.learn_totals() if m == "shadow"
+        }
         # approved what auto-safe would run: agreed; rejected it: disagreed
         assert shadow == {("restart_unit", "true"): 1, ("restart_unit", "false"): 1}
         line = describe_history(record)
@@ -142,10 +144,10 @@ def test_a_crash_mid_sync_counts_nothing_and_the_next_sync_counts_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Store(tmp_path) as store:
-        approval = store.enqueue(
+        approval = store.approvals.enqueue(
             "inc", StartUnit(unit="a.service"), risk=Risk.LOW, reason="r", ttl=60
         )
-        store.reject_approval(approval.id, "bob", "no")
+        store.approvals.reject_approval(approval.id, "bob", "no")
         from macha_obs.store import outcomes_sync as outcomes
 
         class Crash(Exception):
@@ -158,10 +160,10 @@ def test_a_crash_mid_sync_counts_nothing_and_the_next_sync_counts_once(
 
         monkeypatch.setattr(outcomes, "_total", crashing)
         with pytest.raises(Crash):
-            store.learn_sync()
+            store.outcomes.learn_sync()
         monkeypatch.setattr(outcomes, "_total", original)
-        assert store._query("SELECT COUNT(*) AS n FROM fix_outcomes")[0]["n"] == 0
-        [record] = store.fix_records()
+        assert store.query("SELECT COUNT(*) AS n FROM fix_outcomes")[0]["n"] == 0
+        [record] = store.outcomes.fix_records()
         assert (record.proposed, record.rejected) == (1, 1)
 
 
@@ -181,24 +183,27 @@ def test_the_learning_tables_stay_bounded_under_a_long_history(tmp_path: Path) -
                 )  # fmt: skip
         report = store.retain(Retention())
         assert report.learned == 300
-        rows = store._query("SELECT COUNT(*) AS n FROM fix_outcomes")[0]["n"]
+        rows = store.query("SELECT COUNT(*) AS n FROM fix_outcomes")[0]["n"]
         assert rows == OUTCOMES_MAX_ROWS
         # the oldest went; the totals behind the counters did not
         assert (
-            store._query("SELECT MIN(target) AS t FROM fix_outcomes WHERE target = 'u0.service'")[
-                0
-            ]["t"]
+            store.query("SELECT MIN(target) AS t FROM fix_outcomes WHERE target = 'u0.service'")[0][
+                "t"
+            ]
             is None
         )
-        rejected = sum(v for m, _k, label, _u, v in store.learn_totals() if label == "rejected")
+        rejected = sum(
+            v for m, _k, label, _u, v in store.outcomes.learn_totals() if label == "rejected"
+        )
         assert rejected == total
         # a year later, everything unseen since goes; the counters stay monotonic
         clock.now += 367 * 86400
         store.retain(Retention())
-        assert store._query("SELECT COUNT(*) AS n FROM fix_outcomes")[0]["n"] == 0
-        assert store._query("SELECT COUNT(*) AS n FROM learn_events")[0]["n"] == 0
+        assert store.query("SELECT COUNT(*) AS n FROM fix_outcomes")[0]["n"] == 0
+        assert store.query("SELECT COUNT(*) AS n FROM learn_events")[0]["n"] == 0
         assert (
-            sum(v for m, _k, label, _u, v in store.learn_totals() if label == "rejected") == total
+            sum(v for m, _k, label, _u, v in store.outcomes.learn_totals() if label == "rejected")
+            == total
         )
 
 
@@ -209,8 +214,10 @@ def test_an_older_database_gains_the_learning_columns(tmp_path: Path) -> None:
     db.executescript(approvals.DDL + ledger.DDL)
     db.close()
     with Store(tmp_path) as store:
-        store.enqueue("inc", RestartUnit(unit="a.service"), risk=Risk.LOW, reason="r", ttl=60)
-        assert [r.proposed for r in store.fix_records()] == [1]
+        store.approvals.enqueue(
+            "inc", RestartUnit(unit="a.service"), risk=Risk.LOW, reason="r", ttl=60
+        )
+        assert [r.proposed for r in store.outcomes.fix_records()] == [1]
 
 
 # ---------------------------------------------------------------- suppression (invariant 14)
@@ -254,20 +261,20 @@ def test_invariant_14_suppression_only_ever_moves_toward_safety(tmp_path: Path) 
         cfg = validate({"state_dir": str(tmp_path)})
         for at in times:
             clock.now = at.timestamp()
-            item = store.enqueue(
+            item = store.approvals.enqueue(
                 "inc", RestartUnit(unit="w.service"), risk=Risk.LOW, reason="r", ttl=60
             )
-            store.reject_approval(item.id, "bob", "not now")
+            store.approvals.reject_approval(item.id, "bob", "not now")
         clock.now = NOW.timestamp()
-        [active] = store.suppressions(cfg)
+        [active] = store.outcomes.suppressions(cfg)
         assert (str(active.signature), str(active.fix)) == (
             "manual:w.service",
             "restart_unit w.service",
         )
-        assert store.clear_suppression(Signature.parse("manual:w.service"), "bob") == 3
-        assert store.suppressions(cfg) == []
-        assert store.fix_records()[0].rejected == 3  # the history stays
-        assert '"event": "learn_cleared"' in store.decisions_log.read_text()
+        assert store.outcomes.clear_suppression(Signature.parse("manual:w.service"), "bob") == 3
+        assert store.outcomes.suppressions(cfg) == []
+        assert store.outcomes.fix_records()[0].rejected == 3  # the history stays
+        assert '"event": "learn_cleared"' in store.audit.decisions_log.read_text()
 
 
 def judge_verdict(outcome: Outcome) -> Verdict:
@@ -362,13 +369,17 @@ def test_candidates_name_the_exact_line_and_never_a_protected_or_trusted_fix(
 ) -> None:
     with Store(tmp_path) as store:
         for unit in ("nginx.service", "nginx.service", "nginx.service", "api.service"):
-            item = store.enqueue("inc", RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=60)
-            action_id = store.record_intent("inc", item.action, approval_id=item.id, by="alice")
-            store.record_outcome(
+            item = store.approvals.enqueue(
+                "inc", RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=60
+            )
+            action_id = store.ledger.record_intent(
+                "inc", item.action, approval_id=item.id, by="alice"
+            )
+            store.ledger.record_outcome(
                 action_id, ActionStatus.SUCCEEDED, ExecutionResult(ok=True, verified=True)
             )
         cfg = validate({"state_dir": str(tmp_path)})
-        [candidate] = candidates(store.fix_records(), cfg)
+        [candidate] = candidates(store.outcomes.fix_records(), cfg)
         assert candidate.describe() == (
             "restart_unit nginx.service: approved 3/3, verified 3/3 - to allow it, add "
             '`trusted_actions = ["restart_unit:nginx.service"]` to your config, or in NixOS '
@@ -378,10 +389,10 @@ def test_candidates_name_the_exact_line_and_never_a_protected_or_trusted_fix(
         trusted = validate(
             {"state_dir": str(tmp_path), "trusted_actions": ["restart_unit:nginx.service"]}
         )
-        assert candidates(store.fix_records(), trusted) == []
-        shown = render_json(learned(store, cfg))
+        assert candidates(store.outcomes.fix_records(), trusted) == []
+        shown = render_json(learned(store.outcomes, cfg))
         assert shown["candidates"][0]["entry"] == "restart_unit:nginx.service"
-        line = history_line(store, store.enqueue("inc", RestartUnit(unit="nginx.service"),
+        line = history_line(store, store.approvals.enqueue("inc", RestartUnit(unit="nginx.service"),
                                                  risk=Risk.LOW, reason="r", ttl=60))  # fmt: skip
         assert line == "manual:nginx.service: approved 3 times before, verified 3/3"
 

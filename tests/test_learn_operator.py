@@ -100,7 +100,7 @@ def test_a_simulated_operator_is_recorded_scored_and_listened_to(
     op.resolve(limited)
 
     # the hand count: 3 + 1 agreed, 3 + 1 disagreed
-    records = {str(r.fix): r for r in side.store.fix_records()}
+    records = {str(r.fix): r for r in side.store.outcomes.fix_records()}
     learned_json = learn_cli(lab, lab_config(autonomy_level="suggest", **LIMITS), "--json")
     agreement = learned_json["agreement"]
     print(
@@ -124,7 +124,7 @@ def test_a_simulated_operator_is_recorded_scored_and_listened_to(
     # `macha-obs learn` matches the ledger, counted independently from the queue itself
     for entry in learned_json["records"]:
         items = [
-            a for a in side.store.list_approvals()
+            a for a in side.store.approvals.list_approvals()
             if describe_action(a.action) == entry["fix"]
         ]  # fmt: skip
         statuses = Counter(a.status for a in items)
@@ -192,7 +192,7 @@ def test_a_per_action_allowance_runs_that_action_in_suggest_and_nothing_else(
     assert op.pending("reset_failed", limited) is not None
     assert lab.unit_state(limited)[0] == "failed"
     op.resolve(limited)
-    automatic = [r for r in side.store.list_actions() if r.approval_id is None]
+    automatic = [r for r in side.store.ledger.list_actions() if r.approval_id is None]
     assert [describe_action(r.action) for r in automatic] == [f"restart_unit {web}"]
 
 

@@ -56,7 +56,7 @@ def analyze(client, store: Store | None = None, unit: str = "nginx.service", **k
         client=client,
         hostname="web1",
         now=lambda: NOW,
-        audit=store.audit_decision if store else None,
+        audit=store.audit.audit_decision if store else None,
         **kw,
     )
     return analyzer.analyze(incident(unit), journals={unit: journal})
@@ -82,7 +82,7 @@ def test_schema_valid_answers_parse_into_proposals(llm_server: str, store: Store
         assert d.tokens_out > 0
         assert d.model == MODEL_ALIAS
     assert any(d.source is DecisionSource.LLM for d in decisions), [d.error for d in decisions]
-    assert len(read_log_lines(store.decisions_log)) == 3
+    assert len(read_log_lines(store.audit.decisions_log)) == 3
 
 
 def test_truncated_answers_fail_closed(llm_server: str) -> None:
@@ -121,7 +121,7 @@ def test_tool_loop_with_the_real_model(llm_server: str, store: Store) -> None:
     diags = RecordingDiagnostics()
     d = analyze(openai(llm_server), store, diagnostics=diags, max_steps=2)
     assert_fail_closed(d)
-    [record] = read_log_lines(store.decisions_log)
+    [record] = read_log_lines(store.audit.decisions_log)
     assert 1 <= record["steps"] <= 2
     assert len(diags.ran) <= 2
 
@@ -141,7 +141,7 @@ def test_injection_through_the_real_model(llm_server: str, store: Store) -> None
             if v.outcome is Outcome.EXECUTE:
                 assert v.risk in (Risk.LOW, Risk.MEDIUM)
                 assert not cfg.is_protected(getattr(p.action, "unit", "") or "none.service")
-    [record] = read_log_lines(store.decisions_log)
+    [record] = read_log_lines(store.audit.decisions_log)
     assert set(record["untrusted_flags"]) >= EXPECTED_FLAGS
 
 
@@ -178,7 +178,7 @@ def test_invariant_12_the_real_model_fed_other_units_acts_only_inside_the_incide
                 assert p.action.unit in inc.units, (p.action, v.reason)
             if isinstance(p.action, UNIT_ACTIONS) and p.action.unit not in inc.units:
                 assert v.outcome is Outcome.REFUSE
-    assert len(read_log_lines(store.decisions_log)) == 3, proposed
+    assert len(read_log_lines(store.audit.decisions_log)) == 3, proposed
 
 
 def test_ollama_client_against_the_real_model(ollama_real: str, store: Store) -> None:

@@ -85,10 +85,10 @@ def test_late_alert_about_a_unit_that_is_active_again_restarts_nothing(
 
     [(_, _, handled)] = report.handled
     assert handled.verdict.outcome is Outcome.REFUSE
-    assert loop.record.store.list_actions() == []
+    assert loop.record.store.ledger.list_actions() == []
     same = systemd_container.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout
     assert same == pid  # not restarted
-    lines = [json.loads(x) for x in loop.record.store.decisions_log.read_text().splitlines()]
+    lines = [json.loads(x) for x in loop.record.store.audit.decisions_log.read_text().splitlines()]
     assert [s["reason"] for s in lines if s.get("event") == "verdict"] == [
         f"the problem is no longer there: {unit} is active and no alert about it is firing"
     ]

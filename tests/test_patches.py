@@ -139,11 +139,11 @@ def test_a_good_change_is_queued_shown_as_a_diff_and_exported_byte_for_byte(
     # approving marks it read and changes nothing on disk
     approved = CliRunner().invoke(approve_main, ["approve", str(handled.approval.id)], env=env)
     assert approved.exit_code == 0, approved.output
-    assert remediator.store.get_approval(handled.approval.id).status is (  # type: ignore[union-attr]
+    assert remediator.store.approvals.get_approval(handled.approval.id).status is (  # type: ignore[union-attr]
         ApprovalStatus.ACKNOWLEDGED
     )
     assert (config_dir / "configuration.nix").read_text() == CONFIGURATION
-    assert remediator.store.list_actions() == []
+    assert remediator.store.ledger.list_actions() == []
 
 
 def test_invariant_9_the_parser_gets_a_scratch_name_of_ours_never_the_models_text(
@@ -202,8 +202,8 @@ def test_a_bad_change_is_refused_with_the_reason_and_not_queued(
     handled = remediator.handle("inc-1", proposal, Scope())
     assert handled.verdict.outcome is Outcome.REFUSE
     assert reason in handled.verdict.reason
-    assert remediator.store.list_approvals() == []
-    [record] = read_log_lines(remediator.store.decisions_log)
+    assert remediator.store.approvals.list_approvals() == []
+    [record] = read_log_lines(remediator.store.audit.decisions_log)
     assert record["outcome"] == "refuse"
     assert reason in record["reason"]
 
@@ -258,7 +258,7 @@ def test_show_makes_escape_sequences_visible_while_export_keeps_them(
     diff = GOOD.replace("Gzip", "Gzip \x1b[2J\x1b]0;owned\x07 \u202e")
     with Store(tmp_path / "state") as store:
         change = ConfigChange(path="configuration.nix", diff=diff)
-        store.enqueue("inc", change, risk=Risk.HIGH, reason="r", ttl=600)
+        store.approvals.enqueue("inc", change, risk=Risk.HIGH, reason="r", ttl=600)
     shown = CliRunner().invoke(approve_main, ["show", "0"], env=env)
     assert shown.exit_code == 0, shown.output
     assert "\x1b" not in shown.output
@@ -270,7 +270,7 @@ def test_show_makes_escape_sequences_visible_while_export_keeps_them(
 
 def test_export_refuses_unknown_ids_and_other_actions(tmp_path: Path, env: dict[str, str]) -> None:
     with Store(tmp_path / "state") as store:
-        store.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=600)
     other = CliRunner().invoke(approve_main, ["export", "0"], env=env)
     assert other.exit_code == 1
     assert "approval 0 is journal_vacuum, not a config_change" in other.output

@@ -3,7 +3,7 @@
 Real all the way: the unit fails in the lab systemd, the wired sidecar (suggest) queues
 the restart, a person rejects it once (with a secret in the reason) and approves it once
 (it runs and holds), all through the remediator, recorded by the store. When the unit
-fails a third time, the analyzer wired as `serve` wires it (store.fix_history) builds the
+fails a third time, the analyzer wired as `serve` wires it (store.outcomes.fix_history) builds the
 model's prompt; it is counted with SmolLM2's own tokenizer and chat template (the GGUF's
 vocabulary, loaded without weights).
 """
@@ -91,7 +91,7 @@ def test_a_repeated_incident_s_prompt_carries_the_earlier_decisions_redacted_wit
     cfg = lab_config(
         autonomy_level="suggest", analysis="llm-first", llm_enabled=True, llm_max_steps=1
     )
-    analyzer = build_analyzer(cfg, None, LlmMetrics(), history=side.store.fix_history)
+    analyzer = build_analyzer(cfg, None, LlmMetrics(), history=side.store.outcomes.fix_history)
     ctx = analyzer.context(
         state.incident,
         unit_status={UNIT: "failed (Result: exit-code)"},

@@ -260,12 +260,14 @@ def test_invariant_11_no_door_leads_to_the_executor(tmp_path: Path, unit: str) -
         assert rem.handle("a", model, Scope.of([by_alert])).verdict.outcome is Outcome.REFUSE
         # an approval of an item queued before (an older config): refused, not run
         incident_id, _ = incidents.open_for_findings(unit, [finding])
-        store.enqueue(incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=60)
+        store.approvals.enqueue(
+            incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=60
+        )
         # (the runbooks' read-only look at the protected unit is queued for a person too)
-        [item] = [a for a in store.list_approvals() if a.action == RestartUnit(unit=unit)]
+        [item] = [a for a in store.approvals.list_approvals() if a.action == RestartUnit(unit=unit)]
         approved = rem.approve(item.id, "alice")
         assert approved.verdict.outcome is Outcome.REFUSE
-        assert store.list_actions() == []
+        assert store.ledger.list_actions() == []
     # refused before the executor was even asked for the unit's state
     assert executor.calls == []
 

@@ -259,7 +259,7 @@ def app(
 
 
 def steps_of(store: Store) -> list[str]:
-    lines = store.actions_log.read_text().splitlines()
+    lines = store.audit.actions_log.read_text().splitlines()
     return [r["step"] for r in map(json.loads, lines) if r.get("event") == "rebuild_step"]
 
 
@@ -428,7 +428,7 @@ def test_invariant_6_sigkill_between_switch_and_health_check_recovers_the_record
     assert fake.running() == "gen-next"  # the crash left the new generation running
     assert fake.profile_link() == "system-1-link"  # ... but a reboot boots the old one
     with Store(state) as store:
-        assert json.loads(store.get_meta(REBUILD_KEY) or "{}")["step"] == "checking"
+        assert json.loads(store.meta.get_meta(REBUILD_KEY) or "{}")["step"] == "checking"
         executor = executor_for(app, fake.root, store)
         result = executor.recover_rebuild()
         assert result is not None
@@ -440,7 +440,7 @@ def test_invariant_6_sigkill_between_switch_and_health_check_recovers_the_record
 
 
 def test_recovery_after_the_boot_default_changes_nothing(fake: FakeNixos, store: Store) -> None:
-    store.set_meta(REBUILD_KEY, json.dumps({"step": "done", "generation": 1, "owner": "1:0"}))
+    store.meta.set_meta(REBUILD_KEY, json.dumps({"step": "done", "generation": 1, "owner": "1:0"}))
     executor = executor_for(_NoBus(), fake.root, store)  # type: ignore[arg-type]
     assert executor.recover_rebuild() is None
     assert fake.calls() == []
@@ -452,7 +452,9 @@ def test_recovery_leaves_a_sequence_another_live_process_runs(
     from macha_obs.store import process_owner
 
     live = process_owner(os.getppid())
-    store.set_meta(REBUILD_KEY, json.dumps({"step": "checking", "generation": 1, "owner": live}))
+    store.meta.set_meta(
+        REBUILD_KEY, json.dumps({"step": "checking", "generation": 1, "owner": live})
+    )
     executor = executor_for(_NoBus(), fake.root, store)  # type: ignore[arg-type]
     assert executor.recover_rebuild() is None
     assert fake.calls() == []
@@ -512,7 +514,7 @@ def test_invariant_4_a_unit_failing_soon_after_a_switch_gets_a_queued_nix_rollba
     scope = incidents.scope_of([incident_id])
     for proposal in decision.proposals:
         remediator.handle(incident_id, proposal, scope)
-    pending = store.list_approvals({ApprovalStatus.PENDING})
+    pending = store.approvals.list_approvals({ApprovalStatus.PENDING})
     assert [(a.action, a.risk) for a in pending] == [(NixRollback(), Risk.HIGH)]
     assert fake.calls() == []  # nothing ran
     assert NixRollback() in [p.action for p in decision.proposals]

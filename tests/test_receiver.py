@@ -105,14 +105,16 @@ def test_resolution_of_a_unit_alert_closes_nothing_by_itself(url, store: Store, 
     the still-firing alert re-sent after it re-opens, never "duplicate"."""
     a = alert(unit="nginx.service")
     incident_id = post(url, payload(a)).json()["incident"]
-    store.enqueue(incident_id, RestartUnit(unit="nginx.service"), risk=Risk.LOW, reason="r", ttl=60)
+    store.approvals.enqueue(
+        incident_id, RestartUnit(unit="nginx.service"), risk=Risk.LOW, reason="r", ttl=60
+    )
     body = post(url, payload(resolved(a))).json()
     assert body["resolved"] is False
     state = incidents.get(incident_id)
     assert state is not None
     assert state.status == "open"
     assert [x.status for x in state.incident.alerts] == ["resolved"]
-    assert [x.status for x in store.list_approvals()] == [ApprovalStatus.PENDING]
+    assert [x.status for x in store.approvals.list_approvals()] == [ApprovalStatus.PENDING]
     again = post(url, payload(a)).json()
     assert again["status"] == "accepted"
     state = incidents.get(incident_id)

@@ -21,7 +21,7 @@ def insert(key: str):
 
 
 def test_writes_queued_behind_a_leader_share_one_commit(store: Store) -> None:
-    committer = GroupCommitter(store)
+    committer = GroupCommitter(store.db)
     queued = threading.Event()
 
     def slow_first(cur: sqlite3.Cursor) -> str:
@@ -51,22 +51,22 @@ def test_writes_queued_behind_a_leader_share_one_commit(store: Store) -> None:
         t.join(10)
     assert results == {i: f"k{i}" for i in range(8)}
     assert committer.commits == 2  # the leader's own, then the seven together
-    assert all(store.get_meta(f"k{i}") == "v" for i in range(8))
+    assert all(store.meta.get_meta(f"k{i}") == "v" for i in range(8))
 
 
 def test_a_failing_write_does_not_undo_its_batch_mates(store: Store) -> None:
-    committer = GroupCommitter(store)
+    committer = GroupCommitter(store.db)
     # a batch built by hand: no threads needed to test the savepoints
     writes = [_Write(insert("a")), _Write(insert("a")), _Write(insert("b"))]  # 2nd: duplicate key
     committer._write(writes)
     assert [w.error is None for w in writes] == [True, False, True]
     assert isinstance(writes[1].error, sqlite3.IntegrityError)
-    assert store.get_meta("a") == "v"
-    assert store.get_meta("b") == "v"
+    assert store.meta.get_meta("a") == "v"
+    assert store.meta.get_meta("b") == "v"
 
 
 def test_an_error_alone_is_raised_and_nothing_is_stored(store: Store) -> None:
-    committer = GroupCommitter(store)
+    committer = GroupCommitter(store.db)
     committer.run(insert("x"))
     with pytest.raises(sqlite3.IntegrityError):
         committer.run(insert("x"))

@@ -79,7 +79,7 @@ def _listed(state: Path, env: dict[str, str]) -> list[dict[str, object]]:
 def test_invariant_10_a_reject_the_audit_log_refuses_is_not_taken(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Store(state) as store:
-        store.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=600)
     env = _env(state)
     log = state / "decisions.jsonl"
     log.symlink_to(tmp_path / "elsewhere")  # the audit log cannot be written (refused)
@@ -87,7 +87,7 @@ def test_invariant_10_a_reject_the_audit_log_refuses_is_not_taken(tmp_path: Path
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     with Store(state) as store:
-        item = store.get_approval(0)
+        item = store.approvals.get_approval(0)
         assert item is not None
         assert item.status is ApprovalStatus.PENDING  # nothing half-recorded
     assert not (tmp_path / "elsewhere").exists()
@@ -112,7 +112,7 @@ def _holds_db_open(pid: int, db: Path) -> bool:
 
 def _intent_row(state: Path) -> bool:
     with Store(state) as store:
-        return any(a.status is ActionStatus.INTENT for a in store.list_actions())
+        return any(a.status is ActionStatus.INTENT for a in store.ledger.list_actions())
 
 
 def _intent_audited(state: Path) -> bool:
@@ -146,7 +146,9 @@ def test_invariant_6_a_signal_at_each_step_of_approve_leaves_the_item_listed_and
         incident_id, _ = IncidentStore(store).open_for_findings(
             unit, [Finding(kind=FindingKind.UNIT_FAILED, subject=unit, unit=unit, summary="x")]
         )
-        store.enqueue(incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.enqueue(
+            incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600
+        )
     env = _env(state, lab, MACHA_VERIFY_TIMEOUT="60")
     proc = subprocess.Popen(
         [MACHA_APPROVE, "approve", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -165,13 +167,13 @@ def test_invariant_6_a_signal_at_each_step_of_approve_leaves_the_item_listed_and
     assert item["id"] == 0
     assert item["status"] in ("pending", "interrupted")
     with Store(state) as store:
-        assert not store.list_approvals({ApprovalStatus.APPROVED})
-        assert all(a.status is not ActionStatus.INTENT for a in store.list_actions())
+        assert not store.approvals.list_approvals({ApprovalStatus.APPROVED})
+        assert all(a.status is not ActionStatus.INTENT for a in store.ledger.list_actions())
     # ... and decidable, without any restart
     done = _cli([MACHA_APPROVE, "reject", "0", "--reason", "looked"], env)
     assert done.returncode == 0, done.stderr
     with Store(state) as store:
-        assert store.get_approval(0).status is ApprovalStatus.REJECTED  # type: ignore[union-attr]
+        assert store.approvals.get_approval(0).status is ApprovalStatus.REJECTED  # type: ignore[union-attr]
     lab.run("systemctl", "stop", unit, check=False)
 
 
@@ -180,15 +182,19 @@ def test_invariant_6_the_running_daemon_recovers_a_claim_stranded_by_a_dead_cli(
 ) -> None:
     side = sidecar(autonomy_level="suggest")
     store = side.store
-    store.enqueue("inc", RestartUnit(unit="gone.service"), risk=Risk.LOW, reason="r", ttl=600)
-    action_id = store.record_intent("inc", RestartUnit(unit="gone.service"), approval_id=0, by="p")
+    store.approvals.enqueue(
+        "inc", RestartUnit(unit="gone.service"), risk=Risk.LOW, reason="r", ttl=600
+    )
+    action_id = store.ledger.record_intent(
+        "inc", RestartUnit(unit="gone.service"), approval_id=0, by="p"
+    )
     with store.transaction() as cur:  # its writer, a macha-approve, died (no such pid)
         cur.execute("UPDATE actions SET owner = '999999999:0.000' WHERE id = ?", (action_id,))
     side.orchestrator.run_cycle("timer")  # the daemon's next cycle, no restart
-    action = store.get_action(action_id)
+    action = store.ledger.get_action(action_id)
     assert action is not None
     assert action.status is ActionStatus.INTERRUPTED
-    item = store.get_approval(0)
+    item = store.approvals.get_approval(0)
     assert item is not None
     assert item.status is ApprovalStatus.INTERRUPTED
 
@@ -308,7 +314,9 @@ def test_a_person_stopping_the_unit_during_verification_is_not_a_failed_fix(
         incident_id, _ = IncidentStore(store).open_for_findings(
             unit, [Finding(kind=FindingKind.UNIT_FAILED, subject=unit, unit=unit, summary="x")]
         )
-        store.enqueue(incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600)
+        store.approvals.enqueue(
+            incident_id, RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=600
+        )
     env = _env(state, lab, MACHA_VERIFY_TIMEOUT="8", MACHA_VERIFY_SETTLE="6")
     proc = subprocess.Popen(
         [MACHA_APPROVE, "approve", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -319,12 +327,12 @@ def test_a_person_stopping_the_unit_during_verification_is_not_a_failed_fix(
     assert proc.returncode == 0, out + err
     assert b"changed by a person" in out
     with Store(state) as store:
-        [action] = store.list_actions()
+        [action] = store.ledger.list_actions()
         assert action.status is ActionStatus.CHANGED
         assert action.result is not None
         assert "stop job" in action.result.changed_by_person
-        assert store.failed_verifications() == []  # the breaker is not fed
-        assert not store.list_approvals({ApprovalStatus.PENDING})  # nothing escalated
+        assert store.verifications.failed_verifications() == []  # the breaker is not fed
+        assert not store.approvals.list_approvals({ApprovalStatus.PENDING})  # nothing escalated
     events = [json.loads(x)["event"] for x in (state / "actions.jsonl").read_text().splitlines()]
     assert "changed_by_person" in events
 
@@ -371,8 +379,8 @@ def test_a_unit_crashed_into_its_start_limit_is_not_reset_automatically(
     done = _cli([MACHA_CHECK], env)
     assert done.returncode == 0, done.stderr
     with Store(state) as store:
-        ran = [a.action for a in store.list_actions() if a.action.kind != "investigate"]
+        ran = [a.action for a in store.ledger.list_actions() if a.action.kind != "investigate"]
         assert ran == []  # no reset, no restart: the start limit is its author's
-        queued = [a.action for a in store.list_approvals({ApprovalStatus.PENDING})]
+        queued = [a.action for a in store.approvals.list_approvals({ApprovalStatus.PENDING})]
         assert ResetFailed(unit=unit) in queued  # the reset waits for a person
     assert lab.unit_state(unit)[0] == "failed"

@@ -92,7 +92,7 @@ def test_auto_safe_restarts_and_verifies(
     assert handled.result is not None
     assert handled.result.verified
     assert systemd_container.unit_state(unit) == ("active", "running")
-    record = rem.store.get_action(handled.action_id)
+    record = rem.store.ledger.get_action(handled.action_id)
     assert record is not None
     assert record.status is ActionStatus.SUCCEEDED
     assert record.result is not None
@@ -107,8 +107,8 @@ def test_invariant_10_every_verdict_and_action_is_audited_with_incident(
     rem = remediator_for(autonomy_level="auto-safe")
     handle(rem, RestartUnit(unit=unit), reason="r")
     incident_id = incident_naming(rem, unit)
-    decisions = [json.loads(x) for x in rem.store.decisions_log.read_text().splitlines()]
-    actions = [json.loads(x) for x in rem.store.actions_log.read_text().splitlines()]
+    decisions = [json.loads(x) for x in rem.store.audit.decisions_log.read_text().splitlines()]
+    actions = [json.loads(x) for x in rem.store.audit.actions_log.read_text().splitlines()]
     assert [d["event"] for d in decisions] == ["verdict"]
     assert decisions[0]["incident_id"] == incident_id
     assert decisions[0]["outcome"] == "execute"
@@ -161,7 +161,7 @@ def test_suggest_queues_then_cli_approval_executes_once(
     again = approve("approve", "0")
     assert again.returncode == 1
     assert "approval 0 is executed, not pending" in again.stderr
-    assert len(rem.store.list_actions()) == 1  # executed exactly once
+    assert len(rem.store.ledger.list_actions()) == 1  # executed exactly once
 
 
 def test_invariant_5_approval_of_a_fixed_problem_does_nothing(
@@ -182,33 +182,37 @@ def test_invariant_5_approval_of_a_fixed_problem_does_nothing(
     assert handled.approval is not None
     assert handled.approval.status is ApprovalStatus.CANCELLED
     assert f"{unit} is active and no alert about it is firing" in handled.approval.note
-    assert rem.store.list_actions() == []
+    assert rem.store.ledger.list_actions() == []
 
 
 def test_invariant_5_approval_of_protected_unit_is_refused(remediator_for) -> None:
     rem = remediator_for(autonomy_level="suggest")
     # queued before the unit became protected (e.g. an older config); approval re-judges
-    rem.store.enqueue("inc", RestartUnit(unit="sshd.service"), risk=Risk.LOW, reason="r", ttl=60)
+    rem.store.approvals.enqueue(
+        "inc", RestartUnit(unit="sshd.service"), risk=Risk.LOW, reason="r", ttl=60
+    )
     handled = rem.approve(0, "alice")
     assert handled.verdict.outcome is Outcome.REFUSE
     assert "protected" in handled.verdict.reason
     assert handled.approval is not None
     assert handled.approval.status is ApprovalStatus.REFUSED
-    assert rem.store.list_actions() == []
+    assert rem.store.ledger.list_actions() == []
 
 
 def test_observe_records_and_keeps_approvals_pending(remediator_for) -> None:
     rem = remediator_for(autonomy_level="observe")
     handled = handle(rem, RestartUnit(unit="x.service"))
     assert handled.verdict.outcome is Outcome.RECORD
-    assert rem.store.list_approvals() == []
+    assert rem.store.approvals.list_approvals() == []
     incident_id = incident_naming(rem, "x.service")
-    rem.store.enqueue(incident_id, RestartUnit(unit="x.service"), risk=Risk.LOW, reason="r", ttl=60)
+    rem.store.approvals.enqueue(
+        incident_id, RestartUnit(unit="x.service"), risk=Risk.LOW, reason="r", ttl=60
+    )
     approved = rem.approve(0, "alice")
     assert approved.verdict.outcome is Outcome.RECORD
     assert approved.approval is not None
     assert approved.approval.status is ApprovalStatus.PENDING  # not lost
-    assert rem.store.list_actions() == []
+    assert rem.store.ledger.list_actions() == []
 
 
 def test_config_change_is_acknowledged_never_executed(remediator_for, tmp_path: Path) -> None:
@@ -226,7 +230,7 @@ def test_config_change_is_acknowledged_never_executed(remediator_for, tmp_path: 
     done = rem.approve(handled.approval.id, "alice")
     assert done.approval is not None
     assert done.approval.status is ApprovalStatus.ACKNOWLEDGED
-    assert rem.store.list_actions() == []
+    assert rem.store.ledger.list_actions() == []
     assert "x.enable = false" in (config_dir / "configuration.nix").read_text()  # never applied
 
 
@@ -275,9 +279,9 @@ def test_fleet_check_queues_an_automatic_fix_before_it_runs(
     assert "4 hosts restarted it" in handled.verdict.reason
     assert handled.approval is not None
     assert handled.approval.status is ApprovalStatus.PENDING
-    assert rem.store.list_actions() == []
+    assert rem.store.ledger.list_actions() == []
     assert systemd_container.unit_state(unit)[0] == "failed"  # nothing ran
-    audited = [json.loads(x) for x in rem.store.decisions_log.read_text().splitlines()]
+    audited = [json.loads(x) for x in rem.store.audit.decisions_log.read_text().splitlines()]
     assert audited[-1]["outcome"] == "queue"
     assert "4 hosts" in audited[-1]["reason"]
 

@@ -114,7 +114,9 @@ def test_a_resolved_incident_a_pending_approval_names_is_kept(tmp_path: Path) ->
         incidents = IncidentStore(store)
         storm(incidents, 3)
         [named, *_] = [r["id"] for r in store.query("SELECT id FROM incidents ORDER BY id")]
-        store.enqueue(named, RestartUnit(unit="a.service"), risk=Risk.LOW, reason="r", ttl=99 * DAY)
+        store.approvals.enqueue(
+            named, RestartUnit(unit="a.service"), risk=Risk.LOW, reason="r", ttl=99 * DAY
+        )
         clock.now += 60 * DAY
         store.retain(Retention())
         assert [r["id"] for r in store.query("SELECT id FROM incidents")] == [named]
@@ -144,7 +146,7 @@ def test_rotation_is_by_rename_and_keeps_k_files(tmp_path: Path) -> None:
     with Store(tmp_path / "state") as store:
         paths = store.paths
         for n in range(6):
-            store.audit_action({"event": "filler", "n": n, "pad": "x" * 100})
+            store.audit.audit_action({"event": "filler", "n": n, "pad": "x" * 100})
             inode = os.stat(paths.actions_log).st_ino
             assert rotate_if_big(paths, paths.actions_log, 64, keep=3)
             # the file that was current is now .1, whole: renamed, never copied
@@ -154,8 +156,8 @@ def test_rotation_is_by_rename_and_keeps_k_files(tmp_path: Path) -> None:
         kept = [json.loads(p.read_text())["n"] for p in paths.rotated(paths.actions_log, 3)]
         assert kept == [5, 4, 3]  # newest first
         assert not rotate_if_big(paths, paths.actions_log, 64, keep=3)  # nothing to rotate
-        store.audit_action({"event": "after"})
-        assert store.audit_records() == 4  # rotated records still count as history
+        store.audit.audit_action({"event": "after"})
+        assert store.audit.audit_records() == 4  # rotated records still count as history
 
 
 def test_a_torn_line_stays_at_the_end_of_the_rotated_file_and_the_next_record_is_whole(
@@ -163,11 +165,11 @@ def test_a_torn_line_stays_at_the_end_of_the_rotated_file_and_the_next_record_is
 ) -> None:
     with Store(tmp_path / "state") as store:
         paths = store.paths
-        store.audit_action({"event": "first"})
+        store.audit.audit_action({"event": "first"})
         with paths.actions_log.open("a") as fh:
             fh.write('{"event": "torn by a cra')  # a crash mid-write
         assert rotate_if_big(paths, paths.actions_log, 1, keep=2)
-        store.audit_action({"event": "after"})
+        store.audit.audit_action({"event": "after"})
         [rotated, _] = paths.rotated(paths.actions_log, 2)
         assert rotated.read_text().splitlines()[-1] == '{"event": "torn by a cra'
         [line] = paths.actions_log.read_text().splitlines()

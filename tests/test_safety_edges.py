@@ -113,7 +113,7 @@ def test_invariant_12_a_running_unit_is_restarted_on_its_firing_alert_never_afte
     assert approved.approval is not None
     assert approved.approval.status is ApprovalStatus.CANCELLED
     assert main_pid(lab, unit) == running
-    assert side.store.list_actions() == []
+    assert side.store.ledger.list_actions() == []
 
 
 @pytest.mark.systemd
@@ -156,7 +156,7 @@ def test_queue_stability_event_alert_cycles_and_a_failed_collector_keep_one_item
     orch = side.orchestrator
 
     def pending() -> list[tuple[int, str]]:
-        items = side.store.list_approvals({ApprovalStatus.PENDING})
+        items = side.store.approvals.list_approvals({ApprovalStatus.PENDING})
         return [(a.id, a.action.target) for a in items if a.action.target == unit]
 
     # 1. the D-Bus event
@@ -185,9 +185,9 @@ def test_queue_stability_event_alert_cycles_and_a_failed_collector_keep_one_item
     orch.note_snapshot(failed)
     orch.run_cycle("timer")
     assert pending() == [(0, unit)]
-    [item] = [a for a in side.store.list_approvals() if a.action.target == unit]
+    [item] = [a for a in side.store.approvals.list_approvals() if a.action.target == unit]
     assert len(item.incident_ids) == 2  # the event's incident and the alert's
-    assert side.store.list_actions() == []
+    assert side.store.ledger.list_actions() == []
 
     # `macha-approve approve 0` carries out that very item, once
     env = {
@@ -205,7 +205,7 @@ def test_queue_stability_event_alert_cycles_and_a_failed_collector_keep_one_item
     again = subprocess.run([MACHA_APPROVE, "approve", "0"], env=env, capture_output=True,
                            text=True, check=False)  # fmt: skip
     assert again.returncode == 1
-    assert len([a for a in side.store.list_actions() if a.action.target == unit]) == 1
+    assert len([a for a in side.store.ledger.list_actions() if a.action.target == unit]) == 1
 
 
 @pytest.mark.systemd
@@ -217,17 +217,17 @@ def test_an_item_is_cancelled_only_when_systemd_confirms_the_problem_gone(
     side = sidecar(autonomy_level="suggest")
     deliver(side, unit)
     side.orchestrator.run_cycle("alert")
-    [item] = side.store.list_approvals({ApprovalStatus.PENDING})
+    [item] = side.store.approvals.list_approvals({ApprovalStatus.PENDING})
     # a resolve (forged, or early) is a hint to look: systemd still says failed
     deliver(side, unit, firing=False)
     report = side.orchestrator.run_cycle("alert")
     assert report.cancelled == []
-    assert side.store.get_approval(item.id).status is ApprovalStatus.PENDING  # type: ignore[union-attr]
+    assert side.store.approvals.get_approval(item.id).status is ApprovalStatus.PENDING  # type: ignore[union-attr]
     # a person fixes it: now it is gone, and the reason says so
     lab.run("systemctl", "restart", unit)
     report = side.orchestrator.run_cycle("timer")
     assert report.cancelled == [item.id]
-    gone = side.store.get_approval(item.id)
+    gone = side.store.approvals.get_approval(item.id)
     assert gone is not None
     assert gone.status is ApprovalStatus.CANCELLED
     assert f"{unit} is active and no alert about it is firing" in gone.note
@@ -255,7 +255,7 @@ def test_macha_check_beside_the_daemon_consumes_nothing(
                 "SELECT id, status, revision, analyzed_revision FROM incidents ORDER BY id"
             )
             return (
-                [a.model_dump() for a in store.list_approvals()],
+                [a.model_dump() for a in store.approvals.list_approvals()],
                 [tuple(r) for r in incidents],
             )
 
@@ -298,7 +298,7 @@ def test_invariant_7_a_crashing_executor_is_a_failed_fix_and_opens_the_breaker(
             assert handled.result is not None
             assert not handled.result.ok
             assert "segfault in the D-Bus child" in handled.result.detail
-        records = store.list_actions()
+        records = store.ledger.list_actions()
         assert [r.status for r in records] == [ActionStatus.FAILED, ActionStatus.FAILED]
         assert rem.breaker().open
         third = rem.handle("inc", Proposal(action=RestartUnit(unit="web.service")), scope)
@@ -334,7 +334,7 @@ def test_a_unit_at_its_start_limit_is_investigated_and_the_reset_queued(
     assert outcomes["reset_failed"].outcome is Outcome.QUEUE
     assert "start limit" in outcomes["reset_failed"].reason
     assert lab.unit_state(unit)[0] == "failed"  # the author's limit stands
-    assert [a.action.kind for a in side.store.list_actions()] == ["investigate"]
+    assert [a.action.kind for a in side.store.ledger.list_actions()] == ["investigate"]
 
     opted = sidecar(
         autonomy_level="auto-full",
@@ -415,7 +415,7 @@ def test_invariant_14_trust_moves_to_safety_by_itself_and_to_permission_only_by_
         now[0] += 10 * 600
         assert rem.breaker().open
         assert rem.handle("inc", proposal, scope).verdict.outcome is Outcome.QUEUE
-        store.reset_breaker("alice")
+        store.verifications.reset_breaker("alice")
         assert not rem.breaker().open
         assert rem.handle("inc", proposal, scope).verdict.outcome is Outcome.EXECUTE
     resets = [json.loads(x) for x in (tmp_path / "actions.jsonl").read_text().splitlines()]

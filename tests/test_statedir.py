@@ -155,13 +155,13 @@ def test_a_state_dir_or_file_others_can_write_is_refused(
 ) -> None:
     state = tmp_path / "state"
     with Store(state) as store:
-        store.set_meta("k", "v")
+        store.meta.set_meta("k", "v")
     _damage(state, how)
     with (  # noqa: PT012
         pytest.raises((StoreError, statedir.StateDirError), match=says),
         Store(state) as store,
     ):
-        store.audit_action({"event": "x"})
-        store.audit_decision({"event": "x"})
+        store.audit.audit_action({"event": "x"})
+        store.audit.audit_decision({"event": "x"})
         # how the daemon opens its log (daemon.setup_logging)
         statedir.open_file(state / "orchestrator.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)

@@ -28,11 +28,21 @@ from macha_obs.models import (
     RestartUnit,
     Risk,
 )
-from macha_obs.store import ApprovalError, Store
+from macha_obs.store import (
+    ApprovalError,
+    Approvals,
+    Audit,
+    Ledger,
+    Meta,
+    Outcomes,
+    Store,
+    Verifications,
+)
+from macha_obs.store._db import Part
 
 
 def enqueue(store: Store, unit: str = "nginx.service", incident: str = "inc-1", ttl: float = 60):
-    return store.enqueue(
+    return store.approvals.enqueue(
         incident, RestartUnit(unit=unit), risk=Risk.LOW, reason="why", evidence=["e"], ttl=ttl
     )
 
@@ -46,23 +56,23 @@ def test_approval_ids_start_at_zero_and_are_stable(store: Store) -> None:
     first = enqueue(store, "a.service")
     second = enqueue(store, "b.service")
     assert (first.id, second.id) == (0, 1)
-    store.reject_approval(0, "me", "no")
+    store.approvals.reject_approval(0, "me", "no")
     third = enqueue(store, "c.service")
     assert third.id == 2  # ids are never reused
-    assert store.get_approval(1) == second
+    assert store.approvals.get_approval(1) == second
 
 
 def test_identical_pending_proposal_is_not_duplicated(store: Store) -> None:
     a = enqueue(store)
     b = enqueue(store)
     assert a.id == b.id
-    assert store.pending_count() == 1
+    assert store.approvals.pending_count() == 1
 
 
 def test_queue_stability_another_incident_attaches_to_the_pending_item(store: Store) -> None:
     """The D-Bus event, then the alert, then cycles: one item, one id, all the evidence."""
     a = enqueue(store)
-    later = store.enqueue(
+    later = store.approvals.enqueue(
         "inc-2",
         RestartUnit(unit="nginx.service"),
         risk=Risk.LOW,
@@ -74,14 +84,14 @@ def test_queue_stability_another_incident_attaches_to_the_pending_item(store: St
     assert later.incident_ids == ["inc-1", "inc-2"]
     assert later.evidence == ["e", "alert MachaUnitFailed"]
     assert later.reason == "why"  # what the person read first stays
-    assert store.pending_count() == 1
+    assert store.approvals.pending_count() == 1
     # another action is another item
     assert enqueue(store, unit="other.service").id != a.id
 
 
 def test_attached_evidence_is_bounded(store: Store) -> None:
     for i in range(30):
-        store.enqueue(
+        store.approvals.enqueue(
             f"inc-{i}",
             RestartUnit(unit="nginx.service"),
             risk=Risk.LOW,
@@ -89,7 +99,7 @@ def test_attached_evidence_is_bounded(store: Store) -> None:
             evidence=[f"line {i}"],
             ttl=60,
         )
-    [item] = store.list_approvals()
+    [item] = store.approvals.list_approvals()
     assert len(item.evidence) == 10
     assert item.evidence[0] == "line 0"
     assert item.evidence[-1] == "line 29"
@@ -119,7 +129,7 @@ def test_older_databases_fold_duplicate_pending_items(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with Store(tmp_path) as store:
-        items = store.list_approvals()
+        items = store.approvals.list_approvals()
         assert [(a.id, a.status) for a in items] == [
             (0, ApprovalStatus.PENDING),
             (1, ApprovalStatus.CANCELLED),
@@ -131,15 +141,15 @@ def test_older_databases_fold_duplicate_pending_items(tmp_path: Path) -> None:
 def test_invariant_5_claim_once_with_its_intent(store: Store) -> None:
     """Claiming an item and writing its intent are one transaction; only one wins."""
     item = enqueue(store)
-    store.record_intent("inc-1", item.action, approval_id=0, by="alice")
-    assert store.get_approval(0).status is ApprovalStatus.APPROVED  # type: ignore[union-attr]
+    store.ledger.record_intent("inc-1", item.action, approval_id=0, by="alice")
+    assert store.approvals.get_approval(0).status is ApprovalStatus.APPROVED  # type: ignore[union-attr]
     with pytest.raises(ApprovalError, match="no longer pending"):
-        store.record_intent("inc-1", item.action, approval_id=0, by="bob")
+        store.ledger.record_intent("inc-1", item.action, approval_id=0, by="bob")
     with pytest.raises(ApprovalError, match="approved, not pending"):
-        store.pending_approval(0)
+        store.approvals.pending_approval(0)
     with pytest.raises(ApprovalError, match="no approval with id 7"):
-        store.pending_approval(7)
-    assert len(store.list_actions()) == 1
+        store.approvals.pending_approval(7)
+    assert len(store.ledger.list_actions()) == 1
 
 
 def test_expiry_after_ttl(tmp_path: Path) -> None:
@@ -148,54 +158,56 @@ def test_expiry_after_ttl(tmp_path: Path) -> None:
         enqueue(store, ttl=60)
         now[0] += 61
         with pytest.raises(ApprovalError, match="expired"):
-            store.pending_approval(0)
+            store.approvals.pending_approval(0)
         enqueue(store, "b.service", ttl=60)
         now[0] += 61
-        assert store.expire_approvals() == [1]
-        assert store.get_approval(1).status is ApprovalStatus.EXPIRED  # type: ignore[union-attr]
+        assert store.approvals.expire_approvals() == [1]
+        assert store.approvals.get_approval(1).status is ApprovalStatus.EXPIRED  # type: ignore[union-attr]
 
 
 def test_cancel_only_a_pending_item_with_its_reason(store: Store) -> None:
     enqueue(store, "a.service", incident="x")
     enqueue(store, "b.service", incident="y")
-    assert store.cancel_approval(0, "the problem is gone: a.service is active")
-    assert not store.cancel_approval(0, "twice")
-    first = store.get_approval(0)
+    assert store.approvals.cancel_approval(0, "the problem is gone: a.service is active")
+    assert not store.approvals.cancel_approval(0, "twice")
+    first = store.approvals.get_approval(0)
     assert first is not None
     assert first.status is ApprovalStatus.CANCELLED
     assert first.note == "the problem is gone: a.service is active"
-    assert store.get_approval(1).status is ApprovalStatus.PENDING  # type: ignore[union-attr]
+    assert store.approvals.get_approval(1).status is ApprovalStatus.PENDING  # type: ignore[union-attr]
 
 
 def test_intent_then_outcome_in_ledger_and_audit(store: Store) -> None:
     action = RestartUnit(unit="nginx.service")
-    action_id = store.record_intent("inc", action)
-    assert store.get_action(action_id).status is ActionStatus.INTENT  # type: ignore[union-attr]
-    store.record_outcome(action_id, ActionStatus.SUCCEEDED, ExecutionResult(ok=True, verified=True))
-    record = store.get_action(action_id)
+    action_id = store.ledger.record_intent("inc", action)
+    assert store.ledger.get_action(action_id).status is ActionStatus.INTENT  # type: ignore[union-attr]
+    store.ledger.record_outcome(
+        action_id, ActionStatus.SUCCEEDED, ExecutionResult(ok=True, verified=True)
+    )
+    record = store.ledger.get_action(action_id)
     assert record is not None
     assert record.status is ActionStatus.SUCCEEDED
-    lines = [json.loads(x) for x in store.actions_log.read_text().splitlines()]
+    lines = [json.loads(x) for x in store.audit.actions_log.read_text().splitlines()]
     assert [x["event"] for x in lines] == ["intent", "outcome"]
     assert all(x["incident_id"] == "inc" for x in lines)
 
 
 def test_one_intent_per_approval(store: Store) -> None:
     enqueue(store)
-    store.record_intent("inc-1", RestartUnit(unit="nginx.service"), approval_id=0)
+    store.ledger.record_intent("inc-1", RestartUnit(unit="nginx.service"), approval_id=0)
     with pytest.raises(ApprovalError, match="already carried out"):
-        store.record_intent("inc-1", RestartUnit(unit="nginx.service"), approval_id=0)
+        store.ledger.record_intent("inc-1", RestartUnit(unit="nginx.service"), approval_id=0)
 
 
 def test_breaker_persists_until_reset(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
-        store.record_verification(None, ok=False)
-        store.open_breaker("3 failures")
+        store.verifications.record_verification(None, ok=False)
+        store.verifications.open_breaker("3 failures")
     with Store(tmp_path) as store:  # a restart keeps it open
-        assert store.breaker_opened()[1] == "3 failures"
-        store.reset_breaker("alice")
-        assert store.breaker_opened() == (None, "")
-        assert store.failed_verifications() == []
+        assert store.verifications.breaker_opened()[1] == "3 failures"
+        store.verifications.reset_breaker("alice")
+        assert store.verifications.breaker_opened() == (None, "")
+        assert store.verifications.failed_verifications() == []
 
 
 def test_corrupt_state_db_is_a_clear_error(tmp_path: Path) -> None:
@@ -210,7 +222,8 @@ def test_audit_lines_are_whole_under_concurrency(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from macha_obs.store import Store\n"
         "s = Store(Path(sys.argv[1]))\n"
-        "for i in range(200): s.audit_decision({'w': sys.argv[2], 'i': i, 'pad': 'x' * 3000})\n"
+        "for i in range(200):\n"
+        "    s.audit.audit_decision({'w': sys.argv[2], 'i': i, 'pad': 'x' * 3000})\n"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)]) for w in range(3)
@@ -285,7 +298,7 @@ def test_invariant_5_concurrent_approvals_execute_exactly_once(tmp_path: Path) -
     state_dir, counter = str(tmp_path / "state"), str(tmp_path / "executions")
     _, store = _remediator(state_dir, CountingRunner(counter))
     for i in range(rounds):
-        store.enqueue(
+        store.approvals.enqueue(
             f"inc-{i}", JournalVacuum(max_size_mb=100 + i), risk=Risk.LOW, reason="r", ttl=3600
         )
     ctx = multiprocessing.get_context("spawn")
@@ -305,7 +318,7 @@ def test_invariant_5_concurrent_approvals_execute_exactly_once(tmp_path: Path) -
     assert sorted(executed) == list(range(rounds))  # each id executed by exactly one process
     lines = Path(counter).read_text().splitlines()
     assert len(lines) == rounds  # ... and the side effect happened exactly once per id
-    assert all(a.status is ApprovalStatus.EXECUTED for a in store.list_approvals())
+    assert all(a.status is ApprovalStatus.EXECUTED for a in store.approvals.list_approvals())
 
 
 def _doomed_approver(state_dir: str) -> None:
@@ -318,7 +331,7 @@ def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
 ) -> None:
     state_dir, counter = str(tmp_path / "state"), str(tmp_path / "executions")
     _, store = _remediator(state_dir, CountingRunner(counter))
-    store.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=3600)
+    store.approvals.enqueue("inc", JournalVacuum(), risk=Risk.LOW, reason="r", ttl=3600)
 
     child = multiprocessing.get_context("spawn").Process(target=_doomed_approver, args=(state_dir,))
     child.start()
@@ -326,12 +339,12 @@ def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
     # between them is a crash of its own, with the ledger as the truth)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
-        store.list_actions()
-        and store.actions_log.exists()
-        and '"intent"' in store.actions_log.read_text()
+        store.ledger.list_actions()
+        and store.audit.actions_log.exists()
+        and '"intent"' in store.audit.actions_log.read_text()
     ):
         time.sleep(0.05)
-    [intent] = store.list_actions()
+    [intent] = store.ledger.list_actions()
     assert intent.status is ActionStatus.INTENT
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)
@@ -339,14 +352,14 @@ def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
 
     # the next process to open the store (the restarted daemon) finds it interrupted
     remediator, restarted = _remediator(state_dir, CountingRunner(counter))
-    [recovered] = restarted.recover_interrupted()
+    [recovered] = restarted.ledger.recover_interrupted()
     assert recovered.id == intent.id
     assert recovered.status is ActionStatus.INTERRUPTED
-    assert restarted.get_approval(0).status is ApprovalStatus.INTERRUPTED
+    assert restarted.approvals.get_approval(0).status is ApprovalStatus.INTERRUPTED
     # ... and nothing re-runs by itself: the runner never ran, the record says so
     assert not Path(counter).exists()
-    assert restarted.recover_interrupted() == []
-    events = [json.loads(x)["event"] for x in restarted.actions_log.read_text().splitlines()]
+    assert restarted.ledger.recover_interrupted() == []
+    events = [json.loads(x)["event"] for x in restarted.audit.actions_log.read_text().splitlines()]
     assert events == ["intent", "interrupted"]
     # the item stays decidable: a person's explicit approval judges it again and runs it
     # once (a second attempt, a new ledger row); approving once more is refused
@@ -359,6 +372,32 @@ def test_invariant_6_sigkill_between_intent_and_outcome_leaves_interrupted(
 
 
 def test_recovery_leaves_live_intents_alone(store: Store) -> None:
-    action_id = store.record_intent("inc", RestartUnit(unit="a.service"))
-    assert store.recover_interrupted() == []  # the writer (this process) is alive
-    assert store.get_action(action_id).status is ActionStatus.INTENT  # type: ignore[union-attr]
+    action_id = store.ledger.record_intent("inc", RestartUnit(unit="a.service"))
+    assert store.ledger.recover_interrupted() == []  # the writer (this process) is alive
+    assert store.ledger.get_action(action_id).status is ActionStatus.INTENT  # type: ignore[union-attr]
+
+
+def test_the_store_is_composed_of_parts_each_with_its_own_tables(tmp_path: Path) -> None:
+    """Issue 22: not one class over a seven-class MRO. Each part is its own object on the
+    one connection, and a public query lives on exactly one part."""
+    assert Store.__mro__ == (Store, object)
+    with Store(tmp_path / "state") as store:
+        parts: dict[str, type[Part]] = {
+            "audit": Audit,
+            "meta": Meta,
+            "approvals": Approvals,
+            "ledger": Ledger,
+            "verifications": Verifications,
+            "outcomes": Outcomes,
+        }
+        for name, kind in parts.items():
+            part = getattr(store, name)
+            assert type(part) is kind
+            assert part.db is store.db  # one connection, one lock, one transaction
+        public = [
+            {n for n in vars(kind) if not n.startswith("_") and n != "migrate"}
+            for kind in parts.values()
+        ]
+        every = [n for names in public for n in names]
+        assert len(every) == len(set(every)), "a query on two parts"
+        assert not set(every) & {n for n in vars(Store) if not n.startswith("_")}

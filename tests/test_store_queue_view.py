@@ -31,11 +31,13 @@ def shown(store: Store) -> list[int]:
 
 
 def pending(store: Store) -> list[int]:
-    return [a.id for a in store.list_approvals({ApprovalStatus.PENDING})]
+    return [a.id for a in store.approvals.list_approvals({ApprovalStatus.PENDING})]
 
 
 def enqueue(store: Store, unit: str, ttl: float = 600) -> int:
-    item = store.enqueue("inc", RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=ttl)
+    item = store.approvals.enqueue(
+        "inc", RestartUnit(unit=unit), risk=Risk.LOW, reason="r", ttl=ttl
+    )
     return item.id
 
 
@@ -45,21 +47,21 @@ def test_the_view_follows_every_change_to_the_queue(tmp_path: Path) -> None:
         assert not store.paths.approval_queue.exists()  # nothing queued, nothing written
         a, b, c, d, e, f = (enqueue(store, f"u{n}.service") for n in range(6))
         assert shown(store) == pending(store) == [a, b, c, d, e, f]
-        store.reject_approval(a, "alice", "no")  # decide
+        store.approvals.reject_approval(a, "alice", "no")  # decide
         assert shown(store) == pending(store)
-        store.decide_approval(b, ApprovalStatus.ACKNOWLEDGED, "seen", by="bob")
-        store.cancel_approval(c, "gone")
+        store.approvals.decide_approval(b, ApprovalStatus.ACKNOWLEDGED, "seen", by="bob")
+        store.approvals.cancel_approval(c, "gone")
         assert shown(store) == pending(store) == [d, e, f]
-        action_id = store.record_intent(
+        action_id = store.ledger.record_intent(
             "inc", RestartUnit(unit="u3.service"), approval_id=d, by="al"
         )
         assert shown(store) == [e, f]  # claimed: no longer pending
         ok = ExecutionResult(ok=True, verified=True)
-        store.record_outcome(action_id, ActionStatus.SUCCEEDED, ok)  # settle
-        store.settle_approval(e, ApprovalStatus.PENDING)  # put back: still shown
+        store.ledger.record_outcome(action_id, ActionStatus.SUCCEEDED, ok)  # settle
+        store.approvals.settle_approval(e, ApprovalStatus.PENDING)  # put back: still shown
         assert shown(store) == pending(store) == [e, f]
         clock.now += 3600  # expire
-        assert sorted(store.expire_approvals()) == [e, f]
+        assert sorted(store.approvals.expire_approvals()) == [e, f]
         assert shown(store) == pending(store) == []
 
 
@@ -137,7 +139,7 @@ def test_a_planted_symlink_at_the_view_is_left_alone(tmp_path: Path) -> None:
 def test_render_matches_the_cli_json_fields(tmp_path: Path) -> None:
     with Store(tmp_path / "state") as store:
         enqueue(store, "a.service")
-        [item] = store.list_approvals()
+        [item] = store.approvals.list_approvals()
     [shown_item] = json.loads(queue_view.render([item]))["pending"]
     assert shown_item == item.model_dump(mode="json")
 
@@ -148,5 +150,5 @@ def test_the_view_matches_the_table_after_many_changes(tmp_path: Path, changes: 
         for n in range(changes):
             enqueue(store, f"u{n}.service")
             if n % 3 == 0:
-                store.reject_approval(n, "x")
+                store.approvals.reject_approval(n, "x")
         assert shown(store) == pending(store)

@@ -69,7 +69,7 @@ def remediator(
 
 
 def actions_log(store: Store) -> list[dict[str, object]]:
-    return [json.loads(x) for x in store.actions_log.read_text().splitlines()]
+    return [json.loads(x) for x in store.audit.actions_log.read_text().splitlines()]
 
 
 def test_invariant_7_breaker_rule_opens_after_k_failures_in_the_window(
@@ -115,7 +115,7 @@ def test_diagnostic_is_never_a_verification(
     verifier = Verifier(cfg, ledger)
     look = Investigate(diagnostic=JournalTail(unit="web.service"))
     verifier.record(look, 1, ExecutionResult(ok=False, detail="journal unreadable"))
-    assert ledger.failed_verifications() == []
+    assert ledger.verifications.failed_verifications() == []
     assert not verifier.breaker.state().open
 
 
@@ -134,10 +134,10 @@ def test_fix_that_does_not_hold_is_escalated_and_feeds_the_breaker(
     assert handled.result is not None
     assert not handled.result.verified
     assert handled.escalation is not None
-    [pending] = ledger.list_approvals({ApprovalStatus.PENDING})
+    [pending] = ledger.approvals.list_approvals({ApprovalStatus.PENDING})
     assert pending.id == handled.escalation.id
     assert pending.reason.startswith("escalated: automatic restart_unit web.service failed")
-    [record] = ledger.list_actions()
+    [record] = ledger.ledger.list_actions()
     assert record.status is ActionStatus.FAILED
     assert rem.breaker().open
     # the next attempt is capped at suggest: queued (the same pending item), not run
@@ -165,9 +165,9 @@ def test_alert_driven_fix_waits_for_its_alert_and_is_escalated_when_it_stays(
     [escalated] = rem.settle_verifications(lambda _id: True)  # the alert still fires
     assert "the alert did not resolve within 60s" in escalated.reason
     assert rem.verifier.watching == []
-    assert len(ledger.failed_verifications()) == 1
+    assert len(ledger.verifications.failed_verifications()) == 1
     # the learning record counts it against the fix too: it ran, held, then did not
-    [record] = [r for r in ledger.fix_records() if r.fix.kind == "restart_unit"]
+    [record] = [r for r in ledger.outcomes.fix_records() if r.fix.kind == "restart_unit"]
     assert (record.auto_executed, record.verified, record.failed_verification) == (1, 1, 1)
 
 
@@ -184,4 +184,4 @@ def test_alert_driven_fix_whose_alert_resolved_is_done(
     assert rem.settle_verifications(lambda _id: False) == []
     assert rem.verifier.watching == []
     assert actions_log(ledger)[-1]["event"] == "alert_resolved"
-    assert ledger.failed_verifications() == []
+    assert ledger.verifications.failed_verifications() == []

@@ -58,7 +58,7 @@ class Bench:
     offset: list[float]  # seconds the page's clock is ahead of the real one
 
     def queue(self, unit: str = UNIT, evidence: list[str] | None = None) -> Approval:
-        return self.store.enqueue(
+        return self.store.approvals.enqueue(
             "inc-1",
             RestartUnit(unit=unit),
             risk=Risk.MEDIUM,
@@ -81,8 +81,8 @@ class Bench:
 
     def state(self) -> str:
         """Everything a request could have changed: the queue, the ledger, the runs."""
-        items = [a.model_dump(mode="json") for a in self.store.list_approvals()]
-        actions = [a.model_dump(mode="json") for a in self.store.list_actions(100)]
+        items = [a.model_dump(mode="json") for a in self.store.approvals.list_approvals()]
+        actions = [a.model_dump(mode="json") for a in self.store.ledger.list_actions(100)]
         return json.dumps([items, actions, [str(a) for a in self.executor.ran]])
 
 
@@ -321,7 +321,7 @@ def test_approve_runs_once_and_the_next_page_shows_the_outcome(bench: Bench) -> 
     assert_refusal(again, 409)
     assert "executed, not pending" in again.text
     assert len(bench.executor.ran) == 1
-    done = bench.store.get_approval(a.id)
+    done = bench.store.approvals.get_approval(a.id)
     assert done is not None
     assert done.status is ApprovalStatus.EXECUTED
     assert done.decided_by == "web:127.0.0.1 for 203.0.113.9 (token login)"
@@ -389,7 +389,7 @@ def test_reject_with_a_reason_through_a_login_session(bench: Bench) -> None:
     page = session.get(f"{bench.url}{reply.headers['Location']}", timeout=10).text
     assert "You rejected it" in page
     assert "<script>" not in page
-    done = bench.store.get_approval(a.id)
+    done = bench.store.approvals.get_approval(a.id)
     assert done is not None
     assert done.status is ApprovalStatus.REJECTED
     assert done.decided_by == "web:127.0.0.1 (token login)"
@@ -401,7 +401,9 @@ def test_a_cancelled_items_approve_button_does_nothing(bench: Bench) -> None:
     a = bench.queue()
     browser = bench.login()
     action, fields = form_fields(browser.get(bench.link(a), timeout=10).text)  # open ...
-    assert bench.store.cancel_approval(a.id, "the problem is gone: web-demo.service is active")
+    assert bench.store.approvals.cancel_approval(
+        a.id, "the problem is gone: web-demo.service is active"
+    )
     page = browser.get(bench.link(a), timeout=10).text  # ... and, reloaded, what happened
     assert "cancelled" in page
     assert "the problem is gone" in page
@@ -454,7 +456,7 @@ def _scrape(links: tuple[ApprovalLink, ...]) -> str:
 
 
 def _pending_links(bench: Bench) -> tuple[ApprovalLink, ...]:
-    pending = bench.links.pending(bench.store.list_approvals({ApprovalStatus.PENDING}))
+    pending = bench.links.pending(bench.store.approvals.list_approvals({ApprovalStatus.PENDING}))
     return tuple(ApprovalLink(x.id, x.action.kind, x.risk.value, url) for x, url in pending)
 
 
@@ -507,7 +509,7 @@ def test_nothing_scraped_from_metrics_decides_an_item(bench: Bench) -> None:
     assert 303 not in seen  # nothing was decided (a decision redirects)
     assert bench.state() == before
     for item in (a, b):
-        got = bench.store.get_approval(item.id)
+        got = bench.store.approvals.get_approval(item.id)
         assert got is not None
         assert got.status is ApprovalStatus.PENDING
     assert bench.executor.ran == []

@@ -49,7 +49,7 @@ class Page:
     now: list[float]
 
     def queue(self) -> Approval:
-        return self.store.enqueue(
+        return self.store.approvals.enqueue(
             "inc-1", RestartUnit(unit=UNIT), risk=Risk.MEDIUM, reason="r", evidence=["e"], ttl=3600
         )
 

@@ -122,7 +122,7 @@ approve_main.add_command(discuss)  # macha_obs/cli/discuss.py
 def _recovered(store: Store) -> Store:
     """The store, with what a `macha-approve` that died mid-action left recorded
     `interrupted` (and so listed and decidable), without waiting for the daemon."""
-    store.recover_interrupted()
+    store.ledger.recover_interrupted()
     return store
 
 
@@ -135,8 +135,8 @@ def approve_list(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     for history."""
     cfg = ctx_config(ctx)
     with open_store(cfg, create=False) as store:
-        _recovered(store).expire_approvals()
-        items = store.list_approvals(None if show_all else set(DECIDABLE))
+        _recovered(store).approvals.expire_approvals()
+        items = store.approvals.list_approvals(None if show_all else set(DECIDABLE))
         history = _histories(store, items)
     if as_json:
         listed = [approval_dict(a) | {"history": history.get(a.id)} for a in items]
@@ -164,7 +164,7 @@ def approve_show(ctx: click.Context, approval_id: int, as_json: bool) -> None:
     """One item with its evidence and the reason it was queued."""
     cfg = ctx_config(ctx)
     with open_store(cfg, create=False) as store:
-        approval = store.get_approval(_existing_id(approval_id))
+        approval = store.approvals.get_approval(_existing_id(approval_id))
         history = history_line(store, approval) if approval is not None else None
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
@@ -253,7 +253,7 @@ def approve_export(ctx: click.Context, approval_id: int) -> None:
     `macha-approve export ID > fix.patch`."""
     cfg = ctx_config(ctx)
     with open_store(cfg, create=False) as store:
-        approval = store.get_approval(_existing_id(approval_id))
+        approval = store.approvals.get_approval(_existing_id(approval_id))
     if approval is None:
         raise click.ClickException(f"no approval with id {approval_id}")
     change = approval.action

@@ -17,7 +17,7 @@ from macha_obs.config import Config
 from macha_obs.metrics.learning import LearnState
 from macha_obs.models import Signature
 from macha_obs.remediate.learn import learned, render_json, render_text
-from macha_obs.store import Store
+from macha_obs.store import Outcomes
 from macha_obs.terminal import inert
 
 
@@ -30,7 +30,7 @@ def learn_group(ctx: click.Context, as_json: bool) -> None:
         return
     cfg = ctx_config(ctx)
     with open_store(cfg, create=False) as store:
-        found = learned(store, cfg)
+        found = learned(store.outcomes, cfg)
     if as_json:
         click.echo(json.dumps(render_json(found), indent=2, ensure_ascii=True))
     else:
@@ -50,7 +50,7 @@ def learn_clear(ctx: click.Context, signature: str | None, clear_all: bool) -> N
     target = Signature.parse(signature) if signature is not None else None
     cfg = ctx_config(ctx)
     with open_store(cfg) as store:
-        gone = store.clear_suppression(target, who())
+        gone = store.outcomes.clear_suppression(target, who())
     what = inert(str(target)) if target is not None else "every signature"
     click.echo(f"cleared {what}: {gone} rejection(s)/failure(s) forgotten")
 
@@ -60,8 +60,9 @@ def inert_lines(text: str) -> str:
     return "\n".join(inert(line) for line in text.split("\n"))
 
 
-def learn_state(store: Store, config: Config) -> LearnState:
+def learn_state(outcomes: Outcomes, config: Config) -> LearnState:
     """The persisted totals and the suppression count, for the metrics collector."""
     return LearnState(
-        totals=tuple(store.learn_totals()), suppressed=len(store.suppressions(config))
+        totals=tuple(outcomes.learn_totals()),
+        suppressed=len(outcomes.suppressions(config)),
     )

@@ -81,7 +81,7 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
         lock.acquire()
     except (AlreadyRunning, StateDirError) as exc:
         refuse(str(exc))
-    if not store.has_history() and (records := store.audit_records()):
+    if not store.has_history() and (records := store.audit.audit_records()):
         if not start_fresh:
             refuse(
                 f"{cfg.state_dir / 'state.db'} holds no history, but the audit logs hold "
@@ -90,10 +90,10 @@ def _open_state(cfg: Config, *, start_fresh: bool) -> tuple[Store, StateLock, se
                 "backup, or start anew with `macha-obs serve --start-fresh` (the audit "
                 "logs are kept)"
             )
-        store.set_meta("started_fresh", str(store.clock()))  # history from here on
-        store.audit_action({"event": "started_fresh", "audit_records": records})
-    setup_logging(store.orchestrator_log, journald=bool(os.environ.get("JOURNAL_STREAM")))
-    interrupted = store.recover_interrupted()
+        store.meta.set_meta("started_fresh", str(store.clock()))  # history from here on
+        store.audit.audit_action({"event": "started_fresh", "audit_records": records})
+    setup_logging(store.audit.orchestrator_log, journald=bool(os.environ.get("JOURNAL_STREAM")))
+    interrupted = store.ledger.recover_interrupted()
     for record in interrupted:
         log.warning(
             "action %d (%s) was interrupted by a crash; recorded, not re-run",
@@ -195,7 +195,7 @@ def _listen(
             LoginCollector(pages.login_stats),
             *([PullCollector(pull.puller.stats)] if pull is not None else []),
             LearnCollector(
-                lambda: learn_state(store, cfg), unit_label=cfg.learn_metrics_unit_label
+                lambda: learn_state(store.outcomes, cfg), unit_label=cfg.learn_metrics_unit_label
             ),
             McpCollector(mcp[1].snapshot),
         ],
@@ -375,5 +375,5 @@ def _check_beside_daemon(cfg: Config) -> None:
         )
         _one_cycle(scratch_cfg, acted=False)
     with open_store(cfg) as daemon_store:
-        pending = daemon_store.list_approvals({ApprovalStatus.PENDING})
+        pending = daemon_store.approvals.list_approvals({ApprovalStatus.PENDING})
     click.echo(f"the daemon's queue: {len(pending)} pending (macha-approve list)")

@@ -69,7 +69,7 @@ def parts(
         diagnostics=executor.diagnostics,
         link_of=link_of,
     )
-    return facts, Desk(facts, desk_remediator, store)
+    return facts, Desk(facts, desk_remediator, store.audit)
 
 
 def local_parts(cfg: Config, store: Store, executor: HostExecutor) -> tuple[Facts, Desk]:

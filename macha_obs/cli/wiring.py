@@ -139,7 +139,11 @@ def assemble(cfg: Config, store: Store) -> Parts:
     llm_metrics = LlmMetrics()
     incidents = IncidentStore(store)
     analyzer = build_analyzer(
-        cfg, executor.diagnostics, llm_metrics, store.audit_decision, store.fix_history
+        cfg,
+        executor.diagnostics,
+        llm_metrics,
+        store.audit.audit_decision,
+        store.outcomes.fix_history,
     )
     fleet = fleet_limit(cfg)
     remediator = Remediator(
@@ -152,7 +156,7 @@ def assemble(cfg: Config, store: Store) -> Parts:
     )
     stats = LoopStats()
     loop = CollectionLoop(
-        build_collectors(cfg, store, bus),
+        build_collectors(cfg, store.meta, bus),
         hostname=cfg.hostname,
         interval=cfg.collect_interval,
         state_dir=cfg.state_dir,
@@ -184,12 +188,14 @@ def persistent_state(
     plain URL: /metrics has no authentication, so it carries no capability)."""
     breaker = remediator.breaker()
     pause = PauseBook(store).current(store.clock())
-    pending = links.pending(store.list_approvals({ApprovalStatus.PENDING})) if links else []
+    pending = (
+        links.pending(store.approvals.list_approvals({ApprovalStatus.PENDING})) if links else []
+    )
     return PersistentState(
         approval_links=tuple(
             ApprovalLink(a.id, a.action.kind, a.risk.value, url) for a, url in pending
         ),
-        approvals_pending=store.pending_count(),
+        approvals_pending=store.approvals.pending_count(),
         breaker_open=breaker.open,
         configured=cfg.autonomy_level,
         effective=effective_autonomy(cfg, breaker),

@@ -1,4 +1,4 @@
-"""The small persistent key/value the collectors need (Store.get_meta/set_meta)."""
+"""The small persistent key/value the collectors need (the store's meta part)."""
 
 from __future__ import annotations
 

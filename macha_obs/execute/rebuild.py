@@ -32,16 +32,27 @@ REBUILD_KEY = "nix.rebuild"  # the sequence's intent record in the store's meta 
 StepRunner = Callable[[PrivilegedAction], ExecutionResult]
 
 
-class StepLog(Protocol):
-    """What the sequence needs of the store (macha_obs.store.Store has it)."""
-
-    owner: str
-
+class _Meta(Protocol):
     def get_meta(self, key: str) -> str | None: ...
 
     def set_meta(self, key: str, value: str) -> None: ...
 
+
+class _Actions(Protocol):
     def audit_action(self, record: Mapping[str, Any]) -> None: ...
+
+
+class StepLog(Protocol):
+    """What the sequence needs of the store: its meta and audit parts, and who it is."""
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def meta(self) -> _Meta: ...
+
+    @property
+    def audit(self) -> _Actions: ...
 
 
 class Step(StrEnum):
@@ -123,11 +134,11 @@ class RebuildSequence:
     def _write(self, step: Step, generation: int | None, detail: str = "") -> None:
         record = {"step": step.value, "generation": generation, "owner": self.log.owner}
         record["detail"] = detail[:500]
-        self.log.set_meta(REBUILD_KEY, json.dumps(record))
-        self.log.audit_action({"event": "rebuild_step", **record})
+        self.log.meta.set_meta(REBUILD_KEY, json.dumps(record))
+        self.log.audit.audit_action({"event": "rebuild_step", **record})
 
     def state(self) -> dict[str, Any] | None:
-        raw = self.log.get_meta(REBUILD_KEY)
+        raw = self.log.meta.get_meta(REBUILD_KEY)
         return json.loads(raw) if raw else None
 
     def _step(self, action: PrivilegedAction) -> ExecutionResult:

@@ -234,11 +234,11 @@ class IncidentStore:
     # ------------------------------------------------------------ reading
 
     def get(self, incident_id: str) -> IncidentState | None:
-        row = tables.incident_row(self.store, incident_id)
+        row = tables.incident_row(self.store.db, incident_id)
         if row is None:
             return None
         alerts = [
-            Alert.model_validate_json(a) for a in tables.stored_alerts(self.store, incident_id)
+            Alert.model_validate_json(a) for a in tables.stored_alerts(self.store.db, incident_id)
         ]
         incident = Incident(
             id=row["id"],
@@ -262,11 +262,11 @@ class IncidentStore:
         return state is not None and state.status == OPEN
 
     def open_incidents(self) -> list[IncidentState]:
-        return [s for s in (self.get(i) for i in tables.open_ids(self.store)) if s is not None]
+        return [s for s in (self.get(i) for i in tables.open_ids(self.store.db)) if s is not None]
 
     def pending_analysis(self) -> list[str]:
         """Open incidents whose latest revision has not been analysed yet."""
-        return tables.pending_ids(self.store)
+        return tables.pending_ids(self.store.db)
 
     def settle_analysis(
         self, incident_id: str, revision: int, queued: Sequence[Queued], ttl: float
@@ -275,7 +275,7 @@ class IncidentStore:
         transaction: a crash at any instant leaves either both or neither. The ids."""
         with self.store.transaction() as cur:
             ids = [
-                self.store.enqueue_in(
+                self.store.approvals.enqueue_in(
                     cur,
                     incident_id,
                     q.action,
@@ -304,7 +304,7 @@ class IncidentStore:
 
     def inbox_count(self) -> int:
         """Webhook bodies kept (bounded by `Store.retain`)."""
-        return tables.inbox_count(self.store)
+        return tables.inbox_count(self.store.db)
 
 
 def _names_units(cur: sqlite3.Cursor, incident_id: str) -> bool:

@@ -22,7 +22,7 @@ from macha_obs.models import (
     describe_action,
 )
 from macha_obs.remediate.remediator import Remediator
-from macha_obs.store import Store
+from macha_obs.store import Audit
 
 _CLIENT_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -53,13 +53,13 @@ class Door:
 class Desk:
     """The three changing calls, each audited with its door."""
 
-    def __init__(self, facts: Facts, remediator: Remediator, store: Store) -> None:
+    def __init__(self, facts: Facts, remediator: Remediator, audit: Audit) -> None:
         self.facts = facts
         self.remediator = remediator
-        self.store = store
+        self.audit = audit
 
     def _audit(self, door: Door, call: str, **fields: Any) -> None:
-        self.store.audit_decision(
+        self.audit.audit_decision(
             {
                 "event": "conversation_call",
                 "call": call,

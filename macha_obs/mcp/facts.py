@@ -87,8 +87,8 @@ class Facts:
             "breaker_open": breaker.open,
             "breaker_reason": breaker.reason,
             "paused": pause is not None,
-            "pending_approvals": self.store.pending_count(),
-            "open_incidents": len(tables.open_ids(self.store)),
+            "pending_approvals": self.store.approvals.pending_count(),
+            "open_incidents": len(tables.open_ids(self.store.db)),
             "findings": len(snap.findings) if snap is not None else None,
             "snapshot_age_seconds": round(now - snap.taken_at, 1) if snap else None,
         }
@@ -96,7 +96,9 @@ class Facts:
     # ------------------------------------------------------------ incidents
 
     def list_incidents(self, *, open_only: bool, limit: int) -> list[dict[str, Any]]:
-        ids = tables.open_ids(self.store) if open_only else tables.recent_ids(self.store, limit)
+        ids = (
+            tables.open_ids(self.store.db) if open_only else tables.recent_ids(self.store.db, limit)
+        )
         found = []
         for incident_id in ids[:limit]:
             state = self.incidents.get(incident_id)
@@ -115,7 +117,7 @@ class Facts:
         evidence += [f"finding {f.kind.value} {f.subject}: {f.summary}" for f in incident.findings]
         decisions = [
             _audited(record)
-            for record in _audit_tail(self.store.decisions_log)
+            for record in _audit_tail(self.store.audit.decisions_log)
             if record.get("incident_id") == incident_id
         ][-MAX_CHAIN_RECORDS:]
         actions = [
@@ -129,12 +131,12 @@ class Facts:
                 "verified": r.result.verified if r.result else None,
                 "detail": untrusted([r.result.detail], source="executor") if r.result else None,
             }
-            for r in reversed(self.store.list_actions(1000))
+            for r in reversed(self.store.ledger.list_actions(1000))
             if r.incident_id == incident_id
         ]
         approvals = [
             self.approval_brief(a)
-            for a in self.store.list_approvals()
+            for a in self.store.approvals.list_approvals()
             if incident_id in (a.incident_ids or [a.incident_id])
         ]
         return {
@@ -150,12 +152,12 @@ class Facts:
     # ------------------------------------------------------------ the queue
 
     def list_approvals(self, *, include_decided: bool) -> list[dict[str, Any]]:
-        self.store.expire_approvals()
+        self.store.approvals.expire_approvals()
         statuses = None if include_decided else {ApprovalStatus.PENDING}
-        return [self.approval_brief(a) for a in self.store.list_approvals(statuses)]
+        return [self.approval_brief(a) for a in self.store.approvals.list_approvals(statuses)]
 
     def approval(self, approval_id: int) -> Approval:
-        found = self.store.get_approval(approval_id)
+        found = self.store.approvals.get_approval(approval_id)
         if found is None:
             raise NotInRecord(f"no approval {approval_id}; list_approvals shows the ids")
         return found
@@ -211,7 +213,7 @@ class Facts:
         units: set[str] = set()
         for state in self.incidents.open_incidents():
             units.update(state.incident.units)
-        for item in self.store.list_approvals({ApprovalStatus.PENDING}):
+        for item in self.store.approvals.list_approvals({ApprovalStatus.PENDING}):
             if (unit := getattr(item.action, "unit", None)) is not None:
                 units.add(unit)
         snap = self.snapshot()
@@ -283,7 +285,7 @@ class Facts:
         }
 
     def learned(self) -> dict[str, Any]:
-        return render_json(learned(self.store, self.config))
+        return render_json(learned(self.store.outcomes, self.config))
 
 
 def _incident_head(incident: Incident, status: str) -> dict[str, Any]:

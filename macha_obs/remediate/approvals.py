@@ -56,13 +56,13 @@ def verdict_record(
 
 def approve(rem: Remediator, approval_id: int, by: str) -> Handled:
     """Carry out a person's approval, once, if the policy still allows it now."""
-    approval = rem.store.pending_approval(approval_id)
+    approval = rem.store.approvals.pending_approval(approval_id)
     action = approval.action
     if isinstance(action, PATCH_ACTIONS):
         verdict = judged(rem.facts(action, None))
         rem._audit_verdict(approval.incident_id, action, verdict, f"approval {approval_id}")
         note = "read by a human; nothing executed"
-        settled = rem.store.decide_approval(
+        settled = rem.store.approvals.decide_approval(
             approval_id,
             ApprovalStatus.ACKNOWLEDGED,
             note,
@@ -80,19 +80,21 @@ def approve(rem: Remediator, approval_id: int, by: str) -> Handled:
         # cannot be read now) keep the item decidable so nothing a human asked for is
         # lost; permanent ones settle it.
         if verdict.outcome is Outcome.RECORD or verdict.rate_limited:
-            return Handled(verdict, approval=rem.store.get_approval(approval_id))
+            return Handled(verdict, approval=rem.store.approvals.get_approval(approval_id))
         status = ApprovalStatus.REFUSED
         if problem is not None and problem.present is False:
             status = ApprovalStatus.CANCELLED
         record = verdict_record(approval.incident_id, approval, status.value, verdict.reason, by)
-        settled = rem.store.decide_approval(
+        settled = rem.store.approvals.decide_approval(
             approval_id, status, verdict.reason, by=by, record=record
         )
         return Handled(verdict, approval=settled)
     action_id, result = rem._execute(approval.incident_id, action, approval_id, by=by)
     done = result.verified or bool(result.changed_by_person)
     status = ApprovalStatus.EXECUTED if done else ApprovalStatus.FAILED
-    settled = rem.store.settle_approval(approval_id, status, result.detail, action_id=action_id)
+    settled = rem.store.approvals.settle_approval(
+        approval_id, status, result.detail, action_id=action_id
+    )
     if result.verified and isinstance(action, UNIT_ACTIONS):
         look_again(rem, approval.incident_ids)
     return Handled(verdict, approval=settled, action_id=action_id, result=result)
@@ -100,7 +102,7 @@ def approve(rem: Remediator, approval_id: int, by: str) -> Handled:
 
 def reject(rem: Remediator, approval_id: int, by: str, reason: str = "") -> Approval:
     """A person's no: the item and its audit line in one step (or neither)."""
-    return rem.store.reject_approval(approval_id, by, reason)
+    return rem.store.approvals.reject_approval(approval_id, by, reason)
 
 
 def look_again(rem: Remediator, incident_ids: Iterable[str]) -> None:
@@ -120,7 +122,7 @@ def reconcile_queue(rem: Remediator, incidents: Incidents) -> list[int]:
     never proof by itself); otherwise every incident it carries has resolved. A state
     that cannot be read now cancels nothing."""
     cancelled: list[int] = []
-    for approval in rem.store.list_approvals({ApprovalStatus.PENDING}):
+    for approval in rem.store.approvals.list_approvals({ApprovalStatus.PENDING}):
         action = approval.action
         if isinstance(action, UNIT_ACTIONS):
             scope = incidents.scope_of(approval.incident_ids)
@@ -139,7 +141,7 @@ def reconcile_queue(rem: Remediator, incidents: Incidents) -> list[int]:
             "label": describe_action(action),
             "reason": why,
         }
-        if rem.store.cancel_approval(approval.id, why, record):
+        if rem.store.approvals.cancel_approval(approval.id, why, record):
             cancelled.append(approval.id)
     return cancelled
 
@@ -147,4 +149,4 @@ def reconcile_queue(rem: Remediator, incidents: Incidents) -> list[int]:
 def recover_stranded(rem: Remediator) -> list[ActionRecord]:
     """Intents whose process died (a `macha-approve` killed mid-action) become
     `interrupted`, their items decidable again: on every cycle, not only at start."""
-    return rem.store.recover_interrupted()
+    return rem.store.ledger.recover_interrupted()

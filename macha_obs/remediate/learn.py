@@ -28,7 +28,7 @@ from macha_obs.models import (
 )
 from macha_obs.policy.judge import trusted_entry
 from macha_obs.policy.risk import risk_of
-from macha_obs.store import Store
+from macha_obs.store import Outcomes, Store
 
 # A fix becomes a candidate for per-action trust after this many approvals, every one
 # of its runs verified, and never rejected or failing.
@@ -93,18 +93,18 @@ class Learned:
     by_kind: dict[str, Agreement] = field(default_factory=dict)
 
 
-def learned(store: Store, config: Config) -> Learned:
+def learned(outcomes: Outcomes, config: Config) -> Learned:
     """The table, the agreement, the candidates and the suppressions, from the store."""
-    records = store.fix_records()
+    records = outcomes.fix_records()
     shadow: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for metric, kind, label, _unit, value in store.learn_totals():
+    for metric, kind, label, _unit, value in outcomes.learn_totals():
         if metric == "shadow":
             shadow[kind][0 if label == "true" else 1] += value
     by_kind = {k: Agreement(a, d) for k, (a, d) in sorted(shadow.items())}
     return Learned(
         records=records,
         candidates=candidates(records, config),
-        suppressed=store.suppressions(config),
+        suppressed=outcomes.suppressions(config),
         agreement=Agreement(
             sum(a.agreed for a in by_kind.values()), sum(a.disagreed for a in by_kind.values())
         ),
@@ -163,7 +163,7 @@ def history_line(store: Store, approval: Approval) -> str | None:
     if not learns_from(approval.action):
         return None
     signature = signature_of_approval(store, approval)
-    record = store.fix_record(signature, fix_of(approval.action))
+    record = store.outcomes.fix_record(signature, fix_of(approval.action))
     if record is None:
         return None
     return describe_history(record)

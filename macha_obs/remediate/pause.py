@@ -59,7 +59,7 @@ class PauseBook:
                 (now, until, reason, by),
             )
         pause = Pause(datetime.fromtimestamp(now, UTC), _ts(until), reason, by)
-        self.store.audit_action(
+        self.store.audit.audit_action(
             {
                 "event": "paused",
                 "by": by,
@@ -76,7 +76,7 @@ class PauseBook:
             cur.execute("DELETE FROM pause WHERE id = 1")
         if row is None:
             return None
-        self.store.audit_action({"event": "resumed", "by": by, "reason": why})
+        self.store.audit.audit_action({"event": "resumed", "by": by, "reason": why})
         return _pause(row)
 
     def expire(self) -> Pause | None:
@@ -92,7 +92,7 @@ class PauseBook:
                 cur.execute("DELETE FROM pause WHERE id = 1")
         if row is None:
             return None
-        self.store.audit_action(
+        self.store.audit.audit_action(
             {"event": "resumed", "by": "timer", "reason": "the pause's duration ran out"}
         )
         return _pause(row)

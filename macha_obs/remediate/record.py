@@ -37,20 +37,22 @@ class CycleRecord:
 
     def deferred(self, incident_id: str, reason: str) -> None:
         """Left to systemd, which is still restarting the units; the event wakes us."""
-        self.store.audit_decision(
+        self.store.audit.audit_decision(
             {"event": "deferred", "incident_id": incident_id, "reason": reason}
         )
 
     def decision(self, decision: Decision, *, lane: str) -> None:
-        self.store.audit_decision(
+        self.store.audit.audit_decision(
             {**decision.model_dump(mode="json"), "event": "decision", "lane": lane}
         )
 
     def closed(self, incident_id: str, reason: str) -> None:
-        self.store.audit_decision({"event": "closed", "incident_id": incident_id, "reason": reason})
+        self.store.audit.audit_decision(
+            {"event": "closed", "incident_id": incident_id, "reason": reason}
+        )
 
     def cycle(self, summary: dict[str, Any]) -> None:
-        note_cycle(self.store, summary)
+        note_cycle(self.store.meta, summary)
 
     def retain(self) -> None:
         """Keep the state directory bounded (store/ and statedir/ do the work)."""

@@ -177,7 +177,7 @@ class Remediator:
     def _note_shadow(self, incident_id: str, action: Action, approval_id: int) -> None:
         shadow = self._shadows.take(incident_id, action)
         if shadow is not None:
-            self.store.note_shadow(approval_id, shadow)
+            self.store.outcomes.note_shadow(approval_id, shadow)
 
     def carry_out(
         self, incident_id: str, proposal: Proposal, scope: Scope, *, alert_driven: bool = False
@@ -213,10 +213,10 @@ class Remediator:
     def _queue(self, incident_id: str, proposal: Proposal, verdict: Verdict) -> Handled:
         approval_id = self._enqueue(incident_id, proposal, verdict)
         self._note_shadow(incident_id, proposal.action, approval_id)
-        return Handled(verdict, approval=self.store.get_approval(approval_id))
+        return Handled(verdict, approval=self.store.approvals.get_approval(approval_id))
 
     def _enqueue(self, incident_id: str, proposal: Proposal, verdict: Verdict) -> int:
-        return self.store.enqueue(
+        return self.store.approvals.enqueue(
             incident_id,
             proposal.action,
             risk=verdict.risk,
@@ -267,7 +267,7 @@ class Remediator:
                 handled = self.carry_out(incident_id, proposal, scope, alert_driven=alert_driven)
             elif id(proposal) in queued_ids:
                 handled = Handled(
-                    verdict, approval=self.store.get_approval(queued_ids[id(proposal)])
+                    verdict, approval=self.store.approvals.get_approval(queued_ids[id(proposal)])
                 )
             else:
                 handled = Handled(verdict)
@@ -278,7 +278,7 @@ class Remediator:
 
     def expire_queue(self) -> list[int]:
         """Pending approvals past their TTL expire; their ids."""
-        return self.store.expire_approvals()
+        return self.store.approvals.expire_approvals()
 
     def settle_verifications(self, is_open: Callable[[str], bool]) -> list[Approval]:
         """Alert-driven fixes whose window ended: verify.py escalates those whose
@@ -319,7 +319,7 @@ class Remediator:
     ) -> tuple[int, ExecutionResult]:
         started = self.clock()
         try:
-            action_id = self.store.record_intent(
+            action_id = self.store.ledger.record_intent(
                 incident_id, action, approval_id=approval_id, by=by
             )
             self.in_flight = action_id
@@ -327,7 +327,7 @@ class Remediator:
                 result = self.executor.run(action)
             except RefusedError as exc:  # the executor's own guard, before any side effect
                 result = ExecutionResult(ok=False, detail=f"refused: {exc}")
-                self.store.record_outcome(action_id, ActionStatus.REFUSED, result)
+                self.store.ledger.record_outcome(action_id, ActionStatus.REFUSED, result)
                 return action_id, result
             except Exception as exc:
                 # a crashing fix is a failed fix: recorded, and it feeds the breaker (inv. 7)
@@ -337,12 +337,12 @@ class Remediator:
             status = ActionStatus.SUCCEEDED if result.verified else ActionStatus.FAILED
             if result.changed_by_person:
                 status = ActionStatus.CHANGED
-            self.store.record_outcome(action_id, status, result)
+            self.store.ledger.record_outcome(action_id, status, result)
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C or SIGTERM anywhere from the intent's commit to the outcome's: say
             # so, never leave an open intent (before the commit there is none to close)
             self.in_flight = None
-            self.store.interrupt_own(
+            self.store.ledger.interrupt_own(
                 approval_id, action, "interrupted (SIGINT/SIGTERM) while the action ran"
             )
             raise
@@ -358,10 +358,10 @@ class Remediator:
         if action_id is not None:
             self.in_flight = None
             result = ExecutionResult(ok=False, detail=reason)
-            self.store.record_outcome(action_id, ActionStatus.INTERRUPTED, result)
-            record = self.store.get_action(action_id)
+            self.store.ledger.record_outcome(action_id, ActionStatus.INTERRUPTED, result)
+            record = self.store.ledger.get_action(action_id)
             if record is not None and record.approval_id is not None:
-                self.store.settle_approval(
+                self.store.approvals.settle_approval(
                     record.approval_id, ApprovalStatus.INTERRUPTED, reason, action_id=action_id
                 )
         return action_id
@@ -388,7 +388,7 @@ class Remediator:
         }
         if shadow is not None:
             record["shadow_auto_safe"] = shadow.value
-        self.store.audit_decision(record)
+        self.store.audit.audit_decision(record)
 
 
 __all__ = [

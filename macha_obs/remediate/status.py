@@ -43,15 +43,15 @@ class Status:
 
 def status_of(cfg: Config, store: Store) -> Status:
     """The view now: expired items are expired first, as every reader of the queue does."""
-    store.expire_approvals()
+    store.approvals.expire_approvals()
     breaker = Breaker(cfg, store).state()
     return Status(
         configured=cfg.autonomy_level.value,
         effective=effective_autonomy(cfg, breaker).value,
         breaker=breaker,
         pause=PauseBook(store).current(store.clock()),
-        pending=store.list_approvals({ApprovalStatus.PENDING}),
-        last_cycle=_meta_json(store.get_meta(LAST_CYCLE_KEY)),
+        pending=store.approvals.list_approvals({ApprovalStatus.PENDING}),
+        last_cycle=_meta_json(store.meta.get_meta(LAST_CYCLE_KEY)),
     )
 
 

@@ -75,7 +75,7 @@ def context_of(config: Config, store: Store, now: datetime) -> PolicyContext:
     return PolicyContext(
         config=config,
         now=now,
-        recent=store.recent_executions(since),
+        recent=store.ledger.recent_executions(since),
         breaker=Breaker(config, store, clock=now.timestamp).state(),
         pause=PauseBook(store).current(now.timestamp()),
     )
@@ -104,7 +104,7 @@ def suppression_for(
         return None
     state = IncidentStore(store).get(incident_id)
     incident = state.incident if state is not None else Incident(id="-", source="manual")
-    return store.suppression(signature_of(incident, action), fix_of(action), config, now)
+    return store.outcomes.suppression(signature_of(incident, action), fix_of(action), config, now)
 
 
 # Autonomy levels whose decisions are shadow-scored against auto-safe.

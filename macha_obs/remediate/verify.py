@@ -68,10 +68,10 @@ class Breaker:
 
     def state(self) -> BreakerState:
         """Persisted open (with the reason it opened), or due to open now."""
-        opened_at, reason = self.store.breaker_opened()
+        opened_at, reason = self.store.verifications.breaker_opened()
         now = datetime.fromtimestamp(self.clock(), UTC)
         state = breaker_rule(
-            self.store.failed_verifications(),
+            self.store.verifications.failed_verifications(),
             opened=opened_at is not None,
             config=self.config,
             now=now,
@@ -83,17 +83,17 @@ class Breaker:
     def note_failure(self, action_id: int | None) -> None:
         """After a failed verification was recorded: persist the breaker open if due."""
         state = self.state()
-        opened_at, _ = self.store.breaker_opened()
+        opened_at, _ = self.store.verifications.breaker_opened()
         if state.open and opened_at is None:
-            self.store.open_breaker(state.reason)
-            self.store.audit_action(
+            self.store.verifications.open_breaker(state.reason)
+            self.store.audit.audit_action(
                 {"event": "breaker_open", "reason": state.reason, "action_id": action_id}
             )
 
     def reset(self, by: str) -> None:
         """A human closed it (`macha-obs autonomy reset`): failures before now no longer
         count; the reset is audited with who did it."""
-        self.store.reset_breaker(by)
+        self.store.verifications.reset_breaker(by)
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Verifier:
         if isinstance(action, Investigate):
             return
         if result.changed_by_person:
-            self.store.audit_action(
+            self.store.audit.audit_action(
                 {
                     "event": "changed_by_person",
                     "action_id": action_id,
@@ -165,7 +165,7 @@ class Verifier:
                 }
             )
             return
-        self.store.record_verification(action_id, result.verified)
+        self.store.verifications.record_verification(action_id, result.verified)
         if not result.verified:
             self.breaker.note_failure(action_id)
 
@@ -196,7 +196,7 @@ class Verifier:
         escalated: list[Approval] = []
         for watch in self.watching:
             if not is_open(watch.incident_id):
-                self.store.audit_action(
+                self.store.audit.audit_action(
                     {
                         "event": "alert_resolved",
                         "incident_id": watch.incident_id,
@@ -208,7 +208,7 @@ class Verifier:
                 waiting.append(watch)
                 continue
             # also counted against the fix in the learning record (store/outcomes.py)
-            self.store.record_late_failure(watch.action_id)
+            self.store.outcomes.record_late_failure(watch.action_id)
             self.breaker.note_failure(watch.action_id)
             detail = f"the alert did not resolve within {self.config.alert_verify_window:g}s"
             escalated.append(self.escalate(watch.incident_id, watch.proposal, detail))
@@ -218,7 +218,7 @@ class Verifier:
     def escalate(self, incident_id: str, proposal: Proposal, detail: str) -> Approval:
         """A fix that did not hold goes to a human, with what was seen."""
         action = proposal.action
-        approval = self.store.enqueue(
+        approval = self.store.approvals.enqueue(
             incident_id,
             action,
             risk=risk_of(action, self.config)[0],
@@ -227,7 +227,7 @@ class Verifier:
             evidence=[detail[:200], *proposal.evidence][:5],
             ttl=self.config.approval_ttl,
         )
-        self.store.audit_decision(
+        self.store.audit.audit_decision(
             {
                 "event": "escalated",
                 "incident_id": incident_id,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from macha_obs.metrics import HEALTH_PROBLEMS, LoopStats
-from macha_obs.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +146,15 @@ class ThreadWatch:
         )
 
 
+class StoreHealth(Protocol):
+    """All readiness asks of the store (store.Store has it)."""
+
+    def problem(self) -> str | None: ...
+
+
 @dataclass
 class Health:
-    store: Store
+    store: StoreHealth
     snapshot_ready: Callable[[], bool]
     stats: LoopStats
     failed_cycles: int = FAILED_CYCLES

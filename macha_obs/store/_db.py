@@ -79,7 +79,7 @@ def _private(path: Path) -> None:
 
 class Database:
     """One connection on state.db, thread-safe within a process. The table groups
-    (approvals.py, ledger.py, …) build on it; `Store` puts them together."""
+    (approvals.py, ledger.py, …) are parts on it; `Store` puts them together."""
 
     def __init__(
         self,
@@ -115,6 +115,10 @@ class Database:
         # a loss that no later success undoes (see `problem`): only a person, restarting
         # the daemon after repairing the file, clears it
         self._lost: str | None = None
+        # what the parts ask to hear of: the watched tables a commit changed (the queue's
+        # view), and a transaction that did not commit (the audit's undo lines)
+        self.on_commit: list[Callable[[set[str]], None]] = []
+        self.on_rollback: list[Callable[[], None]] = []
         try:
             self._db = sqlite3.connect(
                 db,
@@ -131,7 +135,6 @@ class Database:
             for ddl in schema:
                 self._db.executescript(ddl)
             self._watch(watched)
-            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"{db}: {exc}") from exc
         self.owner = process_owner()
@@ -160,14 +163,27 @@ class Database:
                     f" AFTER {event} ON main.{table} BEGIN SELECT macha_changed('{table}'); END"
                 )
 
-    def _migrate(self) -> None:
-        """Bring an older database up to date (the table groups add theirs)."""
+    def migrate(self, *steps: Callable[[], None]) -> None:
+        """Bring an older database up to date: each part's step, in order."""
+        try:
+            for step in steps:
+                step()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"{self.paths.db}: {exc}") from exc
 
     def _after_commit(self, changed: set[str]) -> None:
-        """Called with the watched tables a committed transaction changed."""
+        for hook in self.on_commit:
+            hook(changed)
 
     def _rolled_back(self) -> None:
-        """Called when a transaction did not commit (audit.py undoes its records)."""
+        for hook in self.on_rollback:
+            hook()
+
+    def script(self, sql: str) -> None:
+        """Run DDL outside a transaction (a part's indexes and triggers)."""
+        with self._lock:
+            self._db.executescript(sql)
 
     def close(self) -> None:
         with self._lock:
@@ -303,3 +319,24 @@ class Database:
                 self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return vacuum
+
+
+class Part:
+    """A table group on the store's one connection: its DDL beside its queries."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.db.clock
+
+    @property
+    def paths(self) -> StateDir:
+        return self.db.paths
+
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        return self.db.transaction()
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self.db.query(sql, args)

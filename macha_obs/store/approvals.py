@@ -17,7 +17,7 @@ from typing import Any
 from macha_obs.errors import MachaError
 from macha_obs.models import Action, Approval, ApprovalStatus, Risk, action_json, parse_action
 from macha_obs.store import queue_view
-from macha_obs.store._db import ts
+from macha_obs.store._db import Database, Part, ts
 from macha_obs.store.audit import Audit
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,15 @@ class ApprovalError(MachaError):
     """An approval cannot be acted on; the message says why."""
 
 
-class Approvals(Audit):
+class Approvals(Part):
     """The approvals table's queries, on the store's connection."""
 
-    def _migrate(self) -> None:
-        super()._migrate()
+    def __init__(self, db: Database, audit: Audit) -> None:
+        super().__init__(db)
+        self.log = audit
+        db.on_commit.append(self._after_commit)
+
+    def migrate(self) -> None:
         with self._tx() as cur:
             for table, column, ddl in _MIGRATIONS:
                 have = {r["name"] for r in cur.execute(f"PRAGMA table_info({table})")}
@@ -96,10 +100,9 @@ class Approvals(Audit):
                     for r in dupes
                 ],
             )
-        self._db.executescript(_PENDING_ONCE)
+        self.db.script(_PENDING_ONCE)
 
     def _after_commit(self, changed: set[str]) -> None:
-        super()._after_commit(changed)
         if "approvals" in changed:
             self.refresh_queue_view()
 
@@ -198,7 +201,7 @@ class Approvals(Audit):
             )
             done = cur.rowcount > 0
             if done and record is not None:
-                self.audit_in(self.decisions_log, record)
+                self.log.audit_in(self.log.decisions_log, record)
             return done
 
     def get_approval(self, approval_id: int) -> Approval | None:
@@ -265,7 +268,7 @@ class Approvals(Audit):
             )
             won = cur.rowcount > 0
             if won and record is not None:
-                self.audit_in(self.decisions_log, record)
+                self.log.audit_in(self.log.decisions_log, record)
         if not won:
             current = self._must_get_approval(approval_id)
             raise ApprovalError(f"approval {approval_id} is {current.status.value}, not pending")

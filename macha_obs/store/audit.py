@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from macha_obs import statedir
-from macha_obs.store._db import Database, ts
+from macha_obs.store._db import Database, Part, ts
 
 _log = logging.getLogger(__name__)
 
@@ -63,7 +63,14 @@ def count_lines(paths: list[Path]) -> int:
     return total
 
 
-class Audit(Database):
+class Audit(Part):
+    """decisions.jsonl and actions.jsonl; a record written in a transaction that then
+    did not commit is undone by a line that says so."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        db.on_rollback.append(self._undo)
+
     @property
     def decisions_log(self) -> Path:
         return self.paths.decisions_log
@@ -84,11 +91,10 @@ class Audit(Database):
     def audit_in(self, log: Path, record: Mapping[str, Any]) -> None:
         """Append `record` as part of the transaction in flight (see the module doc)."""
         self.audit(log, record)
-        self._tx_records.append((log, dict(record)))
+        self.db._tx_records.append((log, dict(record)))
 
-    def _rolled_back(self) -> None:
-        super()._rolled_back()
-        records, self._tx_records = self._tx_records, []
+    def _undo(self) -> None:
+        records, self.db._tx_records = self.db._tx_records, []
         for log, record in records:
             undo = {"event": "not_recorded", "undoes": record.get("event")}
             keep = ("incident_id", "approval_id", "action_id")

@@ -21,8 +21,9 @@ from macha_obs.models import (
     action_json,
     parse_action,
 )
-from macha_obs.store._db import owner_alive, ts
-from macha_obs.store.approvals import ApprovalError, Approvals
+from macha_obs.store._db import Database, Part, owner_alive, ts
+from macha_obs.store.approvals import ApprovalError
+from macha_obs.store.audit import Audit
 
 DDL = """
 CREATE TABLE IF NOT EXISTS actions (
@@ -60,13 +61,17 @@ _APPROVAL_AFTER = {
 _LATEST = "actions.id = (SELECT MAX(a2.id) FROM actions a2 WHERE a2.approval_id = approvals.id)"
 
 
-class Ledger(Approvals):
-    """The actions table's queries; builds on the approvals it claims and settles."""
+class Ledger(Part):
+    """The actions table's queries; an approval it claims or settles changes in the same
+    transaction (SQL on the approvals table, whose view the approvals part refreshes)."""
 
-    def _migrate(self) -> None:
-        super()._migrate()
+    def __init__(self, db: Database, audit: Audit) -> None:
+        super().__init__(db)
+        self.log = audit
+
+    def migrate(self) -> None:
         # the older index forbade a second attempt after an interrupted one
-        self._db.execute("DROP INDEX IF EXISTS actions_once_per_approval")
+        self.db.script("DROP INDEX IF EXISTS actions_once_per_approval")
 
     def record_intent(
         self,
@@ -114,12 +119,12 @@ class Ledger(Approvals):
                         action.target,
                         ActionStatus.INTENT.value,
                         now,
-                        self.owner,
+                        self.db.owner,
                     ),
                 )
                 action_id = int(cur.lastrowid or 0)
-                self.audit_in(
-                    self.actions_log,
+                self.log.audit_in(
+                    self.log.actions_log,
                     {
                         "event": "intent",
                         "action_id": action_id,
@@ -155,8 +160,8 @@ class Ledger(Approvals):
                         row["approval_id"],
                     ),
                 )
-            self.audit_in(
-                self.actions_log,
+            self.log.audit_in(
+                self.log.actions_log,
                 {
                     "event": "outcome",
                     "action_id": action_id,
@@ -214,13 +219,13 @@ class Ledger(Approvals):
             if approval_id is not None:
                 rows = cur.execute(
                     "SELECT * FROM actions WHERE status = ? AND owner = ? AND approval_id = ?",
-                    (ActionStatus.INTENT.value, self.owner, approval_id),
+                    (ActionStatus.INTENT.value, self.db.owner, approval_id),
                 ).fetchall()
             else:
                 rows = cur.execute(
                     "SELECT * FROM actions WHERE status = ? AND owner = ? AND action = ?"
                     " AND approval_id IS NULL",
-                    (ActionStatus.INTENT.value, self.owner, action_json(action)),
+                    (ActionStatus.INTENT.value, self.db.owner, action_json(action)),
                 ).fetchall()
             records = self._interrupt_in(cur, rows, reason, event="interrupted")
         return [r.id for r in records]
@@ -251,8 +256,8 @@ class Ledger(Approvals):
                 update={"status": ActionStatus.INTERRUPTED, "finished_at": ts(now)}
             )
             records.append(record)
-            self.audit_in(
-                self.actions_log,
+            self.log.audit_in(
+                self.log.actions_log,
                 {
                     "event": event,
                     "action_id": record.id,

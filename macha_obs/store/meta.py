@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from macha_obs.store._db import Database
+from macha_obs.store._db import Part
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -12,7 +12,9 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class Meta(Database):
+class Meta(Part):
+    """The meta table's queries."""
+
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0]["value"]) if rows else None

@@ -36,7 +36,7 @@ from macha_obs.models import (
     Suppression,
     suppression_of,
 )
-from macha_obs.store._db import ts
+from macha_obs.store._db import Database, Part, ts
 from macha_obs.store.audit import Audit
 from macha_obs.store.outcomes_sync import UNCOUNTED, Key, count_late_failure, sync
 
@@ -105,17 +105,20 @@ class SuppressSettings(Protocol):
     def suppress_window(self) -> float: ...
 
 
-class Outcomes(Audit):
+class Outcomes(Part):
     """The learning tables' queries, on the store's connection."""
 
-    def _migrate(self) -> None:
-        super()._migrate()
+    def __init__(self, db: Database, audit: Audit) -> None:
+        super().__init__(db)
+        self.log = audit
+
+    def migrate(self) -> None:
         with self._tx() as cur:
             for table, column, ddl in _COLUMNS:
                 have = {r["name"] for r in cur.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     cur.execute(ddl)
-        self._db.executescript(_INDEXES)
+        self.db.script(_INDEXES)
 
     # ------------------------------------------------------------ deriving
 
@@ -205,7 +208,7 @@ class Outcomes(Audit):
                     (signature.problem, signature.subject),
                 )
             gone = cur.rowcount
-        self.audit_decision(
+        self.log.audit_decision(
             {
                 "event": "learn_cleared",
                 "signature": str(signature) if signature is not None else "*",

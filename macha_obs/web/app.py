@@ -60,14 +60,24 @@ class Desk(Protocol):
     def reject(self, approval_id: int, by: str, reason: str = "") -> Approval: ...
 
 
-class Queue(Protocol):
-    """What the pages read (and audit) through: the store."""
-
+class Pending(Protocol):
     def get_approval(self, approval_id: int) -> Approval | None: ...
 
     def list_approvals(self, statuses: set[ApprovalStatus] | None = None) -> list[Approval]: ...
 
+
+class Decisions(Protocol):
     def audit_decision(self, record: Mapping[str, Any]) -> None: ...
+
+
+class Queue(Protocol):
+    """What the pages read and audit through: the store's approvals and audit parts."""
+
+    @property
+    def approvals(self) -> Pending: ...
+
+    @property
+    def audit(self) -> Decisions: ...
 
 
 class ApprovalsApp:
@@ -167,7 +177,7 @@ class ApprovalsApp:
         return self._decide(req, approval_id, verb)
 
     def _approval(self, approval_id: int) -> Approval:
-        approval = self.queue.get_approval(approval_id)
+        approval = self.queue.approvals.get_approval(approval_id)
         if approval is None:
             raise Refused(HTTPStatus.NOT_FOUND, f"There is no approval {approval_id}.")
         return approval
@@ -175,7 +185,7 @@ class ApprovalsApp:
     # ------------------------------------------------------------ pages
 
     def _list_page(self) -> bytes:
-        pending = self.queue.list_approvals({ApprovalStatus.PENDING})
+        pending = self.queue.approvals.list_approvals({ApprovalStatus.PENDING})
         items = [(a, f"{self.root}/{a.id}") for a in pending]
         return render.list_page(items, logout_path=f"{self.root}/logout")
 
@@ -224,7 +234,7 @@ class ApprovalsApp:
             )
         remote = req.remote
         by = f"web:{remote} ({cred.kind})"
-        self.queue.audit_decision(
+        self.queue.audit.audit_decision(
             {
                 "event": "approval_web",
                 "approval_id": approval_id,

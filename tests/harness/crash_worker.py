@@ -81,7 +81,7 @@ def main(state_dir: Path, seed: int) -> None:
     rem = Remediator(cfg, store, RecordingExecutor(state_dir / "ran"), scope_of=incidents.scope_of)
     analyzer = Analyzer(mode=AnalysisMode.RUNBOOKS_ONLY, client=None, hostname="testhost")
     orch = Orchestrator(cfg, store, incidents, analyzer, rem, snapshot=lambda: None)
-    interrupted = store.recover_interrupted()  # as `serve` does on start
+    interrupted = store.ledger.recover_interrupted()  # as `serve` does on start
     incidents.reopen_all(keep={r.incident_id for r in interrupted})
     rng = random.Random(seed)
     print("ready", flush=True)
@@ -99,7 +99,7 @@ def main(state_dir: Path, seed: int) -> None:
         elif op < 0.8:
             orch.run_cycle("timer")
         else:
-            pending = store.list_approvals({ApprovalStatus.PENDING})
+            pending = store.approvals.list_approvals({ApprovalStatus.PENDING})
             if pending:
                 with contextlib.suppress(ApprovalError):
                     rem.approve(rng.choice(pending).id, "worker")

@@ -128,12 +128,12 @@ class Daemon:
 
     def actions(self, unit: str | None = None) -> list[ActionRecord]:
         with self.store() as store:
-            records = list(reversed(store.list_actions(1000)))
+            records = list(reversed(store.ledger.list_actions(1000)))
         return [r for r in records if unit is None or r.action.target == unit]
 
     def approvals(self) -> list[Approval]:
         with self.store() as store:
-            return store.list_approvals()
+            return store.approvals.list_approvals()
 
     def audit(self, name: str) -> list[dict[str, Any]]:
         path = self.state_dir / name

@@ -53,7 +53,7 @@ class Operator:
         return self.side.orchestrator.run_cycle("alert").handled
 
     def pending(self, kind: str, unit: str) -> Approval | None:
-        for item in self.side.store.list_approvals({ApprovalStatus.PENDING}):
+        for item in self.side.store.approvals.list_approvals({ApprovalStatus.PENDING}):
             if describe_action(item.action) == f"{kind} {unit}":
                 return item
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from macha_obs.store._db import ts
+from macha_obs.store._db import Database, Part, ts
 from macha_obs.store.audit import Audit
 
 DDL = """
@@ -29,7 +29,13 @@ CREATE TABLE IF NOT EXISTS breaker (
 """
 
 
-class Breaker(Audit):
+class Verifications(Part):
+    """The verifications and breaker tables' queries."""
+
+    def __init__(self, db: Database, audit: Audit) -> None:
+        super().__init__(db)
+        self.log = audit
+
     def record_verification(self, action_id: int | None, ok: bool) -> None:
         with self._tx() as cur:
             cur.execute(
@@ -69,7 +75,7 @@ class Breaker(Audit):
                 " reason = '', reset_at = excluded.reset_at, reset_by = excluded.reset_by",
                 (self.clock(), by),
             )
-        self.audit_action({"event": "breaker_reset", "by": by})
+        self.log.audit_action({"event": "breaker_reset", "by": by})
 
 
 def prune_verifications(cur: sqlite3.Cursor, older_than: float) -> int:
