@@ -37,7 +37,7 @@ from macha_obs.collect.exposure_listeners import listening_units  # noqa: E402
 from macha_obs.collect.intrusion import AuthFailureTap, IntrusionCollector  # noqa: E402
 from macha_obs.collect.journal import JournalCollector  # noqa: E402
 from macha_obs.collect.meta import MemoryMeta  # noqa: E402
-from macha_obs.collect.posture import SetidScanner  # noqa: E402
+from macha_obs.collect.posture import SetidScanner, fetch_listeners  # noqa: E402
 from macha_obs.collect.snapshots import write_snapshot  # noqa: E402
 from macha_obs.systemd.bus import IsolatedBus  # noqa: E402
 from tests.harness.exposure_support import lab_runner  # noqa: E402
@@ -140,8 +140,19 @@ def run(cycles: int, work: Path) -> None:
         wall, cpu = timed(scanner.files, 1)
         entries = sum(len(os.listdir(d)) for d in ("/usr/bin", "/usr/sbin"))
         print(f"setid scan, /usr/bin + /usr/sbin ({entries}): {wall:.1f} ms, {cpu:.1f} ms CPU")
+        listeners_cost(cycles)
         bus.close()
         lab.run("systemctl", "disable", unit, check=False)
+
+
+def listeners_cost(cycles: int) -> None:
+    """The steady cycle's read of this host's listeners, beside /proc/net's in this run."""
+    _, diag_cpu = timed(fetch_listeners, cycles)
+    _, files_cpu = timed(lambda: fetch_listeners(diag=None), cycles)
+    print(
+        f"this host's listeners: sock_diag {diag_cpu:.3f} ms CPU, "
+        f"/proc/net (reference) {files_cpu:.3f} ms CPU (mean of {cycles})"
+    )
 
 
 def main() -> None:

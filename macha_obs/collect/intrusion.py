@@ -186,7 +186,7 @@ class IntrusionCollector:
             baseline = load_baseline(self.state_dir)
         except CollectorError as exc:  # the counters still count; the posture says why
             reading["baseline_error"] = str(exc)[:500]
-        pairs = fetch_listeners(self.proc)  # one read of /proc/net per cycle
+        pairs = fetch_listeners(self.proc)  # once a cycle: TCP by sock_diag, UDP from /proc/net
         posture = self._posture(pairs)
         reading["listeners"] = len(posture.listeners)
         reading["units_error"] = posture.units_error

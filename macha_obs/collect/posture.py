@@ -8,8 +8,10 @@ on literal text.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,8 +20,14 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from macha_obs.collect import sockdiag
 from macha_obs.collect.base import CollectorError
-from macha_obs.collect.exposure_listeners import TCP_LISTEN, UDP_UNCONNECTED, hex_address
+from macha_obs.collect.exposure_listeners import (
+    PROC,
+    TCP_LISTEN,
+    UDP_UNCONNECTED,
+    hex_address,
+)
 from macha_obs.errors import MachaError
 from macha_obs.models import Listener, PostureBaseline, PostureNow
 from macha_obs.statedir import (
@@ -43,7 +51,10 @@ FULL_RESCAN = 3600.0  # a chmod u+s changes no directory's mtime: read every dir
 
 
 def _address(hexaddr: str) -> str:
-    address = hex_address(hexaddr)
+    return _shown(hex_address(hexaddr))
+
+
+def _shown(address: sockdiag.Address) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
@@ -87,20 +98,50 @@ def _ephemeral(proc: Path) -> tuple[int, int] | None:
         return None
 
 
-def fetch_listeners(proc: Path = Path("/proc")) -> list[tuple[Listener, int]]:
-    """The listening sockets of this process's network namespace, deduplicated."""
+TcpDiag = Callable[[int], list[tuple[sockdiag.Address, int, int]]]
+
+
+def fetch_listeners(
+    proc: Path = PROC, *, diag: TcpDiag | None = sockdiag.tcp_listeners
+) -> list[tuple[Listener, int]]:
+    """The listening sockets of this process's network namespace, deduplicated. TCP comes
+    from sock_diag (`diag`) when `proc` is this process's own /proc: the same answer as
+    /proc/net/tcp{,6} at a hundredth of the cost (sockdiag.py); /proc/net when it cannot
+    answer, and always for UDP."""
     ephemeral = _ephemeral(proc)
+    tcp = _tcp_from_diag(diag) if diag is not None and proc == PROC else None
     seen: dict[str, tuple[Listener, int]] = {}
     for name, proto in NET_FILES:
-        try:
-            text = (proc / "net" / name).read_text()
-        except FileNotFoundError:
-            continue  # no IPv6 in this kernel
-        except OSError as exc:
-            raise CollectorError(f"cannot read {proc / 'net' / name}: {exc}") from exc
-        for listener, inode in parse_proc_net(text, proto, ephemeral):
+        if tcp is not None and proto in tcp:
+            pairs = tcp[proto]
+        else:
+            try:
+                text = (proc / "net" / name).read_text()
+            except FileNotFoundError:
+                continue  # no IPv6 in this kernel
+            except OSError as exc:
+                raise CollectorError(f"cannot read {proc / 'net' / name}: {exc}") from exc
+            pairs = parse_proc_net(text, proto, ephemeral)
+        for listener, inode in pairs:
             seen.setdefault(listener.key, (listener, inode))
     return sorted(seen.values(), key=lambda pair: pair[0].key)
+
+
+def _tcp_from_diag(diag: TcpDiag) -> dict[str, list[tuple[Listener, int]]] | None:
+    """TCP's listeners by /proc/net table name, or None when sock_diag cannot answer."""
+    found: dict[str, list[tuple[Listener, int]]] = {}
+    for family, proto in ((socket.AF_INET, "tcp"), (socket.AF_INET6, "tcp6")):
+        try:
+            answer = diag(family)
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT:
+                continue  # no IPv6 in this kernel
+            return None
+        found[proto] = [
+            (Listener(proto=proto, address=_shown(address), port=port), inode)
+            for address, port, inode in answer
+        ]
+    return found
 
 
 def _unit_of_cgroup(text: str) -> str:
