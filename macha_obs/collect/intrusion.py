@@ -141,7 +141,7 @@ class IntrusionCollector:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`interval`: how often the unit files and setid files are read again (the
-        listeners are read every cycle: one read of /proc/net)."""
+        listeners are read every cycle: TCP by sock_diag, UDP from /proc/net)."""
         self.tap = tap
         self.state_dir = state_dir
         self.unit_files = unit_files

@@ -1,6 +1,7 @@
-"""The host's posture, read cheaply: listening sockets (/proc/net), enabled units (one
-ListUnitFiles over the bus), setuid/setgid files under the system paths (a directory is
-re-read only when its mtime changed, or once an hour); and the accepted baseline file.
+"""The host's posture, read cheaply: listening sockets (TCP by sock_diag, UDP and other
+namespaces from /proc/net), enabled units (one ListUnitFiles over the bus), setuid/setgid
+files under the system paths (a directory is re-read only when its mtime changed, or once
+an hour); and the accepted baseline file.
 
 I/O (`fetch_*`, `SetidScanner`) is apart from parsing (`parse_proc_net`), which is tested
 on literal text.
